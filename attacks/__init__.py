@@ -1,0 +1,12 @@
+"""Adversarial attacks: robust-mc's PGD for training loops, and spec-built attacks for evaluation.
+
+``build_attack("pgd:steps=20,alpha=2/255", eps=8/255)`` returns a callable ``attack(model, x, y)``;
+``list_attacks()`` names the registered specs. Adding an attack touches one file.
+"""
+
+from attacks import builtin, torchattacks_adapters  # noqa: F401  (registers the attacks)
+from attacks.pgd import PGD, attack_mode, pgd
+from attacks.spec import Attack, build_attack, describe_attacks, list_attacks, parse_attack_spec
+
+__all__ = ["PGD", "Attack", "attack_mode", "build_attack", "describe_attacks", "list_attacks",
+           "parse_attack_spec", "pgd"]

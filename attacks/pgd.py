@@ -1,0 +1,150 @@
+"""Projected gradient descent (Madry et al. 2018) in the L-inf and L2 norms, built for training loops.
+
+The attack only asks for the gradient with respect to the perturbation (``torch.autograd.grad``), so
+no parameter gradient is computed or accumulated, and it allocates nothing per call beyond the
+forward and backward passes. Whether the network runs in train or eval mode while attacking is an
+explicit argument (see :func:`attack_mode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+Mode = Literal["train", "eval", "keep"]
+
+
+@contextmanager
+def attack_mode(model: nn.Module | None, mode: Mode) -> Iterator[None]:
+    """Run the attack with the network in ``mode``, then restore its state.
+
+    ``eval``: running BN statistics, dropout off. ``train``: batch statistics, and the running
+    statistics left exactly as they were (BN momentum 0 for the attack's passes). ``keep``: as is.
+    """
+    if model is None or mode == "keep":
+        yield
+        return
+    was_training = model.training
+    if mode == "eval":
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+        return
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
+              else None) for m in norms]
+    model.train()
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: untouched
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = noise.mul_(2 * eps).sub_(eps)
+    else:
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        delta = direction * (radius * eps).view(-1, 1, 1, 1)
+    return (x + delta).clamp_(0, 1).sub_(x)
+
+
+def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        delta = delta.clamp_(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta).clamp_(0, 1).sub_(x)  # keep x + delta in [0, 1]
+
+
+def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
+        steps: int, norm: str = "linf", random_start: bool = True,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Maximise the cross-entropy of ``forward(x + delta)`` over ``||delta|| <= eps``.
+
+    ``x`` (B, C, H, W) in [0, 1]; returns detached adversarial images in [0, 1] within the ball.
+    ``forward`` is any callable from images to logits: a module, or weights at a point of a curve.
+    """
+    if eps == 0 or steps == 0:
+        return x.detach()
+    x = x.detach()
+    delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        # summed, not averaged, so the step does not shrink with the batch size
+        loss = F.cross_entropy(forward(x + delta).float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if norm == "linf":
+                delta = delta.detach() + step_size * grad.sign()
+            else:
+                grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = delta.detach() + step_size * grad / grad_norm
+            delta = _project(delta, x, eps, norm)
+    return (x + delta).detach()
+
+
+@dataclass(frozen=True)
+class PGD:
+    """PGD with restarts, as an evaluation or training attack.
+
+    Paper: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (2018).
+    Norm: L-inf (``linf``) or L2 (``l2``); ``eps`` and ``step_size`` in [0, 1] pixel units.
+    Restarts keep, per example, the perturbation with the highest loss.
+    Shapes: x (B, C, H, W) in [0, 1], y (B,) -> x_adv like x.
+    Example: ``PGD(eps=8/255, step_size=2/255, steps=10)(model, x, y)``.
+    """
+
+    eps: float
+    step_size: float
+    steps: int = 10
+    norm: str = "linf"
+    restarts: int = 1
+    random_start: bool = True
+    mode: Mode = "eval"
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        with attack_mode(model, self.mode):
+            return self.run(model, x, y, generator)
+
+    def run(self, forward: Forward, x: torch.Tensor, y: torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Attack ``forward`` as it is (the caller has set the network's mode)."""
+        best = None
+        best_loss = None
+        for _ in range(max(self.restarts, 1)):
+            adv = pgd(forward, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                      norm=self.norm, random_start=self.random_start, generator=generator)
+            if self.restarts <= 1:
+                return adv
+            with torch.no_grad():
+                loss = F.cross_entropy(forward(adv).float(), y, reduction="none")
+            if best is None:
+                best, best_loss = adv, loss
+            else:
+                better = loss > best_loss
+                best = torch.where(better.view(-1, 1, 1, 1), adv, best)
+                best_loss = torch.maximum(loss, best_loss)
+        assert best is not None
+        return best

@@ -1,0 +1,60 @@
+"""The `robust-mc` command line: parse arguments, call the library, turn bad input into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from robust_mc.errors import UserError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors naming the fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> Parser:
+    from robust_mc.commands import COMMANDS
+    from robust_mc.record import version
+
+    parser = Parser(prog="robust-mc", description="Robust mode connectivity: train PGD endpoints, "
+                    "align their neurons, connect them with robust curves and measure barriers.")
+    parser.add_argument("--version", action="version", version=f"robust-mc {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"robust_mc.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    args.argv = ["robust-mc", *argv]
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"robust-mc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"robust-mc {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

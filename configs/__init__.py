@@ -1,0 +1,1 @@
+"""YAML presets shipped with robust-mc; `--config NAME` finds them by name."""

@@ -1,0 +1,97 @@
+"""The one CLI vocabulary: every command that takes a flag takes it with the same meaning.
+
+Flags that set configuration use dotted ``dest`` names (``attack.eps``) and default to ``None``,
+so only what the user typed overrides the YAML file and the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+BOOL = argparse.BooleanOptionalAction
+
+
+def add_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML preset: a path or a name in configs/")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", dest="data.dataset", metavar="NAME",
+                   help="cifar10, cifar100, imagefolder:PATH, digits or synthetic")
+    g.add_argument("--data-dir", dest="data.data_dir", metavar="DIR",
+                   help="where cifar10/cifar100 live")
+    g.add_argument("--download", dest="data.download", action="store_const", const=True,
+                   help="let torchvision download cifar10/cifar100 into --data-dir")
+    g.add_argument("--val-size", dest="data.val_size", metavar="N",
+                   help="validation images carved from train (default 10%%, at most 5000)")
+    g.add_argument("--train-limit", dest="data.train_limit", metavar="N",
+                   help="use only the first N training images")
+    g.add_argument("--test-limit", dest="data.test_limit", metavar="N",
+                   help="use only the first N test images")
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", dest="model.arch", metavar="NAME|file.py:Class",
+                   help="architecture: a zoo name, path/file.py:Class or module:Class")
+    g.add_argument("--width", dest="model.width", metavar="X", help="width multiplier")
+
+
+def add_attack_flags(p: argparse.ArgumentParser, what: str = "training") -> None:
+    g = p.add_argument_group(f"{what} attack (PGD)")
+    g.add_argument("--eps", dest="attack.eps", metavar="EPS",
+                   help="radius in [0,1] pixel units: 8/255 or 0.031")
+    g.add_argument("--norm", dest="attack.norm", choices=["linf", "l2"])
+    g.add_argument("--attack-steps", dest="attack.steps", metavar="K", help="PGD iterations")
+    g.add_argument("--attack-step-size", dest="attack.step_size", metavar="ALPHA",
+                   help="PGD step in pixel units (default eps/4)")
+    g.add_argument("--attack-mode", dest="attack.mode", choices=["train", "eval"],
+                   help="network mode while attacking in training (train: batch statistics)")
+
+
+def add_optim_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", dest="optim.epochs", metavar="N")
+    g.add_argument("--batch-size", dest="optim.batch_size", metavar="N")
+    g.add_argument("--lr", dest="optim.lr", metavar="LR")
+    g.add_argument("--weight-decay", dest="optim.weight_decay", metavar="WD")
+    g.add_argument("--schedule", dest="optim.schedule", choices=["piecewise", "cosine", "constant"])
+    g.add_argument("--seed", dest="optim.seed", metavar="N", help="seed of the run")
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-attack", dest="eval.attack", metavar="SPEC",
+                   help="e.g. pgd:steps=20,alpha=2/255, apgd-ce, autoattack, none")
+
+
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", dest="device", metavar="auto|cpu|cuda")
+    g.add_argument("--precision", dest="speed.precision", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype (auto: bfloat16 on CUDA GPUs that support it)")
+    g.add_argument("--channels-last", dest="speed.channels_last", action=BOOL, default=None,
+                   help="NHWC memory layout")
+    g.add_argument("--compile", dest="speed.compile", action=BOOL, default=None,
+                   help="torch.compile the network")
+    g.add_argument("--threads", dest="speed.threads", metavar="N", help="CPU threads")
+
+
+def add_output_flags(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--out", "-o", metavar="PATH", help=out_help)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of checkpoints (runs code from the file)")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration values the user typed, as dotted keys."""
+    values = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    if getattr(args, "device", None) is not None:
+        values["device"] = args.device
+    return values

@@ -1,0 +1,69 @@
+"""`robust-mc info`: what a checkpoint holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from robust_mc.checkpoint import build_model, load_checkpoint
+from robust_mc.commands import common
+
+HELP = "print a checkpoint's architecture, size, normalization and recorded metrics"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a robust-mc checkpoint (or a state_dict with --arch)")
+    p.add_argument("--arch", help="architecture of a foreign state_dict")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of a foreign state_dict")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels of a foreign one")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    common.add_trust_flag(p)
+
+
+def describe(path: str, args: argparse.Namespace) -> dict:
+    ckpt = load_checkpoint(path, arch=args.arch, trust=args.trust_checkpoint,
+                           arch_kwargs={"num_classes": args.num_classes,
+                                        "in_channels": args.in_channels},
+                           normalization={"mean": [0.0] * args.in_channels,
+                                          "std": [1.0] * args.in_channels})
+    model = build_model(ckpt)
+    meta = ckpt.meta
+    return {
+        "checkpoint": path,
+        "arch": ckpt.arch,
+        "arch_kwargs": ckpt.arch_kwargs,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "normalization": ckpt.normalization,
+        "dataset": meta.get("dataset"),
+        "kind": meta.get("kind", "endpoint"),
+        "metrics": meta.get("metrics", {}),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.checkpoint, args)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    table = Table(title=f"robust-mc checkpoint {args.checkpoint}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("architecture", f"{info['arch']} {info['arch_kwargs']}")
+    table.add_row("parameters", f"{info['parameters']:,}")
+    norm = info["normalization"]
+    table.add_row("normalization", "mean " + ", ".join(f"{v:.4f}" for v in norm["mean"])
+                  + "; std " + ", ".join(f"{v:.4f}" for v in norm["std"]))
+    table.add_row("dataset", str(info["dataset"]))
+    table.add_row("kind", str(info["kind"]))
+    for split, values in info["metrics"].items():
+        if isinstance(values, dict):
+            table.add_row(f"{split} clean / robust acc",
+                          f"{values.get('clean_acc', float('nan')):.2f}% / "
+                          f"{values.get('robust_acc', float('nan')):.2f}%")
+        else:
+            table.add_row(split, str(values))
+    Console().print(table)
+    return 0

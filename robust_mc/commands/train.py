@@ -1,0 +1,45 @@
+"""`robust-mc train`: produce one PGD-trained endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from robust_mc.checkpoint import save_checkpoint
+from robust_mc.commands import common
+from robust_mc.config import TrainRunConfig, build_config
+from robust_mc.endpoint import train_endpoint
+from robust_mc.errors import UserError
+from robust_mc.progress import Reporter
+from robust_mc.runtime import Runtime
+
+HELP = "PGD adversarial training of one endpoint (Madry et al.)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_config_flag(p)
+    common.add_data_flags(p)
+    common.add_model_flags(p)
+    common.add_attack_flags(p)
+    common.add_optim_flags(p)
+    common.add_eval_flags(p)
+    common.add_speed_flags(p)
+    p.add_argument("--no-augment", dest="data.augment", action="store_const", const=False,
+                   help="no random crops and flips")
+    common.add_output_flags(p, "checkpoint to write (default: endpoint.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(TrainRunConfig, args.config, common.overrides(args))
+    out = args.out or "endpoint.pt"
+    if out.endswith("/"):
+        raise UserError(f"--out {out} is a directory; train writes one checkpoint file, e.g. a.pt")
+    reporter = Reporter(quiet=args.json)
+    runtime = Runtime.create(cfg.device, cfg.speed)
+    ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv)
+    path = save_checkpoint(ckpt, out)
+    reporter.print(f"wrote {path}")
+    if args.json:
+        print(json.dumps({"checkpoint": str(path), **ckpt.meta["metrics"],
+                          "timings": ckpt.meta["timings"]}, indent=2))
+    return 0

@@ -1,0 +1,305 @@
+"""One typed configuration tree, filled from defaults, a YAML file and CLI flags, all validated alike.
+
+Every component has a frozen dataclass; a command's run config composes them. ``build_config``
+merges, in increasing precedence, the dataclass defaults, a YAML mapping (``--config``) and dotted
+overrides from the command line (``{"attack.eps": "8/255"}``). Unknown keys, wrong types and
+out-of-range values raise :class:`UserError` naming the dotted key.
+
+Values in pixel units (eps, step sizes) are fractions of the [0, 1] image range and accept
+``8/255`` or ``0.031``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from robust_mc.errors import UserError
+
+T = TypeVar("T")
+
+
+def setting(default: Any, *, lo: float | None = None, hi: float | None = None, pixel: bool = False,
+            help: str = "") -> Any:
+    """A dataclass field with a range check, pixel-unit parsing and a help string."""
+    meta = {"lo": lo, "hi": hi, "pixel": pixel, "help": help}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_pixel_value(raw: Any, key: str = "value") -> float:
+    """Parse an eps or step size in [0, 1] pixel units: ``8/255``, ``0.031`` or ``0``."""
+    if isinstance(raw, bool):
+        raise UserError(f"{key}: expected a number such as 8/255 or 0.031, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        value = float(raw)
+    else:
+        text = str(raw).strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                if float(den) == 0:
+                    raise UserError(f"{key}: division by zero in {text!r}; write e.g. 8/255")
+                value = float(Fraction(num.strip()) / Fraction(den.strip()))
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"{key}: {text!r} is not a number; write e.g. 8/255 or 0.031") from None
+    if value != value or value < 0:
+        raise UserError(f"{key}: {raw!r} must be a non-negative number in [0, 1] pixel units")
+    if value > 1:
+        raise UserError(f"{key}: {raw!r} is above 1, but values are in [0, 1] pixel units; "
+                        f"did you mean {raw}/255?")
+    return value
+
+
+# --- components --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = setting("digits", help="cifar10, cifar100, imagefolder:PATH, digits, synthetic")
+    data_dir: str | None = setting(None, help="root directory of cifar10/cifar100 data")
+    download: bool = setting(False, help="allow torchvision to download cifar10/cifar100")
+    val_size: int | None = setting(None, lo=0, help="validation images carved from train "
+                                                    "(default 10%, at most 5000)")
+    val_seed: int = setting(0, help="seed of the train/validation split")
+    train_limit: int | None = setting(None, lo=1, help="use only the first N training images")
+    test_limit: int | None = setting(None, lo=1, help="use only the first N test images")
+    augment: bool = setting(True, help="random crop with padding and horizontal flip in training")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = setting("tinyten", help="zoo name, path/file.py:Class or package.module:Class")
+    width: float = setting(1.0, lo=0.01, help="width multiplier")
+    kwargs: dict = setting({}, help="extra keyword arguments of the architecture")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The PGD attack used inside a training loop."""
+
+    norm: Literal["linf", "l2"] = setting("linf")
+    eps: float = setting(8 / 255, pixel=True, help="radius in [0,1] pixel units")
+    step_size: float | None = setting(None, pixel=True, help="default eps/4")
+    steps: int = setting(7, lo=0, help="PGD iterations; 0 trains on clean inputs")
+    random_start: bool = setting(True)
+    mode: Literal["train", "eval"] = setting(
+        "train", help="network mode while attacking: train = batch statistics (running "
+                      "statistics untouched), eval = running statistics")
+
+    @property
+    def resolved_step_size(self) -> float:
+        return self.eps / 4 if self.step_size is None else self.step_size
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = setting(10, lo=1)
+    batch_size: int = setting(128, lo=1)
+    lr: float = setting(0.1, lo=0.0)
+    momentum: float = setting(0.9, lo=0.0, hi=1.0)
+    weight_decay: float = setting(5e-4, lo=0.0)
+    schedule: Literal["piecewise", "cosine", "constant"] = setting("piecewise")
+    warmup_epochs: float = setting(0.0, lo=0.0)
+    seed: int = setting(0)
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    channels_last: bool = setting(True, help="NHWC memory layout for convolutions")
+    precision: Literal["auto", "float32", "bfloat16"] = setting(
+        "float32", help="autocast dtype; auto = bfloat16 on a CUDA device that supports it")
+    compile: bool = setting(False, help="torch.compile the network")
+    threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    attack: str = setting("pgd:steps=20", help="attack spec, e.g. pgd:steps=20,alpha=2/255")
+    batch_size: int = setting(256, lo=1)
+    seed: int = setting(0)
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """`robust-mc train`: one PGD-trained endpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    device: str = setting("auto")
+
+
+# --- building -----------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, meta)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if meta.get("pixel"):
+        return parse_pixel_value(value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = float(Fraction(str(value))) if isinstance(value, str) else float(value)
+        except (ValueError, ZeroDivisionError, TypeError):
+            raise UserError(f"{key}: expected a number, got {value!r}") from None
+        if out != out:
+            raise UserError(f"{key}: expected a number, got NaN")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise UserError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _check_range(value: Any, key: str, meta: dict) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo:
+        raise UserError(f"{key}: {value} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"{key}: {value} is above the maximum {hi}")
+
+
+def _build(cls: type[T], values: dict, prefix: str) -> T:
+    if not isinstance(values, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}'; known keys here: "
+                        f"{', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, values.get(name) or {}, key + ".")  # type: ignore[arg-type]
+        elif name in values:
+            value = _coerce(values[name], tp, key, dict(f.metadata))
+            _check_range(value, key, dict(f.metadata))
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def find_preset(name: str) -> Path:
+    """Resolve ``--config``: a YAML path, or the name of a preset shipped in ``configs/``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = name[:-5] if name.endswith(".yaml") else name
+    preset = resources.files("configs").joinpath(f"{Path(stem).name}.yaml")
+    if preset.is_file():
+        return Path(str(preset))
+    available = sorted(p.name[:-5] for p in resources.files("configs").iterdir()
+                       if p.name.endswith(".yaml"))
+    raise UserError(f"config file {name!r} not found; give a YAML path or one of the presets: "
+                    f"{', '.join(available)}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[T], yaml_file: str | None = None,
+                 overrides: dict[str, Any] | None = None, base: dict | None = None) -> T:
+    """Defaults < ``base`` (e.g. from a checkpoint) < YAML file < dotted CLI overrides."""
+    tree: dict = {}
+    for source in (base or {}), (load_yaml(find_preset(yaml_file)) if yaml_file else {}):
+        for dotted, value in flatten(source).items():
+            _set_dotted(tree, dotted, value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    return _build(cls, tree, "")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; mappings inside a ``kwargs`` key stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def to_dict(config: Any) -> dict:
+    """The resolved configuration as plain values (for JSON, YAML and checkpoints)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,288 @@
+"""Datasets by name, held as tensors in memory, with augmentation done on whole batches.
+
+Images are always in [0, 1]; normalization belongs to the model (see ``models.Normalize``).
+Every dataset has three splits: ``train``, ``val`` (carved from the training set, so that choices
+along a path are never made on the test set) and ``test``.
+
+Names: ``cifar10``, ``cifar100`` (torchvision format under ``data_dir``), ``imagefolder:PATH``
+(``PATH/train/<class>/*`` and ``PATH/test/<class>/*``), ``digits`` (scikit-learn's bundled 8x8
+digits, the embedded default) and ``synthetic`` (tiny generated data for tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from robust_mc.config import DataConfig
+from robust_mc.errors import UserError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # pixels of zero padding for random crops; 0 disables cropping
+    flip: bool  # horizontal flips are label-preserving
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, C, H, W) as uint8 in [0, 255] or float in [0, 1], labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def take(self, count: int | None) -> Split:
+        if count is None or count >= len(self):
+            return self
+        return Split(self.images[:count], self.labels[:count])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Data:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+    def to(self, device: torch.device | str) -> Data:
+        return replace(self, train=self.train.to(device), val=self.val.to(device),
+                       test=self.test.to(device))
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float32 in [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images.float()
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def load_data(config: DataConfig) -> Data:
+    """Load a dataset by name and carve the validation split from its training set."""
+    name = config.dataset
+    if name == "synthetic":
+        info, train, test = _synthetic()
+    elif name == "digits":
+        info, train, test = _digits()
+    elif name in ("cifar10", "cifar100"):
+        info, train, test = _torchvision_cifar(name, config.data_dir, config.download)
+    elif name.startswith("imagefolder:"):
+        info, train, test = _image_folder(Path(name.split(":", 1)[1]).expanduser())
+    else:
+        raise UserError(f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder:PATH, "
+                        "digits or synthetic")
+    train = train.take(config.train_limit)
+    test = test.take(config.test_limit)
+    val_size = config.val_size
+    if val_size is None:
+        val_size = min(5000, len(train) // 10)
+    if val_size >= len(train):
+        raise UserError(f"data.val_size {val_size} leaves no training images "
+                        f"(the training set has {len(train)}); choose a smaller --val-size")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.val_seed))
+    val = train.subset(order[:val_size])
+    train = train.subset(order[val_size:].sort().values)
+    return Data(info=info, train=train, val=val, test=test)
+
+
+def _synthetic() -> tuple[DatasetInfo, Split, Split]:
+    """Four classes of noisy 3x12x12 prototype images; learnable in a few epochs."""
+    gen = torch.Generator().manual_seed(1234)
+    classes, shape = 4, (3, 12, 12)
+    prototypes = torch.rand((classes, *shape), generator=gen) * 0.6 + 0.2
+
+    def draw(count: int) -> Split:
+        labels = torch.arange(count) % classes
+        noise = torch.randn((count, *shape), generator=gen) * 0.25
+        return Split((prototypes[labels] + noise).clamp_(0, 1), labels)
+
+    info = DatasetInfo("synthetic", classes, 3, 12, (0.5,) * 3, (0.25,) * 3, 2, True)
+    return info, draw(800), draw(200)
+
+
+def _digits() -> tuple[DatasetInfo, Split, Split]:
+    """scikit-learn's 1,797 8x8 digits (values 0..16), a fixed 20% test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).div_(16).unsqueeze(1)
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = len(labels) // 5
+    test = Split(images[order[:n_test]], labels[order[:n_test]])
+    train = Split(images[order[n_test:]], labels[order[n_test:]])
+    info = DatasetInfo("digits", 10, 1, 8, (0.305,), (0.377,), 1, False)
+    return info, train, test
+
+
+def _torchvision_cifar(name: str, data_dir: str | None, download: bool
+                       ) -> tuple[DatasetInfo, Split, Split]:
+    from torchvision import datasets
+
+    if data_dir is None:
+        raise UserError(f"{name} needs --data-dir DIR (add --download to fetch it there)")
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(root=data_dir, train=train, download=download)
+        except RuntimeError as exc:
+            raise UserError(f"{name} not found under {data_dir} ({str(exc).splitlines()[0]}); "
+                            "add --download or point --data-dir at it") from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.int64)))
+    ten = name == "cifar10"
+    info = DatasetInfo(name, 10 if ten else 100, 3, 32,
+                       CIFAR10_MEAN if ten else CIFAR100_MEAN,
+                       CIFAR10_STD if ten else CIFAR100_STD, 4, True)
+    return info, splits[0], splits[1]
+
+
+def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
+    for sub in ("train", "test"):
+        if not (root / sub).is_dir():
+            raise UserError(f"imagefolder:{root} has no {sub}/ sub-folder; expected "
+                            f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"imagefolder:{root}/train has no class sub-folders")
+    train = _decode_folder(root / "train", classes)
+    test = _decode_folder(root / "test", classes)
+    images = train.images
+    channels, size = int(images.shape[1]), int(images.shape[2])
+    flat = as_float(images[:10000]).transpose(0, 1).reshape(channels, -1)
+    mean = tuple(round(v, 4) for v in flat.mean(1).tolist())
+    std = tuple(round(v, 4) for v in flat.std(1).tolist())
+    info = DatasetInfo(f"imagefolder:{root}", len(classes), channels, size, mean, std,
+                       max(size // 8, 1), True)
+    return info, train, test
+
+
+def _decode_folder(folder: Path, classes: list[str]) -> Split:
+    """Decode every image of ``folder/<class>/`` into one uint8 tensor, cached on disk."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            raise UserError(f"{folder} lacks the class folder {name!r} that train/ has")
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [index] * len(found)
+    if not files:
+        raise UserError(f"{folder} holds no .jpg/.jpeg/.png images")
+    key = hashlib.sha256("\n".join(f"{p}:{p.stat().st_mtime_ns}" for p in files).encode())
+    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return Split(saved["images"], saved["labels"])
+        except Exception:  # a stale or torn cache is rebuilt, never trusted
+            pass
+
+    def decode(path: Path) -> torch.Tensor:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = list(pool.map(decode, files, chunksize=256))
+    shapes = {tuple(t.shape) for t in decoded}
+    if len(shapes) != 1:
+        raise UserError(f"{folder}: images have different sizes {sorted(shapes)[:3]}; "
+                        "resize them to one size first")
+    split = Split(torch.stack(decoded), torch.tensor(labels, dtype=torch.int64))
+    try:
+        from robust_mc.io import atomic_torch_save
+
+        atomic_torch_save({"images": split.images, "labels": split.labels}, cache)
+    except OSError:
+        pass  # caching is an optimisation; a read-only cache directory is fine
+    return split
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robust-mc"
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched augmentation: a random crop from a zero-padded image, then a random flip.
+
+    ``images`` (B, C, H, W) float; returns a new tensor of the same shape.
+    """
+    batch, _, height, width = images.shape
+    device = images.device
+    out = images
+    if padding > 0:
+        padded = F.pad(images, (padding,) * 4)  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(height, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(width, device=device))[:, None, None, :]
+        out = padded[torch.arange(batch, device=device)[:, None, None, None],
+                     torch.arange(images.shape[1], device=device)[None, :, None, None],
+                     rows, cols]
+    if flip:
+        mask = (torch.rand(batch, generator=generator) < 0.5).to(device)
+        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool = False,
+            generator: torch.Generator | None = None, info: DatasetInfo | None = None,
+            augment: bool = False, drop_last: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images float (B, C, H, W) in [0, 1], labels (B,)) on the split's device."""
+    count = len(split)
+    order = torch.randperm(count, generator=generator) if shuffle else None
+    stop = count - count % batch_size if drop_last and count >= batch_size else count
+    for start in range(0, stop, batch_size):
+        if order is not None:
+            index = order[start:start + batch_size].to(split.images.device)
+            images, labels = split.images[index], split.labels[index]
+        else:
+            images = split.images[start:start + batch_size]
+            labels = split.labels[start:start + batch_size]
+        images = as_float(images)
+        if augment and info is not None:
+            images = random_crop_flip(images, info.crop_padding, info.flip, generator)
+        yield images, labels
+
+
+def num_batches(split: Split, batch_size: int, drop_last: bool = False) -> int:
+    if drop_last and len(split) >= batch_size:
+        return len(split) // batch_size
+    return -(-len(split) // batch_size)

@@ -1,0 +1,27 @@
+"""What every run records about itself: configuration, command line, versions, time."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from importlib import metadata
+
+import torch
+
+
+def version() -> str:
+    try:
+        return metadata.version("robust-mc")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def run_record(argv: list[str] | None = None) -> dict:
+    return {
+        "robust_mc": version(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "argv": list(sys.argv if argv is None else argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,94 @@
+"""Where and how tensors run: the device (chosen once), CPU threads, autocast and memory layout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from robust_mc.config import SpeedConfig
+from robust_mc.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"--device {name!r}: use auto, cpu or cuda")
+
+
+def set_threads(threads: int | None) -> None:
+    """Use every core the process may run on unless told otherwise."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, threads))
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; ``None`` means plain float32."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():  # precision == "auto"
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+class Runtime:
+    """The device, autocast dtype and layout that one run uses everywhere."""
+
+    def __init__(self, device: torch.device, speed: SpeedConfig | None = None) -> None:
+        speed = speed or SpeedConfig()
+        self.device = device
+        self.speed = speed
+        self.dtype = autocast_dtype(device, speed.precision)
+        self.channels_last = speed.channels_last
+
+    @classmethod
+    def create(cls, device: str, speed: SpeedConfig | None = None) -> Runtime:
+        speed = speed or SpeedConfig()
+        set_threads(speed.threads)
+        return cls(select_device(device), speed)
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return autocast(self.device, self.dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device in the chosen memory layout (in place)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch (B, C, H, W) in the layout the model expects."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "precision": str(self.dtype or torch.float32),
+                "channels_last": self.channels_last, "compile": self.speed.compile,
+                "threads": torch.get_num_threads()}
