@@ -1,4 +1,4 @@
-"""Projected gradient descent (Madry et al. 2018) in the L-inf and L2 norms, built for training loops.
+"""Projected gradient descent (Madry et al. 2018), L-inf and L2, built for use in training loops.
 
 The attack only asks for the gradient with respect to the perturbation (``torch.autograd.grad``), so
 no parameter gradient is computed or accumulated, and it allocates nothing per call beyond the
@@ -50,7 +50,7 @@ def attack_mode(model: nn.Module | None, mode: Mode) -> Iterator[None]:
     finally:
         for m, (momentum, count) in zip(norms, saved, strict=True):
             m.momentum = momentum
-            if count is not None:
+            if count is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(count)
         model.train(was_training)
 
@@ -131,20 +131,21 @@ class PGD:
     def run(self, forward: Forward, x: torch.Tensor, y: torch.Tensor,
             generator: torch.Generator | None = None) -> torch.Tensor:
         """Attack ``forward`` as it is (the caller has set the network's mode)."""
-        best = None
-        best_loss = None
-        for _ in range(max(self.restarts, 1)):
-            adv = pgd(forward, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                      norm=self.norm, random_start=self.random_start, generator=generator)
-            if self.restarts <= 1:
-                return adv
+        def attempt() -> torch.Tensor:
+            return pgd(forward, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                       norm=self.norm, random_start=self.random_start, generator=generator)
+
+        def loss_of(adv: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                loss = F.cross_entropy(forward(adv).float(), y, reduction="none")
-            if best is None:
-                best, best_loss = adv, loss
-            else:
-                better = loss > best_loss
-                best = torch.where(better.view(-1, 1, 1, 1), adv, best)
-                best_loss = torch.maximum(loss, best_loss)
-        assert best is not None
+                return F.cross_entropy(forward(adv).float(), y, reduction="none")
+
+        best = attempt()
+        if self.restarts <= 1:
+            return best
+        best_loss = loss_of(best)
+        for _ in range(self.restarts - 1):
+            adv = attempt()
+            loss = loss_of(adv)
+            best = torch.where((loss > best_loss).view(-1, 1, 1, 1), adv, best)
+            best_loss = torch.maximum(loss, best_loss)
         return best

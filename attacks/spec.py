@@ -1,4 +1,4 @@
-"""Attack spec strings: ``name`` or ``name:key=value,key=value`` (e.g. ``pgd:steps=20,alpha=2/255``)."""
+"""Attack spec strings: ``name`` or ``name:key=value,...``, e.g. ``pgd:steps=20,alpha=2/255``."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def parse_attack_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if name not in _ATTACKS:
         close = difflib.get_close_matches(name, _ATTACKS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown attack {name!r}; {hint}known attacks: {', '.join(list_attacks())}")
+        known = ", ".join(list_attacks())
+        raise UserError(f"unknown attack {name!r}; {hint}known attacks: {known}")
     entry = _ATTACKS[name]
     values: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):

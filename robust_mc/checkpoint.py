@@ -5,7 +5,7 @@ Native format, a ``torch.save``d dict of plain values and tensors::
     {"format": "robust-mc/1",
      "arch": "resnet20",                       # zoo name, file.py:Class or module:Class
      "arch_kwargs": {"num_classes": 10, "in_channels": 3, "width": 1.0, "image_size": 32},
-     "state_dict": {name: tensor},             # the architecture's own names, BN statistics included
+     "state_dict": {name: tensor},  # the architecture's own names, BN statistics included
      "normalization": {"mean": [...], "std": [...]},   # applied to [0, 1] inputs
      "meta": {...}}                            # plain values: dataset, metrics, config, ...
 
@@ -16,6 +16,7 @@ Everything loads with ``weights_only=True``; full unpickling needs ``trust=True`
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import zipfile
@@ -51,9 +52,16 @@ class Checkpoint:
         return self.meta.get("dataset")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs),
-                "state_dict": self.state_dict, "normalization": self.normalization,
-                "meta": self.meta}
+        """Tensors and plain values only, so that ``weights_only`` loading reads it back."""
+        return {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
+                "state_dict": self.state_dict, "normalization": plain(self.normalization),
+                "meta": plain(self.meta)}
+
+
+def plain(value: Any) -> Any:
+    """Strings, numbers, bools, None, lists and dicts (a JSON round trip; tensors become lists)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist")
+                                 else str(v)))
 
 
 def build_model(ckpt: Checkpoint) -> Classifier:
@@ -106,11 +114,11 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            raise UserError(f"{path} needs full unpickling, which can run arbitrary code; if you "
-                            "trust its source, pass --trust-checkpoint") from None
-        raise UserError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0]})") \
-            from None
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])
+        raise UserError(f"{path} is not a readable checkpoint under safe loading ({reason[:160]}); "
+                        "if it is a checkpoint from a source you trust, --trust-checkpoint allows "
+                        "full unpickling, which can run code") from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} is not a readable checkpoint: {first[:200]}") from None

@@ -1,4 +1,4 @@
-"""One typed configuration tree, filled from defaults, a YAML file and CLI flags, all validated alike.
+"""One typed configuration tree from defaults, a YAML file and CLI flags, all validated alike.
 
 Every component has a frozen dataclass; a command's run config composes them. ``build_config``
 merges, in increasing precedence, the dataclass defaults, a YAML mapping (``--config``) and dotted

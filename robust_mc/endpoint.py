@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from attacks import PGD, build_attack
+from attacks import PGD, build_attack, parse_attack_spec
 from robust_mc.checkpoint import Checkpoint, checkpoint_from_model
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, load_data
@@ -38,6 +36,7 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                    argv: list[str] | None = None, data: Data | None = None) -> Checkpoint:
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``."""
     record = run_record(argv)
+    parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
     torch.manual_seed(cfg.optim.seed)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)

@@ -51,7 +51,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic_write(path, lambda handle: handle.write(text.encode()))
+    def write(handle: IO[bytes]) -> None:
+        handle.write(text.encode())
+
+    return _atomic_write(path, write)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

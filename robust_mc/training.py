@@ -20,7 +20,7 @@ from robust_mc.progress import Step
 from robust_mc.runtime import Runtime
 from robust_mc.schedule import lr_factor
 
-# a task maps a batch to (mean loss to minimise, number of correct predictions on what it trained on)
+# a task maps a batch to (mean loss to minimise, correct predictions on the inputs it trained on)
 Task = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -82,7 +82,8 @@ class AdversarialTask:
     """Madry-style adversarial training of one network: PGD on the batch, then the CE of the
     adversarial batch. ``attack.steps == 0`` trains on clean inputs through the same path."""
 
-    def __init__(self, model: nn.Module, forward: nn.Module, attack: AttackConfig,
+    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 attack: AttackConfig,
                  runtime: Runtime) -> None:
         self.model = model  # the module whose mode is switched for the attack
         self.forward = forward  # what computes logits (the model, or its compiled version)

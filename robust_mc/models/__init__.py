@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from robust_mc.models import resnet, small, vgg  # noqa: F401  (registers the zoo)
 from robust_mc.models._registry import build_architecture, list_models, register_model
 from robust_mc.models.normalize import Classifier, Normalize

@@ -1,4 +1,4 @@
-"""The architecture registry: ``@register_model`` adds a factory, ``create_model`` builds by name."""
+"""The architecture registry: ``@register_model`` adds a factory; lookups by name or by path."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def build_architecture(arch: str, standard: dict, kwargs: dict) -> nn.Module:
     offered = dict(standard)
     if arch not in _MODELS:
         try:
-            params = inspect.signature(factory).parameters
+            params = dict(inspect.signature(factory).parameters)
         except (TypeError, ValueError):
             params = {}
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -12,6 +12,9 @@ class Normalize(nn.Module):
     """(x - mean) / std per channel. The statistics are non-persistent buffers: checkpoints carry
     them in their ``normalization`` entry, and they never enter weight interpolation."""
 
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
@@ -25,7 +28,7 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """A network with its input normalization: ``Classifier(normalize, net)(x) = net(normalize(x))``.
+    """A network with its input normalization: ``net(normalize(x))`` for x in [0, 1].
 
     Every robust-mc model is one, zoo and user architectures alike, so parameter names are always
     ``net.<the architecture's own names>``.

@@ -1,0 +1,12 @@
+"""robust-mc: robust mode connectivity between adversarially trained networks.
+
+Public API (imported lazily by the modules that need it; nothing heavy runs at import):
+
+- data: ``load_data``; models: ``create_model``, ``list_models``;
+- checkpoints: ``load_checkpoint``, ``save_checkpoint``, ``build_model``;
+- evaluation: ``evaluate_model`` with attacks from ``attacks.build_attack``.
+"""
+
+from robust_mc.record import version
+
+__version__ = version()

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny data and small trained models, made once per session, offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_mc.config import DataConfig, TrainRunConfig, build_config
+from robust_mc.data import load_data
+from robust_mc.endpoint import train_endpoint
+from robust_mc.progress import Reporter
+from robust_mc.runtime import Runtime
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def runtime() -> Runtime:
+    return Runtime.create("cpu")
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return load_data(DataConfig(dataset="synthetic"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_data(DataConfig(dataset="digits"))
+
+
+def quick_config(seed: int, **extra) -> TrainRunConfig:
+    values = {"data.dataset": "digits", "model.arch": "cnn", "model.width": 0.5,
+              "attack.eps": 0.1, "attack.steps": 3, "optim.epochs": 5, "optim.batch_size": 64,
+              "optim.lr": 0.05, "optim.schedule": "cosine", "optim.seed": seed,
+              "eval.attack": "pgd:steps=5", "device": "cpu"}
+    values.update(extra)
+    return build_config(TrainRunConfig, None, values)
+
+
+@pytest.fixture(scope="session")
+def digits_endpoints(digits, runtime):
+    """Two small PGD-trained digits CNNs with different seeds (a few seconds each)."""
+    return [train_endpoint(quick_config(seed), runtime, Reporter(quiet=True), data=digits)
+            for seed in (0, 1)]

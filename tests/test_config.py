@@ -1,0 +1,51 @@
+import pytest
+
+from robust_mc.config import TrainRunConfig, build_config, parse_pixel_value
+from robust_mc.errors import UserError
+
+
+@pytest.mark.parametrize("raw, value", [("8/255", 8 / 255), ("0.031", 0.031), (0, 0.0),
+                                        ("0", 0.0), (0.5, 0.5), (" 2 / 255 ", 2 / 255)])
+def test_pixel_values_parse(raw, value):
+    assert parse_pixel_value(raw) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("raw, message", [("abc", "not a number"), ("8/0", "division by zero"),
+                                          ("-0.1", "non-negative"), ("8", "8/255"),
+                                          (True, "expected a number")])
+def test_bad_pixel_values_name_the_fix(raw, message):
+    with pytest.raises(UserError, match=message):
+        parse_pixel_value(raw, "attack.eps")
+
+
+def test_precedence_defaults_yaml_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("attack:\n  eps: 4/255\n  steps: 3\noptim:\n  epochs: 2\n")
+    cfg = build_config(TrainRunConfig, str(path), {"attack.steps": "9"})
+    assert cfg.attack.eps == pytest.approx(4 / 255)
+    assert cfg.attack.steps == 9
+    assert cfg.optim.epochs == 2
+    assert cfg.optim.lr == 0.1
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("attack:\n  epss: 0.1\n", "unknown config key 'attack.epss'"),
+    ("optim:\n  epochs: many\n", "optim.epochs: expected an integer"),
+    ("optim:\n  epochs: 0\n", "optim.epochs: 0 is below the minimum 1"),
+    ("optim:\n  schedule: linear\n", "optim.schedule"),
+    ("attack:\n  eps: 8\n", "attack.eps.*8/255"),
+    ("data: 3\n", "data: expected a mapping"),
+    ("- a\n", "must be a mapping"),
+])
+def test_bad_config_names_the_key(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(UserError, match=message):
+        build_config(TrainRunConfig, str(path))
+
+
+def test_presets_resolve_by_name():
+    cfg = build_config(TrainRunConfig, "cifar10-resnet20")
+    assert cfg.model.arch == "resnet20" and cfg.attack.steps == 7
+    with pytest.raises(UserError, match="presets"):
+        build_config(TrainRunConfig, "no-such-preset")

@@ -1,0 +1,68 @@
+import pytest
+import torch
+from PIL import Image
+
+from robust_mc.config import DataConfig
+from robust_mc.data import as_float, batches, load_data, random_crop_flip
+from robust_mc.errors import UserError
+
+
+@pytest.mark.parametrize("name", ["synthetic", "digits"])
+def test_splits_are_disjoint_and_in_unit_range(name):
+    data = load_data(DataConfig(dataset=name, val_size=50))
+    assert len(data.val) == 50
+    for split in (data.train, data.val, data.test):
+        x = as_float(split.images)
+        assert x.min() >= 0 and x.max() <= 1
+        assert split.labels.max() < data.info.num_classes
+    train_rows = {tuple(r.tolist()) for r in data.train.images.flatten(1)[:, :16]}
+    assert not any(tuple(r.tolist()) in train_rows for r in data.val.images.flatten(1)[:, :16])
+
+
+def test_val_split_depends_on_seed_only():
+    a = load_data(DataConfig(dataset="synthetic", val_seed=3))
+    b = load_data(DataConfig(dataset="synthetic", val_seed=3))
+    c = load_data(DataConfig(dataset="synthetic", val_seed=4))
+    assert torch.equal(a.val.labels, b.val.labels) and torch.equal(a.val.images, b.val.images)
+    assert not torch.equal(a.val.images, c.val.images)
+
+
+def test_batched_augmentation_keeps_shape_and_content():
+    x = torch.rand(16, 3, 8, 8)
+    out = random_crop_flip(x, padding=0, flip=False)
+    assert torch.equal(out, x)
+    out = random_crop_flip(x, padding=2, flip=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_batches_cover_the_split_once():
+    data = load_data(DataConfig(dataset="synthetic"))
+    seen = sum(len(y) for _, y in batches(data.train, 64, shuffle=True,
+                                           generator=torch.Generator().manual_seed(0)))
+    assert seen == len(data.train)
+
+
+def test_imagefolder_reads_train_and_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for split, count in (("train", 12), ("test", 4)):
+        for cls, color in (("cat", (200, 10, 10)), ("dog", (10, 10, 200))):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), color).save(folder / f"{i}.png")
+    for _ in range(2):  # the second load reads the decoded cache
+        data = load_data(DataConfig(dataset=f"imagefolder:{tmp_path / 'imgs'}", val_size=4))
+        assert data.info.num_classes == 2 and data.info.image_size == 8
+        assert len(data.train) + len(data.val) == 24 and len(data.test) == 8
+        assert data.train.images.dtype == torch.uint8
+
+
+def test_imagefolder_without_test_is_a_clear_error(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="no test/ sub-folder"):
+        load_data(DataConfig(dataset=f"imagefolder:{tmp_path}"))
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_data(DataConfig(dataset="mnistt"))

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from robust_mc.checkpoint import (
+    build_model,
+    checkpoint_from_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from robust_mc.models import create_model, list_models
+
+
+def tiny(arch: str, **kw):
+    width = 0.1 if arch in ("wrn28_10", "vgg16_bn", "vgg11_bn", "preact_resnet18") else 0.5
+    return create_model(arch, num_classes=5, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
+                        width=width, image_size=16, **kw), width
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_model_learns_and_round_trips(arch, tmp_path):
+    torch.manual_seed(0)
+    model, width = tiny(arch)
+    x = torch.rand(4, 3, 16, 16)
+    out = model(x)
+    assert out.shape == (4, 5)
+    out.logsumexp(1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+    model.eval()
+    ckpt = checkpoint_from_model(model, arch, {"num_classes": 5, "in_channels": 3,
+                                               "width": width, "image_size": 16})
+    path = save_checkpoint(ckpt, tmp_path / "m.pt")
+    again = build_model(load_checkpoint(path)).eval()
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    assert torch.equal(model(x), again(x))
+
+
+def test_user_architecture_from_file(tmp_path):
+    (tmp_path / "mynet.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes, hidden=7):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(48, hidden), nn.ReLU(),\n"
+        "                                  nn.Linear(hidden, num_classes))\n"
+        "    def forward(self, x):\n"
+        "        return self.body(x)\n")
+    model = create_model(f"{tmp_path / 'mynet.py'}:Net", num_classes=3, in_channels=3,
+                         mean=(0.5,) * 3, std=(0.5,) * 3, image_size=4, kwargs={"hidden": 5})
+    assert model(torch.rand(2, 3, 4, 4)).shape == (2, 3)
+    assert model.net.body[1].out_features == 5
