@@ -131,6 +131,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    method: Literal["corr", "weights"] = setting(
+        "corr", help="corr: activation correlation (Tatro et al.); weights: weight matching")
+    inputs: Literal["clean", "adversarial"] = setting(
+        "clean", help="activations on clean images or on each model's own PGD examples")
+    samples: int = setting(5000, lo=1, help="training images used for alignment")
+    batch_size: int = setting(500, lo=1)
+
+
+@dataclass(frozen=True)
+class AlignRunConfig:
+    """`robust-mc align`: permute b's hidden units to match a's."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    device: str = setting("auto")
+
+
+@dataclass(frozen=True)
 class TrainRunConfig:
     """`robust-mc train`: one PGD-trained endpoint."""
 

@@ -61,6 +61,16 @@ def add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", dest="optim.seed", metavar="N", help="seed of the run")
 
 
+def add_align_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("alignment")
+    g.add_argument("--align-method", dest="align.method", choices=["corr", "weights"],
+                   help="corr: activation correlation (Tatro et al.); weights: weight matching")
+    g.add_argument("--align-inputs", dest="align.inputs", choices=["clean", "adversarial"],
+                   help="activations on clean images or on each model's own PGD examples")
+    g.add_argument("--align-samples", dest="align.samples", metavar="N",
+                   help="training images used for alignment (default 5000)")
+
+
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-attack", dest="eval.attack", metavar="SPEC",

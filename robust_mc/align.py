@@ -1,0 +1,334 @@
+"""Neuron alignment: permute model B's hidden units to match model A's.
+
+``corr`` (Tatro et al. 2020): one pass of both models over the alignment data accumulates, in
+float64, the sums that give the cross-correlation of every pair of units of each space (a conv
+channel counts every spatial position of every image as a sample; spaces tied by residual
+connections pool the statistics of all their taps); each space is then solved as a linear
+assignment problem maximising the summed correlation of matched units.
+
+``weights`` (Ainsworth et al. 2023, Git Re-Basin weight matching): data-free coordinate ascent over
+spaces, each step a linear assignment on the inner products of the weights that the space's
+permutation acts on, until no permutation changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.fx
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from attacks import PGD
+from robust_mc.config import AlignConfig, AttackConfig
+from robust_mc.data import Split, as_float, batches
+from robust_mc.permutation import (
+    Permutation,
+    PermutationSpec,
+    Space,
+    apply_permutation,
+    axis_index,
+    identity_permutation,
+    permute_model,
+    trace_graph,
+    trace_permutation_spec,
+)
+from robust_mc.runtime import Runtime
+
+Method = Literal["corr", "weights"]
+Inputs = Literal["clean", "adversarial"]
+
+
+@dataclass
+class SpaceReport:
+    name: str
+    units: int
+    corr_before: float  # mean correlation of units matched by index
+    corr_after: float  # mean correlation of units matched by the permutation
+    moved: float  # fraction of units re-matched
+
+
+@dataclass
+class Alignment:
+    method: str
+    inputs: str
+    perm: Permutation
+    spaces: list[SpaceReport]
+    seconds: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "inputs": self.inputs, "samples": self.samples,
+                "seconds": self.seconds,
+                "spaces": [vars(s) for s in self.spaces],
+                "mean_corr_before": _mean([s.corr_before for s in self.spaces]),
+                "mean_corr_after": _mean([s.corr_after for s in self.spaces])}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+# --- activation statistics ----------------------------------------------------------------------
+
+class _PairRunner:
+    """Runs two models of one architecture node by node in lockstep, handing the outputs of each
+    tap node to ``on_tap`` the moment both exist: nothing is stored, and later in-place
+    operations cannot change what was measured."""
+
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, taps: set[str]) -> None:
+        gm = trace_graph(model_a)
+        self.graph = gm.graph
+        # both interpreters walk model A's graph; each fetches modules from its own model
+        self.interpreters = [torch.fx.Interpreter(gm), torch.fx.Interpreter(trace_graph(model_b))]
+        self.taps = taps
+
+    def run(self, x_a: torch.Tensor, x_b: torch.Tensor,
+            on_tap: Callable[[str, torch.Tensor, torch.Tensor], None]) -> None:
+        envs: list[dict] = [{}, {}]
+        for interp, x in zip(self.interpreters, (x_a, x_b), strict=True):
+            interp.env = {}
+            interp.args_iter = iter([x])
+        last_uses = self.interpreters[0].user_to_last_uses
+        for node in self.graph.nodes:
+            if node.op == "output":
+                break
+            outs = []
+            for interp, env in zip(self.interpreters, envs, strict=True):
+                interp.env = env
+                env[node] = interp.run_node(node)
+                outs.append(env[node])
+            if node.name in self.taps:
+                on_tap(node.name, _as_samples(outs[0]), _as_samples(outs[1]))
+            for env in envs:
+                for dead in last_uses.get(node, []):
+                    env.pop(dead, None)
+
+
+def _as_samples(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N * positions, C) float32: every position of every image is a sample.
+    A view where the layout allows it (channels-last), else one copy."""
+    t = t.detach().float()
+    if t.dim() > 2:
+        t = t.movedim(1, -1)
+    return t.reshape(-1, t.shape[-1])
+
+
+class _Moments:
+    """Running float64 sums for the cross-correlation of A's and B's units of one space: sums,
+    sums of squares and cross products, each batch's reduced by matrix products (fast on many
+    samples) in float32 and accumulated in float64."""
+
+    def __init__(self, units: int) -> None:
+        self.units = units
+        self.count = 0.0
+        self.sums: torch.Tensor | None = None  # (2, units): A, B
+        self.squares: torch.Tensor | None = None  # (2, units)
+        self.cross: torch.Tensor | None = None  # (units, units)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:  # (samples, units) each
+        ones = torch.ones(1, a.shape[0], device=a.device, dtype=a.dtype)
+        sums = torch.cat([ones @ a, ones @ b]).double()
+        squares = torch.stack([(a.T @ a).diagonal(), (b.T @ b).diagonal()]).double()
+        cross = (a.T @ b).double()
+        if self.sums is None or self.squares is None or self.cross is None:
+            self.sums, self.squares, self.cross = sums, squares, cross
+        else:
+            self.sums += sums
+            self.squares += squares
+            self.cross += cross
+        self.count += a.shape[0]
+
+    def correlation(self) -> torch.Tensor:
+        """(units_a, units_b) Pearson correlation; units that never vary correlate 0."""
+        assert self.sums is not None and self.squares is not None and self.cross is not None
+        mean = self.sums / self.count
+        std = (self.squares / self.count - mean ** 2).clamp_min(0).sqrt()
+        cov = self.cross / self.count - mean[0][:, None] * mean[1][None, :]
+        denom = std[0][:, None] * std[1][None, :]
+        return torch.where(denom > 1e-12, cov / denom.clamp_min(1e-12), torch.zeros_like(cov))
+
+
+def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
+                      batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
+                      attack: PGD | None = None) -> tuple[dict[str, torch.Tensor], int]:
+    """Correlation matrix per space from one forward pass of each model over ``batches``.
+
+    With ``attack``, each model sees its own adversarial examples of the batch.
+    """
+    runner = _PairRunner(model_a, model_b, spec.tap_nodes)
+    moments = {space.name: _Moments(space.size) for space in spec}
+    by_tap: dict[str, list[tuple[_Moments, slice]]] = {}
+    for space in spec:  # tied spaces pool the samples of all their taps
+        for tap in space.taps:
+            by_tap.setdefault(tap.node, []).append(
+                (moments[space.name], slice(tap.offset, tap.offset + space.size)))
+
+    def on_tap(node: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        for moment, cols in by_tap[node]:
+            moment.add(a[:, cols], b[:, cols])
+
+    samples = 0
+    for model in (model_a, model_b):
+        model.eval()
+    for x, y in batches:
+        x, y = runtime.images(x.to(runtime.device)), y.to(runtime.device)
+        inputs = [x, x]
+        if attack is not None:  # the same random start for both: equal functions, equal inputs
+            seed = int(torch.randint(0, 2**62, (1,)))
+            with runtime.autocast():
+                inputs = [attack(model, x, y, torch.Generator(x.device).manual_seed(seed))
+                          for model in (model_a, model_b)]
+        with torch.no_grad(), runtime.autocast():
+            runner.run(inputs[0], inputs[1], on_tap)
+        samples += x.shape[0]
+    return {name: m.correlation().cpu() for name, m in moments.items()}, samples
+
+
+def solve_assignment(score: torch.Tensor) -> torch.Tensor:
+    """The permutation p maximising sum_i score[i, p[i]]."""
+    rows, cols = linear_sum_assignment(score.double().numpy(), maximize=True)
+    perm = torch.empty(score.shape[0], dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return perm
+
+
+# --- weight matching ----------------------------------------------------------------------------
+
+def _unit_matrix(tensor: torch.Tensor, axis_spec, size: int) -> torch.Tensor:
+    """Rows = the space's units on this axis, columns = everything else that moves with them."""
+    t = tensor.movedim(axis_spec.axis, 0)
+    t = t[axis_spec.offset:axis_spec.offset + size * axis_spec.repeat]
+    return t.reshape(size, -1).double()
+
+
+def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                    spec: PermutationSpec, max_sweeps: int = 100, seed: int = 0) -> Permutation:
+    """Git Re-Basin weight matching over parameters (running statistics are not weights)."""
+    perm = identity_permutation(spec)
+    by_tensor: dict[str, list[tuple[Space, object]]] = {}
+    for space in spec:
+        for axis in space.axes:
+            by_tensor.setdefault(axis.name, []).append((space, axis))
+    names = [n for n in by_tensor if "running_" not in n and n in state_a]
+    a_cpu = {n: state_a[n].detach().cpu().double() for n in names}
+    b_cpu = {n: state_b[n].detach().cpu().double() for n in names}
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(max_sweeps):
+        changed = False
+        for index in torch.randperm(len(spec), generator=gen).tolist():
+            space = spec.spaces[index]
+            score = torch.zeros(space.size, space.size, dtype=torch.float64)
+            for axis in space.axes:
+                if axis.name not in a_cpu:
+                    continue
+                b = b_cpu[axis.name]
+                for other, other_axis in by_tensor[axis.name]:  # B's other axes as matched so far
+                    if other is space:
+                        continue
+                    idx = axis_index(other_axis, perm[other.name], b.shape[other_axis.axis])
+                    b = b.index_select(other_axis.axis, idx)
+                wa = _unit_matrix(a_cpu[axis.name], axis, space.size)
+                wb = _unit_matrix(b, axis, space.size)
+                score += wa @ wb.T
+            new = solve_assignment(score)
+            old_value = score[torch.arange(space.size), perm[space.name]].sum()
+            new_value = score[torch.arange(space.size), new].sum()
+            if new_value > old_value + 1e-9 * max(1.0, abs(float(old_value))):
+                perm[space.name] = new
+                changed = True
+        if not changed:
+            break
+    return perm
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+def align(model_a: nn.Module, model_b: nn.Module,
+          data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, *,
+          method: Method = "corr", inputs: Inputs = "clean", attack: PGD | None = None,
+          spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
+          runtime: Runtime | None = None) -> Alignment:
+    """Find the permutation of ``model_b``'s units that best matches ``model_a``.
+
+    ``data`` yields batches (images (B, C, H, W) in [0, 1], labels (B,)); ``corr`` needs it,
+    ``weights`` uses it only for the correlation report. ``inputs="adversarial"`` uses each model's
+    own ``attack`` examples. Apply the result with ``apply_permutation``/``permute_model``.
+    """
+    runtime = runtime or Runtime(torch.device("cpu"))
+    batches = list(data) if data is not None else []
+    if spec is None:
+        probe = example if example is not None else (batches[0][0] if batches else None)
+        if probe is None:
+            raise ValueError("align needs data or an example input to trace the model")
+        spec = trace_permutation_spec(model_a, probe)
+    if inputs == "adversarial" and attack is None:
+        raise ValueError("inputs='adversarial' needs an attack")
+    seconds: dict[str, float] = {}
+    corr: dict[str, torch.Tensor] = {}
+    samples = 0
+    if batches:
+        start = time.perf_counter()
+        corr, samples = unit_correlations(model_a, model_b, spec, batches, runtime,
+                                          attack if inputs == "adversarial" else None)
+        seconds["statistics"] = time.perf_counter() - start
+    elif method == "corr":
+        raise ValueError("correlation alignment needs data")
+    start = time.perf_counter()
+    if method == "corr":
+        perm = {name: solve_assignment(c) for name, c in corr.items()}
+    else:
+        perm = weight_matching(model_a.state_dict(), model_b.state_dict(), spec)
+    seconds["assignment"] = time.perf_counter() - start
+    reports = []
+    for space in spec:
+        p = perm[space.name]
+        c = corr.get(space.name)
+        diag = torch.arange(space.size)
+        reports.append(SpaceReport(
+            space.name, space.size,
+            float(c[diag, diag].mean()) if c is not None else float("nan"),
+            float(c[diag, p].mean()) if c is not None else float("nan"),
+            float((p != diag).float().mean())))
+    return Alignment(method, inputs, perm, reports, seconds, samples)
+
+
+def aligned_state(model_b: nn.Module, spec: PermutationSpec, perm: Permutation
+                  ) -> dict[str, torch.Tensor]:
+    return apply_permutation(model_b.state_dict(), spec, perm)
+
+
+# --- aligning two endpoints (shared by `robust-mc align` and `robust-mc connect`) ---------------
+
+@dataclass
+class AlignedPair:
+    alignment: Alignment
+    spec: PermutationSpec
+    model_b: nn.Module  # b with its units permuted to match a
+    function_error: float  # max |logits(b aligned) - logits(b)| on alignment images, eval mode
+
+
+def align_models(model_a: nn.Module, model_b: nn.Module, train: Split, config: AlignConfig,
+                 attack_config: AttackConfig, runtime: Runtime) -> AlignedPair:
+    """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
+    subset = train.take(config.samples).to(runtime.device)
+    example = as_float(subset.images[:2])
+    spec = trace_permutation_spec(model_a, example)
+    a = attack_config
+    attack = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
+    result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
+                   inputs=config.inputs, attack=attack, spec=spec, runtime=runtime)
+    aligned = copy.deepcopy(model_b)
+    permute_model(aligned, spec, result.perm)
+    probe = runtime.images(as_float(subset.images[: config.batch_size]))
+    model_b.eval()
+    aligned.eval()
+    with torch.no_grad():
+        error = float((aligned(probe) - model_b(probe)).abs().max())
+    return AlignedPair(result, spec, aligned, error)

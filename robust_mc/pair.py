@@ -1,0 +1,62 @@
+"""Two endpoints to be aligned or connected: loaded, checked against each other and the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robust_mc.checkpoint import Checkpoint, build_model, load_checkpoint
+from robust_mc.data import Data
+from robust_mc.errors import UserError
+from robust_mc.models import Classifier
+
+
+@dataclass
+class Pair:
+    a: Checkpoint
+    b: Checkpoint
+
+    def models(self) -> tuple[Classifier, Classifier]:
+        return build_model(self.a), build_model(self.b)
+
+    def config_base(self) -> dict:
+        """Defaults taken from endpoint a's recorded training: its dataset and attack."""
+        config = self.a.meta.get("config") or {}
+        base: dict = {}
+        if isinstance(config.get("data"), dict):
+            base["data"] = {k: v for k, v in config["data"].items()
+                            if k in ("dataset", "data_dir", "val_size", "val_seed")}
+        elif self.a.dataset:
+            base["data"] = {"dataset": self.a.dataset}
+        if isinstance(config.get("attack"), dict):
+            base["attack"] = dict(config["attack"])
+        return base
+
+    def check_data(self, data: Data) -> None:
+        if self.a.num_classes != data.info.num_classes:
+            raise UserError(f"{self.a.path} has {self.a.num_classes} classes but {data.info.name} "
+                            f"has {data.info.num_classes}; choose the dataset it was trained on "
+                            "with --dataset")
+        channels = self.a.arch_kwargs.get("in_channels")
+        if channels is not None and channels != data.info.in_channels:
+            raise UserError(f"{self.a.path} takes {channels}-channel images but {data.info.name} "
+                            f"has {data.info.in_channels}; choose its dataset with --dataset")
+
+
+def load_pair(path_a: str, path_b: str, *, trust: bool = False, arch: str | None = None,
+              arch_kwargs: dict | None = None, normalization: dict | None = None) -> Pair:
+    a = load_checkpoint(path_a, trust=trust, arch=arch, arch_kwargs=arch_kwargs,
+                        normalization=normalization)
+    b = load_checkpoint(path_b, trust=trust, arch=arch, arch_kwargs=arch_kwargs,
+                        normalization=normalization)
+    if a.arch != b.arch:
+        raise UserError(f"the endpoints have different architectures ({a.arch} vs {b.arch}); "
+                        "connect two networks of one architecture")
+    if a.arch_kwargs != b.arch_kwargs:
+        diff = sorted(k for k in set(a.arch_kwargs) | set(b.arch_kwargs)
+                      if a.arch_kwargs.get(k) != b.arch_kwargs.get(k))
+        raise UserError(f"the endpoints differ in {diff[0]} ({a.arch_kwargs.get(diff[0])} vs "
+                        f"{b.arch_kwargs.get(diff[0])}); connect two networks of one shape")
+    if a.normalization != b.normalization:
+        raise UserError("the endpoints normalize their inputs differently; connect networks "
+                        "trained on the same dataset")
+    return Pair(a, b)
