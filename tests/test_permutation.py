@@ -17,7 +17,7 @@ from robust_mc.permutation import (
 
 
 class UserNet(nn.Module):
-    """A user-style network: functional ReLUs, a residual add, a channel concat, a spatial flatten."""
+    """A user-style net: functional ReLUs, a residual add, a channel concat, a spatial flatten."""
 
     def __init__(self, num_classes=5, in_channels=3):
         super().__init__()
