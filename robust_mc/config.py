@@ -232,7 +232,9 @@ def _check_range(value: Any, key: str, meta: dict) -> None:
         raise UserError(f"{key}: {value} is above the maximum {hi}")
 
 
-def _build(cls: type[T], values: dict, prefix: str) -> T:
+def _build(cls: type[T], values: dict, prefix: str, default: Any = None) -> T:
+    """Build ``cls`` from ``values``; fields not given keep ``default``'s value (the field's
+    default_factory instance for nested sections) or the class default."""
     if not isinstance(values, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -246,11 +248,15 @@ def _build(cls: type[T], values: dict, prefix: str) -> T:
         key = prefix + name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, values.get(name) or {}, key + ".")  # type: ignore[arg-type]
+            inner = getattr(default, name) if default is not None else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            kwargs[name] = _build(tp, values.get(name) or {}, key + ".", inner)  # type: ignore
         elif name in values:
             value = _coerce(values[name], tp, key, dict(f.metadata))
             _check_range(value, key, dict(f.metadata))
             kwargs[name] = value
+        elif default is not None:
+            kwargs[name] = getattr(default, name)
     return cls(**kwargs)
 
 

@@ -1,11 +1,11 @@
 """Permutation specs derived from the graph: which tensor axes one hidden-unit permutation acts on.
 
-``trace_permutation_spec(model, example)`` traces ``model`` with ``torch.fx`` and follows the channel
-layout of every tensor from the input to the logits. Each convolution or linear layer opens a new
-*space* of hidden units; batch norm, activations, pooling and dropout carry a space unchanged; a
-residual ``+`` ties the spaces of its operands into one; ``torch.cat`` lays spaces side by side
-(block-structured); a flatten after pooling repeats each unit over the pooled positions. The network
-input and the logits are never permuted: any space tied to them is fixed.
+``trace_permutation_spec(model, example)`` traces ``model`` with ``torch.fx`` and follows the
+channel layout of every tensor from the input to the logits. Each convolution or linear layer
+opens a new *space* of hidden units; batch norm, activations, pooling and dropout carry a space
+unchanged; a residual ``+`` ties the spaces of its operands into one; ``torch.cat`` lays spaces
+side by side (block-structured); a flatten after pooling repeats each unit over the pooled
+positions. The network input and the logits are never permuted: any space tied to them is fixed.
 
 Each space lists the (state-dict name, axis) pairs that its permutation acts on, and its activation
 *taps*: post-activation outputs (or, where a space has none, the outputs of its producers), which
