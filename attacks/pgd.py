@@ -77,10 +77,18 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
     return (x + delta).clamp_(0, 1).sub_(x)  # keep x + delta in [0, 1]
 
 
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # summed, not averaged, so the step does not shrink with the batch size
+    return F.cross_entropy(logits.float(), target, reduction="sum")
+
+
 def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
         steps: int, norm: str = "linf", random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Maximise the cross-entropy of ``forward(x + delta)`` over ``||delta|| <= eps``.
+        generator: torch.Generator | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum,
+        ) -> torch.Tensor:
+    """Maximise ``loss_fn(forward(x + delta), y)`` (default: cross-entropy) over
+    ``||delta|| <= eps``.
 
     ``x`` (B, C, H, W) in [0, 1]; returns detached adversarial images in [0, 1] within the ball.
     ``forward`` is any callable from images to logits: a module, or weights at a point of a curve.
@@ -91,8 +99,7 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
     for _ in range(steps):
         delta.requires_grad_(True)
-        # summed, not averaged, so the step does not shrink with the batch size
-        loss = F.cross_entropy(forward(x + delta).float(), y, reduction="sum")
+        loss = loss_fn(forward(x + delta), y)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             if norm == "linf":

@@ -27,7 +27,9 @@ from torch import nn
 from attacks import PGD
 from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.data import Split, as_float, batches
+from robust_mc.models import Classifier
 from robust_mc.permutation import (
+    Axis,
     Permutation,
     PermutationSpec,
     Space,
@@ -201,7 +203,7 @@ def solve_assignment(score: torch.Tensor) -> torch.Tensor:
 
 # --- weight matching ----------------------------------------------------------------------------
 
-def _unit_matrix(tensor: torch.Tensor, axis_spec, size: int) -> torch.Tensor:
+def _unit_matrix(tensor: torch.Tensor, axis_spec: Axis, size: int) -> torch.Tensor:
     """Rows = the space's units on this axis, columns = everything else that moves with them."""
     t = tensor.movedim(axis_spec.axis, 0)
     t = t[axis_spec.offset:axis_spec.offset + size * axis_spec.repeat]
@@ -212,7 +214,7 @@ def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.T
                     spec: PermutationSpec, max_sweeps: int = 100, seed: int = 0) -> Permutation:
     """Git Re-Basin weight matching over parameters (running statistics are not weights)."""
     perm = identity_permutation(spec)
-    by_tensor: dict[str, list[tuple[Space, object]]] = {}
+    by_tensor: dict[str, list[tuple[Space, Axis]]] = {}
     for space in spec:
         for axis in space.axes:
             by_tensor.setdefault(axis.name, []).append((space, axis))
@@ -310,11 +312,11 @@ def aligned_state(model_b: nn.Module, spec: PermutationSpec, perm: Permutation
 class AlignedPair:
     alignment: Alignment
     spec: PermutationSpec
-    model_b: nn.Module  # b with its units permuted to match a
+    model_b: Classifier  # b with its units permuted to match a
     function_error: float  # max |logits(b aligned) - logits(b)| on alignment images, eval mode
 
 
-def align_models(model_a: nn.Module, model_b: nn.Module, train: Split, config: AlignConfig,
+def align_models(model_a: Classifier, model_b: Classifier, train: Split, config: AlignConfig,
                  attack_config: AttackConfig, runtime: Runtime) -> AlignedPair:
     """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
     subset = train.take(config.samples).to(runtime.device)

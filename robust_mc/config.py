@@ -112,6 +112,10 @@ class OptimConfig:
     schedule: Literal["piecewise", "cosine", "constant"] = setting("piecewise")
     warmup_epochs: float = setting(0.0, lo=0.0)
     seed: int = setting(0)
+    precise_bn: bool = setting(
+        True, help="after training, recompute BN statistics on adversarial training images "
+                   "(2000), as connect does at every t, instead of keeping the noisy moving "
+                   "average")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,54 @@ class AlignRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    device: str = setting("auto")
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    kind: Literal["line", "bezier", "polychain"] = setting("bezier")
+    bends: int = setting(1, lo=1, help="trainable control points (bezier/polychain)")
+    objective: Literal["adversarial", "trades", "clean"] = setting(
+        "adversarial", help="what the curve is trained on: PGD examples, TRADES, or clean")
+    trades_beta: float = setting(6.0, lo=0.0, help="TRADES trade-off (objective trades)")
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    """Evaluation along the path."""
+
+    points: int = setting(11, lo=2, help="values of t, both endpoints included")
+    bn_data: Literal["clean", "adversarial"] = setting(
+        "adversarial", help="images used to recompute batch-norm statistics at each t")
+    bn_images: int = setting(2000, lo=1, help="training images for the BN statistics")
+    attack: str = setting("pgd:steps=20", help="eval attack spec; alpha defaults to eps/4")
+    batch_size: int = setting(500, lo=1)
+    val_limit: int | None = setting(None, lo=1, help="validation images evaluated (all)")
+    test_limit: int | None = setting(None, lo=1, help="test images evaluated (all)")
+    seed: int = setting(0)
+    compare_line: bool = setting(False, help="also evaluate the straight lines, aligned and not")
+
+
+def _connect_attack() -> AttackConfig:
+    return AttackConfig(steps=5)  # PGD-5 with step eps/4, as Tatro et al. train robust curves
+
+
+def _connect_optim() -> OptimConfig:
+    return OptimConfig(epochs=20, lr=0.015, weight_decay=5e-4, schedule="cosine")
+
+
+@dataclass(frozen=True)
+class ConnectRunConfig:
+    """`robust-mc connect`: align, train a robust curve, evaluate it, report barriers."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=_connect_attack)
+    optim: OptimConfig = field(default_factory=_connect_optim)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    aligned: bool = setting(True, help="align b to a first (--no-align connects them as given)")
+    path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     device: str = setting("auto")
 

@@ -8,6 +8,7 @@ from attacks import PGD, build_attack, parse_attack_spec
 from robust_mc.checkpoint import Checkpoint, checkpoint_from_model
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, load_data
+from robust_mc.evaluate import recompute_batchnorm
 from robust_mc.models import Classifier, create_model
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
@@ -16,6 +17,7 @@ from robust_mc.runtime import Runtime
 from robust_mc.training import AdversarialTask, make_sgd, train_one_epoch
 
 MONITOR_IMAGES = 1000  # validation images attacked after each epoch
+PRECISE_BN_IMAGES = 2000  # as many as connect's path evaluation uses by default
 
 
 def arch_kwargs_for(cfg: TrainRunConfig, data: Data) -> dict:
@@ -67,6 +69,9 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                         "val_robust_acc": val.robust_acc})
         reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
                        f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
+    if cfg.optim.precise_bn:
+        recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES, data="adversarial",
+                            attack=cfg.attack, runtime=runtime)
     test = evaluate_test(model, on_device, cfg, runtime)
     reporter.print(f"[bold]test[/] clean {test.clean_acc:.2f}%  robust {test.robust_acc:.2f}% "
                    f"({cfg.eval.attack}, eps {a.eps * 255:.3g}/255)")

@@ -18,8 +18,9 @@ class Pair:
     def models(self) -> tuple[Classifier, Classifier]:
         return build_model(self.a), build_model(self.b)
 
-    def config_base(self) -> dict:
-        """Defaults taken from endpoint a's recorded training: its dataset and attack."""
+    def config_base(self, keep_attack: tuple[str, ...] | None = None) -> dict:
+        """Defaults taken from endpoint a's recorded training: its dataset and attack (only the
+        ``keep_attack`` keys of it, when given)."""
         config = self.a.meta.get("config") or {}
         base: dict = {}
         if isinstance(config.get("data"), dict):
@@ -28,7 +29,8 @@ class Pair:
         elif self.a.dataset:
             base["data"] = {"dataset": self.a.dataset}
         if isinstance(config.get("attack"), dict):
-            base["attack"] = dict(config["attack"])
+            base["attack"] = {k: v for k, v in config["attack"].items()
+                              if keep_attack is None or k in keep_attack}
         return base
 
     def check_data(self, data: Data) -> None:

@@ -280,7 +280,7 @@ class _SpecBuilder:
             return self.concat(node)
         if target in REDUCE_FUNCTIONS or method in REDUCE_METHODS:
             arg, layout = self.tensor_input(node)
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            dims: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
             rank = len(self.shape(arg) or ())
             if not dims or any(d % rank in (0, 1) for d in dims):
@@ -292,7 +292,7 @@ class _SpecBuilder:
             if method in ("view", "reshape") and len(shape) == 2 and shape[0] == in_shape[0]:
                 return self.flatten(node, layout, 1, shape, in_shape)
             if method == "flatten" or target is torch.flatten:
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+                start: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 return self.flatten(node, layout, int(start), shape, in_shape)
             raise self.fail(node, "reshape")
         raise self.fail(node, "operation")
@@ -374,7 +374,12 @@ def _order(space: Space, gm: torch.fx.GraphModule) -> int:
 
 def _flatten_args(obj: Any) -> list[torch.fx.Node]:
     out: list[torch.fx.Node] = []
-    torch.fx.node.map_arg(obj, lambda n: out.append(n) or n)
+
+    def collect(node: torch.fx.Node) -> torch.fx.Node:
+        out.append(node)
+        return node
+
+    torch.fx.node.map_arg(obj, collect)
     return out
 
 

@@ -8,6 +8,9 @@ robust accuracy <= clean accuracy always, with equality at eps = 0 or under the 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,6 +20,29 @@ from torch import nn
 from attacks import Attack
 from robust_mc.data import Split, batches
 from robust_mc.runtime import Runtime
+
+
+class Clock:
+    """Adds the seconds spent in ``with clock(key):`` blocks to ``timings[key]``."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float] | None) -> None:
+        self.device = device
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -32,21 +58,24 @@ class Metrics:
 
 
 def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
-                   batch_size: int = 256) -> Metrics:
-    """Evaluate ``model`` (in eval mode) on ``split`` clean and under ``attack``."""
+                   batch_size: int = 256, timings: dict[str, float] | None = None) -> Metrics:
+    """Evaluate ``model`` (in eval mode) on ``split`` clean and under ``attack``; seconds spent on
+    clean passes and on the attack are added to ``timings["clean"]`` and ``timings["attack"]``."""
+    clock = Clock(runtime.device, timings)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=runtime.device)
     try:
         for x, y in batches(split.to(runtime.device), batch_size):
             x = runtime.images(x)
-            with torch.no_grad(), runtime.autocast():
+            with clock("clean"), torch.no_grad(), runtime.autocast():
                 clean_logits = model(x).float()
-            with runtime.autocast():
-                x_adv = attack(model, x, y)
-            with torch.no_grad(), runtime.autocast():
-                adv_logits = model(runtime.images(x_adv)).float() if x_adv is not x \
-                    else clean_logits
+            with clock("attack"):
+                with runtime.autocast():
+                    x_adv = attack(model, x, y)
+                with torch.no_grad(), runtime.autocast():
+                    adv_logits = model(runtime.images(x_adv)).float() if x_adv is not x \
+                        else clean_logits
             clean_loss = F.cross_entropy(clean_logits, y, reduction="none")
             adv_loss = F.cross_entropy(adv_logits, y, reduction="none")
             clean_ok = clean_logits.argmax(1) == y

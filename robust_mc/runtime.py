@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from robust_mc.config import SpeedConfig
 from robust_mc.errors import UserError
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -75,7 +78,7 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return autocast(self.device, self.dtype)
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: ModuleT) -> ModuleT:
         """Move ``model`` to the device in the chosen memory layout (in place)."""
         model.to(self.device)
         if self.channels_last:

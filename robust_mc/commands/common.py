@@ -71,6 +71,33 @@ def add_align_flags(p: argparse.ArgumentParser) -> None:
                    help="training images used for alignment (default 5000)")
 
 
+def add_curve_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("curve")
+    g.add_argument("--curve", dest="curve.kind", choices=["line", "bezier", "polychain"])
+    g.add_argument("--bends", dest="curve.bends", metavar="N", help="trainable control points")
+    g.add_argument("--objective", dest="curve.objective",
+                   choices=["adversarial", "trades", "clean"])
+
+
+def add_path_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation along the path")
+    g.add_argument("--points", dest="path.points", metavar="N",
+                   help="values of t, endpoints included (default 11)")
+    g.add_argument("--eval-attack", dest="path.attack", metavar="SPEC",
+                   help="e.g. pgd:steps=20 (alpha eps/4), apgd-ce, autoattack")
+    g.add_argument("--bn-data", dest="path.bn_data", choices=["clean", "adversarial"],
+                   help="images for recomputing batch-norm statistics at each t")
+    g.add_argument("--bn-images", dest="path.bn_images", metavar="N",
+                   help="training images for the BN statistics (default 2000)")
+    g.add_argument("--eval-batch-size", dest="path.batch_size", metavar="N")
+    g.add_argument("--val-limit", dest="path.val_limit", metavar="N",
+                   help="evaluate only N validation images")
+    g.add_argument("--eval-test-limit", dest="path.test_limit", metavar="N",
+                   help="evaluate only N test images")
+    g.add_argument("--compare-line", dest="path.compare_line", action="store_const", const=True,
+                   help="also evaluate the straight lines between the endpoints")
+
+
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-attack", dest="eval.attack", metavar="SPEC",

@@ -1,4 +1,8 @@
-"""`robust-mc demo`: the whole story on the embedded 8x8 digits, on a CPU, in minutes."""
+"""`robust-mc demo`: the whole story on the embedded 8x8 digits, on a CPU, in minutes.
+
+Two PGD-trained endpoints; the straight line between them, unaligned and aligned; a robust Bezier
+curve between the aligned endpoints; a table and a plot that show the robust barrier falling.
+"""
 
 from __future__ import annotations
 
@@ -9,51 +13,86 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from robust_mc import connect as pipeline
 from robust_mc.checkpoint import save_checkpoint
 from robust_mc.commands import common
-from robust_mc.config import TrainRunConfig, build_config
+from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
 from robust_mc.endpoint import train_endpoint
 from robust_mc.io import ensure_out_dir
+from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
+from robust_mc.report import print_summary
 from robust_mc.runtime import Runtime
 
-HELP = "train two PGD endpoints on the embedded digits data and report their robustness"
+HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"
 SEEDS = (0, 1)
+TRAIN_PRESET = "digits-demo"
+CONNECT_PRESET = "digits-connect"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    common.add_config_flag(p)
     common.add_speed_flags(p)
+    p.add_argument("--epochs", dest="optim.epochs", metavar="N",
+                   help="epochs of endpoint and curve training (default: the presets')")
     common.add_output_flags(p, "directory for the demo's files (default runs/demo)")
 
 
-def run(args: argparse.Namespace) -> int:
-    out = ensure_out_dir(args.out or "runs/demo")
-    reporter = Reporter(quiet=args.json)
-    base = common.overrides(args)
-    cfg0 = build_config(TrainRunConfig, args.config or "digits-demo", base)
-    runtime = Runtime.create(cfg0.device, cfg0.speed)
-    data = load_data(cfg0.data)
+def train_endpoints(out: Path, overrides: dict, runtime: Runtime, reporter: Reporter,
+                    argv: list[str]) -> list[dict]:
+    base = build_config(TrainRunConfig, TRAIN_PRESET, overrides)
+    data = load_data(base.data)
     rows = []
     for seed in SEEDS:
-        cfg = build_config(TrainRunConfig, args.config or "digits-demo",
-                           {**base, "optim.seed": seed})
-        ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, data=data)
-        path = save_checkpoint(ckpt, Path(out) / f"endpoint-seed{seed}.pt")
+        cfg = build_config(TrainRunConfig, TRAIN_PRESET, {**overrides, "optim.seed": seed})
+        ckpt = train_endpoint(cfg, runtime, reporter, argv=argv, data=data)
+        path = save_checkpoint(ckpt, out / f"endpoint-seed{seed}.pt")
         test = ckpt.meta["metrics"]["test"]
         rows.append({"checkpoint": str(path), "seed": seed, "clean_acc": test["clean_acc"],
                      "robust_acc": test["robust_acc"],
                      "train_s": ckpt.meta["timings"]["train_s"]})
-    if args.json:
-        print(json.dumps({"endpoints": rows}, indent=2))
-        return 0
-    table = Table(title=f"PGD endpoints on digits (eps {cfg0.attack.eps:.3g}, "
-                        f"{cfg0.eval.attack})")
+    return rows
+
+
+def endpoint_table(rows: list[dict]) -> Table:
+    table = Table(title="PGD-trained endpoints (digits test split)")
     for column in ("checkpoint", "seed", "clean acc", "robust acc", "train s"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["checkpoint"], str(r["seed"]), f"{r['clean_acc']:.2f}%",
                       f"{r['robust_acc']:.2f}%", f"{r['train_s']:.1f}")
-    Console().print(table)
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    out = ensure_out_dir(args.out or "runs/demo")
+    reporter = Reporter(quiet=args.json)
+    overrides = common.overrides(args)
+    runtime = Runtime.create(overrides.get("device", "auto"),
+                             build_config(TrainRunConfig, TRAIN_PRESET, overrides).speed)
+    rows = train_endpoints(out, overrides, runtime, reporter, args.argv)
+    pair = load_pair(rows[0]["checkpoint"], rows[1]["checkpoint"])
+    cfg = build_config(ConnectRunConfig, CONNECT_PRESET, {**overrides, "path.compare_line": True})
+    summary = pipeline.run_connect(pair, cfg, out / "connect", runtime, reporter, args.argv)
+    story = robust_barriers(summary)
+    if args.json:
+        print(json.dumps({"endpoints": rows, "robust_loss_barrier": story,
+                          "barriers": summary["barriers"], "lines": summary.get("lines"),
+                          "best": summary.get("best")}, indent=2))
+        return 0
+    console = Console()
+    console.print(endpoint_table(rows))
+    print_summary(summary, "robust mode connectivity between the two endpoints", console)
+    console.print("[bold]robust loss barrier[/] (test): " + " -> ".join(
+        f"{label} {value:.3f}" for label, value in story.items()))
+    console.print(f"files in {out}/: endpoint-seed0.pt, endpoint-seed1.pt, connect/ "
+                  f"({', '.join(summary['files'])})")
     return 0
+
+
+def robust_barriers(summary: dict) -> dict[str, float]:
+    lines = summary.get("lines", {})
+    story = {label: lines[label]["test"]["robust_loss_barrier"]
+             for label in ("line (unaligned)", "line (aligned)") if label in lines}
+    story["curve (aligned)"] = summary["barriers"]["test"]["robust_loss_barrier"]
+    return story

@@ -1,0 +1,63 @@
+"""`robust-mc connect a.pt b.pt --eps 8/255`: align, train a robust curve, report barriers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from robust_mc import connect as pipeline
+from robust_mc.commands import common
+from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.io import ensure_out_dir
+from robust_mc.pair import load_pair
+from robust_mc.progress import Reporter
+from robust_mc.report import print_summary
+from robust_mc.runtime import Runtime
+
+HELP = "align two endpoints, train a robust curve between them and report its barriers"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="first endpoint (t = 0)")
+    p.add_argument("b", help="second endpoint (t = 1), aligned to a unless --no-align")
+    common.add_config_flag(p)
+    common.add_data_flags(p)
+    common.add_attack_flags(p)
+    common.add_optim_flags(p)
+    common.add_curve_flags(p)
+    common.add_align_flags(p)
+    p.add_argument("--no-align", dest="aligned", action="store_const", const=False,
+                   help="connect the endpoints as given")
+    common.add_path_flags(p)
+    common.add_speed_flags(p)
+    common.add_trust_flag(p)
+    common.add_output_flags(p, "run directory (default runs/<timestamp>-<a>-<b>)")
+
+
+def default_out(a: str, b: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(a).stem}-{Path(b).stem}"
+
+
+def run(args: argparse.Namespace) -> int:
+    pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
+    overrides = common.overrides(args)
+    if getattr(args, "aligned", None) is not None:
+        overrides["aligned"] = args.aligned
+    cfg = build_config(ConnectRunConfig, args.config, overrides,
+                       base=pair.config_base(keep_attack=("eps", "norm")))
+    pipeline.preflight(cfg)
+    reporter = Reporter(quiet=args.json)
+    runtime = Runtime.create(cfg.device, cfg.speed)
+    out = ensure_out_dir(args.out or default_out(args.a, args.b))
+    summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv)
+    if args.json:
+        print(json.dumps({"out": str(out), **{k: summary[k] for k in
+                                              ("barriers", "best", "endpoints", "timings")
+                                              if k in summary}}, indent=2))
+        return 0
+    print_summary(summary, f"robust-mc connect: {Path(args.a).name} -> {Path(args.b).name}")
+    written = ", ".join(str(p.name) for p in (out / "curve.pt", best, plot) if p)
+    reporter.print(f"wrote {out}/: path.json, path.csv, summary.json, {written}")
+    return 0

@@ -1,0 +1,272 @@
+"""`robust-mc connect` and `robust-mc eval`: one pipeline from two endpoints to barriers.
+
+connect = align b to a -> train a robust curve -> evaluate along it -> barriers and the best
+on-path robust model. eval = load a saved curve -> evaluate along it -> the same report.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from attacks import parse_attack_spec
+from robust_mc.align import align_models
+from robust_mc.barriers import path_summary
+from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.config import ConnectRunConfig, to_dict
+from robust_mc.curves import Curve
+from robust_mc.data import Data
+from robust_mc.errors import UserError
+from robust_mc.evaluate import PointResult, evaluate_path, path_attack
+from robust_mc.io import atomic_torch_save
+from robust_mc.models import Classifier
+from robust_mc.pair import Pair
+from robust_mc.progress import Reporter
+from robust_mc.robust_eval import evaluate_model
+from robust_mc.runtime import Runtime
+from robust_mc.train_curve import curve_optimizer, train_curve
+
+CURVE_FORMAT = "robust-mc-curve/1"
+REPRODUCE_TOLERANCE = 0.5  # accuracy points
+
+
+@dataclass
+class Endpoints:
+    """The two networks a path joins: a, and b as connected (aligned unless --no-align)."""
+
+    a: Classifier
+    b: Classifier
+    b_original: Classifier
+    alignment: dict | None = None
+    permutation: dict[str, list[int]] | None = None
+
+
+@dataclass
+class PathRun:
+    """Everything evaluated for one curve (and, optionally, the straight lines beside it)."""
+
+    label: str
+    points: list[PointResult]
+    best: Classifier | None = None
+    lines: dict[str, list[PointResult]] = field(default_factory=dict)
+    endpoints: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def preflight(cfg: ConnectRunConfig) -> None:
+    """Checks that fail in seconds rather than after hours of training."""
+    parse_attack_spec(cfg.path.attack)
+    if cfg.curve.kind != "line" and cfg.curve.bends < 1:
+        raise UserError("--bends must be at least 1 for bezier and polychain curves")
+
+
+def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Runtime,
+                      reporter: Reporter) -> Endpoints:
+    model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    if not cfg.aligned:
+        return Endpoints(model_a, model_b, model_b)
+    result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
+    summary = result.alignment.as_dict()
+    reporter.print(f"aligned b to a ({cfg.align.method}, {cfg.align.inputs} inputs): mean unit "
+                   f"correlation {summary['mean_corr_before']:.3f} -> "
+                   f"{summary['mean_corr_after']:.3f}, function error "
+                   f"{result.function_error:.1e}")
+    return Endpoints(model_a, result.model_b, model_b, {**summary,
+                                                        "function_error": result.function_error},
+                     {k: v.tolist() for k, v in result.alignment.perm.items()})
+
+
+def make_curve(kind: str, endpoints: Endpoints, bends: int, runtime: Runtime,
+               b: Classifier | None = None) -> Curve:
+    other = endpoints.b if b is None else b
+    return Curve.between(kind, endpoints.a, endpoints.a.state_dict(), other.state_dict(),
+                         bends).to(runtime.device)
+
+
+def curve_record(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
+                 epoch: int, optimizer: torch.optim.Optimizer | None, history: list) -> dict:
+    """curve.pt: enough to resume training or re-evaluate without the endpoint files. Endpoint
+    states use the architecture's own names, as native checkpoints do."""
+    state_a = checkpoint_from_model(endpoints.a, pair.a.arch, pair.a.arch_kwargs).state_dict
+    state_b = checkpoint_from_model(endpoints.b, pair.b.arch, pair.b.arch_kwargs).state_dict
+    return {"format": CURVE_FORMAT, "curve": curve.state(), "arch": pair.a.arch,
+            "arch_kwargs": pair.a.arch_kwargs, "normalization": pair.a.normalization,
+            "endpoint_states": {"a": state_a, "b": state_b},
+            "endpoint_meta": {"a": pair.a.meta, "b": pair.b.meta},
+            "endpoints": {"a": pair.a.path, "b": pair.b.path},
+            "permutation": endpoints.permutation, "alignment": endpoints.alignment,
+            "config": to_dict(cfg), "dataset": cfg.data.dataset, "epoch": epoch,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "history": history}
+
+
+def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig, data: Data,
+          runtime: Runtime, reporter: Reporter, out: Path) -> list[dict]:
+    """Train the bends, writing curve.pt after every epoch."""
+    history: list[dict] = []
+    if cfg.curve.kind == "line":
+        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, 0, None, history),
+                          out / "curve.pt")
+        return history
+    template = copy.deepcopy(endpoints.a)
+    optimizer = curve_optimizer(curve, cfg.optim)
+    a = cfg.attack
+    reporter.print(f"[bold]train[/] {cfg.curve.kind} curve ({curve.num_bends} bend(s)), "
+                   f"{cfg.curve.objective} objective, PGD-{a.steps} eps {a.eps * 255:.3g}/255 "
+                   f"step {a.resolved_step_size * 255:.3g}/255, attack in {a.mode} mode")
+
+    def on_epoch(epoch: int, result, opt) -> None:
+        history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
+                        "images_per_s": result.images_per_s})
+        reporter.print(f"  curve epoch {epoch + 1}: loss {result.loss:.3f}, adversarial acc "
+                       f"{result.train_acc:.1f}%, {result.images_per_s:.0f} img/s")
+        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, epoch + 1, opt, history),
+                          out / "curve.pt")
+
+    train_curve(curve, template, data, attack=cfg.attack, curve_cfg=cfg.curve, optim=cfg.optim,
+                augment=cfg.data.augment, runtime=runtime, reporter=reporter,
+                optimizer=optimizer, on_epoch=on_epoch)
+    return history
+
+
+def endpoint_reproduction(points: list[PointResult], endpoints: Endpoints, data: Data,
+                          cfg: ConnectRunConfig, runtime: Runtime, reporter: Reporter) -> dict:
+    """Each endpoint's own test figures (its own BN statistics) against t=0 and t=1 of the path."""
+    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    test = data.test.take(cfg.path.test_limit)
+    out = {}
+    for name, model, point in (("a", endpoints.a, points[0]), ("b", endpoints.b, points[-1])):
+        torch.manual_seed(cfg.path.seed)
+        own = evaluate_model(model, test, attack, runtime, cfg.path.batch_size)
+        diff = max(abs(own.clean_acc - point.test.clean_acc),
+                   abs(own.robust_acc - point.test.robust_acc))
+        ok = diff <= REPRODUCE_TOLERANCE
+        out[name] = {"own": own.as_dict(), "on_path": point.test.as_dict(), "max_diff": diff,
+                     "reproduced": ok}
+        if not ok:
+            reporter.console.print(
+                f"[bold red]WARNING[/]: endpoint {name} is not reproduced at t={point.t:g} "
+                f"(accuracy differs by {diff:.2f} points > {REPRODUCE_TOLERANCE}); the "
+                "recomputed batch-norm statistics differ from its own: try --bn-data "
+                "clean|adversarial or more --bn-images")
+    return out
+
+
+def evaluate_run(curve: Curve, endpoints: Endpoints, cfg: ConnectRunConfig, data: Data,
+                 runtime: Runtime, reporter: Reporter) -> PathRun:
+    start = time.perf_counter()
+    points, best = evaluate_path(curve, endpoints.a, data, cfg.path, cfg.attack, runtime,
+                                 reporter, f"{cfg.curve.kind} path")
+    run = PathRun(f"{cfg.curve.kind} ({'aligned' if cfg.aligned else 'unaligned'})", points,
+                  best)
+    run.seconds["evaluate"] = time.perf_counter() - start
+    run.endpoints = endpoint_reproduction(points, endpoints, data, cfg, runtime, reporter)
+    if cfg.path.compare_line:
+        lines = {"line (aligned)": endpoints.b} if cfg.aligned else {}
+        lines["line (unaligned)"] = endpoints.b_original
+        for label, b in lines.items():
+            if cfg.curve.kind == "line" and b is endpoints.b:
+                run.lines[label] = points
+                continue
+            line = make_curve("line", endpoints, 0, runtime, b)
+            run.lines[label], _ = evaluate_path(line, endpoints.a, data, cfg.path, cfg.attack,
+                                                runtime, reporter, label, keep_best=False)
+    return run
+
+
+def summarize(run: PathRun, cfg: ConnectRunConfig) -> dict:
+    """Barriers per split, best t, endpoint reproduction, timings, resolved config."""
+    summary: dict = {"curve": {"kind": cfg.curve.kind, "bends": cfg.curve.bends,
+                               "aligned": cfg.aligned},
+                     "barriers": {split: path_summary(run.points, split)
+                                  for split in ("val", "test")}}
+    if run.lines:
+        summary["lines"] = {label: {split: path_summary(points, split)
+                                    for split in ("val", "test")}
+                            for label, points in run.lines.items()}
+    interior = [p for p in run.points if 0 < p.t < 1]
+    if interior:
+        best = max(interior, key=lambda p: p.val.robust_acc)
+        summary["best"] = {"t": best.t, "val": best.val.as_dict(), "test": best.test.as_dict()}
+    summary["endpoints"] = run.endpoints
+    per_t = [p.seconds for p in run.points]
+    summary["timings"] = {**run.seconds, "per_t": {
+        key: sum(s.get(key, 0.0) for s in per_t) / len(per_t)
+        for key in ("bn", "clean", "attack", "total")}}
+    summary["config"] = to_dict(cfg)
+    return summary
+
+
+def best_checkpoint(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig
+                    ) -> Checkpoint | None:
+    if run.best is None or "best" not in summary:
+        return None
+    meta = {"dataset": cfg.data.dataset, "kind": "on-path", "t": summary["best"]["t"],
+            "metrics": {"val": summary["best"]["val"], "test": summary["best"]["test"],
+                        "eval_attack": cfg.path.attack, "eps": cfg.attack.eps},
+            "endpoints": {"a": pair.a.path, "b": pair.b.path}, "config": to_dict(cfg)}
+    return checkpoint_from_model(run.best, pair.a.arch, pair.a.arch_kwargs, meta)
+
+
+def write_best(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig,
+               out: Path) -> Path | None:
+    ckpt = best_checkpoint(run, pair, summary, cfg)
+    return save_checkpoint(ckpt, out / "best.pt") if ckpt is not None else None
+
+
+
+def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
+    """Read curve.pt (weights only) and rebuild the curve and the endpoint pair it joins."""
+    from robust_mc.checkpoint import _torch_load, plain
+
+    if not path.is_file():
+        raise UserError(f"{path} not found; give a run directory holding curve.pt, or curve.pt")
+    record = _torch_load(path, trust=False)
+    if not isinstance(record, dict) or record.get("format") != CURVE_FORMAT:
+        raise UserError(f"{path} is not a robust-mc curve (expected format {CURVE_FORMAT})")
+    curve = Curve.from_state(record["curve"])
+    checkpoints = [Checkpoint(record["arch"], record["arch_kwargs"],
+                              record["endpoint_states"][name], record["normalization"],
+                              plain(record.get("endpoint_meta", {}).get(name) or {}),
+                              (record.get("endpoints") or {}).get(name))
+                   for name in ("a", "b")]
+    return record, curve, Pair(*checkpoints)
+
+
+def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
+                reporter: Reporter, argv: list[str] | None = None) -> dict:
+    """The whole of `robust-mc connect`: align, train, evaluate, write every output file."""
+    from robust_mc.data import load_data
+    from robust_mc.record import run_record
+    from robust_mc.report import plot_paths, write_path_files
+
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    record = run_record(argv)
+    reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
+                   f"eps {cfg.attack.eps * 255:.3g}/255, output {out}")
+    start = time.perf_counter()
+    endpoints = prepare_endpoints(pair, cfg, data, runtime, reporter)
+    on_device = data.to(runtime.device)
+    curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
+    history = train(curve, pair, endpoints, cfg, on_device, runtime, reporter, out)
+    train_s = time.perf_counter() - start
+    result = evaluate_run(curve, endpoints, cfg, on_device, runtime, reporter)
+    result.seconds["align_and_train"] = train_s
+    summary = summarize(result, cfg)
+    summary.update({"alignment": endpoints.alignment, "training": history, "record": record,
+                    "runtime": runtime.describe()})
+    paths = {result.label: result.points, **result.lines}
+    files = ["curve.pt", "path.json", "path.csv", "summary.json"]
+    if write_best(result, pair, summary, cfg, out) is not None:
+        files.append("best.pt")
+    if plot_paths(out, paths, f"{Path(pair.a.path or 'a').name} -> "
+                              f"{Path(pair.b.path or 'b').name}") is not None:
+        files.append("path.png")
+    summary["files"] = files
+    write_path_files(out, paths, summary)
+    return summary

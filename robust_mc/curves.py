@@ -1,0 +1,138 @@
+"""Curves in weight space between two endpoints, over any architecture (Garipov et al. 2018).
+
+A curve holds its control points as flat parameter vectors: the endpoints fixed, the bends
+trainable. ``curve.weights_at(t)`` gives a name -> tensor dict for the module's parameters at t,
+which ``torch.func.functional_call`` runs on the user's own module: the architecture is never
+re-implemented. Batch-norm running statistics are not on the curve; they are recomputed at each t.
+
+Kinds: ``line`` (no bends, no training), ``bezier`` (a Bezier curve of degree bends + 1; quadratic
+with one bend) and ``polychain`` (straight segments through the bends at evenly spaced t).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+CurveFactory = Callable[[float | torch.Tensor, int], torch.Tensor]
+_KINDS: dict[str, CurveFactory] = {}
+
+
+def register_curve(name: str) -> Callable[[CurveFactory], CurveFactory]:
+    """Register ``coefficients(t, points) -> (points,)`` weights of the control points."""
+
+    def wrap(fn: CurveFactory) -> CurveFactory:
+        _KINDS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_curves() -> list[str]:
+    return sorted(_KINDS)
+
+
+@register_curve("line")
+def _line(t, points: int) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.stack([1 - t, t])
+
+
+@register_curve("bezier")
+def _bezier(t, points: int) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    n = points - 1
+    return torch.stack([math.comb(n, k) * t ** k * (1 - t) ** (n - k) for k in range(points)])
+
+
+@register_curve("polychain")
+def _polychain(t, points: int) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    knots = torch.linspace(0, 1, points, dtype=torch.float64)
+    spacing = 1.0 / (points - 1)
+    return (1 - (t - knots).abs() / spacing).clamp_min(0)  # hat functions on the knots
+
+
+def flatten_params(params: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([params[n].detach().reshape(-1).float() for n in names])
+
+
+class Curve(nn.Module):
+    """A curve between two points of the same parameter space.
+
+    ``names``/``shapes`` describe the parameters (as ``module.named_parameters()`` lists them);
+    ``start``/``end`` are (P,) flat vectors; ``bends`` (K, P) start on the line between them.
+    """
+
+    start: torch.Tensor
+    end: torch.Tensor
+
+    def __init__(self, kind: str, names: list[str], shapes: list[tuple[int, ...]],
+                 start: torch.Tensor, end: torch.Tensor, bends: int = 1) -> None:
+        super().__init__()
+        if kind not in _KINDS:
+            raise ValueError(f"unknown curve kind {kind!r}; choose one of {list_curves()}")
+        if kind == "line":
+            bends = 0
+        elif bends < 1:
+            raise ValueError(f"a {kind} curve needs at least one bend")
+        self.kind = kind
+        self.names = list(names)
+        self.shapes = [tuple(s) for s in shapes]
+        self.register_buffer("start", start.detach().clone().float())
+        self.register_buffer("end", end.detach().clone().float())
+        fractions = torch.arange(1, bends + 1, dtype=torch.float32) / (bends + 1)
+        line = torch.lerp(self.start[None], self.end[None], fractions[:, None].to(start.device))
+        self.bends = nn.Parameter(line)  # (K, P)
+
+    @classmethod
+    def between(cls, kind: str, module: nn.Module, a: dict[str, torch.Tensor],
+                b: dict[str, torch.Tensor], bends: int = 1) -> Curve:
+        """A curve between two state dicts of ``module``'s architecture (parameters only)."""
+        names = [n for n, _ in module.named_parameters()]
+        shapes = [tuple(p.shape) for _, p in module.named_parameters()]
+        return cls(kind, names, shapes, flatten_params(a, names), flatten_params(b, names), bends)
+
+    @property
+    def num_bends(self) -> int:
+        return int(self.bends.shape[0])
+
+    def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
+        """(K + 2,) weights of [start, bends..., end] at t."""
+        return _KINDS[self.kind](t, self.num_bends + 2).to(self.start)
+
+    def flat_at(self, t: float | torch.Tensor) -> torch.Tensor:
+        """(P,) parameters at t; differentiable in the bends."""
+        c = self.coefficients(t)
+        out = c[0] * self.start + c[-1] * self.end
+        if self.num_bends:
+            out = out + c[1:-1] @ self.bends
+        return out
+
+    def weights_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Name -> tensor views of the parameters at t, for ``functional_call``."""
+        flat = self.flat_at(t)
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = math.prod(shape)
+            out[name] = flat[offset:offset + size].view(shape)
+            offset += size
+        return out
+
+    def state(self) -> dict:
+        """Everything needed to rebuild the curve, as tensors and plain values."""
+        return {"kind": self.kind, "names": self.names, "shapes": [list(s) for s in self.shapes],
+                "start": self.start.cpu(), "end": self.end.cpu(),
+                "bends": self.bends.detach().cpu()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Curve:
+        curve = cls(state["kind"], state["names"], [tuple(s) for s in state["shapes"]],
+                    state["start"], state["end"], max(int(state["bends"].shape[0]), 1))
+        if state["kind"] != "line":
+            with torch.no_grad():
+                curve.bends.copy_(state["bends"])
+        return curve

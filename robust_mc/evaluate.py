@@ -1,0 +1,114 @@
+"""Evaluation along a path: at each t, the network at t with recomputed batch-norm statistics,
+measured clean and under the eval attack on the validation and the test split."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attacks import Attack, attack_mode, build_attack, pgd
+from robust_mc.config import AttackConfig, PathConfig
+from robust_mc.curves import Curve
+from robust_mc.data import Data, Split, batches
+from robust_mc.models import Classifier
+from robust_mc.progress import Reporter
+from robust_mc.robust_eval import Clock, Metrics, evaluate_model
+from robust_mc.runtime import Runtime
+
+
+@dataclass
+class PointResult:
+    t: float
+    val: Metrics
+    test: Metrics
+    seconds: dict[str, float] = field(default_factory=dict)  # bn, clean, attack
+
+    def row(self, split: str) -> dict:
+        return {"t": self.t, "split": split, **getattr(self, split).as_dict()}
+
+
+BN_BATCH_SIZE = 250  # fixed, so that the same weights always get the same statistics
+
+
+def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: str,
+                        attack: AttackConfig, runtime: Runtime, seed: int = 0) -> None:
+    """Reset every BN layer's running statistics and re-estimate them as an equal-weight average
+    over batches of the first ``images`` training images, clean or adversarial (PGD against the
+    network itself in train mode, running statistics untouched by the attack, random starts drawn
+    from ``seed``): a deterministic function of the weights, so an endpoint whose statistics were
+    made this way is reproduced exactly at its end of a path."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    generator = torch.Generator(runtime.device).manual_seed(seed)
+    try:
+        for x, y in batches(split.take(images).to(runtime.device), BN_BATCH_SIZE):
+            x = runtime.images(x)
+            if data == "adversarial":
+                with runtime.autocast(), attack_mode(model, "train"):
+                    x = pgd(model, x, y, eps=attack.eps, step_size=attack.resolved_step_size,
+                            steps=attack.steps, norm=attack.norm, generator=generator)
+            with torch.no_grad(), runtime.autocast():
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
+def network_at(curve: Curve, template: Classifier, t: float, data: Data, path: PathConfig,
+               attack: AttackConfig, runtime: Runtime, timings: dict | None = None) -> Classifier:
+    """A standalone copy of ``template`` with the curve's weights at t and BN statistics
+    recomputed as ``path`` says."""
+    model = copy.deepcopy(template)
+    with torch.no_grad():
+        for name, value in curve.weights_at(t).items():
+            model.get_parameter(name).copy_(value)
+    with Clock(runtime.device, timings)("bn"):
+        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
+                            attack=attack, runtime=runtime, seed=path.seed)
+    return model
+
+
+def path_attack(path: PathConfig, attack: AttackConfig, num_classes: int) -> Attack:
+    return build_attack(path.attack, eps=attack.eps, norm=attack.norm, num_classes=num_classes)
+
+
+def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConfig,
+                  attack: AttackConfig, runtime: Runtime, reporter: Reporter, label: str,
+                  keep_best: bool = True) -> tuple[list[PointResult], Classifier | None]:
+    """Evaluate ``path.points`` evenly spaced t; returns the results and, with ``keep_best``,
+    the interior network with the highest validation robust accuracy."""
+    ts = torch.linspace(0, 1, path.points).tolist()
+    val = data.val.take(path.val_limit)
+    test = data.test.take(path.test_limit)
+    eval_attack = path_attack(path, attack, data.info.num_classes)
+    results: list[PointResult] = []
+    best: tuple[float, Classifier] | None = None
+    with reporter.task(f"evaluate {label}", len(ts)) as step:
+        for t in ts:
+            timings: dict[str, float] = {}
+            start = time.perf_counter()
+            model = network_at(curve, template, t, data, path, attack, runtime, timings)
+            torch.manual_seed(path.seed)
+            val_metrics = evaluate_model(model, val, eval_attack, runtime, path.batch_size,
+                                         timings)
+            torch.manual_seed(path.seed)
+            test_metrics = evaluate_model(model, test, eval_attack, runtime, path.batch_size,
+                                          timings)
+            timings["total"] = time.perf_counter() - start
+            results.append(PointResult(t, val_metrics, test_metrics, timings))
+            interior = 0 < t < 1
+            if keep_best and interior and (best is None or val_metrics.robust_acc > best[0]):
+                best = (val_metrics.robust_acc, model)
+            step.advance(1, f"t={t:.2f} robust {test_metrics.robust_acc:.1f}%")
+    return results, best[1] if best else None

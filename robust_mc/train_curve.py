@@ -1,0 +1,108 @@
+"""Robust curve training: each step samples t, builds the weights at t once, attacks the network
+at t with PGD through detached weights (the attack never rebuilds or differentiates through the
+weight combination), then takes an SGD step on the bends through the loss of the adversarial batch.
+
+Batch norm uses batch statistics while training; the attack runs the network in the mode set by
+``attack.mode`` (``train``: batch statistics with running statistics untouched, the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from attacks import attack_mode, pgd
+from attacks.pgd import cross_entropy_sum
+from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
+from robust_mc.curves import Curve
+from robust_mc.data import Data
+from robust_mc.progress import Reporter
+from robust_mc.runtime import Runtime
+from robust_mc.training import EpochResult, make_sgd, train_one_epoch
+
+
+def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
+    """KL(clean || adversarial), summed over the batch: the TRADES inner objective."""
+    return F.kl_div(F.log_softmax(logits.float(), 1), clean_probs, reduction="sum")
+
+
+class CurveTask:
+    """The loss of one batch at a random point of the curve."""
+
+    def __init__(self, module: nn.Module, curve: Curve, attack: AttackConfig,
+                 curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator) -> None:
+        self.module = module
+        self.curve = curve
+        self.attack = attack
+        self.objective = curve_cfg.objective
+        self.beta = curve_cfg.trades_beta
+        self.runtime = runtime
+        self.generator = generator
+
+    def at(self, params: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda inputs: functional_call(self.module, params, (inputs,))
+
+    def attack_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum
+                  ) -> torch.Tensor:
+        """PGD against the network at fixed (detached) weights, in the configured mode."""
+        a = self.attack
+        with self.runtime.autocast(), attack_mode(self.module, a.mode):
+            return pgd(self.at(params), x, target, eps=a.eps, step_size=a.resolved_step_size,
+                       steps=a.steps, norm=a.norm, random_start=a.random_start, loss_fn=loss_fn)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = float(torch.rand((), generator=self.generator))
+        params = self.curve.weights_at(t)  # built once per step, differentiable in the bends
+        fixed = {name: value.detach() for name, value in params.items()}
+        rt = self.runtime
+        if self.objective == "trades":
+            self.module.train()
+            with rt.autocast():
+                clean_logits = self.at(params)(x)
+            probs = F.softmax(clean_logits.detach().float(), 1)
+            x_adv = self.attack_at(fixed, x, probs, kl_sum)
+            self.module.train()
+            with rt.autocast():
+                adv_logits = self.at(params)(x_adv)
+            loss = F.cross_entropy(clean_logits.float(), y) + self.beta * kl_sum(
+                adv_logits, F.softmax(clean_logits.float(), 1)) / x.shape[0]
+            return loss, (adv_logits.argmax(1) == y).sum()
+        x_in = x
+        if self.objective == "adversarial":
+            x_in = self.attack_at(fixed, x, y)
+        self.module.train()
+        with rt.autocast():
+            logits = self.at(params)(x_in)
+        return F.cross_entropy(logits.float(), y), (logits.argmax(1) == y).sum()
+
+
+def curve_optimizer(curve: Curve, optim: OptimConfig) -> torch.optim.SGD:
+    return make_sgd([curve.bends], optim)
+
+
+def train_curve(curve: Curve, module: nn.Module, data: Data, *, attack: AttackConfig,
+                curve_cfg: CurveConfig, optim: OptimConfig, augment: bool, runtime: Runtime,
+                reporter: Reporter, optimizer: torch.optim.Optimizer | None = None,
+                start_epoch: int = 0,
+                on_epoch: Callable[[int, EpochResult, torch.optim.Optimizer], None] | None = None,
+                ) -> list[EpochResult]:
+    """Train the bends for ``optim.epochs`` epochs (``data`` already on the device)."""
+    optimizer = optimizer or curve_optimizer(curve, optim)
+    generator = torch.Generator().manual_seed(optim.seed)
+    task = CurveTask(module, curve, attack, curve_cfg, runtime, generator)
+    results = []
+    for epoch in range(start_epoch, optim.epochs):
+        steps = len(data.train) // optim.batch_size
+        with reporter.task(f"curve epoch {epoch + 1}/{optim.epochs}", steps) as step:
+            result = train_one_epoch(task, optimizer, data.train, optim=optim, epoch=epoch,
+                                     info=data.info, augment=augment, generator=generator,
+                                     runtime=runtime, step=step)
+        results.append(result)
+        if on_epoch is not None:
+            on_epoch(epoch, result, optimizer)
+    return results
