@@ -241,11 +241,13 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                 reporter: Reporter, argv: list[str] | None = None) -> dict:
     """The whole of `robust-mc connect`: align, train, evaluate, write every output file."""
     from robust_mc.data import load_data
+    from robust_mc.io import ensure_out_dir
     from robust_mc.record import run_record
     from robust_mc.report import plot_paths, write_path_files
 
     data = load_data(cfg.data)
     pair.check_data(data)
+    out = ensure_out_dir(out)  # only once the inputs are known to be good
     record = run_record(argv)
     reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
                    f"eps {cfg.attack.eps * 255:.3g}/255, output {out}")

@@ -10,7 +10,6 @@ from pathlib import Path
 from robust_mc import connect as pipeline
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.io import ensure_out_dir
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
 from robust_mc.report import print_summary
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline.preflight(cfg)
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
-    out = ensure_out_dir(args.out or default_out(args.a, args.b))
+    out = Path(args.out) if args.out else default_out(args.a, args.b)
     summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv)
     if args.json:
         print(json.dumps({"out": str(out), **{k: summary[k] for k in
@@ -58,6 +57,5 @@ def run(args: argparse.Namespace) -> int:
                                               if k in summary}}, indent=2))
         return 0
     print_summary(summary, f"robust-mc connect: {Path(args.a).name} -> {Path(args.b).name}")
-    written = ", ".join(str(p.name) for p in (out / "curve.pt", best, plot) if p)
-    reporter.print(f"wrote {out}/: path.json, path.csv, summary.json, {written}")
+    reporter.print(f"wrote {out}/: {', '.join(summary['files'])}")
     return 0

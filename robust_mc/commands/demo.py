@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     rows = train_endpoints(out, overrides, runtime, reporter, args.argv)
     pair = load_pair(rows[0]["checkpoint"], rows[1]["checkpoint"])
     cfg = build_config(ConnectRunConfig, CONNECT_PRESET, {**overrides, "path.compare_line": True})
-    summary = pipeline.run_connect(pair, cfg, out / "connect", runtime, reporter, args.argv)
+    summary = pipeline.run_connect(pair, cfg, Path(out) / "connect", runtime, reporter,
+                                   args.argv)
     story = robust_barriers(summary)
     if args.json:
         print(json.dumps({"endpoints": rows, "robust_loss_barrier": story,
