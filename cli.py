@@ -32,7 +32,7 @@ def build_parser() -> Parser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-        p.set_defaults(run=module.run)
+        p.set_defaults(handler=module.run)
     return parser
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     args.argv = ["robust-mc", *argv]
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except UserError as exc:
         if args.debug:
             raise

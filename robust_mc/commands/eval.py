@@ -21,7 +21,7 @@ HELP = "re-evaluate a trained curve (other attack, more points) without retraini
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a connect run directory, or its curve.pt")
+    p.add_argument("run_path", metavar="RUN", help="a connect run directory, or its curve.pt")
     common.add_data_flags(p)
     p.add_argument("--eps", dest="attack.eps", metavar="EPS", help="radius (default: the run's)")
     common.add_path_flags(p)
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.run)
+    source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
     record, curve, pair = pipeline.load_curve_run(curve_file)
     saved = {k: v for k, v in flatten(record.get("config") or {}).items()}

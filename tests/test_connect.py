@@ -1,0 +1,121 @@
+"""Connect end to end: known answers and a real, measured effect of alignment."""
+
+import json
+
+import pytest
+import torch
+
+import cli
+from robust_mc import connect as pipeline
+from robust_mc.barriers import barrier
+from robust_mc.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.progress import Reporter
+
+
+def connect_config(**extra) -> ConnectRunConfig:
+    values = {"data.dataset": "digits", "attack.eps": 0.1, "attack.steps": 3,
+              "optim.epochs": 4, "optim.batch_size": 64, "optim.lr": 0.05,
+              "path.points": 5, "path.attack": "pgd:steps=5",
+              "path.val_limit": 143, "align.samples": 800, "device": "cpu"}
+    values.update(extra)
+    return build_config(ConnectRunConfig, None, values)
+
+
+def test_barrier_of_a_chord_is_zero_and_of_a_bump_is_its_height():
+    assert barrier([0, 0.5, 1], [1.0, 1.5, 2.0]) == (0.0, 0)
+    assert barrier([0, 0.5, 1], [1.0, 3.0, 1.0]) == (2.0, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["line", "bezier"])
+def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, runtime, kind):
+    model = runtime.prepare(build_model(digits_endpoints[0]))
+    cfg = connect_config(**{"curve.kind": kind, "aligned": False})
+    endpoints = pipeline.Endpoints(model, model, model)
+    curve = pipeline.make_curve(kind, endpoints, 1, runtime)  # untrained: every t is the model
+    result = pipeline.evaluate_run(curve, endpoints, cfg, digits, runtime, Reporter(quiet=True))
+    summary = pipeline.summarize(result, cfg)
+    for split in ("val", "test"):
+        for key, value in summary["barriers"][split].items():
+            if key.endswith("barrier"):
+                assert abs(value) < 1e-4, (split, key, value)
+    first = result.points[0].test
+    for point in result.points:
+        assert point.test.robust_acc == first.robust_acc
+        assert point.test.clean_acc == first.clean_acc
+    assert all(check["reproduced"] for check in summary["endpoints"].values())
+
+
+def test_aligned_curve_lowers_the_robust_barrier_of_the_unaligned_line(digits_endpoints,
+                                                                      tmp_path, runtime):
+    paths = [save_checkpoint(c, tmp_path / f"e{i}.pt") for i, c in enumerate(digits_endpoints)]
+    from robust_mc.pair import load_pair
+
+    pair = load_pair(str(paths[0]), str(paths[1]))
+    cfg = connect_config(**{"path.compare_line": True})
+    summary = pipeline.run_connect(pair, cfg, tmp_path / "run", runtime, Reporter(quiet=True))
+    curve_barrier = summary["barriers"]["test"]["robust_loss_barrier"]
+    line_barrier = summary["lines"]["line (unaligned)"]["test"]["robust_loss_barrier"]
+    aligned_line = summary["lines"]["line (aligned)"]["test"]["robust_loss_barrier"]
+    assert curve_barrier < line_barrier
+    assert aligned_line < line_barrier
+    assert summary["barriers"]["test"]["robust_acc_min"] <= \
+        summary["barriers"]["test"]["clean_acc_min"]
+
+
+def test_connect_and_eval_commands(digits_endpoints, tmp_path, capsys):
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    run = tmp_path / "run"
+    args = ["connect", *paths, "--out", str(run), "--epochs", "1", "--attack-steps", "2",
+            "--points", "3", "--eval-attack", "pgd:steps=3", "--bn-images", "300",
+            "--align-samples", "300", "--device", "cpu", "--json"]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["best"]["t"] < 1
+    for name in ("curve.pt", "path.json", "path.csv", "summary.json", "best.pt", "path.png"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["curve"]["kind"] == "bezier"
+    assert summary["config"]["attack"]["eps"] == pytest.approx(0.1)  # from the endpoints
+    rows = (run / "path.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 2  # header, 3 points x (val, test)
+    best = load_checkpoint(run / "best.pt")
+    assert best.meta["kind"] == "on-path" and build_model(best) is not None
+    assert cli.main(["info", str(run / "best.pt")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "again"
+    assert cli.main(["eval", str(run), "--eval-attack", "fgsm", "--points", "2",
+                     "--compare-line", "--out", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert set(again["endpoints"]) == {"a", "b"}
+    lines = json.loads((out / "summary.json").read_text())["lines"]
+    assert set(lines) == {"line (aligned)", "line (unaligned)"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--points", "1"], "path.points"), (["--bends", "0"], "curve.bends"),
+    (["--eval-attack", "pgdd"], "did you mean 'pgd'"), (["--eps", "9"], "9/255"),
+    (["--dataset", "synthetic"], "classes"),
+])
+def test_connect_bad_inputs(digits_endpoints, tmp_path, capsys, extra, message):
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    out = tmp_path / "never"
+    code = cli.main(["connect", *paths, "--out", str(out), "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_resumable_curve_file_has_what_resume_needs(digits_endpoints, tmp_path, runtime):
+    from robust_mc.pair import load_pair
+
+    paths = [save_checkpoint(c, tmp_path / f"e{i}.pt") for i, c in enumerate(digits_endpoints)]
+    pair = load_pair(str(paths[0]), str(paths[1]))
+    cfg = connect_config(**{"optim.epochs": 1, "path.points": 2})
+    pipeline.run_connect(pair, cfg, tmp_path / "run", runtime, Reporter(quiet=True))
+    record, curve, again = pipeline.load_curve_run(tmp_path / "run" / "curve.pt")
+    assert record["epoch"] == 1 and record["optimizer"] is not None
+    assert curve.kind == "bezier" and torch.isfinite(curve.bends).all()
+    assert again.a.arch == pair.a.arch
