@@ -174,8 +174,10 @@ def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"imagefolder:{root}/train has no class sub-folders")
-    train = _decode_folder(root / "train", classes)
-    test = _decode_folder(root / "test", classes)
+    # files come grouped by class: a fixed shuffle makes every prefix (--train-limit, the BN and
+    # alignment images, --eval-test-limit) a sample of all classes
+    train = _shuffled(_decode_folder(root / "train", classes))
+    test = _shuffled(_decode_folder(root / "test", classes))
     images = train.images
     channels, size = int(images.shape[1]), int(images.shape[2])
     sample = images[:: max(1, len(images) // 10000)]  # spread over classes, which come in order
@@ -185,6 +187,10 @@ def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
     info = DatasetInfo(f"imagefolder:{root}", len(classes), channels, size, mean, std,
                        max(size // 8, 1), True)
     return info, train, test
+
+
+def _shuffled(split: Split) -> Split:
+    return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(0)))
 
 
 def _decode_folder(folder: Path, classes: list[str]) -> Split:

@@ -66,3 +66,17 @@ def test_imagefolder_without_test_is_a_clear_error(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown dataset"):
         load_data(DataConfig(dataset="mnistt"))
+
+
+def test_imagefolder_prefixes_sample_every_class(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for index, cls in enumerate(("a", "b", "c")):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(20):
+                Image.new("RGB", (4, 4), (80 * index, 0, 0)).save(folder / f"{i}.png")
+    data = load_data(DataConfig(dataset=f"imagefolder:{tmp_path / 'imgs'}", val_size=3,
+                                train_limit=15, test_limit=15))
+    assert set(data.train.labels.tolist()) == {0, 1, 2}
+    assert set(data.test.labels.tolist()) == {0, 1, 2}

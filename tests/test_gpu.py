@@ -1,0 +1,60 @@
+"""CUDA paths: the same invariants and pipelines on a GPU (``python -m pytest -m gpu``)."""
+
+import pytest
+import torch
+
+from attacks import build_attack, pgd
+from robust_mc.align import align_models
+from robust_mc.checkpoint import build_model
+from robust_mc.config import AlignConfig, AttackConfig, PathConfig, SpeedConfig
+from robust_mc.curves import Curve
+from robust_mc.evaluate import evaluate_path
+from robust_mc.progress import Reporter
+from robust_mc.robust_eval import evaluate_model
+from robust_mc.runtime import Runtime
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    return Runtime.create("cuda", SpeedConfig(precision="auto"))
+
+
+def test_pgd_on_cuda_stays_in_the_ball(cuda):
+    from robust_mc.models import create_model
+
+    model = cuda.prepare(create_model("resnet20", num_classes=10, in_channels=3,
+                                      mean=(0.5,) * 3, std=(0.25,) * 3)).eval()
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (64,), device="cuda")
+    with cuda.autocast():
+        adv = pgd(model, cuda.images(x), y, eps=8 / 255, step_size=2 / 255, steps=5,
+                  generator=torch.Generator("cuda").manual_seed(0))
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_cuda_agrees_with_cpu(digits_endpoints, digits, runtime, cuda):
+    cpu_model = build_model(digits_endpoints[0])
+    gpu_model = cuda.prepare(build_model(digits_endpoints[0]))
+    attack = build_attack("none", eps=0.1)
+    on_cpu = evaluate_model(cpu_model, digits.test, attack, runtime)
+    on_gpu = evaluate_model(gpu_model, digits.test.to("cuda"), attack, cuda)
+    assert abs(on_cpu.clean_acc - on_gpu.clean_acc) <= 0.6
+    robust = evaluate_model(gpu_model, digits.test.to("cuda"), build_attack("pgd:steps=5",
+                                                                            eps=0.1), cuda)
+    assert robust.robust_acc <= robust.clean_acc
+
+
+def test_align_and_path_on_cuda(digits_endpoints, digits, cuda):
+    a, b = (cuda.prepare(build_model(c)) for c in digits_endpoints)
+    data = digits.to("cuda")
+    result = align_models(a, b, data.train, AlignConfig(samples=800), AttackConfig(eps=0.1),
+                          cuda)
+    assert result.function_error < 1e-2  # bf16 autocast on the GPU
+    curve = Curve.between("bezier", a, a.state_dict(), result.model_b.state_dict()).cuda()
+    points, best = evaluate_path(curve, a, data, PathConfig(points=3, attack="pgd:steps=3"),
+                                 AttackConfig(eps=0.1, steps=3), cuda, Reporter(quiet=True), "t")
+    assert len(points) == 3 and best is not None
+    assert all(p.test.robust_acc <= p.test.clean_acc for p in points)
