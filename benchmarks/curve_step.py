@@ -49,7 +49,7 @@ def main() -> None:
                          torch.Generator().manual_seed(0))
         curve_opt = curve_optimizer(curve, OptimConfig())
 
-        def step(task, optimizer):
+        def step(task, optimizer, x=x, y=y):
             def run() -> None:
                 loss, _ = task(x, y)
                 optimizer.zero_grad(set_to_none=True)
