@@ -161,8 +161,9 @@ def trace_permutation_spec(model: nn.Module, example: torch.Tensor) -> Permutati
     gm = trace_graph(model)
     was_training = model.training
     gm.eval()
+    device = next(iter(model.parameters()), example).device
     with torch.no_grad():
-        ShapeProp(gm).propagate(example[:2].detach().cpu().float())
+        ShapeProp(gm).propagate(example[:2].detach().to(device).float())
     model.train(was_training)
     return _SpecBuilder(gm).build()
 

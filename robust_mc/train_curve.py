@@ -1,6 +1,8 @@
 """Robust curve training: each step samples t, builds the weights at t once, attacks the network
-at t with PGD through detached weights (the attack never rebuilds or differentiates through the
-weight combination), then takes an SGD step on the bends through the loss of the adversarial batch.
+at t with PGD through a copy of the module holding those weights, detached (the attack never
+rebuilds or differentiates through the weight combination, and runs the module as plainly as an
+endpoint's attack does), then takes an SGD step on the bends through the loss of the adversarial
+batch.
 
 Batch norm uses batch statistics while training; the attack runs the network in the mode set by
 ``attack.mode`` (``train``: batch statistics with running statistics untouched, the default).
@@ -8,6 +10,7 @@ Batch norm uses batch statistics while training; the attack runs the network in 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -36,6 +39,9 @@ class CurveTask:
     def __init__(self, module: nn.Module, curve: Curve, attack: AttackConfig,
                  curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator) -> None:
         self.module = module
+        self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack
+        self.attacked.requires_grad_(False)
+        self.slots = [self.attacked.get_parameter(name) for name in curve.names]
         self.curve = curve
         self.attack = attack
         self.objective = curve_cfg.objective
@@ -51,21 +57,22 @@ class CurveTask:
                   ) -> torch.Tensor:
         """PGD against the network at fixed (detached) weights, in the configured mode."""
         a = self.attack
-        with self.runtime.autocast(), attack_mode(self.module, a.mode):
-            return pgd(self.at(params), x, target, eps=a.eps, step_size=a.resolved_step_size,
+        with torch.no_grad():
+            torch._foreach_copy_(self.slots, [params[name].detach() for name in self.curve.names])
+        with self.runtime.autocast(), attack_mode(self.attacked, a.mode):
+            return pgd(self.attacked, x, target, eps=a.eps, step_size=a.resolved_step_size,
                        steps=a.steps, norm=a.norm, random_start=a.random_start, loss_fn=loss_fn)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = float(torch.rand((), generator=self.generator))
         params = self.curve.weights_at(t)  # built once per step, differentiable in the bends
-        fixed = {name: value.detach() for name, value in params.items()}
         rt = self.runtime
         if self.objective == "trades":
             self.module.train()
             with rt.autocast():
                 clean_logits = self.at(params)(x)
             probs = F.softmax(clean_logits.detach().float(), 1)
-            x_adv = self.attack_at(fixed, x, probs, kl_sum)
+            x_adv = self.attack_at(params, x, probs, kl_sum)
             self.module.train()
             with rt.autocast():
                 adv_logits = self.at(params)(x_adv)
@@ -74,7 +81,7 @@ class CurveTask:
             return loss, (adv_logits.argmax(1) == y).sum()
         x_in = x
         if self.objective == "adversarial":
-            x_in = self.attack_at(fixed, x, y)
+            x_in = self.attack_at(params, x, y)
         self.module.train()
         with rt.autocast():
             logits = self.at(params)(x_in)
