@@ -112,10 +112,10 @@ class OptimConfig:
     schedule: Literal["piecewise", "cosine", "constant"] = setting("piecewise")
     warmup_epochs: float = setting(0.0, lo=0.0)
     seed: int = setting(0)
-    precise_bn: bool = setting(
-        True, help="after training, recompute BN statistics on adversarial training images "
-                   "(2000), as connect does at every t, instead of keeping the noisy moving "
-                   "average")
+    precise_bn: Literal["clean", "adversarial", "off"] = setting(
+        "clean", help="after training, recompute BN statistics on 2000 training images, as "
+                      "connect does at every t (its --bn-data), instead of keeping the noisy "
+                      "moving average; off keeps it")
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,8 @@ class PathConfig:
 
     points: int = setting(11, lo=2, help="values of t, both endpoints included")
     bn_data: Literal["clean", "adversarial"] = setting(
-        "adversarial", help="images used to recompute batch-norm statistics at each t")
+        "clean", help="images used to recompute batch-norm statistics at each t: clean, or PGD "
+                      "examples against the network at t (2-3x slower per t)")
     bn_images: int = setting(2000, lo=1, help="training images for the BN statistics")
     attack: str = setting("pgd:steps=20", help="eval attack spec; alpha defaults to eps/4")
     batch_size: int = setting(500, lo=1)

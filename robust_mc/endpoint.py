@@ -69,8 +69,9 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                         "val_robust_acc": val.robust_acc})
         reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
                        f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
-    if cfg.optim.precise_bn:
-        recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES, data="adversarial",
+    if cfg.optim.precise_bn != "off":
+        recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES,
+                            data=cfg.optim.precise_bn,
                             attack=cfg.attack, runtime=runtime)
     test = evaluate_test(model, on_device, cfg, runtime)
     reporter.print(f"[bold]test[/] clean {test.clean_acc:.2f}%  robust {test.robust_acc:.2f}% "

@@ -41,7 +41,7 @@ class CurveTask:
         self.module = module
         self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack
         self.attacked.requires_grad_(False)
-        self.slots = [self.attacked.get_parameter(name) for name in curve.names]
+        self.slots: list[torch.Tensor] = [self.attacked.get_parameter(n) for n in curve.names]
         self.curve = curve
         self.attack = attack
         self.objective = curve_cfg.objective

@@ -51,3 +51,23 @@ def test_user_architecture_from_file(tmp_path):
                          mean=(0.5,) * 3, std=(0.5,) * 3, image_size=4, kwargs={"hidden": 5})
     assert model(torch.rand(2, 3, 4, 4)).shape == (2, 3)
     assert model.net.body[1].out_features == 5
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_folded_batchnorm_is_the_same_function(arch):
+    from robust_mc.fold import fold_batchnorm
+
+    model, _ = tiny(arch)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 3, 16, 16))
+    model.eval()
+    folded = fold_batchnorm(model)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        assert (folded(x) - reference).abs().max() < 1e-5 * max(1.0, reference.abs().max())
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and arch != "mlp":
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < \
+            sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
