@@ -205,6 +205,30 @@ class ConnectRunConfig:
 
 
 @dataclass(frozen=True)
+class LayersConfig:
+    groups: Literal["modules", "blocks"] = setting(
+        "modules", help="modules: each conv/linear with its BN; blocks: whole residual blocks")
+    points: int = setting(5, lo=3, help="values of t per group, endpoints and 0.5 included")
+    samples: int = setting(1000, lo=1, help="training images for losses and derivatives")
+    batch_size: int = setting(250, lo=1)
+    compare_align: bool = setting(False, help="report aligned and unaligned side by side")
+
+
+@dataclass(frozen=True)
+class LayersRunConfig:
+    """`robust-mc layers`: layer-wise barriers, measured and predicted."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=_connect_attack)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    aligned: bool = setting(True)
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    path: PathConfig = field(default_factory=PathConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    device: str = setting("auto")
+
+
+@dataclass(frozen=True)
 class TrainRunConfig:
     """`robust-mc train`: one PGD-trained endpoint."""
 

@@ -1,0 +1,149 @@
+"""`robust-mc layers a.pt b.pt`: which layers carry the (robust) barrier, measured and predicted."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from robust_mc.align import align_models
+from robust_mc.commands import common
+from robust_mc.config import LayersRunConfig, build_config, to_dict
+from robust_mc.data import load_data
+from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_out_dir
+from robust_mc.layers import GroupResult, layer_report, rank_agreement
+from robust_mc.pair import load_pair
+from robust_mc.progress import Reporter
+from robust_mc.record import run_record
+from robust_mc.runtime import Runtime
+
+HELP = "layer-wise clean and robust barriers, measured and predicted to second order"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="first endpoint")
+    p.add_argument("b", help="second endpoint (aligned to a unless --no-align)")
+    common.add_config_flag(p)
+    common.add_data_flags(p)
+    common.add_attack_flags(p)
+    common.add_align_flags(p)
+    p.add_argument("--no-align", dest="aligned", action="store_const", const=False)
+    g = p.add_argument_group("layers")
+    g.add_argument("--groups", dest="layers.groups", choices=["modules", "blocks"])
+    g.add_argument("--points", dest="layers.points", metavar="N", help="values of t (default 5)")
+    g.add_argument("--samples", dest="layers.samples", metavar="N",
+                   help="training images for the losses and derivatives (default 1000)")
+    g.add_argument("--compare-align", dest="layers.compare_align", action="store_const",
+                   const=True, help="report aligned and unaligned side by side")
+    g.add_argument("--bn-data", dest="path.bn_data", choices=["clean", "adversarial"])
+    common.add_speed_flags(p)
+    common.add_trust_flag(p)
+    common.add_output_flags(p, "directory for layers.json/csv/png (default runs/layers-<a>-<b>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
+    overrides = common.overrides(args)
+    if getattr(args, "aligned", None) is not None:
+        overrides["aligned"] = args.aligned
+    cfg = build_config(LayersRunConfig, args.config, overrides,
+                       base=pair.config_base(keep_attack=("eps", "norm")))
+    reporter = Reporter(quiet=args.json)
+    runtime = Runtime.create(cfg.device, cfg.speed)
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    out = ensure_out_dir(args.out or Path("runs") / f"layers-{Path(args.a).stem}-"
+                                                    f"{Path(args.b).stem}")
+    model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    variants = {}
+    if cfg.aligned or cfg.layers.compare_align:
+        aligned = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
+        variants["aligned"] = aligned.model_b
+    if not cfg.aligned or cfg.layers.compare_align:
+        variants["unaligned"] = model_b
+    on_device = data.to(runtime.device)
+    reports: dict[str, list[GroupResult]] = {}
+    for label, b in variants.items():
+        reporter.print(f"[bold]layers[/] ({label}): {cfg.layers.groups}, {cfg.layers.points} "
+                       f"points, {cfg.layers.samples} training images")
+        reports[label] = layer_report(model_a, b, on_device, cfg, runtime, reporter)
+    result: dict[str, dict] = {label: {"groups": [r.as_dict() for r in rows],
+                                       "rank_correlation": rank_agreement(rows)}
+                               for label, rows in reports.items()}
+    atomic_write_json(out / "layers.json", {**result, "config": to_dict(cfg),
+                                            "record": run_record(args.argv)})
+    atomic_write_text(out / "layers.csv", to_csv(reports))
+    plot(out, reports)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    console = Console()
+    for label, rows in reports.items():
+        console.print(table(rows, f"layer-wise barriers ({label}), {args.a} -> {args.b}"))
+        rho = result[label]["rank_correlation"]
+        console.print(f"rank correlation over groups, predicted vs measured midpoint: clean "
+                      f"{rho['clean']:.2f}, robust {rho['robust']:.2f}")
+    reporter.print(f"wrote {out}/: layers.json, layers.csv, layers.png")
+    return 0
+
+
+def table(rows: list[GroupResult], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("group", no_wrap=True)
+    for column in ("params", "clean measured", "clean midpoint", "clean predicted",
+                   "robust measured", "robust midpoint", "robust predicted"):
+        t.add_column(column, justify="right")
+    for r in rows:
+        t.add_row(r.name, f"{r.parameters:,}", f"{r.measured('clean'):.4f}",
+                  f"{r.midpoint('clean'):.4f}", f"{r.predicted_clean:.4f}",
+                  f"{r.measured('robust'):.4f}", f"{r.midpoint('robust'):.4f}",
+                  f"{r.predicted_robust:.4f}")
+    return t
+
+
+def to_csv(reports: dict[str, list[GroupResult]]) -> str:
+    buffer = io.StringIO()
+    fields = ["alignment", "group", "parameters", "measured_clean_barrier",
+              "measured_clean_midpoint", "predicted_clean_barrier", "measured_robust_barrier",
+              "measured_robust_midpoint", "predicted_robust_barrier"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for label, rows in reports.items():
+        for r in rows:
+            writer.writerow({"alignment": label, **r.as_dict()})
+    return buffer.getvalue()
+
+
+def plot(out: Path, reports: dict[str, list[GroupResult]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, kind in zip(axes, ("clean", "robust"), strict=True):
+        for label, rows in reports.items():
+            rows = [r for r in rows if not r.name.startswith("(")]
+            ax.scatter([getattr(r, f"predicted_{kind}") for r in rows],
+                       [r.midpoint(kind) for r in rows], label=label)
+            for r in rows:
+                ax.annotate(r.name, (getattr(r, f"predicted_{kind}"), r.midpoint(kind)),
+                            fontsize=6)
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], ":", color="grey")
+        ax.set_xlabel("predicted midpoint barrier")
+        ax.set_ylabel("measured midpoint barrier")
+        ax.set_title(f"{kind} loss, per group")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out / "layers.png", buffer.getvalue())

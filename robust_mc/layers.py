@@ -1,0 +1,265 @@
+"""Where the barrier lives: layer-wise barriers, measured and predicted to second order.
+
+Measured: for each group of parameters (a module's, with a batch norm going with the convolution
+it follows; or whole blocks), interpolate only that group linearly from endpoint a to endpoint b
+while everything else stays at a, recompute BN statistics as ``connect`` does, and measure clean
+and robust loss along t.
+
+Predicted (cf. Singh et al. 2024, "Landscaping Linear Mode Connectivity"): with delta = theta_b -
+theta_a restricted to the group, a second-order Taylor expansion of the loss L around each end of
+the group's segment (a, and a with the group taken from b; for the whole network, the endpoints
+themselves) gives the value at the midpoint m = theta_a + delta / 2:
+
+    from a:  L(m) ~ L_a + 1/2 g_a.delta + 1/8 delta' H_a delta
+    from b:  L(m) ~ L_b - 1/2 g_b.delta + 1/8 delta' H_b delta
+
+Averaging the two and subtracting the chord (L_a + L_b) / 2 gives the midpoint barrier
+
+    B = 1/4 (g_a - g_b).delta + 1/16 delta' (H_a + H_b) delta,
+
+exact when L is quadratic along the segment (then g_b = g_a + H delta and B = -1/8 delta' H delta).
+It is compared with the measured midpoint gap L(m) - (L_a + L_b) / 2. Hessians enter only through
+Hessian-vector products (double backward), never formed. The derivative loss is the training loss
+with batch norm in train mode (batch statistics: a function of the parameters alone); for the
+robust loss the adversarial examples of each endpoint are computed once and held fixed while
+differentiating.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+from torch import nn
+from torch.func import functional_call
+
+from robust_mc.permutation import trace_graph
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[Params, str], torch.Tensor]  # (parameters, "a"|"b") -> scalar loss
+
+
+# --- groups -------------------------------------------------------------------------------------
+
+def parameter_groups(model: nn.Module, mode: str = "modules") -> dict[str, list[str]]:
+    """Group parameter names: ``modules`` (each conv/linear with the BN right after it, other
+    parameterised modules alone) or ``blocks`` (modules merged by their block: the first indexed
+    child under a container, e.g. ``net.layers.3``)."""
+    owner: dict[str, str] = {}  # module name -> the module whose group it joins
+    try:
+        gm = trace_graph(model)
+        modules = dict(gm.named_modules())
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or not isinstance(
+                    modules.get(node.target), nn.modules.batchnorm._BatchNorm):
+                continue
+            source = node.args[0]
+            if isinstance(source, torch.fx.Node) and source.op == "call_module" and isinstance(
+                    modules.get(source.target), (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                owner[str(node.target)] = str(source.target)
+    except Exception:  # untraceable models still get one group per module
+        owner = {}
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        module = name.rpartition(".")[0]
+        key = owner.get(module, module)
+        if mode == "blocks":
+            key = _block_of(model, key)
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _block_of(model: nn.Module, module_name: str) -> str:
+    parts = module_name.split(".")
+    node = model
+    for i, part in enumerate(parts):
+        child = getattr(node, part, None)
+        if child is None:
+            break
+        if isinstance(node, (nn.Sequential, nn.ModuleList)) and i > 0:
+            return ".".join(parts[: i + 1])
+        node = child
+    return module_name
+
+
+# --- interpolation and measurement ---------------------------------------------------------------
+
+def interpolated(state_a: Params, state_b: Params, names: Sequence[str], t: float) -> Params:
+    """Endpoint a's state with the ``names`` parameters moved a fraction t towards b."""
+    out = dict(state_a)
+    for name in names:
+        out[name] = torch.lerp(state_a[name].float(), state_b[name].float(), t).to(
+            state_a[name].dtype)
+    return out
+
+
+@dataclass
+class GroupResult:
+    name: str
+    parameters: int
+    ts: list[float]
+    clean: list[float]  # measured loss along t
+    robust: list[float]
+    predicted_clean: float = float("nan")
+    predicted_robust: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+    def measured(self, kind: str) -> float:
+        """Barrier as connect reports it: max over t above the chord."""
+        from robust_mc.barriers import barrier
+
+        return barrier(self.ts, getattr(self, kind))[0]
+
+    def midpoint(self, kind: str) -> float:
+        """L(midpoint) - (L(0) + L(1)) / 2: the quantity the prediction estimates."""
+        values = getattr(self, kind)
+        mid = min(range(len(self.ts)), key=lambda i: abs(self.ts[i] - 0.5))
+        return values[mid] - (values[0] + values[-1]) / 2
+
+    def as_dict(self) -> dict:
+        return {"group": self.name, "parameters": self.parameters, "t": self.ts,
+                "clean_loss": self.clean, "robust_loss": self.robust,
+                "measured_clean_barrier": self.measured("clean"),
+                "measured_robust_barrier": self.measured("robust"),
+                "measured_clean_midpoint": self.midpoint("clean"),
+                "measured_robust_midpoint": self.midpoint("robust"),
+                "predicted_clean_barrier": self.predicted_clean,
+                "predicted_robust_barrier": self.predicted_robust, **self.extra}
+
+
+def measure_group(template: nn.Module, state_a: Params, state_b: Params, names: Sequence[str],
+                  ts: Sequence[float], measure: Callable[[nn.Module], tuple[float, float]]
+                  ) -> tuple[list[float], list[float]]:
+    """Clean and robust loss along t with only ``names`` interpolated; ``measure`` recomputes BN
+    statistics as it needs and returns (clean loss, robust loss)."""
+    clean, robust = [], []
+    for t in ts:
+        model = copy.deepcopy(template)
+        model.load_state_dict(interpolated(state_a, state_b, names, t))
+        c, r = measure(model)
+        clean.append(c)
+        robust.append(r)
+    return clean, robust
+
+
+# --- the second-order prediction ----------------------------------------------------------------
+
+def gradient_and_hvp(loss_fn: LossFn, params: Params, names: Sequence[str], vector: Params,
+                     which: str) -> tuple[Params, Params]:
+    """Gradient of the loss in the ``names`` parameters, and the Hessian-vector product H v,
+    by double backward (H is never formed)."""
+    leaves = {n: params[n].detach().clone().requires_grad_(True) for n in names}
+    loss = loss_fn({**params, **leaves}, which)
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    dot = torch.stack([(g * vector[n]).sum() for g, n in zip(grads, names, strict=True)]).sum()
+    hv = torch.autograd.grad(dot, list(leaves.values()))
+    return ({n: g.detach() for n, g in zip(names, grads, strict=True)},
+            {n: h.detach() for n, h in zip(names, hv, strict=True)})
+
+
+def predicted_barrier(loss_fn: LossFn, params_a: Params, params_b: Params,
+                      names: Sequence[str]) -> float:
+    """B = 1/4 (g_a - g_b).delta + 1/16 delta' (H_a + H_b) delta for the ``names`` group."""
+    delta = {n: (params_b[n] - params_a[n]).detach() for n in names}
+    g_a, h_a = gradient_and_hvp(loss_fn, params_a, names, delta, "a")
+    g_b, h_b = gradient_and_hvp(loss_fn, params_b, names, delta, "b")
+    first = sum(((g_a[n] - g_b[n]) * delta[n]).sum() for n in names)
+    second = sum(((h_a[n] + h_b[n]) * delta[n]).sum() for n in names)
+    return float(first / 4 + second / 16)
+
+
+def functional_loss(model: nn.Module, batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+                    ) -> LossFn:
+    """Mean cross-entropy over fixed batches (per endpoint: clean, or its own adversarial
+    examples), BN in train mode with batch statistics, as a function of the parameters."""
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss(params: Params, which: str) -> torch.Tensor:
+        model.train()
+        terms, count = [], 0
+        for x, y in batches[which]:
+            state = {**{k: v.clone() for k, v in buffers.items()}, **params}
+            logits = functional_call(model, state, (x,))
+            terms.append(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            count += y.shape[0]
+        return torch.stack(terms).sum() / count
+
+    return loss
+
+
+# --- the report for two endpoints ---------------------------------------------------------------
+
+def layer_report(model_a: nn.Module, model_b: nn.Module, data, cfg, runtime, reporter
+                 ) -> list[GroupResult]:
+    """Measured and predicted clean/robust barriers per group, and for the whole network."""
+    from attacks import PGD
+    from robust_mc.data import as_float, batches
+    from robust_mc.evaluate import recompute_batchnorm
+    from robust_mc.robust_eval import evaluate_model
+
+    a = cfg.attack
+    attack = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
+    samples = data.train.take(cfg.layers.samples).to(runtime.device)
+    template = copy.deepcopy(model_a)
+    state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
+    state_b = {k: v.detach() for k, v in model_b.state_dict().items()}
+    ts = torch.linspace(0, 1, cfg.layers.points if cfg.layers.points % 2 else
+                        cfg.layers.points + 1).tolist()
+
+    def measure(model: nn.Module) -> tuple[float, float]:
+        recompute_batchnorm(model, data.train, images=cfg.path.bn_images, data=cfg.path.bn_data,
+                            attack=a, runtime=runtime, seed=cfg.path.seed)
+        torch.manual_seed(cfg.path.seed)
+        m = evaluate_model(model, samples, attack, runtime, cfg.layers.batch_size)
+        return m.clean_loss, m.robust_loss
+
+    clean_batches = [(runtime.images(as_float(x)), y)
+                     for x, y in batches(samples, cfg.layers.batch_size)]
+
+    def adversarial(model: nn.Module) -> list:  # held fixed while differentiating
+        return [(attack(model, x, y), y) for x, y in clean_batches]
+
+    adversarial_a = adversarial(model_a)
+    params_a = {n: p.detach() for n, p in model_a.named_parameters()}
+    params_b = {n: p.detach() for n, p in model_b.named_parameters()}
+    groups = parameter_groups(model_a, cfg.layers.groups)
+    groups["(whole network)"] = list(params_a)
+    results = []
+    with reporter.task("layer-wise barriers", len(groups)) as step:
+        for name, names in groups.items():
+            clean, robust = measure_group(template, state_a, state_b, names, ts, measure)
+            # the far end of this group's segment: a with the group taken from b
+            far = copy.deepcopy(template)
+            far.load_state_dict(interpolated(state_a, state_b, names, 1.0))
+            recompute_batchnorm(far, data.train, images=cfg.path.bn_images,
+                                data=cfg.path.bn_data, attack=a, runtime=runtime,
+                                seed=cfg.path.seed)
+            far_params = {**params_a, **{n: params_b[n] for n in names}}
+            result = GroupResult(name.removeprefix("net."),
+                                 sum(params_a[n].numel() for n in names), ts, clean, robust)
+            for kind, fixed in (("clean", (clean_batches, clean_batches)),
+                                ("robust", (adversarial_a, adversarial(far)))):
+                loss = functional_loss(template, {"a": fixed[0], "b": fixed[1]})
+                setattr(result, f"predicted_{kind}",
+                        predicted_barrier(loss, params_a, far_params, names))
+            results.append(result)
+            step.advance(1, name)
+    return results
+
+
+def rank_agreement(results: list[GroupResult]) -> dict[str, float]:
+    """Spearman rank correlation over groups (whole network excluded) of prediction vs the
+    measured midpoint gap, clean and robust."""
+    from scipy.stats import spearmanr
+
+    rows = [r for r in results if not r.name.startswith("(")]
+    out = {}
+    for kind in ("clean", "robust"):
+        measured = [r.midpoint(kind) for r in rows]
+        predicted = [getattr(r, f"predicted_{kind}") for r in rows]
+        varied = len(rows) > 2 and len(set(measured)) > 1 and len(set(predicted)) > 1
+        out[kind] = float(spearmanr(measured, predicted).statistic) if varied else float("nan")
+    return out
