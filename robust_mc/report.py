@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -81,6 +82,13 @@ def summary_table(summary: dict, title: str) -> Table:
                       f"{b['clean_acc_min']:.1f} / {b['clean_acc_mean']:.1f}",
                       f"{b['robust_acc_min']:.1f} / {b['robust_acc_mean']:.1f}")
     return table
+
+
+def summary_json(out: Path, summary: dict) -> str:
+    """What ``--json`` prints for a path run: where it wrote, barriers, best, checks, timings."""
+    keys = ("barriers", "best", "endpoints", "timings")
+    return json.dumps({"out": str(out), **{k: summary[k] for k in keys if k in summary}},
+                      indent=2)
 
 
 def print_summary(summary: dict, title: str, console: Console | None = None) -> None:

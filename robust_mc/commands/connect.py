@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
-from robust_mc.report import print_summary
+from robust_mc.report import print_summary, summary_json
 from robust_mc.runtime import Runtime
 
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
@@ -52,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv)
     if args.json:
-        print(json.dumps({"out": str(out), **{k: summary[k] for k in
-                                              ("barriers", "best", "endpoints", "timings")
-                                              if k in summary}}, indent=2))
+        print(summary_json(out, summary))
         return 0
     print_summary(summary, f"robust-mc connect: {Path(args.a).name} -> {Path(args.b).name}")
     reporter.print(f"wrote {out}/: {', '.join(summary['files'])}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from robust_mc import connect as pipeline
@@ -14,7 +13,7 @@ from robust_mc.io import ensure_out_dir
 from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
-from robust_mc.report import plot_paths, print_summary, write_path_files
+from robust_mc.report import plot_paths, print_summary, summary_json, write_path_files
 from robust_mc.runtime import Runtime
 
 HELP = "re-evaluate a trained curve (other attack, more points) without retraining"
@@ -66,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline.write_best(result, pair, summary, cfg, out)
     plot_paths(out, paths, f"{curve_file} ({cfg.path.attack})")
     if args.json:
-        print(json.dumps({"out": str(out), **{k: summary[k] for k in
-                                              ("barriers", "best", "endpoints", "timings")
-                                              if k in summary}}, indent=2))
+        print(summary_json(out, summary))
         return 0
     print_summary(summary, f"robust-mc eval: {curve_file} under {cfg.path.attack}")
     reporter.print(f"wrote {out}/")
