@@ -33,7 +33,6 @@ from robust_mc.permutation import (
     Permutation,
     PermutationSpec,
     Space,
-    apply_permutation,
     axis_index,
     identity_permutation,
     permute_model,
@@ -299,11 +298,6 @@ def align(model_a: nn.Module, model_b: nn.Module,
             float(c[diag, p].mean()) if c is not None else float("nan"),
             float((p != diag).float().mean())))
     return Alignment(method, inputs, perm, reports, seconds, samples)
-
-
-def aligned_state(model_b: nn.Module, spec: PermutationSpec, perm: Permutation
-                  ) -> dict[str, torch.Tensor]:
-    return apply_permutation(model_b.state_dict(), spec, perm)
 
 
 # --- aligning two endpoints (shared by `robust-mc align` and `robust-mc connect`) ---------------

@@ -110,7 +110,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     return atomic_torch_save(ckpt.to_dict(), path)
 
 
-def _torch_load(path: Path, trust: bool) -> Any:
+def read_torch_file(path: Path, trust: bool = False) -> Any:
+    """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -133,7 +134,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
         raise UserError(f"checkpoint {path} not found")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty")
-    obj = _torch_load(path, trust)
+    obj = read_torch_file(path, trust)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _native(obj, path)
     state = _foreign_state_dict(obj, path)

@@ -25,6 +25,7 @@ from robust_mc.evaluate import PointResult, evaluate_path, path_attack
 from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier
 from robust_mc.pair import Pair
+from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.progress import Reporter
 from robust_mc.robust_eval import evaluate_model
 from robust_mc.runtime import Runtime
@@ -78,6 +79,17 @@ def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Ru
     return Endpoints(model_a, result.model_b, model_b, {**summary,
                                                         "function_error": result.function_error},
                      {k: v.tolist() for k, v in result.alignment.perm.items()})
+
+
+def undo_alignment(model_a: Classifier, model_b: Classifier, example: torch.Tensor,
+                   permutation: dict[str, list[int]] | None) -> Classifier:
+    """b as it was given, from b aligned and the recorded permutation (b itself if none)."""
+    if not permutation:
+        return model_b
+    original = copy.deepcopy(model_b)
+    spec = trace_permutation_spec(model_a, example)
+    permute_model(original, spec, inverse({k: torch.tensor(v) for k, v in permutation.items()}))
+    return original
 
 
 def make_curve(kind: str, endpoints: Endpoints, bends: int, runtime: Runtime,
@@ -221,11 +233,11 @@ def write_best(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig,
 
 def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
     """Read curve.pt (weights only) and rebuild the curve and the endpoint pair it joins."""
-    from robust_mc.checkpoint import _torch_load, plain
+    from robust_mc.checkpoint import plain, read_torch_file
 
     if not path.is_file():
         raise UserError(f"{path} not found; give a run directory holding curve.pt, or curve.pt")
-    record = _torch_load(path, trust=False)
+    record = read_torch_file(path)
     if not isinstance(record, dict) or record.get("format") != CURVE_FORMAT:
         raise UserError(f"{path} is not a robust-mc curve (expected format {CURVE_FORMAT})")
     curve = Curve.from_state(record["curve"])

@@ -36,7 +36,11 @@ import torch.fx
 from torch import nn
 from torch.func import functional_call
 
+from robust_mc.config import LayersRunConfig
+from robust_mc.data import Data
 from robust_mc.permutation import trace_graph
+from robust_mc.progress import Reporter
+from robust_mc.runtime import Runtime
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, str], torch.Tensor]  # (parameters, "a"|"b") -> scalar loss
@@ -192,8 +196,8 @@ def functional_loss(model: nn.Module, batches: dict[str, list[tuple[torch.Tensor
 
 # --- the report for two endpoints ---------------------------------------------------------------
 
-def layer_report(model_a: nn.Module, model_b: nn.Module, data, cfg, runtime, reporter
-                 ) -> list[GroupResult]:
+def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: LayersRunConfig,
+                 runtime: Runtime, reporter: Reporter) -> list[GroupResult]:
     """Measured and predicted clean/robust barriers per group, and for the whole network."""
     from attacks import PGD
     from robust_mc.data import as_float, batches

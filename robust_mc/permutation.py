@@ -427,11 +427,6 @@ def identity_permutation(spec: PermutationSpec) -> Permutation:
     return {s.name: torch.arange(s.size) for s in spec}
 
 
-def compose(outer: Permutation, inner: Permutation) -> Permutation:
-    """The permutation equal to applying ``inner`` and then ``outer``."""
-    return {name: inner[name][outer[name]] for name in inner}
-
-
 def inverse(perm: Permutation) -> Permutation:
     return {name: torch.argsort(p) for name, p in perm.items()}
 

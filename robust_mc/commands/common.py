@@ -98,6 +98,11 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
                    help="also evaluate the straight lines between the endpoints")
 
 
+def add_no_align_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-align", dest="aligned", action="store_const", const=False,
+                   help="use the endpoints as given, without aligning b to a")
+
+
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-attack", dest="eval.attack", metavar="SPEC",
@@ -129,6 +134,7 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration values the user typed, as dotted keys."""
     values = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    if getattr(args, "device", None) is not None:
-        values["device"] = args.device
+    for key in ("device", "aligned"):  # top-level settings
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
     return values

@@ -26,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_optim_flags(p)
     common.add_curve_flags(p)
     common.add_align_flags(p)
-    p.add_argument("--no-align", dest="aligned", action="store_const", const=False,
-                   help="connect the endpoints as given")
+    common.add_no_align_flag(p)
     common.add_path_flags(p)
     common.add_speed_flags(p)
     common.add_trust_flag(p)
@@ -41,8 +40,6 @@ def default_out(a: str, b: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
     overrides = common.overrides(args)
-    if getattr(args, "aligned", None) is not None:
-        overrides["aligned"] = args.aligned
     cfg = build_config(ConnectRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
     pipeline.preflight(cfg)

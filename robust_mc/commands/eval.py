@@ -10,7 +10,6 @@ from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config, flatten
 from robust_mc.data import load_data
 from robust_mc.io import ensure_out_dir
-from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
 from robust_mc.report import plot_paths, print_summary, summary_json, write_path_files
@@ -42,16 +41,8 @@ def run(args: argparse.Namespace) -> int:
     tag = cfg.path.attack.replace(":", "-").replace(",", "-").replace("/", "_").replace("=", "")
     out = ensure_out_dir(args.out or curve_file.parent / f"eval-{tag}-{cfg.path.points}pts")
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
-    b_original = model_b
-    if record.get("permutation"):  # undo the alignment to recover b as it was given
-        import copy
-
-        import torch
-
-        b_original = copy.deepcopy(model_b)
-        spec = trace_permutation_spec(model_a, data.train.images[:2].float())
-        perm = {k: torch.tensor(v) for k, v in record["permutation"].items()}
-        permute_model(b_original, spec, inverse(perm))
+    b_original = pipeline.undo_alignment(model_a, model_b, data.train.images[:2].float(),
+                                         record.get("permutation"))
     endpoints = pipeline.Endpoints(model_a, model_b, b_original, record.get("alignment"),
                                    record.get("permutation"))
     curve = curve.to(runtime.device)

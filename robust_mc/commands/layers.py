@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_data_flags(p)
     common.add_attack_flags(p)
     common.add_align_flags(p)
-    p.add_argument("--no-align", dest="aligned", action="store_const", const=False)
+    common.add_no_align_flag(p)
     g = p.add_argument_group("layers")
     g.add_argument("--groups", dest="layers.groups", choices=["modules", "blocks"])
     g.add_argument("--points", dest="layers.points", metavar="N", help="values of t (default 5)")
@@ -49,8 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
     overrides = common.overrides(args)
-    if getattr(args, "aligned", None) is not None:
-        overrides["aligned"] = args.aligned
     cfg = build_config(LayersRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
     reporter = Reporter(quiet=args.json)
