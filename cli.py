@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from robust_mc.errors import UserError
+from robust_mc.errors import Interrupted, UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"robust-mc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(f"robust-mc {args.command}: {exc.signal_name}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"robust-mc {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,6 +16,7 @@ Everything loads with ``weights_only=True``; full unpickling needs ``trust=True`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
@@ -56,6 +57,16 @@ class Checkpoint:
         return {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
                 "state_dict": self.state_dict, "normalization": plain(self.normalization),
                 "meta": plain(self.meta)}
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of names and values: tells whether two files hold the same network."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def plain(value: Any) -> Any:

@@ -112,6 +112,10 @@ class OptimConfig:
     schedule: Literal["piecewise", "cosine", "constant"] = setting("piecewise")
     warmup_epochs: float = setting(0.0, lo=0.0)
     seed: int = setting(0)
+    save_every: int = setting(1, lo=1, help="epochs between saved resumable states (and always "
+                                            "at the end and on an interrupt)")
+    skip_nonfinite: int = setting(0, lo=0, help="batches with a non-finite loss to skip before "
+                                                "the run stops")
     precise_bn: Literal["clean", "adversarial", "off"] = setting(
         "clean", help="after training, recompute BN statistics on 2000 training images, as "
                       "connect does at every t (its --bn-data), instead of keeping the noisy "
@@ -125,6 +129,7 @@ class SpeedConfig:
         "float32", help="autocast dtype; auto = bfloat16 on a CUDA device that supports it")
     compile: bool = setting(False, help="torch.compile the network")
     threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)")
+    deterministic: bool = setting(False, help="torch's deterministic algorithms (slower on GPU)")
 
 
 @dataclass(frozen=True)

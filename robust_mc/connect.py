@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,22 +17,41 @@ import torch
 from attacks import parse_attack_spec
 from robust_mc.align import align_models
 from robust_mc.barriers import path_summary
-from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.checkpoint import (
+    Checkpoint,
+    checkpoint_from_model,
+    plain,
+    read_torch_file,
+    save_checkpoint,
+    state_digest,
+)
 from robust_mc.config import ConnectRunConfig, to_dict
 from robust_mc.curves import Curve
 from robust_mc.data import Data
-from robust_mc.errors import UserError
+from robust_mc.errors import Interrupted, UserError
 from robust_mc.evaluate import PointResult, evaluate_path, path_attack
-from robust_mc.io import atomic_torch_save
+from robust_mc.interrupt import StopSignals
+from robust_mc.io import atomic_torch_save, atomic_write_json, read_json
 from robust_mc.models import Classifier
 from robust_mc.pair import Pair
 from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.progress import Reporter
+from robust_mc.resume import (
+    check_same_config,
+    config_differences,
+    remove_stale_temps,
+    restore_rng,
+    rng_state,
+)
 from robust_mc.robust_eval import evaluate_model
-from robust_mc.runtime import Runtime
+from robust_mc.runtime import Runtime, seed_everything
 from robust_mc.train_curve import curve_optimizer, train_curve
+from robust_mc.training import EpochResult, Position
 
 CURVE_FORMAT = "robust-mc-curve/1"
+PROGRESS_FILE = "path-progress.json"
+RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
+             "path.png")
 REPRODUCE_TOLERANCE = 0.5  # accuracy points
 
 
@@ -100,49 +120,110 @@ def make_curve(kind: str, endpoints: Endpoints, bends: int, runtime: Runtime,
 
 
 def curve_record(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
-                 epoch: int, optimizer: torch.optim.Optimizer | None, history: list) -> dict:
+                 history: list, optimizer: torch.optim.Optimizer | None = None,
+                 position: Position | None = None, rng: dict | None = None) -> dict:
     """curve.pt: enough to resume training or re-evaluate without the endpoint files. Endpoint
     states use the architecture's own names, as native checkpoints do."""
     state_a = checkpoint_from_model(endpoints.a, pair.a.arch, pair.a.arch_kwargs).state_dict
     state_b = checkpoint_from_model(endpoints.b, pair.b.arch, pair.b.arch_kwargs).state_dict
+    position = position or Position(epoch=cfg.optim.epochs if cfg.curve.kind == "line" else 0)
     return {"format": CURVE_FORMAT, "curve": curve.state(), "arch": pair.a.arch,
             "arch_kwargs": pair.a.arch_kwargs, "normalization": pair.a.normalization,
             "endpoint_states": {"a": state_a, "b": state_b},
             "endpoint_meta": {"a": pair.a.meta, "b": pair.b.meta},
             "endpoints": {"a": pair.a.path, "b": pair.b.path},
+            "endpoint_digests": endpoint_digests(pair),
             "permutation": endpoints.permutation, "alignment": endpoints.alignment,
-            "config": to_dict(cfg), "dataset": cfg.data.dataset, "epoch": epoch,
+            "config": to_dict(cfg), "dataset": cfg.data.dataset, "epoch": position.epoch,
+            "position": position.state(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "history": history}
+            "rng": rng, "history": history}
+
+
+def endpoint_digests(pair: Pair) -> dict[str, str]:
+    return {"a": state_digest(pair.a.state_dict), "b": state_digest(pair.b.state_dict)}
 
 
 def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig, data: Data,
-          runtime: Runtime, reporter: Reporter, out: Path) -> list[dict]:
-    """Train the bends, writing curve.pt after every epoch."""
-    history: list[dict] = []
+          runtime: Runtime, reporter: Reporter, out: Path, saved: dict | None = None,
+          stop: StopSignals | None = None) -> list[dict]:
+    """Train the bends, writing curve.pt (the resumable state) every ``save_every`` epochs;
+    ``saved`` is the curve.pt of an interrupted run to continue."""
+    history: list[dict] = list(saved["history"]) if saved else []
     if cfg.curve.kind == "line":
-        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, 0, None, history),
-                          out / "curve.pt")
+        if saved is None:
+            atomic_torch_save(curve_record(curve, pair, endpoints, cfg, history),
+                              out / "curve.pt")
         return history
     template = copy.deepcopy(endpoints.a)
     optimizer = curve_optimizer(curve, cfg.optim)
+    generator = torch.Generator().manual_seed(cfg.optim.seed)
+    position = Position()
+    if saved is not None:
+        position = Position.from_state(saved["position"])
+        if saved["optimizer"] is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+        if saved["rng"] is not None:
+            restore_rng(saved["rng"], generator)
     a = cfg.attack
     reporter.print(f"[bold]train[/] {cfg.curve.kind} curve ({curve.num_bends} bend(s)), "
                    f"{cfg.curve.objective} objective, PGD-{a.steps} eps {a.eps * 255:.3g}/255 "
                    f"step {a.resolved_step_size * 255:.3g}/255, attack in {a.mode} mode")
+    if saved is not None and position.epoch < cfg.optim.epochs:
+        reporter.print(f"resuming {out / 'curve.pt'} at epoch {position.epoch + 1}, step "
+                       f"{position.step}")
 
-    def on_epoch(epoch: int, result, opt) -> None:
+    def on_epoch(epoch: int, result: EpochResult) -> None:
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
-                        "images_per_s": result.images_per_s})
+                        "images_per_s": result.images_per_s, "seconds": result.seconds})
         reporter.print(f"  curve epoch {epoch + 1}: loss {result.loss:.3f}, adversarial acc "
                        f"{result.train_acc:.1f}%, {result.images_per_s:.0f} img/s")
-        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, epoch + 1, opt, history),
-                          out / "curve.pt")
+
+    def save() -> None:
+        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, history, optimizer,
+                                       position, rng_state(generator)), out / "curve.pt")
 
     train_curve(curve, template, data, attack=cfg.attack, curve_cfg=cfg.curve, optim=cfg.optim,
                 augment=cfg.data.augment, runtime=runtime, reporter=reporter,
-                optimizer=optimizer, on_epoch=on_epoch)
+                optimizer=optimizer, generator=generator, position=position,
+                on_epoch=on_epoch, save=save, stop=stop, resume_hint=resume_hint(out))
     return history
+
+
+def resume_hint(out: Path) -> str:
+    return f"state saved in {out}; rerun the same command to continue"
+
+
+class PathProgress:
+    """path-progress.json: the points evaluated so far on each path of a run, written after
+    every t, so that an interrupted evaluation continues at the next t."""
+
+    def __init__(self, path: Path, cfg: ConnectRunConfig, stop: StopSignals | None = None
+                 ) -> None:
+        self.path = path
+        self.config = to_dict(cfg)
+        self.stop = stop or StopSignals()
+        self.paths: dict[str, list[PointResult]] = {}
+        if path.is_file():
+            saved = read_json(path)
+            if isinstance(saved, dict) and not config_differences(saved.get("config") or {},
+                                                                  self.config):
+                self.paths = {label: [PointResult.from_dict(p) for p in points]
+                              for label, points in saved.get("paths", {}).items()}
+
+    def done(self, label: str) -> list[PointResult]:
+        return self.paths.get(label, [])
+
+    def saver(self, label: str) -> Callable[[list[PointResult]], None]:
+        def after_point(points: list[PointResult]) -> None:
+            self.paths[label] = list(points)
+            atomic_write_json(self.path, {"config": self.config, "paths": {
+                name: [p.as_dict() for p in pts] for name, pts in self.paths.items()}})
+            if self.stop.requested:
+                assert self.stop.signum is not None
+                raise Interrupted(self.stop.signum, f"stopped while evaluating {label} at "
+                                  f"t={points[-1].t:g}; {resume_hint(self.path.parent)}")
+        return after_point
 
 
 def endpoint_reproduction(points: list[PointResult], endpoints: Endpoints, data: Data,
@@ -169,12 +250,21 @@ def endpoint_reproduction(points: list[PointResult], endpoints: Endpoints, data:
 
 
 def evaluate_run(curve: Curve, endpoints: Endpoints, cfg: ConnectRunConfig, data: Data,
-                 runtime: Runtime, reporter: Reporter) -> PathRun:
+                 runtime: Runtime, reporter: Reporter, progress: PathProgress | None = None
+                 ) -> PathRun:
+    """The curve (and, with ``compare_line``, the straight lines) evaluated along t;
+    ``progress`` saves each point and holds those of an interrupted run."""
     start = time.perf_counter()
+    label = f"{cfg.curve.kind} ({'aligned' if cfg.aligned else 'unaligned'})"
+
+    def resumable(name: str) -> dict:
+        if progress is None:
+            return {}
+        return {"done": progress.done(name), "after_point": progress.saver(name)}
+
     points, best = evaluate_path(curve, endpoints.a, data, cfg.path, cfg.attack, runtime,
-                                 reporter, f"{cfg.curve.kind} path")
-    run = PathRun(f"{cfg.curve.kind} ({'aligned' if cfg.aligned else 'unaligned'})", points,
-                  best)
+                                 reporter, f"{cfg.curve.kind} path", **resumable(label))
+    run = PathRun(label, points, best)
     run.seconds["evaluate"] = time.perf_counter() - start
     run.endpoints = endpoint_reproduction(points, endpoints, data, cfg, runtime, reporter)
     if cfg.path.compare_line:
@@ -186,7 +276,8 @@ def evaluate_run(curve: Curve, endpoints: Endpoints, cfg: ConnectRunConfig, data
                 continue
             line = make_curve("line", endpoints, 0, runtime, b)
             run.lines[label], _ = evaluate_path(line, endpoints.a, data, cfg.path, cfg.attack,
-                                                runtime, reporter, label, keep_best=False)
+                                                runtime, reporter, label, keep_best=False,
+                                                **resumable(label))
     return run
 
 
@@ -231,15 +322,19 @@ def write_best(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig,
 
 
 
-def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
-    """Read curve.pt (weights only) and rebuild the curve and the endpoint pair it joins."""
-    from robust_mc.checkpoint import plain, read_torch_file
-
+def read_curve_record(path: Path) -> dict:
+    """curve.pt, read weights-only and checked to be one."""
     if not path.is_file():
         raise UserError(f"{path} not found; give a run directory holding curve.pt, or curve.pt")
     record = read_torch_file(path)
     if not isinstance(record, dict) or record.get("format") != CURVE_FORMAT:
         raise UserError(f"{path} is not a robust-mc curve (expected format {CURVE_FORMAT})")
+    return record
+
+
+def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
+    """Read curve.pt and rebuild the curve and the endpoint pair it joins (b as aligned)."""
+    record = read_curve_record(path)
     curve = Curve.from_state(record["curve"])
     checkpoints = [Checkpoint(record["arch"], record["arch_kwargs"],
                               record["endpoint_states"][name], record["normalization"],
@@ -249,9 +344,61 @@ def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
     return record, curve, Pair(*checkpoints)
 
 
+def endpoints_from_record(record: dict, pair: Pair, runtime: Runtime,
+                          example: torch.Tensor) -> Endpoints:
+    """The endpoints a saved curve joins, with b as given recovered from the permutation."""
+    model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    b_original = undo_alignment(model_a, model_b, example, record.get("permutation"))
+    return Endpoints(model_a, model_b, b_original, record.get("alignment"),
+                     record.get("permutation"))
+
+
+def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]) -> dict | None:
+    """The summary of a finished run in ``out`` with these settings and endpoints, if any."""
+    summary_file = out / "summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = read_json(summary_file)
+    if (not isinstance(summary, dict) or summary.get("endpoint_digests") != digests
+            or config_differences(summary.get("config") or {}, to_dict(cfg))
+            or not all((out / name).is_file() for name in summary.get("files", ()))):
+        return None
+    return summary
+
+
+def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resume: str
+                ) -> dict | None:
+    """curve.pt of an interrupted run in ``out`` to continue (checked against the settings and
+    endpoints), or None to start afresh."""
+    path = out / "curve.pt"
+    if resume == "fresh" or not path.exists():
+        if resume == "resume":
+            raise UserError(f"--resume: {out} holds no run to continue; drop --resume to start "
+                            "one")
+        return None
+    record = read_curve_record(path)
+    if record.get("endpoint_digests") != digests:
+        raise UserError(f"{out} holds a run between other endpoints; pass --fresh (or another "
+                        "--out) to start over")
+    if record.get("position") is None:
+        raise UserError(f"{path} was written by an older robust-mc and cannot be resumed; pass "
+                        "--fresh (or another --out) to start over")
+    check_same_config(record["config"], to_dict(cfg), out)
+    return record
+
+
+def clear_run(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
-                reporter: Reporter, argv: list[str] | None = None) -> dict:
-    """The whole of `robust-mc connect`: align, train, evaluate, write every output file."""
+                reporter: Reporter, argv: list[str] | None = None, resume: str = "auto",
+                stop: StopSignals | None = None) -> dict:
+    """The whole of `robust-mc connect`: align, train, evaluate, write every output file.
+
+    A run in ``out`` with the same settings and endpoints is continued where it stopped (or,
+    finished, returned as it is); ``resume="fresh"`` starts over."""
     from robust_mc.data import load_data
     from robust_mc.io import ensure_out_dir
     from robust_mc.record import run_record
@@ -260,20 +407,36 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     data = load_data(cfg.data)
     pair.check_data(data)
     out = ensure_out_dir(out)  # only once the inputs are known to be good
+    remove_stale_temps(out)
+    digests = endpoint_digests(pair)
+    if resume == "fresh":
+        clear_run(out)
+    elif (finished := completed_run(out, cfg, digests)) is not None:
+        reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
+        return finished
+    saved = saved_curve(out, cfg, digests, resume)
     record = run_record(argv)
+    seed_everything(cfg.optim.seed)
     reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
                    f"eps {cfg.attack.eps * 255:.3g}/255, output {out}")
     start = time.perf_counter()
-    endpoints = prepare_endpoints(pair, cfg, data, runtime, reporter)
+    if saved is None:
+        endpoints = prepare_endpoints(pair, cfg, data, runtime, reporter)
+        curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
+    else:
+        _, curve, saved_pair = load_curve_run(out / "curve.pt")
+        endpoints = endpoints_from_record(saved, saved_pair, runtime,
+                                          data.train.images[:2].float())
+        curve = curve.to(runtime.device)
     on_device = data.to(runtime.device)
-    curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
-    history = train(curve, pair, endpoints, cfg, on_device, runtime, reporter, out)
+    history = train(curve, pair, endpoints, cfg, on_device, runtime, reporter, out, saved, stop)
     train_s = time.perf_counter() - start
-    result = evaluate_run(curve, endpoints, cfg, on_device, runtime, reporter)
+    progress = PathProgress(out / PROGRESS_FILE, cfg, stop)
+    result = evaluate_run(curve, endpoints, cfg, on_device, runtime, reporter, progress)
     result.seconds["align_and_train"] = train_s
     summary = summarize(result, cfg)
     summary.update({"alignment": endpoints.alignment, "training": history, "record": record,
-                    "runtime": runtime.describe()})
+                    "runtime": runtime.describe(), "endpoint_digests": digests})
     paths = {result.label: result.points, **result.lines}
     files = ["curve.pt", "path.json", "path.csv", "summary.json"]
     if write_best(result, pair, summary, cfg, out) is not None:
@@ -282,5 +445,6 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                               f"{Path(pair.b.path or 'b').name}") is not None:
         files.append("path.png")
     summary["files"] = files
-    write_path_files(out, paths, summary)
+    write_path_files(out, paths, summary)  # summary.json last: it marks the run complete
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
     return summary

@@ -273,19 +273,23 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool,
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False,
             generator: torch.Generator | None = None, info: DatasetInfo | None = None,
-            augment: bool = False, drop_last: bool = False
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images float (B, C, H, W) in [0, 1], labels (B,)) on the split's device."""
+            augment: bool = False, drop_last: bool = False, order: torch.Tensor | None = None,
+            start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images float (B, C, H, W) in [0, 1], labels (B,)) on the split's device.
+
+    ``order`` (a permutation of the split) fixes the shuffle; ``start`` skips that many batches,
+    which is how an interrupted epoch continues where it stopped."""
     count = len(split)
-    order = torch.randperm(count, generator=generator) if shuffle else None
+    if order is None and shuffle:
+        order = torch.randperm(count, generator=generator)
     stop = count - count % batch_size if drop_last and count >= batch_size else count
-    for start in range(0, stop, batch_size):
+    for first in range(start * batch_size, stop, batch_size):
         if order is not None:
-            index = order[start:start + batch_size].to(split.images.device)
+            index = order[first:first + batch_size].to(split.images.device)
             images, labels = split.images[index], split.labels[index]
         else:
-            images = split.images[start:start + batch_size]
-            labels = split.labels[start:start + batch_size]
+            images = split.images[first:first + batch_size]
+            labels = split.labels[first:first + batch_size]
         images = as_float(images)
         if augment and info is not None:
             images = random_crop_flip(images, info.crop_padding, info.flip, generator)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from attacks import PGD, build_attack, parse_attack_spec
-from robust_mc.checkpoint import Checkpoint, checkpoint_from_model
+from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, read_torch_file
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, load_data
+from robust_mc.errors import UserError
 from robust_mc.evaluate import recompute_batchnorm
+from robust_mc.interrupt import StopSignals
+from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
+from robust_mc.resume import check_same_config, restore_rng, rng_state
 from robust_mc.robust_eval import Metrics, evaluate_model
-from robust_mc.runtime import Runtime
-from robust_mc.training import AdversarialTask, make_sgd, train_one_epoch
+from robust_mc.runtime import Runtime, seed_everything
+from robust_mc.training import AdversarialTask, EpochResult, Position, fit, make_sgd
 
 MONITOR_IMAGES = 1000  # validation images attacked after each epoch
 PRECISE_BN_IMAGES = 2000  # as many as connect's path evaluation uses by default
@@ -34,12 +40,28 @@ def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
                         kwargs=cfg.model.kwargs)
 
 
+TRAIN_STATE_FORMAT = "robust-mc-train-state/1"
+
+
+def state_path_for(out: str | Path) -> Path:
+    """Where ``train --out a.pt`` keeps its resumable state: ``a.state.pt``, removed at the end."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.state.pt")
+
+
 def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
-                   argv: list[str] | None = None, data: Data | None = None) -> Checkpoint:
-    """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``."""
+                   argv: list[str] | None = None, data: Data | None = None,
+                   state_path: Path | None = None, resume: str = "auto",
+                   stop: StopSignals | None = None) -> Checkpoint:
+    """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
+
+    With ``state_path`` the run saves a resumable state there (see ``fit``) and, unless ``resume``
+    is ``fresh``, continues the one it finds."""
     record = run_record(argv)
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
-    torch.manual_seed(cfg.optim.seed)
+    stop = stop or StopSignals()
+    seed_everything(cfg.optim.seed)
+    saved = load_train_state(state_path, cfg, resume)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)
     runtime.prepare(model)
@@ -48,27 +70,43 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     optimizer = make_sgd(model.parameters(), cfg.optim)
     task = AdversarialTask(model, forward, cfg.attack, runtime)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
+    position, history = Position(), []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        position = Position.from_state(saved["position"])
+        history = list(saved["history"])
+        record = saved["record"]
+        restore_rng(saved["rng"], generator)
     a = cfg.attack
     monitor = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
     reporter.print(f"[bold]train[/] {cfg.model.arch} on {data.info.name}: {len(data.train)} train "
                    f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
                    f"eps {a.eps * 255:.3g}/255, {runtime.describe()}")
-    history = []
-    train_seconds = 0.0
-    for epoch in range(cfg.optim.epochs):
-        steps = len(data.train) // cfg.optim.batch_size
-        with reporter.task(f"epoch {epoch + 1}/{cfg.optim.epochs}", steps) as step:
-            result = train_one_epoch(task, optimizer, on_device.train, optim=cfg.optim,
-                                     epoch=epoch, info=data.info, augment=cfg.data.augment,
-                                     generator=generator, runtime=runtime, step=step)
-        train_seconds += result.seconds
+    if saved is not None:
+        reporter.print(f"resuming {state_path} at epoch {position.epoch + 1}, step "
+                       f"{position.step}")
+
+    def on_epoch(epoch: int, result: EpochResult) -> None:
         val = evaluate_model(model, on_device.val.take(MONITOR_IMAGES), monitor, runtime,
                              cfg.eval.batch_size)
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
-                        "images_per_s": result.images_per_s, "val_clean_acc": val.clean_acc,
-                        "val_robust_acc": val.robust_acc})
+                        "images_per_s": result.images_per_s, "seconds": result.seconds,
+                        "val_clean_acc": val.clean_acc, "val_robust_acc": val.robust_acc})
         reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
                        f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
+
+    def save() -> None:
+        if state_path is not None:
+            atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
+                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "position": position.state(), "history": history,
+                               "rng": rng_state(generator), "record": record}, state_path)
+
+    fit(task, optimizer, on_device.train, optim=cfg.optim, info=data.info,
+        augment=cfg.data.augment, generator=generator, runtime=runtime, reporter=reporter,
+        label="epoch", position=position, on_epoch=on_epoch, save=save, stop=stop,
+        resume_hint=f"state saved in {state_path}; rerun the same command to continue")
     if cfg.optim.precise_bn != "off":
         recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES,
                             data=cfg.optim.precise_bn,
@@ -81,11 +119,25 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
         "config": to_dict(cfg),
         "metrics": {"test": test.as_dict(), "eval_attack": cfg.eval.attack, "eps": a.eps},
         "history": history,
-        "timings": {"train_s": train_seconds,
+        "timings": {"train_s": sum(h["seconds"] for h in history),
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
         "record": record,
     }
     return checkpoint_from_model(model, cfg.model.arch, arch_kwargs_for(cfg, data), meta)
+
+
+def load_train_state(path: Path | None, cfg: TrainRunConfig, resume: str) -> dict | None:
+    """The saved state to continue, checked against ``cfg``; None to start afresh."""
+    if path is None or resume == "fresh" or not path.exists():
+        if resume == "resume":
+            raise UserError(f"--resume: no saved state {path} to continue; drop --resume to "
+                            "start the run")
+        return None
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise UserError(f"{path} is not a robust-mc training state; delete it or pass --fresh")
+    check_same_config(state["config"], to_dict(cfg), path)
+    return state
 
 
 def evaluate_test(model: Classifier, data: Data, cfg: TrainRunConfig, runtime: Runtime) -> Metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,14 @@ class PointResult:
 
     def row(self, split: str) -> dict:
         return {"t": self.t, "split": split, **getattr(self, split).as_dict()}
+
+    def as_dict(self) -> dict:
+        return {"t": self.t, "val": self.val.as_dict(), "test": self.test.as_dict(),
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PointResult:
+        return cls(d["t"], Metrics(**d["val"]), Metrics(**d["test"]), dict(d["seconds"]))
 
 
 BN_BATCH_SIZE = 250  # fixed, so that the same weights always get the same statistics
@@ -85,17 +94,31 @@ def path_attack(path: PathConfig, attack: AttackConfig, num_classes: int) -> Att
 
 def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConfig,
                   attack: AttackConfig, runtime: Runtime, reporter: Reporter, label: str,
-                  keep_best: bool = True) -> tuple[list[PointResult], Classifier | None]:
+                  keep_best: bool = True, done: list[PointResult] | None = None,
+                  after_point: Callable[[list[PointResult]], None] | None = None,
+                  ) -> tuple[list[PointResult], Classifier | None]:
     """Evaluate ``path.points`` evenly spaced t; returns the results and, with ``keep_best``,
-    the interior network with the highest validation robust accuracy."""
+    the interior network with the highest validation robust accuracy.
+
+    ``done`` holds the first points already evaluated (a resumed run); ``after_point`` sees the
+    points so far after each new one (to save them, or to stop)."""
     ts = torch.linspace(0, 1, path.points).tolist()
     val = data.val.take(path.val_limit)
     test = data.test.take(path.test_limit)
     eval_attack = path_attack(path, attack, data.info.num_classes)
-    results: list[PointResult] = []
-    best: tuple[float, Classifier] | None = None
+    results: list[PointResult] = list(done or [])
+    best: tuple[float, float, Classifier | None] | None = None  # (val robust acc, t, network)
+
+    def consider(point: PointResult, model: Classifier | None) -> None:
+        nonlocal best
+        if keep_best and 0 < point.t < 1 and (best is None or point.val.robust_acc > best[0]):
+            best = (point.val.robust_acc, point.t, model)
+
+    for point in results:
+        consider(point, None)
     with reporter.task(f"evaluate {label}", len(ts)) as step:
-        for t in ts:
+        step.advance(len(results))
+        for t in ts[len(results):]:
             timings: dict[str, float] = {}
             start = time.perf_counter()
             model = network_at(curve, template, t, data, path, attack, runtime, timings)
@@ -107,8 +130,13 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
                                           timings)
             timings["total"] = time.perf_counter() - start
             results.append(PointResult(t, val_metrics, test_metrics, timings))
-            interior = 0 < t < 1
-            if keep_best and interior and (best is None or val_metrics.robust_acc > best[0]):
-                best = (val_metrics.robust_acc, model)
+            consider(results[-1], model)
             step.advance(1, f"t={t:.2f} robust {test_metrics.robust_acc:.1f}%")
-    return results, best[1] if best else None
+            if after_point is not None:
+                after_point(results)
+    if best is None:
+        return results, None
+    _, t_best, network = best
+    if network is None:  # found among the points of an earlier, interrupted run
+        network = network_at(curve, template, t_best, data, path, attack, runtime)
+    return results, network

@@ -73,6 +73,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value, or None when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_out_dir(path: str | Path) -> Path:
     """Create an output directory, or explain in one line why it cannot be used."""
     path = Path(path)
@@ -85,3 +93,18 @@ def ensure_out_dir(path: str | Path) -> Path:
     if not os.access(path, os.W_OK):
         raise UserError(f"--out {path} is not writable; choose another directory")
     return path
+
+
+def check_writable_file(path: str | Path) -> None:
+    """Fail before a long run, not after it, when ``path`` cannot be written (its folder is
+    created if missing)."""
+    path = Path(path)
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is a file, not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (PermissionError, FileExistsError, NotADirectoryError) as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write {path}: {parent} is not writable; choose another --out")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import Iterator
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +52,21 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (every device), numpy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """torch's deterministic kernels everywhere (cuBLAS needs its workspace fixed before its first
+    use); an operation without one raises instead of silently varying."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     if dtype is None:
@@ -73,6 +90,8 @@ class Runtime:
     def create(cls, device: str, speed: SpeedConfig | None = None) -> Runtime:
         speed = speed or SpeedConfig()
         set_threads(speed.threads)
+        if speed.deterministic:
+            use_deterministic_algorithms()
         return cls(select_device(device), speed)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:

@@ -23,9 +23,10 @@ from attacks.pgd import cross_entropy_sum
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.curves import Curve
 from robust_mc.data import Data
+from robust_mc.interrupt import StopSignals
 from robust_mc.progress import Reporter
 from robust_mc.runtime import Runtime
-from robust_mc.training import EpochResult, make_sgd, train_one_epoch
+from robust_mc.training import EpochResult, Position, fit, make_sgd
 
 
 def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
@@ -95,21 +96,16 @@ def curve_optimizer(curve: Curve, optim: OptimConfig) -> torch.optim.SGD:
 def train_curve(curve: Curve, module: nn.Module, data: Data, *, attack: AttackConfig,
                 curve_cfg: CurveConfig, optim: OptimConfig, augment: bool, runtime: Runtime,
                 reporter: Reporter, optimizer: torch.optim.Optimizer | None = None,
-                start_epoch: int = 0,
-                on_epoch: Callable[[int, EpochResult, torch.optim.Optimizer], None] | None = None,
-                ) -> list[EpochResult]:
-    """Train the bends for ``optim.epochs`` epochs (``data`` already on the device)."""
+                generator: torch.Generator | None = None, position: Position | None = None,
+                on_epoch: Callable[[int, EpochResult], None] | None = None,
+                save: Callable[[], None] | None = None, stop: StopSignals | None = None,
+                resume_hint: str = "") -> None:
+    """Train the bends from ``position`` to ``optim.epochs`` epochs (``data`` already on the
+    device); ``save`` and ``stop`` make it resumable (see ``fit``)."""
     optimizer = optimizer or curve_optimizer(curve, optim)
-    generator = torch.Generator().manual_seed(optim.seed)
+    generator = generator or torch.Generator().manual_seed(optim.seed)
     task = CurveTask(module, curve, attack, curve_cfg, runtime, generator)
-    results = []
-    for epoch in range(start_epoch, optim.epochs):
-        steps = len(data.train) // optim.batch_size
-        with reporter.task(f"curve epoch {epoch + 1}/{optim.epochs}", steps) as step:
-            result = train_one_epoch(task, optimizer, data.train, optim=optim, epoch=epoch,
-                                     info=data.info, augment=augment, generator=generator,
-                                     runtime=runtime, step=step)
-        results.append(result)
-        if on_epoch is not None:
-            on_epoch(epoch, result, optimizer)
-    return results
+    fit(task, optimizer, data.train, optim=optim, info=data.info, augment=augment,
+        generator=generator, runtime=runtime, reporter=reporter, label="curve epoch",
+        position=position or Position(), on_epoch=on_epoch or (lambda epoch, result: None),
+        save=save or (lambda: None), stop=stop or StopSignals(), resume_hint=resume_hint)

@@ -61,6 +61,30 @@ def add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", dest="optim.seed", metavar="N", help="seed of the run")
 
 
+def add_fault_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("resuming and faults")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (rerunning into the same --out also "
+                        "continues it); an error if there is none")
+    g.add_argument("--fresh", action="store_true",
+                   help="discard a run saved in --out and start over")
+    g.add_argument("--save-every", dest="optim.save_every", metavar="N",
+                   help="epochs between saved states (default 1; also at the end and on Ctrl-C)")
+    g.add_argument("--skip-nonfinite", dest="optim.skip_nonfinite", metavar="N",
+                   help="skip up to N batches whose loss is NaN or inf instead of stopping")
+    g.add_argument("--deterministic", dest="speed.deterministic", action="store_const",
+                   const=True, help="torch's deterministic algorithms and every seed set")
+
+
+def resume_mode(args: argparse.Namespace) -> str:
+    """``resume`` (a saved run must exist), ``fresh`` (ignore one) or ``auto`` (continue one)."""
+    if args.resume and args.fresh:
+        from robust_mc.errors import UserError
+
+        raise UserError("--resume and --fresh contradict each other; pass one of them")
+    return "resume" if args.resume else "fresh" if args.fresh else "auto"
+
+
 def add_align_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alignment")
     g.add_argument("--align-method", dest="align.method", choices=["corr", "weights"],

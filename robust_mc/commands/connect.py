@@ -9,6 +9,7 @@ from pathlib import Path
 from robust_mc import connect as pipeline
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.interrupt import StopSignals
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
 from robust_mc.report import print_summary, summary_json
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_no_align_flag(p)
     common.add_path_flags(p)
     common.add_speed_flags(p)
+    common.add_fault_flags(p)
     common.add_trust_flag(p)
     common.add_output_flags(p, "run directory (default runs/<timestamp>-<a>-<b>)")
 
@@ -38,6 +40,7 @@ def default_out(a: str, b: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    resume = common.resume_mode(args)
     pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
     overrides = common.overrides(args)
     cfg = build_config(ConnectRunConfig, args.config, overrides,
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)
-    summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv)
+    with StopSignals() as stop:
+        summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv, resume, stop)
     if args.json:
         print(summary_json(out, summary))
         return 0

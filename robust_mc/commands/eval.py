@@ -40,11 +40,8 @@ def run(args: argparse.Namespace) -> int:
     pair.check_data(data)
     tag = cfg.path.attack.replace(":", "-").replace(",", "-").replace("/", "_").replace("=", "")
     out = ensure_out_dir(args.out or curve_file.parent / f"eval-{tag}-{cfg.path.points}pts")
-    model_a, model_b = (runtime.prepare(m) for m in pair.models())
-    b_original = pipeline.undo_alignment(model_a, model_b, data.train.images[:2].float(),
-                                         record.get("permutation"))
-    endpoints = pipeline.Endpoints(model_a, model_b, b_original, record.get("alignment"),
-                                   record.get("permutation"))
+    endpoints = pipeline.endpoints_from_record(record, pair, runtime,
+                                               data.train.images[:2].float())
     curve = curve.to(runtime.device)
     result = pipeline.evaluate_run(curve, endpoints, cfg, data.to(runtime.device), runtime,
                                    reporter)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from robust_mc.checkpoint import save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import TrainRunConfig, build_config
-from robust_mc.endpoint import train_endpoint
+from robust_mc.endpoint import state_path_for, train_endpoint
 from robust_mc.errors import UserError
+from robust_mc.interrupt import StopSignals
+from robust_mc.io import check_writable_file
 from robust_mc.progress import Reporter
 from robust_mc.runtime import Runtime
 
@@ -26,18 +29,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_speed_flags(p)
     p.add_argument("--no-augment", dest="data.augment", action="store_const", const=False,
                    help="no random crops and flips")
+    common.add_fault_flags(p)
     common.add_output_flags(p, "checkpoint to write (default: endpoint.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(TrainRunConfig, args.config, common.overrides(args))
-    out = args.out or "endpoint.pt"
-    if out.endswith("/"):
-        raise UserError(f"--out {out} is a directory; train writes one checkpoint file, e.g. a.pt")
+    resume = common.resume_mode(args)
+    out = Path(args.out or "endpoint.pt")
+    if args.out and args.out.endswith("/") or out.is_dir():
+        raise UserError(f"--out {args.out} is a directory; train writes one checkpoint file, "
+                        "e.g. a.pt")
+    check_writable_file(out)
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
-    ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv)
-    path = save_checkpoint(ckpt, out)
+    state = state_path_for(out)
+    with StopSignals() as stop:
+        ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, state_path=state,
+                              resume=resume, stop=stop)
+        path = save_checkpoint(ckpt, out)
+        state.unlink(missing_ok=True)
     reporter.print(f"wrote {path}")
     if args.json:
         print(json.dumps({"checkpoint": str(path), **ckpt.meta["metrics"],

@@ -1,0 +1,49 @@
+"""Clean interrupts: the first SIGINT (Ctrl-C) or SIGTERM asks the run to stop after the current
+step, so that it can save its state; a second one ends the process at once. Every file is written
+atomically, so even that leaves no torn file behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` ... ``if stop.requested:`` save and raise Interrupted."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            sys.stderr.write(f"\n{signal.Signals(signum).name} again: stopping now\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing the current step and saving "
+                         "(send it again to stop at once)\n")
+        sys.stderr.flush()
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+

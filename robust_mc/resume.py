@@ -1,0 +1,79 @@
+"""What a resumable run saves besides its weights, and the checks before it continues.
+
+A run's state holds the random number generators (torch, CUDA, numpy, Python and the run's own
+data generator) next to the weights, optimizer and position, so that a run resumed on the CPU
+ends bit for bit where an uninterrupted one would. A state continues only the configuration that
+made it: any difference that changes results is named, with the way out.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robust_mc.errors import UserError
+
+# settings that may change between a run and its continuation: where it runs and how often it
+# saves change no result; a larger --skip-nonfinite is how a run stopped by a bad batch goes on
+CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "optim.save_every", "optim.skip_nonfinite")
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random stream a run draws from, as tensors and plain values (weights-only safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every setting that differs and would change results."""
+    old, new = flatten(saved), flatten(current)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(set(old) | set(new))
+            if key not in CAN_CHANGE_ON_RESUME and old.get(key) != new.get(key)]
+
+
+def check_same_config(saved: dict, current: dict, where: Path) -> None:
+    differences = config_differences(saved, current)
+    if differences:
+        shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
+        raise UserError(f"{where} holds a run with other settings ({shown}); rerun with the same "
+                        "settings to resume it, or pass --fresh (or another --out) to start over")
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temp files left by a process killed mid-write (the targets themselves are never torn)."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
