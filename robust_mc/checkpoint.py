@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,16 +125,22 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 def read_torch_file(path: Path, trust: bool = False) -> Any:
     """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()]
         reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])
         raise UserError(f"{path} is not a readable checkpoint under safe loading ({reason[:160]}); "
                         "if it is a checkpoint from a source you trust, --trust-checkpoint allows "
                         "full unpickling, which can run code") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}); write it again "
+                        "or use an intact copy") from None
+    except Exception as exc:  # anything else a malformed file makes the unpickler raise
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path} is not a readable checkpoint: {first[:200]}") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+                        f"{first[:160]})") from None
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,

@@ -372,9 +372,6 @@ def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resum
     endpoints), or None to start afresh."""
     path = out / "curve.pt"
     if resume == "fresh" or not path.exists():
-        if resume == "resume":
-            raise UserError(f"--resume: {out} holds no run to continue; drop --resume to start "
-                            "one")
         return None
     record = read_curve_record(path)
     if record.get("endpoint_digests") != digests:
@@ -404,6 +401,8 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     from robust_mc.record import run_record
     from robust_mc.report import plot_paths, write_path_files
 
+    if resume == "resume" and not (out / "curve.pt").is_file():
+        raise UserError(f"--resume: {out} holds no run to continue; drop --resume to start one")
     data = load_data(cfg.data)
     pair.check_data(data)
     out = ensure_out_dir(out)  # only once the inputs are known to be good

@@ -82,29 +82,34 @@ def read_json(path: str | Path) -> Any:
 
 
 def ensure_out_dir(path: str | Path) -> Path:
-    """Create an output directory, or explain in one line why it cannot be used."""
+    """Create an output directory, or explain in one line why it cannot be used (before creating
+    anything)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; give a directory path")
+    _check_can_create(path, f"--out {path}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (PermissionError, FileExistsError, NotADirectoryError) as exc:
         raise UserError(f"cannot create --out {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"--out {path} is not writable; choose another directory")
     return path
 
 
+def _check_can_create(path: Path, what: str) -> None:
+    """``path`` (a folder) exists and is writable, or its nearest existing ancestor is a
+    writable folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {what}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write {what}: {existing} is not writable; choose another --out")
+
+
 def check_writable_file(path: str | Path) -> None:
-    """Fail before a long run, not after it, when ``path`` cannot be written (its folder is
-    created if missing)."""
+    """Fail before a long run, not after it, when ``path`` cannot be written."""
     path = Path(path)
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"cannot write {path}: {parent} is a file, not a directory")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except (PermissionError, FileExistsError, NotADirectoryError) as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write {path}: {parent} is not writable; choose another --out")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file path, e.g. {path}/a.pt")
+    _check_can_create(path.parent, str(path))

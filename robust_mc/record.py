@@ -20,7 +20,7 @@ def version() -> str:
 def run_record(argv: list[str] | None = None) -> dict:
     return {
         "robust_mc": version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
         "argv": list(sys.argv if argv is None else argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

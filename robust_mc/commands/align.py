@@ -13,6 +13,7 @@ from robust_mc.checkpoint import checkpoint_from_model, save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import AlignRunConfig, build_config, to_dict
 from robust_mc.data import load_data
+from robust_mc.io import check_writable_file
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(AlignRunConfig, args.config, common.overrides(args),
                        base=pair.config_base())
     out = args.out or (args.b[:-3] if args.b.endswith(".pt") else args.b) + "_aligned.pt"
+    check_writable_file(out)
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
     data = load_data(cfg.data)

@@ -1,0 +1,205 @@
+"""Every command, every kind of bad input: one clear line on stderr naming the problem (and the
+fix where there is one), exit code 2, no traceback, and no output written."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+import cli
+from robust_mc.checkpoint import save_checkpoint
+from robust_mc.config import TrainRunConfig, build_config
+from robust_mc.endpoint import train_endpoint
+from robust_mc.progress import Reporter
+
+
+class RunsCode:
+    """A payload that would create a file if unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def tiny_endpoint(runtime, digits, **extra):
+    values = {"data.dataset": "digits", "model.arch": "cnn", "model.width": 0.25,
+              "optim.epochs": 1, "attack.steps": 1, "eval.attack": "none",
+              "optim.precise_bn": "off", "device": "cpu", **extra}
+    cfg = build_config(TrainRunConfig, None, values)
+    return train_endpoint(cfg, runtime, Reporter(quiet=True), data=digits)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, runtime, digits) -> dict[str, Path]:
+    """Good endpoints, and every kind of bad file, made once."""
+    root = tmp_path_factory.mktemp("inputs")
+    good = tiny_endpoint(runtime, digits)
+    paths = {"a": save_checkpoint(good, root / "a.pt"),
+             "b": save_checkpoint(tiny_endpoint(runtime, digits, **{"optim.seed": 1}),
+                                  root / "b.pt"),
+             "mlp": save_checkpoint(tiny_endpoint(runtime, digits, **{"model.arch": "mlp"}),
+                                    root / "mlp.pt"),
+             "wide": save_checkpoint(tiny_endpoint(runtime, digits, **{"model.width": 0.5}),
+                                     root / "wide.pt")}
+    paths["empty"] = root / "empty.pt"
+    paths["empty"].write_bytes(b"")
+    paths["corrupt"] = root / "corrupt.pt"
+    paths["corrupt"].write_bytes(bytes(range(256)) * 3)
+    whole = paths["a"].read_bytes()
+    paths["truncated"] = root / "truncated.pt"
+    paths["truncated"].write_bytes(whole[: len(whole) // 2])
+    paths["text"] = root / "notes.pt"
+    paths["text"].write_text("these are not weights\n")
+    paths["marker"] = root / "PAYLOAD_RAN"
+    paths["pickle"] = root / "payload.pt"
+    with open(paths["pickle"], "wb") as handle:
+        pickle.dump({"state_dict": RunsCode(paths["marker"])}, handle)
+    paths["file"] = root / "a-file"
+    paths["file"].write_text("keep me\n")
+    paths["nodata"] = root / "nodata"
+    paths["nodata"].mkdir()
+    paths["unknown_key"] = root / "unknown.yaml"
+    paths["unknown_key"].write_text("optim:\n  lrr: 0.1\n")
+    paths["bad_yaml"] = root / "bad.yaml"
+    paths["bad_yaml"].write_text("optim: [unclosed\n")
+    return paths
+
+
+PAIR = ["{a}", "{b}"]
+# (command line, what the one line must say); {name} are files above, {out} a fresh output path
+MATRIX = [
+    # missing, empty, corrupt, truncated, non-checkpoint files and a code-running pickle
+    (["info", "{missing}"], "not found"),
+    (["info", "{empty}"], "is empty"),
+    (["info", "{corrupt}"], "not a readable checkpoint"),
+    (["info", "{truncated}"], "truncated or corrupt"),
+    (["info", "{text}"], "not a readable checkpoint"),
+    (["info", "{pickle}"], "--trust-checkpoint"),
+    (["connect", "{a}", "{missing}"], "not found"),
+    (["connect", "{a}", "{empty}"], "is empty"),
+    (["connect", "{a}", "{truncated}"], "truncated or corrupt"),
+    (["connect", "{pickle}", "{b}"], "--trust-checkpoint"),
+    (["align", "{a}", "{corrupt}"], "not a readable checkpoint"),
+    (["align", "{pickle}", "{b}"], "--trust-checkpoint"),
+    (["layers", "{a}", "{truncated}"], "truncated or corrupt"),
+    (["layers", "{text}", "{b}"], "not a readable checkpoint"),
+    (["eval", "{missing}"], "not found"),
+    (["eval", "{a}"], "not a robust-mc curve"),
+    (["eval", "{nodata}"], "curve.pt not found"),
+    # endpoints that cannot be connected, data that does not fit them
+    (["connect", "{a}", "{mlp}"], "different architectures (cnn vs mlp)"),
+    (["connect", "{a}", "{wide}"], "differ in width (0.25 vs 0.5)"),
+    (["align", "{a}", "{mlp}"], "different architectures"),
+    (["layers", "{a}", "{wide}"], "differ in width"),
+    (["connect", *PAIR, "--dataset", "synthetic"], "10 classes but synthetic has 4"),
+    (["align", *PAIR, "--dataset", "synthetic"], "--dataset"),
+    (["connect", *PAIR, "--dataset", "imagefolder:{nodata}"], "no train/ sub-folder"),
+    (["train", "--dataset", "imagefolder:{nodata}"], "no train/ sub-folder"),
+    (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "--arch", "resnet21"], "unknown architecture 'resnet21'"),
+    # malformed or out-of-range values
+    (["connect", *PAIR, "--eps", "abc"], "'abc' is not a number; write e.g. 8/255"),
+    (["connect", *PAIR, "--eps", "8"], "did you mean 8/255?"),
+    (["train", "--eps", "-1"], "non-negative"),
+    (["train", "--eps", "8/0"], "division by zero"),
+    (["layers", *PAIR, "--attack-step-size", "x"], "attack.step_size: 'x' is not a number"),
+    (["train", "--attack-steps", "-2"], "attack.steps: -2 is below the minimum 0"),
+    (["train", "--lr", "fast"], "optim.lr"),
+    (["train", "--epochs", "0"], "optim.epochs: 0 is below the minimum 1"),
+    (["train", "--device", "tpu"], "use auto, cpu or cuda"),
+    (["connect", *PAIR, "--points", "1"], "path.points: 1 is below the minimum 2"),
+    (["eval", "{run}", "--points", "1"], "path.points: 1 is below the minimum 2"),
+    (["connect", *PAIR, "--bends", "0"], "curve.bends: 0 is below the minimum 1"),
+    (["connect", *PAIR, "--curve", "circle"], "invalid choice: 'circle'"),
+    (["layers", *PAIR, "--points", "2"], "layers.points"),
+    # configuration files
+    (["train", "--config", "{unknown_key}"], "unknown config key 'optim.lrr'"),
+    (["connect", *PAIR, "--config", "{unknown_key}"], "unknown config key 'optim.lrr'"),
+    (["train", "--config", "{bad_yaml}"], "YAML"),
+    (["train", "--config", "cifar10-resnet2"], "not found"),
+    # attack spec typos
+    (["connect", *PAIR, "--eval-attack", "pgdd"], "did you mean 'pgd'?"),
+    (["connect", *PAIR, "--eval-attack", "pgd:stepz=3"], "did you mean 'steps'?"),
+    (["connect", *PAIR, "--eval-attack", "pgd:steps=x"], "steps must be an integer"),
+    (["train", "--eval-attack", "autoatack"], "did you mean 'autoattack'?"),
+    (["eval", "{run}", "--eval-attack", "fgsm:eps=2"], "fgsm"),
+    # outputs that cannot be written
+    (["connect", *PAIR, "--out", "{file}"], "is a file"),
+    (["layers", *PAIR, "--out", "{file}"], "is a file"),
+    (["demo", "--out", "{file}"], "is a file"),
+    (["eval", "{run}", "--out", "{file}"], "is a file"),
+    (["train", "--out", "{file}/a.pt"], "is a file, not a directory"),
+    (["align", *PAIR, "--out", "{file}/b.pt"], "is a file, not a directory"),
+    (["train", "--out", "{nodata}"], "is a directory"),
+    (["connect", *PAIR, "--out", "{unwritable}/run"], "not writable"),
+    (["train", "--out", "{unwritable}/a.pt"], "not writable"),
+    # contradictory or impossible requests
+    (["train", "--resume"], "no saved state"),
+    (["connect", *PAIR, "--resume"], "no run to continue"),
+    (["train", "--resume", "--fresh"], "contradict"),
+]
+QUICK = {"train": ["--epochs", "1", "--device", "cpu"], "connect": ["--device", "cpu"]}
+
+
+@pytest.fixture(scope="module")
+def run_dir(files, tmp_path_factory) -> Path:
+    """A finished connect run, for the eval rows."""
+    run = tmp_path_factory.mktemp("run")
+    assert cli.main(["connect", str(files["a"]), str(files["b"]), "--out", str(run),
+                     "--epochs", "1", "--points", "2", "--attack-steps", "1",
+                     "--eval-attack", "none", "--bn-images", "100", "--align-samples", "100",
+                     "--device", "cpu", "--json"]) == 0
+    return run
+
+
+def name_of(case) -> str:
+    argv, _ = case
+    return " ".join(a.strip("{}") for a in argv)[:60]
+
+
+@pytest.mark.parametrize("argv, message", MATRIX, ids=[name_of(c) for c in MATRIX])
+def test_bad_input_gives_one_line_and_exit_2(argv, message, files, run_dir, tmp_path,
+                                             monkeypatch, capsys):
+    unwritable = tmp_path / "locked"
+    unwritable.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == unwritable
+                        else real_access(path, mode))
+    out = tmp_path / "out"
+    names = {k: str(v) for k, v in files.items()}
+    names.update(missing=str(tmp_path / "missing.pt"), run=str(run_dir), out=str(out),
+                 unwritable=str(unwritable))
+    args = [a.format(**names) for a in argv]
+    if "--out" not in args and args[0] != "info":
+        args += ["--out", str(out)]
+    quick = QUICK.get(args[0], [])
+    for flag, value in zip(quick[::2], quick[1::2], strict=True):
+        if flag not in args:
+            args += [flag, value]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.parent.rglob("*") if p.is_file()}
+    run_files = sorted(p.name for p in run_dir.iterdir())
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert err.startswith("robust-mc "), err
+    assert not out.exists() and not any(unwritable.iterdir())
+    assert not files["marker"].exists(), "unpickling ran the payload"
+    assert files["file"].read_text() == "keep me\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == run_files
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.parent.rglob("*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p in before} == before
+
+
+def test_debug_shows_the_traceback(files, capsys):
+    with pytest.raises(Exception, match="not found"):
+        cli.main(["info", str(files["a"]) + ".missing", "--debug"])

@@ -1,0 +1,273 @@
+"""Runs that survive faults: a run stopped or killed at any moment and then resumed ends exactly
+where an uninterrupted one does, and no output file is ever torn."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from robust_mc.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
+from robust_mc.config import OptimConfig
+from robust_mc.data import Split
+from robust_mc.errors import Interrupted
+from robust_mc.interrupt import StopSignals
+from robust_mc.progress import Step
+from robust_mc.runtime import Runtime
+from robust_mc.training import NonFiniteLoss, Position, train_one_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--dataset", "digits", "--arch", "cnn", "--width", "0.5", "--eps", "0.1",
+         "--attack-steps", "3", "--epochs", "5", "--batch-size", "64", "--lr", "0.05",
+         "--schedule", "cosine", "--eval-attack", "pgd:steps=3", "--device", "cpu",
+         "--threads", "2", "--json"]
+CONNECT = ["--epochs", "3", "--attack-steps", "3", "--batch-size", "64", "--lr", "0.05",
+           "--points", "4", "--eval-attack", "pgd:steps=3", "--bn-images", "300",
+           "--align-samples", "300", "--val-limit", "150", "--eval-test-limit", "300",
+           "--device", "cpu", "--threads", "2", "--json"]
+
+
+class StopAfter(StopSignals):
+    """A stop request that arrives after ``checks`` polls, as a signal would mid-run."""
+
+    def __init__(self, checks: int, signum: int = signal.SIGINT) -> None:
+        super().__init__()
+        self.checks = checks
+        self.pending = signum
+
+    @property
+    def requested(self) -> bool:  # type: ignore[override]
+        self.checks -= 1
+        if self.checks <= 0:
+            self.signum = self.pending
+        return self.signum is not None
+
+
+def launch(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def assert_no_torn_files(folder: Path) -> None:
+    """Every file under its own name reads back whole (temp files are a kill's leftovers and
+    are cleared by the next run)."""
+    for path in folder.iterdir():
+        if path.name.endswith(".tmp"):
+            continue
+        if path.suffix == ".pt":
+            assert isinstance(read_torch_file(path), dict), path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            assert path.read_text().endswith("\n"), path
+
+
+def final_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, monkeypatch):
+    reference = tmp_path / "reference.pt"
+    assert cli.main([*TRAIN, "--out", str(reference)]) == 0
+    out = tmp_path / "a.pt"
+    stop = StopAfter(checks=35)  # a poll per step and two per epoch: in the middle of epoch 2
+    monkeypatch.setattr("robust_mc.commands.train.StopSignals", lambda: stop)
+    assert cli.main([*TRAIN, "--out", str(out)]) == 130
+    state = read_torch_file(tmp_path / "a.state.pt")
+    assert state["position"]["epoch"] == 1 and state["position"]["step"] > 0
+    assert not out.exists()
+    monkeypatch.undo()
+    assert cli.main([*TRAIN, "--out", str(out)]) == 0  # rerunning into --out continues
+    assert_same_weights(final_weights(out), final_weights(reference))
+    assert load_checkpoint(out).meta["metrics"] == load_checkpoint(reference).meta["metrics"]
+    assert not (tmp_path / "a.state.pt").exists()
+
+
+def test_train_killed_with_sigkill_and_resumed_matches_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference.pt"
+    assert cli.main([*TRAIN, "--out", str(reference)]) == 0
+    out, state = tmp_path / "a.pt", tmp_path / "a.state.pt"
+    process = launch([*TRAIN, "--out", str(out), "--save-every", "1"])
+    assert wait_for(state, process), process.communicate()
+    time.sleep(random.uniform(0.05, 0.3))  # somewhere in a later epoch
+    process.kill()
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert_no_torn_files(tmp_path)
+    assert not out.exists()
+    resumed = launch([*TRAIN, "--out", str(out), "--resume"])
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert_same_weights(final_weights(out), final_weights(reference))
+
+
+def test_sigint_saves_the_state_and_exits_130_with_how_to_resume(tmp_path):
+    out, state = tmp_path / "a.pt", tmp_path / "a.state.pt"
+    process = launch([*TRAIN, "--epochs", "40", "--out", str(out)])
+    assert wait_for(state, process), process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "SIGINT" in last and "rerun the same command" in last and "Traceback" not in err
+    assert read_torch_file(state)["format"] == "robust-mc-train-state/1"
+
+
+def test_connect_killed_again_and_again_resumes_to_the_same_figures(digits_endpoints, tmp_path):
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    reference = tmp_path / "reference"
+    assert cli.main(["connect", *paths, *CONNECT, "--out", str(reference)]) == 0
+    out = tmp_path / "run"
+    kills = 0
+    for delay in (4.0, 1.5, 1.0, 2.0, 1.0, 3.0):  # after start-up: training, then per t
+        process = launch(["connect", *paths, *CONNECT, "--out", str(out)])
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            kills += 1
+        process.communicate()
+        if out.exists():
+            assert_no_torn_files(out)
+        if process.returncode == 0:
+            break
+    assert kills >= 2
+    final = launch(["connect", *paths, *CONNECT, "--out", str(out)])
+    _, err = final.communicate()
+    assert final.returncode == 0, err
+    assert not list(out.glob(".*.tmp")) and not (out / "path-progress.json").exists()
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert ours["barriers"] == theirs["barriers"] and ours["best"] == theirs["best"]
+    rows = [json.loads((d / "path.json").read_text())["rows"] for d in (out, reference)]
+    assert rows[0] == rows[1]
+    curves = [read_torch_file(d / "curve.pt")["curve"]["bends"] for d in (out, reference)]
+    assert torch.equal(curves[0], curves[1])
+
+
+def test_connect_sigterm_during_the_path_evaluation_exits_143_and_resumes(
+        digits_endpoints, tmp_path, capsys):
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    out = tmp_path / "run"
+    process = launch(["connect", *paths, *CONNECT, "--points", "12", "--out", str(out)])
+    assert wait_for(out / "path-progress.json", process), process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "SIGTERM" in err and "rerun the same command" in err
+    done = json.loads((out / "path-progress.json").read_text())["paths"]
+    assert 1 <= len(next(iter(done.values()))) < 12
+    assert not (out / "summary.json").exists()
+    assert cli.main(["connect", *paths, *CONNECT, "--points", "12", "--out", str(out)]) == 0
+    capsys.readouterr()
+    # finished: a rerun recomputes nothing, and other settings are refused, not mixed in
+    start = time.perf_counter()
+    assert cli.main(["connect", *paths, *CONNECT, "--points", "12", "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 5
+    capsys.readouterr()
+    (out / "summary.json").unlink()
+    assert cli.main(["connect", *paths, *CONNECT, "--lr", "0.1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.05 -> 0.1" in err and "--fresh" in err
+
+
+def nan_on(bad_steps: set[int]):
+    calls = {"n": 0}
+    weight = torch.nn.Parameter(torch.ones(()))
+
+    def task(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        loss = weight * x.mean()
+        if calls["n"] in bad_steps:
+            loss = loss * math.nan
+        return loss, torch.tensor(0)
+
+    return task, torch.optim.SGD([weight], lr=0.1)
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_a_non_finite_loss_stops_the_run_unless_skipped(skip):
+    split = Split(torch.rand(64, 1, 4, 4), torch.zeros(64, dtype=torch.long))
+    task, optimizer = nan_on({2})
+    position = Position()
+    optim = OptimConfig(epochs=1, batch_size=16, skip_nonfinite=skip)
+    kwargs = dict(optim=optim, info=None, augment=False, generator=torch.Generator(),
+                  runtime=Runtime.create("cpu"), step=Step(None, None), position=position)
+    if skip == 0:
+        with pytest.raises(NonFiniteLoss, match="epoch 1, step 2 .*learning rate"):
+            train_one_epoch(task, optimizer, split, **kwargs)
+    else:
+        result = train_one_epoch(task, optimizer, split, **kwargs)
+        assert result is not None and result.images == 48 and position.skipped == 1
+
+
+def test_a_diverging_run_names_epoch_step_and_learning_rate(tmp_path, capsys):
+    code = cli.main([*TRAIN, "--lr", "1e12", "--epochs", "2", "--out", str(tmp_path / "a.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite" in err and "learning rate" in err and "--lr" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_deterministic_runs_give_identical_summaries(digits_endpoints, tmp_path, capsys):
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    try:
+        for name in ("one", "two"):
+            assert cli.main(["connect", *paths, *CONNECT, "--epochs", "1", "--points", "3",
+                             "--deterministic", "--out", str(tmp_path / name)]) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    capsys.readouterr()
+    one, two = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
+    for key in ("barriers", "best", "endpoints"):
+        assert one[key] == two[key], key
+    one["alignment"].pop("seconds"), two["alignment"].pop("seconds")
+    assert one["alignment"] == two["alignment"]
+    assert [h["loss"] for h in one["training"]] == [h["loss"] for h in two["training"]]
+
+
+def test_interrupted_carries_the_exit_code_of_its_signal():
+    assert Interrupted(signal.SIGINT, "x").exit_code == 130
+    assert Interrupted(signal.SIGTERM, "x").exit_code == 143
+
+
+def test_resume_without_a_saved_run_and_resume_with_fresh_are_refused(tmp_path, capsys):
+    assert cli.main([*TRAIN, "--resume", "--out", str(tmp_path / "a.pt")]) == 2
+    assert "no saved state" in capsys.readouterr().err
+    assert cli.main([*TRAIN, "--resume", "--fresh", "--out", str(tmp_path / "a.pt")]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_stale_temp_files_of_a_killed_write_are_cleared(tmp_path):
+    from robust_mc.resume import remove_stale_temps
+
+    (tmp_path / ".curve.pt.abc.tmp").write_bytes(b"half")
+    (tmp_path / "curve.pt").write_bytes(b"whole")
+    remove_stale_temps(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.pt"]
