@@ -22,17 +22,20 @@ import math
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from robust_mc.errors import UserError
 from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
+from robust_mc.models.ensemble import Ensemble
 
 FORMAT = "robust-mc/1"
+ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"
 ARCH_STANDARD_KEYS = ("num_classes", "in_channels", "width", "image_size")
 
 
@@ -44,6 +47,8 @@ class Checkpoint:
     normalization: dict[str, list[float]]
     meta: dict = field(default_factory=dict)
     path: str | None = None
+    members: list[dict[str, torch.Tensor]] | None = None  # an ensemble: one state dict each
+    combine: str = "logits"
 
     @property
     def num_classes(self) -> int:
@@ -55,9 +60,13 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so that ``weights_only`` loading reads it back."""
-        return {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
-                "state_dict": self.state_dict, "normalization": plain(self.normalization),
-                "meta": plain(self.meta)}
+        out = {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
+               "state_dict": self.state_dict, "normalization": plain(self.normalization),
+               "meta": plain(self.meta)}
+        if self.members is not None:
+            out.update(format=ENSEMBLE_FORMAT, members=self.members, combine=self.combine)
+            del out["state_dict"]
+        return out
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -84,6 +93,15 @@ def build_model(ckpt: Checkpoint) -> Classifier:
                          std=ckpt.normalization["std"], kwargs=kwargs, **standard)
     load_weights(model, ckpt.state_dict, source=ckpt.path or "checkpoint")
     return model
+
+
+def build_network(ckpt: Checkpoint) -> nn.Module:
+    """The model a checkpoint holds: one network, or an :class:`Ensemble` of its members."""
+    if ckpt.members is None:
+        return build_model(ckpt)
+    members = [build_model(replace(ckpt, state_dict=state, members=None))
+               for state in ckpt.members]
+    return Ensemble(members, "probs" if ckpt.combine == "probs" else "logits")
 
 
 def load_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -144,7 +162,8 @@ def read_torch_file(path: Path, trust: bool = False) -> Any:
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
-                    normalization: dict | None = None, trust: bool = False) -> Checkpoint:
+                    normalization: dict | None = None, trust: bool = False,
+                    allow_ensemble: bool = False) -> Checkpoint:
     """Read a native or foreign checkpoint. Foreign ones need ``arch`` (and get ``arch_kwargs``
     and ``normalization`` from the caller, usually the dataset)."""
     path = Path(path)
@@ -155,6 +174,12 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     obj = read_torch_file(path, trust)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _native(obj, path)
+    if isinstance(obj, dict) and obj.get("format") == ENSEMBLE_FORMAT:
+        if not allow_ensemble:
+            raise UserError(f"{path} is an ensemble of {len(obj.get('members') or [])} "
+                            "networks; give a single network here (eval and info take "
+                            "ensembles)")
+        return _ensemble(obj, path)
     state = _foreign_state_dict(obj, path)
     if arch is None:
         raise UserError(f"{path} is a plain state_dict without an architecture; pass --arch NAME")
@@ -175,6 +200,17 @@ def _native(obj: dict, path: Path) -> Checkpoint:
         raise UserError(f"{path}: normalization std must be positive and finite")
     return Checkpoint(obj["arch"], obj["arch_kwargs"], obj["state_dict"], norm, obj["meta"],
                       str(path))
+
+
+def _ensemble(obj: dict, path: Path) -> Checkpoint:
+    members = obj.get("members")
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, dict) for m in members):
+        raise UserError(f"{path}: ensemble checkpoint lacks a valid 'members' list")
+    if obj.get("combine") not in ("logits", "probs"):
+        raise UserError(f"{path}: ensemble 'combine' must be 'logits' or 'probs'")
+    first = _native({**obj, "state_dict": members[0]}, path)
+    return replace(first, members=members, combine=obj["combine"])
 
 
 def _foreign_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:

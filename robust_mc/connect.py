@@ -25,7 +25,7 @@ from robust_mc.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from robust_mc.config import ConnectRunConfig, to_dict
+from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
 from robust_mc.curves import Curve
 from robust_mc.data import Data
 from robust_mc.errors import Interrupted, UserError
@@ -322,6 +322,11 @@ def write_best(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig,
 
 
 
+def is_curve_file(path: Path) -> bool:
+    record = read_torch_file(path)
+    return isinstance(record, dict) and record.get("format") == CURVE_FORMAT
+
+
 def read_curve_record(path: Path) -> dict:
     """curve.pt, read weights-only and checked to be one."""
     if not path.is_file():
@@ -342,6 +347,14 @@ def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
                               (record.get("endpoints") or {}).get(name))
                    for name in ("a", "b")]
     return record, curve, Pair(*checkpoints)
+
+
+def config_from_record(record: dict, overrides: dict) -> ConnectRunConfig:
+    """The saved run's configuration with the user's overrides on top, validated."""
+    saved = flatten(record.get("config") or {})
+    cfg = build_config(ConnectRunConfig, None, {**saved, **overrides})
+    preflight(cfg)
+    return cfg
 
 
 def endpoints_from_record(record: dict, pair: Pair, runtime: Runtime,

@@ -34,14 +34,19 @@ class Pair:
         return base
 
     def check_data(self, data: Data) -> None:
-        if self.a.num_classes != data.info.num_classes:
-            raise UserError(f"{self.a.path} has {self.a.num_classes} classes but {data.info.name} "
-                            f"has {data.info.num_classes}; choose the dataset it was trained on "
-                            "with --dataset")
-        channels = self.a.arch_kwargs.get("in_channels")
-        if channels is not None and channels != data.info.in_channels:
-            raise UserError(f"{self.a.path} takes {channels}-channel images but {data.info.name} "
-                            f"has {data.info.in_channels}; choose its dataset with --dataset")
+        check_fits_data(self.a, data)
+
+
+def check_fits_data(ckpt: Checkpoint, data: Data) -> None:
+    """The checkpoint's classes and input channels match the dataset's."""
+    if ckpt.num_classes != data.info.num_classes:
+        raise UserError(f"{ckpt.path} has {ckpt.num_classes} classes but {data.info.name} "
+                        f"has {data.info.num_classes}; choose the dataset it was trained on "
+                        "with --dataset")
+    channels = ckpt.arch_kwargs.get("in_channels")
+    if channels is not None and channels != data.info.in_channels:
+        raise UserError(f"{ckpt.path} takes {channels}-channel images but {data.info.name} "
+                        f"has {data.info.in_channels}; choose its dataset with --dataset")
 
 
 def load_pair(path_a: str, path_b: str, *, trust: bool = False, arch: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robust_mc.config import flatten
 from robust_mc.errors import UserError
 
 # settings that may change between a run and its continuation: where it runs and how often it
@@ -45,16 +46,6 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

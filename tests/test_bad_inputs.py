@@ -89,7 +89,12 @@ MATRIX = [
     (["layers", "{a}", "{truncated}"], "truncated or corrupt"),
     (["layers", "{text}", "{b}"], "not a readable checkpoint"),
     (["eval", "{missing}"], "not found"),
-    (["eval", "{a}"], "not a robust-mc curve"),
+    (["eval", "{corrupt}"], "not a readable checkpoint"),
+    (["ensemble", "{missing}"], "not found"),
+    (["ensemble", "{a}"], "not a robust-mc curve"),
+    (["ensemble", "{run}", "-k", "0"], "-k 0: choose between 1 and"),
+    (["ensemble", "{run}", "--out", "{file}"], "is a file"),
+    (["ensemble", "{run}", "--eval-attack", "apgd-c"], "did you mean 'apgd-ce'?"),
     (["eval", "{nodata}"], "curve.pt not found"),
     # endpoints that cannot be connected, data that does not fit them
     (["connect", "{a}", "{mlp}"], "different architectures (cnn vs mlp)"),

@@ -1,25 +1,36 @@
-"""`robust-mc eval RUN_DIR|curve.pt`: re-evaluate a saved curve, e.g. with another attack."""
+"""`robust-mc eval RUN_DIR|curve.pt|model.pt`: re-evaluate a saved curve (e.g. with another
+attack), or measure one model or ensemble checkpoint clean and robust on the test split."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from rich.console import Console
+
 from robust_mc import connect as pipeline
+from robust_mc.checkpoint import build_network, load_checkpoint
 from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, build_config, flatten
+from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.io import ensure_out_dir
+from robust_mc.ensemble import evaluate_seeded
+from robust_mc.evaluate import path_attack
+from robust_mc.io import atomic_write_json, ensure_out_dir
+from robust_mc.pair import check_fits_data
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
 from robust_mc.report import plot_paths, print_summary, summary_json, write_path_files
 from robust_mc.runtime import Runtime
 
-HELP = "re-evaluate a trained curve (other attack, more points) without retraining"
+HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
+        "measure a model or ensemble checkpoint")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_path", metavar="RUN", help="a connect run directory, or its curve.pt")
+    p.add_argument("run_path", metavar="RUN|MODEL",
+                   help="a connect run directory or its curve.pt; or a model or ensemble "
+                        "checkpoint")
     common.add_data_flags(p)
     p.add_argument("--eps", dest="attack.eps", metavar="EPS", help="radius (default: the run's)")
     common.add_path_flags(p)
@@ -29,11 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
+    if source.is_file() and not pipeline.is_curve_file(source):
+        return evaluate_checkpoint(source, args)
     curve_file = source / "curve.pt" if source.is_dir() else source
     record, curve, pair = pipeline.load_curve_run(curve_file)
-    saved = {k: v for k, v in flatten(record.get("config") or {}).items()}
-    cfg = build_config(ConnectRunConfig, None, {**saved, **common.overrides(args)})
-    pipeline.preflight(cfg)
+    cfg = pipeline.config_from_record(record, common.overrides(args))
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
     data = load_data(cfg.data)
@@ -57,4 +68,35 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_summary(summary, f"robust-mc eval: {curve_file} under {cfg.path.attack}")
     reporter.print(f"wrote {out}/")
+    return 0
+
+
+def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> int:
+    """One model (or ensemble, attacked as one model) on the test split."""
+    ckpt = load_checkpoint(path, allow_ensemble=True)
+    base: dict = {"data": {"dataset": ckpt.dataset}} if ckpt.dataset else {}
+    eps = (ckpt.meta.get("metrics") or {}).get("eps")
+    if isinstance(eps, float):
+        base["attack"] = {"eps": eps}
+    cfg = build_config(ConnectRunConfig, None, common.overrides(args), base=base)
+    pipeline.preflight(cfg)
+    runtime = Runtime.create(cfg.device, cfg.speed)
+    data = load_data(cfg.data)
+    check_fits_data(ckpt, data)
+    out = ensure_out_dir(args.out) if args.out else None
+    model = runtime.prepare(build_network(ckpt))
+    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    test = data.test.take(cfg.path.test_limit).to(runtime.device)
+    metrics = evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
+    result = {"checkpoint": str(path), "members": len(ckpt.members or [None]),
+              "test": metrics.as_dict(), "eval_attack": cfg.path.attack, "eps": cfg.attack.eps}
+    if out is not None:
+        atomic_write_json(out / "eval.json", {**result, "record": run_record(args.argv)})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    kind = f"ensemble of {result['members']}" if ckpt.members else ckpt.arch
+    Console().print(f"{path} ({kind}) on {data.info.name} test ({metrics.count} images): clean "
+                    f"{metrics.clean_acc:.2f}%, robust {metrics.robust_acc:.2f}% under "
+                    f"{cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255")
     return 0

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc.checkpoint import build_model, load_checkpoint
+from robust_mc.checkpoint import build_network, load_checkpoint
 from robust_mc.commands import common
 
 HELP = "print a checkpoint's architecture, size, normalization and recorded metrics"
@@ -24,14 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def describe(path: str, args: argparse.Namespace) -> dict:
-    ckpt = load_checkpoint(path, arch=args.arch, trust=args.trust_checkpoint,
+    ckpt = load_checkpoint(path, arch=args.arch, trust=args.trust_checkpoint, allow_ensemble=True,
                            arch_kwargs={"num_classes": args.num_classes,
                                         "in_channels": args.in_channels},
                            normalization={"mean": [0.0] * args.in_channels,
                                           "std": [1.0] * args.in_channels})
-    model = build_model(ckpt)
+    model = build_network(ckpt)
     meta = ckpt.meta
-    return {
+    info = {
         "checkpoint": path,
         "arch": ckpt.arch,
         "arch_kwargs": ckpt.arch_kwargs,
@@ -41,6 +41,10 @@ def describe(path: str, args: argparse.Namespace) -> dict:
         "kind": meta.get("kind", "endpoint"),
         "metrics": meta.get("metrics", {}),
     }
+    if ckpt.members is not None:
+        info.update(members=len(ckpt.members), combine=ckpt.combine,
+                    members_t=meta.get("members_t"))
+    return info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
                   + "; std " + ", ".join(f"{v:.4f}" for v in norm["std"]))
     table.add_row("dataset", str(info["dataset"]))
     table.add_row("kind", str(info["kind"]))
+    if "members" in info:
+        table.add_row("members", f"{info['members']} ({info['combine']} averaged)"
+                      + (f" at t = {', '.join(f'{t:.2f}' for t in info['members_t'])}"
+                         if info.get("members_t") else ""))
     for split, values in info["metrics"].items():
         if isinstance(values, dict):
             table.add_row(f"{split} clean / robust acc",

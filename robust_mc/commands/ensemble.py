@@ -1,0 +1,109 @@
+"""`robust-mc ensemble RUN_DIR -k K`: a robust ensemble of points on a trained path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from robust_mc import connect as pipeline
+from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.commands import common
+from robust_mc.config import to_dict
+from robust_mc.data import load_data
+from robust_mc.ensemble import evaluate_seeded, greedy_select
+from robust_mc.errors import UserError
+from robust_mc.evaluate import network_at, path_attack
+from robust_mc.io import atomic_write_json, ensure_out_dir
+from robust_mc.models.ensemble import Ensemble
+from robust_mc.progress import Reporter
+from robust_mc.record import run_record
+from robust_mc.runtime import Runtime
+
+HELP = "choose K points on a trained path that together are most robust (greedy, validation)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_path", metavar="RUN", help="a connect run directory, or its curve.pt")
+    p.add_argument("-k", type=int, default=3, help="ensemble size (default 3)")
+    p.add_argument("--combine", choices=["logits", "probs"], default="logits",
+                   help="average the members' logits (default) or their probabilities")
+    common.add_data_flags(p)
+    common.add_path_flags(p)
+    common.add_speed_flags(p)
+    common.add_output_flags(p, "directory for ensemble.pt and ensemble.json "
+                               "(default RUN/ensemble-k<K>-<combine>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.run_path)
+    curve_file = source / "curve.pt" if source.is_dir() else source
+    record, curve, pair = pipeline.load_curve_run(curve_file)
+    cfg = pipeline.config_from_record(record, common.overrides(args))
+    if not 1 <= args.k <= cfg.path.points:
+        raise UserError(f"-k {args.k}: choose between 1 and the {cfg.path.points} points on the "
+                        "path (--points sets how many)")
+    out = Path(args.out) if args.out else curve_file.parent / f"ensemble-k{args.k}-{args.combine}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory path")
+    reporter = Reporter(quiet=args.json)
+    runtime = Runtime.create(cfg.device, cfg.speed)
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    endpoints = pipeline.endpoints_from_record(record, pair, runtime,
+                                               data.train.images[:2].float())
+    on_device = data.to(runtime.device)
+    curve = curve.to(runtime.device)
+    path, attack = cfg.path, path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    ts = torch.linspace(0, 1, path.points).tolist()
+    reporter.print(f"[bold]ensemble[/] of {args.k} from {len(ts)} points on {curve_file} "
+                   f"({args.combine}), selected on validation robust accuracy ({path.attack})")
+    candidates = [network_at(curve, endpoints.a, t, on_device, path, cfg.attack, runtime)
+                  for t in ts]
+    val, test = on_device.val.take(path.val_limit), on_device.test.take(path.test_limit)
+    selection = greedy_select(candidates, args.k, val, attack, runtime,
+                              batch_size=path.batch_size, seed=path.seed, combine=args.combine,
+                              reporter=reporter, labels=[f"t={t:.2f}" for t in ts])
+    chosen = [candidates[i] for i in selection.indices]
+    ensemble = Ensemble(chosen, args.combine)
+    contenders = {"ensemble": ensemble, "endpoint a": endpoints.a, "endpoint b": endpoints.b,
+                  "a + b": Ensemble([endpoints.a, endpoints.b], args.combine)}
+    results = {name: evaluate_seeded(model, test, attack, runtime, path.batch_size,
+                                     path.seed).as_dict()
+               for name, model in contenders.items()}
+    members_t = [ts[i] for i in selection.indices]
+    summary = {"source": str(curve_file), "k": args.k, "combine": args.combine,
+               "members_t": members_t, "selection": selection.rounds, "test": results,
+               "eval_attack": path.attack, "eps": cfg.attack.eps, "config": to_dict(cfg),
+               "record": run_record(args.argv)}
+    out = ensure_out_dir(out)
+    members = [checkpoint_from_model(m, pair.a.arch, pair.a.arch_kwargs).state_dict
+               for m in chosen]
+    meta = {"dataset": cfg.data.dataset, "kind": "ensemble", "members_t": members_t,
+            "metrics": {"test": results["ensemble"], "eval_attack": path.attack,
+                        "eps": cfg.attack.eps},
+            "source": str(curve_file), "config": to_dict(cfg)}
+    ckpt = Checkpoint(pair.a.arch, pair.a.arch_kwargs, members[0], pair.a.normalization, meta,
+                      members=members, combine=args.combine)
+    save_checkpoint(ckpt, out / "ensemble.pt")
+    atomic_write_json(out / "ensemble.json", summary)
+    if args.json:
+        print(json.dumps({"out": str(out), **{k: summary[k] for k in
+                                              ("members_t", "test", "selection")}}, indent=2))
+        return 0
+    table = Table(title=f"robust-mc ensemble: {args.k} points of {curve_file} "
+                        f"(test, {path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
+    for column in ("model", "members", "clean acc", "robust acc", "robust loss"):
+        table.add_column(column, justify="left" if column in ("model", "members") else "right")
+    described = {"ensemble": ", ".join(f"t={t:.2f}" for t in members_t), "endpoint a": "t=0",
+                 "endpoint b": "t=1", "a + b": "t=0, t=1"}
+    for name, metrics in results.items():
+        table.add_row(name, described[name], f"{metrics['clean_acc']:.2f}%",
+                      f"{metrics['robust_acc']:.2f}%", f"{metrics['robust_loss']:.3f}")
+    Console().print(table)
+    reporter.print(f"wrote {out}/: ensemble.pt (robust-mc eval/info read it), ensemble.json")
+    return 0
