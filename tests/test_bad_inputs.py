@@ -93,7 +93,7 @@ MATRIX = [
     (["ensemble", "{missing}"], "not found"),
     (["ensemble", "{a}"], "not a robust-mc curve"),
     (["ensemble", "{run}", "-k", "0"], "-k 0: choose between 1 and"),
-    (["ensemble", "{run}", "--out", "{file}"], "is a file"),
+    (["ensemble", "{run}", "-k", "1", "--out", "{file}"], "is a file"),
     (["ensemble", "{run}", "--eval-attack", "apgd-c"], "did you mean 'apgd-ce'?"),
     (["eval", "{nodata}"], "curve.pt not found"),
     # endpoints that cannot be connected, data that does not fit them
