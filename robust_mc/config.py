@@ -170,6 +170,21 @@ class CurveConfig:
 
 
 @dataclass(frozen=True)
+class PamConfig:
+    """Proximal alternating minimization (Tatro et al. 2020): between phases of curve training,
+    optimise the permutation of b's units with the curve fixed."""
+
+    enabled: bool = setting(False, help="alternate curve and permutation updates")
+    outer: int = setting(2, lo=1, help="permutation updates, evenly spaced in curve training")
+    perm_epochs: int = setting(1, lo=1, help="epochs of each permutation update")
+    lr: float = setting(3000.0, lo=0.0, help="proximal gradient step on the relaxed "
+                                             "permutation matrices (their gradients are small)")
+    prox: float = setting(0.01, lo=0.0, help="weight of the proximal term ||P - I||^2 / 2 that "
+                                             "holds each update near b as it stands")
+    sinkhorn_iters: int = setting(20, lo=1, help="row/column normalisations per projection")
+
+
+@dataclass(frozen=True)
 class PathConfig:
     """Evaluation along the path."""
 
@@ -204,6 +219,7 @@ class ConnectRunConfig:
     curve: CurveConfig = field(default_factory=CurveConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     aligned: bool = setting(True, help="align b to a first (--no-align connects them as given)")
+    pam: PamConfig = field(default_factory=PamConfig)
     path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     device: str = setting("auto")

@@ -26,7 +26,7 @@ from robust_mc.checkpoint import (
     state_digest,
 )
 from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
-from robust_mc.curves import Curve
+from robust_mc.curves import Curve, flatten_params
 from robust_mc.data import Data
 from robust_mc.errors import Interrupted, UserError
 from robust_mc.evaluate import PointResult, evaluate_path, path_attack
@@ -63,7 +63,8 @@ class Endpoints:
     b: Classifier
     b_original: Classifier
     alignment: dict | None = None
-    permutation: dict[str, list[int]] | None = None
+    permutation: dict[str, list[int]] | None = None  # b as connected = b as given permuted so
+    pam: dict | None = None  # PAM's permutation updates, when it ran
 
 
 @dataclass
@@ -83,6 +84,12 @@ def preflight(cfg: ConnectRunConfig) -> None:
     parse_attack_spec(cfg.path.attack)
     if cfg.curve.kind != "line" and cfg.curve.bends < 1:
         raise UserError("--bends must be at least 1 for bezier and polychain curves")
+    if cfg.pam.enabled and cfg.curve.kind == "line":
+        raise UserError("--pam alternates curve and permutation training; use --curve bezier "
+                        "or polychain")
+    if cfg.pam.enabled and cfg.optim.epochs < cfg.pam.outer + 1:
+        raise UserError(f"--pam-outer {cfg.pam.outer} needs at least {cfg.pam.outer + 1} curve "
+                        "epochs (one phase before and after each update); raise --epochs")
 
 
 def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Runtime,
@@ -134,8 +141,8 @@ def curve_record(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRun
             "endpoints": {"a": pair.a.path, "b": pair.b.path},
             "endpoint_digests": endpoint_digests(pair),
             "permutation": endpoints.permutation, "alignment": endpoints.alignment,
-            "config": to_dict(cfg), "dataset": cfg.data.dataset, "epoch": position.epoch,
-            "position": position.state(),
+            "pam": endpoints.pam, "config": to_dict(cfg), "dataset": cfg.data.dataset,
+            "epoch": position.epoch, "position": position.state(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "rng": rng, "history": history}
 
@@ -173,11 +180,16 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
         reporter.print(f"resuming {out / 'curve.pt'} at epoch {position.epoch + 1}, step "
                        f"{position.step}")
 
+    pam_update = pam_updater(curve, template, endpoints, cfg, data, runtime, reporter,
+                             generator, stop or StopSignals())
+
     def on_epoch(epoch: int, result: EpochResult) -> None:
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
                         "images_per_s": result.images_per_s, "seconds": result.seconds})
         reporter.print(f"  curve epoch {epoch + 1}: loss {result.loss:.3f}, adversarial acc "
                        f"{result.train_acc:.1f}%, {result.images_per_s:.0f} img/s")
+        if pam_update is not None:
+            pam_update(epoch + 1)
 
     def save() -> None:
         atomic_torch_save(curve_record(curve, pair, endpoints, cfg, history, optimizer,
@@ -188,6 +200,46 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
                 optimizer=optimizer, generator=generator, position=position,
                 on_epoch=on_epoch, save=save, stop=stop, resume_hint=resume_hint(out))
     return history
+
+
+def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: ConnectRunConfig,
+                data: Data, runtime: Runtime, reporter: Reporter, generator: torch.Generator,
+                stop: StopSignals) -> Callable[[int], None] | None:
+    """With PAM on, what runs after each curve epoch: at ``pam.outer`` evenly spaced epochs, a
+    permutation update of b (recorded in ``endpoints``), the curve's end moved with it."""
+    if not cfg.pam.enabled:
+        return None
+    from robust_mc.pam import compose, moved_fraction, permutation_phase
+
+    epochs, outer = cfg.optim.epochs, cfg.pam.outer
+    after = [round(k * epochs / (outer + 1)) for k in range(1, outer + 1)]
+    spec = trace_permutation_spec(endpoints.a, runtime.images(data.train.images[:2].float()))
+    if endpoints.pam is None:
+        endpoints.pam = {"start": endpoints.permutation, "updates": []}
+
+    def update(epochs_done: int) -> None:
+        assert endpoints.pam is not None
+        if epochs_done not in after or len(endpoints.pam["updates"]) > after.index(epochs_done):
+            return
+        number = after.index(epochs_done) + 1
+        perm = permutation_phase(curve, template, spec, data, attack=cfg.attack,
+                                 curve_cfg=cfg.curve, optim=cfg.optim, pam=cfg.pam,
+                                 augment=cfg.data.augment, runtime=runtime, reporter=reporter,
+                                 generator=generator, stop=stop,
+                                 label=f"permutation update {number}/{outer}, epoch")
+        permute_model(endpoints.b, spec, perm)
+        with torch.no_grad():
+            curve.end.copy_(flatten_params(dict(endpoints.b.named_parameters()), curve.names))
+        endpoints.permutation = compose(endpoints.permutation, perm)
+        moved = moved_fraction(perm, None)
+        endpoints.pam["updates"].append({"after_epoch": epochs_done, "moved": moved})
+        endpoints.pam["moved_from_start"] = moved_fraction(endpoints.permutation,
+                                                           endpoints.pam["start"])
+        share = sum(moved.values()) / max(len(moved), 1)
+        reporter.print(f"  PAM update {number}/{outer} after epoch {epochs_done}: "
+                       f"{100 * share:.1f}% of units re-matched (mean over spaces)")
+
+    return update
 
 
 def resume_hint(out: Path) -> str:
@@ -363,7 +415,7 @@ def endpoints_from_record(record: dict, pair: Pair, runtime: Runtime,
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
     b_original = undo_alignment(model_a, model_b, example, record.get("permutation"))
     return Endpoints(model_a, model_b, b_original, record.get("alignment"),
-                     record.get("permutation"))
+                     record.get("permutation"), record.get("pam"))
 
 
 def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]) -> dict | None:
@@ -447,6 +499,8 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     result = evaluate_run(curve, endpoints, cfg, on_device, runtime, reporter, progress)
     result.seconds["align_and_train"] = train_s
     summary = summarize(result, cfg)
+    if endpoints.pam is not None:
+        summary["pam"] = endpoints.pam
     summary.update({"alignment": endpoints.alignment, "training": history, "record": record,
                     "runtime": runtime.describe(), "endpoint_digests": digests})
     paths = {result.label: result.points, **result.lines}

@@ -56,8 +56,11 @@ def _polychain(t, points: int) -> torch.Tensor:
     return (1 - (t - knots).abs() / spacing).clamp_min(0)  # hat functions on the knots
 
 
-def flatten_params(params: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.cat([params[n].detach().reshape(-1).float() for n in names])
+def flatten_params(params: dict[str, torch.Tensor], names: list[str], detach: bool = True
+                   ) -> torch.Tensor:
+    """(P,) float32 vector of ``params`` in the order of ``names``."""
+    return torch.cat([(params[n].detach() if detach else params[n]).reshape(-1).float()
+                      for n in names])
 
 
 class Curve(nn.Module):
@@ -114,7 +117,10 @@ class Curve(nn.Module):
 
     def weights_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """Name -> tensor views of the parameters at t, for ``functional_call``."""
-        flat = self.flat_at(t)
+        return self.unflatten(self.flat_at(t))
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Name -> tensor views of a (P,) vector laid out as the curve's parameters."""
         out, offset = {}, 0
         for name, shape in zip(self.names, self.shapes, strict=True):
             size = math.prod(shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,18 @@ def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits.float(), 1), clean_probs, reduction="sum")
 
 
+class WeightsAlongT(Protocol):
+    """What a curve task trains through: parameter names, and their values at t."""
+
+    names: list[str]
+
+    def weights_at(self, t: float) -> dict[str, torch.Tensor]: ...
+
+
 class CurveTask:
     """The loss of one batch at a random point of the curve."""
 
-    def __init__(self, module: nn.Module, curve: Curve, attack: AttackConfig,
+    def __init__(self, module: nn.Module, curve: WeightsAlongT, attack: AttackConfig,
                  curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator) -> None:
         self.module = module
         self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack

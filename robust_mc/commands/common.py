@@ -103,6 +103,21 @@ def add_curve_flags(p: argparse.ArgumentParser) -> None:
                    choices=["adversarial", "trades", "clean"])
 
 
+def add_pam_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("PAM (permutation updates during curve training)")
+    g.add_argument("--pam", dest="pam.enabled", action="store_const", const=True,
+                   help="alternate curve training with permutation updates of b, starting from "
+                        "the alignment (or from b as given with --no-align)")
+    g.add_argument("--pam-outer", dest="pam.outer", metavar="N",
+                   help="permutation updates, evenly spaced (default 2)")
+    g.add_argument("--pam-perm-epochs", dest="pam.perm_epochs", metavar="N",
+                   help="epochs of each permutation update (default 1)")
+    g.add_argument("--pam-lr", dest="pam.lr", metavar="LR",
+                   help="proximal gradient step on the relaxed permutations (default 3000)")
+    g.add_argument("--pam-prox", dest="pam.prox", metavar="W",
+                   help="weight of the proximal term (default 0.01)")
+
+
 def add_path_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation along the path")
     g.add_argument("--points", dest="path.points", metavar="N",

@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_curve_flags(p)
     common.add_align_flags(p)
     common.add_no_align_flag(p)
+    common.add_pam_flags(p)
     common.add_path_flags(p)
     common.add_speed_flags(p)
     common.add_fault_flags(p)
