@@ -262,6 +262,28 @@ class TrainRunConfig:
     device: str = setting("auto")
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    methods: list[str] = setting(["line", "line+align", "curve", "curve+align", "curve+pam"],
+                                 help="line|curve, then +align and/or +pam")
+    seeds: list[int] = setting([0], help="curve seeds: each curve method runs per pair and seed")
+    pairs: list[list[str]] = setting([], help="endpoint checkpoint pairs: [[a.pt, b.pt], ...]")
+    endpoint_seeds: list[list[int]] = setting(
+        [], help="seed pairs [[0, 1], ...] whose endpoints are trained with the train section")
+
+
+@dataclass(frozen=True)
+class BenchRunConfig:
+    """`robust-mc bench`: a grid of connect runs. ``data`` and ``device`` apply to every cell
+    and every trained endpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    train: TrainRunConfig = field(default_factory=TrainRunConfig)
+    connect: ConnectRunConfig = field(default_factory=ConnectRunConfig)
+    device: str = setting("auto")
+
+
 # --- building -----------------------------------------------------------------------------------
 
 def _type_name(tp: Any) -> str:
@@ -313,6 +335,15 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"{key}: expected a string, got {value!r}")
         return str(value)
+    if tp is list or origin is list:
+        if isinstance(value, str):  # from the command line: comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        element = typing.get_args(tp)
+        if not element:
+            return list(value)
+        return [_coerce(v, element[0], f"{key}[{i}]", {}) for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {value!r}")

@@ -7,7 +7,13 @@ from pathlib import Path
 import torch
 
 from attacks import PGD, build_attack, parse_attack_spec
-from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, read_torch_file
+from robust_mc.checkpoint import (
+    Checkpoint,
+    checkpoint_from_model,
+    load_checkpoint,
+    read_torch_file,
+    save_checkpoint,
+)
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, load_data
 from robust_mc.errors import UserError
@@ -17,7 +23,7 @@ from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
-from robust_mc.resume import check_same_config, restore_rng, rng_state
+from robust_mc.resume import check_same_config, config_differences, restore_rng, rng_state
 from robust_mc.robust_eval import Metrics, evaluate_model
 from robust_mc.runtime import Runtime, seed_everything
 from robust_mc.training import AdversarialTask, EpochResult, Position, fit, make_sgd
@@ -124,6 +130,24 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
         "record": record,
     }
     return checkpoint_from_model(model, cfg.model.arch, arch_kwargs_for(cfg, data), meta)
+
+
+def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter: Reporter, *,
+                     data: Data | None = None, argv: list[str] | None = None,
+                     resume: str = "auto", stop: StopSignals | None = None) -> Checkpoint:
+    """The endpoint ``cfg`` trains, kept at ``path``: read back when the file there was trained
+    with these settings, else trained (resumably, next to ``path``) and written."""
+    if path.is_file() and resume != "fresh":
+        ckpt = load_checkpoint(path)
+        if not config_differences(ckpt.meta.get("config") or {}, to_dict(cfg)):
+            reporter.print(f"reusing {path} (trained with these settings)")
+            return ckpt
+    state = state_path_for(path)
+    ckpt = train_endpoint(cfg, runtime, reporter, argv=argv, data=data, state_path=state,
+                          resume=resume, stop=stop)
+    ckpt.path = str(save_checkpoint(ckpt, path))
+    state.unlink(missing_ok=True)
+    return ckpt
 
 
 def load_train_state(path: Path | None, cfg: TrainRunConfig, resume: str) -> dict | None:

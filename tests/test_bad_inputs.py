@@ -65,6 +65,11 @@ def files(tmp_path_factory, runtime, digits) -> dict[str, Path]:
     paths["nodata"].mkdir()
     paths["unknown_key"] = root / "unknown.yaml"
     paths["unknown_key"].write_text("optim:\n  lrr: 0.1\n")
+    paths["bench_empty"] = root / "bench-empty.yaml"
+    paths["bench_empty"].write_text("data: {dataset: digits}\nbench: {methods: [line]}\n")
+    paths["bench_ok"] = root / "bench-ok.yaml"
+    paths["bench_ok"].write_text(f"data: {{dataset: digits}}\nbench: {{pairs: [[{paths['a']}, "
+                                 f"{paths['b']}]], methods: [line]}}\n")
     paths["bad_yaml"] = root / "bad.yaml"
     paths["bad_yaml"].write_text("optim: [unclosed\n")
     return paths
@@ -143,6 +148,13 @@ MATRIX = [
     (["train", "--out", "{nodata}"], "is a directory"),
     (["connect", *PAIR, "--out", "{unwritable}/run"], "not writable"),
     (["train", "--out", "{unwritable}/a.pt"], "not writable"),
+    # bench grids
+    (["bench"], "needs --config"),
+    (["bench", "--config", "{bench_empty}"], "has no endpoints"),
+    (["bench", "--config", "{bench_empty}", "--methods", "line+pam"], "use curve+pam"),
+    (["bench", "--config", "{bench_empty}", "--seeds", "x"], "bench.seeds[0]"),
+    (["bench", "--config", "{bench_ok}", "--out", "{file}"], "is a file"),
+    (["bench", "--config", "{unknown_key}"], "unknown config key 'optim'"),
     # contradictory or impossible requests
     (["train", "--resume"], "no saved state"),
     (["connect", *PAIR, "--resume"], "no run to continue"),

@@ -14,11 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc import connect as pipeline
-from robust_mc.checkpoint import save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.endpoint import train_endpoint
+from robust_mc.endpoint import trained_endpoint
 from robust_mc.io import ensure_out_dir
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
@@ -45,8 +44,8 @@ def train_endpoints(out: Path, overrides: dict, runtime: Runtime, reporter: Repo
     rows = []
     for seed in SEEDS:
         cfg = build_config(TrainRunConfig, TRAIN_PRESET, {**overrides, "optim.seed": seed})
-        ckpt = train_endpoint(cfg, runtime, reporter, argv=argv, data=data)
-        path = save_checkpoint(ckpt, out / f"endpoint-seed{seed}.pt")
+        path = out / f"endpoint-seed{seed}.pt"
+        ckpt = trained_endpoint(cfg, path, runtime, reporter, data=data, argv=argv)
         test = ckpt.meta["metrics"]["test"]
         rows.append({"checkpoint": str(path), "seed": seed, "clean_acc": test["clean_acc"],
                      "robust_acc": test["robust_acc"],

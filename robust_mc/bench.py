@@ -1,0 +1,190 @@
+"""`robust-mc bench`: robust barriers over a grid of endpoint pairs, methods and curve seeds, in
+the form of the paper's tables (mean +- std over pairs and seeds).
+
+Every cell is one `connect` run in ``OUT/cells/<pair>/<method>[/seed<N>]``. A finished cell
+(same settings, same endpoints) is read back, an interrupted one continues where it stopped, so a
+rerun computes only what is missing. Endpoints trained from seeds live in ``OUT/endpoints``.
+
+Methods: ``line`` or ``curve`` (the connect curve kind, bezier by default), then ``+align``
+(neuron alignment of b to a first) and/or ``+pam`` (PAM's permutation updates while the curve
+trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the alignment).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from robust_mc.config import BenchRunConfig, ConnectRunConfig, TrainRunConfig
+from robust_mc.connect import completed_run, endpoint_digests, run_connect
+from robust_mc.data import load_data
+from robust_mc.endpoint import trained_endpoint
+from robust_mc.errors import UserError
+from robust_mc.interrupt import StopSignals
+from robust_mc.io import read_json
+from robust_mc.pair import Pair, load_pair
+from robust_mc.progress import Reporter
+from robust_mc.runtime import Runtime
+
+METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
+           "clean_loss_barrier", "robust_loss_barrier", "clean_error_barrier",
+           "robust_error_barrier")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    curve: bool
+    align: bool
+    pam: bool
+
+
+def parse_method(name: str) -> Method:
+    base, *extras = name.split("+")
+    unknown = [e for e in extras if e not in ("align", "pam")]
+    if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras):
+        raise UserError(f"bench method {name!r}: write line or curve, then +align and/or +pam "
+                        "(e.g. curve+align)")
+    if base == "line" and "pam" in extras:
+        raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
+    return Method(name, base == "curve", "align" in extras, "pam" in extras)
+
+
+@dataclass
+class CellResult:
+    pair: str
+    method: str
+    seed: int | None
+    out: Path
+    cached: bool
+    barriers: dict[str, float]  # test split, as path_summary gives
+    robust_acc_along_t: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    cells: list[CellResult]
+    table: dict[str, dict[str, dict[str, float]]]  # method -> metric -> mean, std, n
+
+    @property
+    def computed(self) -> list[str]:
+        return [str(c.out) for c in self.cells if not c.cached]
+
+
+def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> ConnectRunConfig:
+    """The connect settings of one cell: the bench's connect section, its data and device, the
+    method's curve, alignment and PAM, and the cell's curve seed."""
+    base = cfg.connect
+    kind = base.curve.kind if base.curve.kind != "line" else "bezier"
+    optim = replace(base.optim, seed=seed) if seed is not None else base.optim
+    return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
+                   curve=replace(base.curve, kind=kind if method.curve else "line"),
+                   pam=replace(base.pam, enabled=method.pam), optim=optim,
+                   path=replace(base.path, compare_line=False))
+
+
+def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]:
+    """Everything about the grid that can be wrong, checked before anything is written: the
+    methods, the seeds, and the given endpoint pairs (loaded)."""
+    methods = [parse_method(m) for m in cfg.bench.methods]
+    if not methods:
+        raise UserError("bench.methods is empty; list e.g. line, line+align, curve, curve+align")
+    if not cfg.bench.seeds and any(m.curve for m in methods):
+        raise UserError("bench.seeds is empty; give at least one curve seed")
+    if not cfg.bench.pairs and not cfg.bench.endpoint_seeds:
+        raise UserError("the bench has no endpoints: give bench.pairs (checkpoints) or "
+                        "bench.endpoint_seeds (seed pairs to train) in its config")
+    for seeds in cfg.bench.endpoint_seeds:
+        if len(seeds) != 2 or seeds[0] == seeds[1]:
+            raise UserError(f"bench.endpoint_seeds: {seeds} is not a pair of two seeds")
+    given = []
+    for i, pair in enumerate(cfg.bench.pairs):
+        if len(pair) != 2:
+            raise UserError(f"bench.pairs[{i}]: give two checkpoints [a.pt, b.pt]")
+        given.append((f"pair{i}", load_pair(pair[0], pair[1])))
+    return methods, given
+
+
+def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path,
+                   runtime: Runtime, reporter: Reporter, argv: list[str] | None, resume: str,
+                   stop: StopSignals) -> list[tuple[str, Pair]]:
+    """The pairs to connect: the given checkpoints, then those trained from seed pairs."""
+    pairs = list(given)
+    if cfg.bench.endpoint_seeds:
+        train: TrainRunConfig = replace(cfg.train, data=cfg.data, device=cfg.device)
+        data = load_data(train.data)
+        trained: dict[int, str] = {}
+        for seeds in cfg.bench.endpoint_seeds:
+            for seed in seeds:
+                if seed not in trained:
+                    path = out / "endpoints" / f"seed{seed}.pt"
+                    reporter.print(f"[bold]endpoint[/] seed {seed}: {path}")
+                    seeded = replace(train, optim=replace(train.optim, seed=seed))
+                    trained_endpoint(seeded, path, runtime, reporter, data=data, argv=argv,
+                                     resume=resume, stop=stop)
+                    trained[seed] = str(path)
+            pairs.append((f"seeds{seeds[0]}-{seeds[1]}",
+                          load_pair(trained[seeds[0]], trained[seeds[1]])))
+    return pairs
+
+
+def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Reporter,
+              argv: list[str] | None = None, resume: str = "auto",
+              stop: StopSignals | None = None) -> BenchResult:
+    """Every cell of the grid (cached ones read back), then the aggregated table."""
+    stop = stop or StopSignals()
+    methods, given = validate(cfg)
+    pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, resume, stop)
+    plan = [(pair_id, pair, method, seed) for pair_id, pair in pairs for method in methods
+            for seed in (cfg.bench.seeds if method.curve else [None])]
+    cells = []
+    for number, (pair_id, pair, method, seed) in enumerate(plan, start=1):
+        cell_out = out / "cells" / pair_id / method.name
+        if seed is not None:
+            cell_out = cell_out / f"seed{seed}"
+        connect_cfg = cell_config(cfg, method, seed)
+        summary = completed_run(cell_out, connect_cfg, endpoint_digests(pair)) \
+            if resume != "fresh" else None
+        cached = summary is not None
+        if summary is None:
+            reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
+                           + (f" seed {seed}" if seed is not None else ""))
+            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv,
+                                  resume, stop)
+        cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
+                                summary["barriers"]["test"], robust_along_t(cell_out)))
+    if any(c.cached for c in cells):
+        reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
+                       f"{out / 'cells'}")
+    return BenchResult(cells, aggregate(cells, [m.name for m in methods]))
+
+
+def robust_along_t(cell_out: Path) -> list[tuple[float, float]]:
+    """(t, test robust accuracy) of a cell's path, from its path.json."""
+    rows = (read_json(cell_out / "path.json") or {}).get("rows", [])
+    first = rows[0]["path"] if rows else None
+    return [(r["t"], r["robust_acc"]) for r in rows
+            if r["path"] == first and r["split"] == "test"]
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str, dict]]:
+    """Per method, each metric's mean, sample std and count over pairs and seeds."""
+    table: dict[str, dict[str, dict]] = {}
+    for method in methods:
+        mine = [c for c in cells if c.method == method]
+        table[method] = {metric: mean_std([c.barriers[metric] for c in mine])
+                         for metric in METRICS}
+    return table
+
+
+def format_value(stat: dict[str, float], digits: int) -> str:
+    if math.isnan(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"

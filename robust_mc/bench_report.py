@@ -1,0 +1,103 @@
+"""What a bench leaves: the table in the paper's form (rich, Markdown, CSV, JSON) and one plot of
+robust accuracy along t per method."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from rich.table import Table
+
+from robust_mc.bench import METRICS, BenchResult, format_value
+from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+# (column title, metric, decimals): accuracies in percent, barriers of loss
+COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_mean", 1),
+           ("robust acc min", "robust_acc_min", 1), ("robust acc mean", "robust_acc_mean", 1),
+           ("clean loss barrier", "clean_loss_barrier", 3),
+           ("robust loss barrier", "robust_loss_barrier", 3))
+
+
+def rich_table(result: BenchResult, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("method (test split)", no_wrap=True)
+    table.add_column("n", justify="right")
+    for name, _, _ in COLUMNS:
+        table.add_column(name, justify="right")
+    for method, stats in result.table.items():
+        table.add_row(method, str(stats[METRICS[0]]["n"]),
+                      *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS))
+    return table
+
+
+def markdown(result: BenchResult, title: str) -> str:
+    head = ["method", "n", *(name for name, _, _ in COLUMNS)]
+    lines = [f"# {title}", "", "Test split; mean ± std over endpoint pairs and curve seeds; "
+             "accuracies in %, barriers of the loss.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, stats in result.table.items():
+        cells = [method, str(stats[METRICS[0]]["n"]),
+                 *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(result: BenchResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "n", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std"))])
+    for method, stats in result.table.items():
+        writer.writerow([method, stats[METRICS[0]]["n"],
+                         *(stats[m][k] for m in METRICS for k in ("mean", "std"))])
+    return buffer.getvalue()
+
+
+def write_bench_files(out: Path, result: BenchResult, title: str, config: dict,
+                      record: dict) -> list[str]:
+    files = ["bench.csv", "bench.md", "bench.json"]
+    atomic_write_text(out / "bench.csv", csv_text(result))
+    atomic_write_text(out / "bench.md", markdown(result, title))
+    if plot(out, result, title) is not None:
+        files.append("bench.png")
+    cells = [{"pair": c.pair, "method": c.method, "seed": c.seed, "out": str(c.out),
+              "cached": c.cached, "test": c.barriers} for c in result.cells]
+    atomic_write_json(out / "bench.json", {"table": result.table, "cells": cells,
+                                           "config": config, "record": record})
+    return files
+
+
+def plot(out: Path, result: BenchResult, title: str) -> Path | None:
+    """bench.png: test robust accuracy along t, mean over cells with a ±std band, per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in result.table:
+        curves = [c.robust_acc_along_t for c in result.cells
+                  if c.method == method and c.robust_acc_along_t]
+        if not curves or len({len(c) for c in curves}) != 1:
+            continue
+        ts = [t for t, _ in curves[0]]
+        columns = list(zip(*[[acc for _, acc in c] for c in curves], strict=True))
+        mean = [statistics.fmean(col) for col in columns]
+        std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
+        style = "--" if method.startswith("line") else "-o"
+        ax.plot(ts, mean, style, label=method, markersize=3)
+        ax.fill_between(ts, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
+    ax.set_xlabel("t")
+    ax.set_ylabel("robust accuracy (%, test)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(out / "bench.png", buffer.getvalue())
