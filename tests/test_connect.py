@@ -93,21 +93,6 @@ def test_connect_and_eval_commands(digits_endpoints, tmp_path, capsys):
     assert set(lines) == {"line (aligned)", "line (unaligned)"}
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--points", "1"], "path.points"), (["--bends", "0"], "curve.bends"),
-    (["--eval-attack", "pgdd"], "did you mean 'pgd'"), (["--eps", "9"], "9/255"),
-    (["--dataset", "synthetic"], "classes"),
-])
-def test_connect_bad_inputs(digits_endpoints, tmp_path, capsys, extra, message):
-    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
-             enumerate(digits_endpoints)]
-    out = tmp_path / "never"
-    code = cli.main(["connect", *paths, "--out", str(out), "--device", "cpu", *extra])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not out.exists()
-
-
 def test_resumable_curve_file_has_what_resume_needs(digits_endpoints, tmp_path, runtime):
     from robust_mc.pair import load_pair
 
