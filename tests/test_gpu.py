@@ -58,3 +58,59 @@ def test_align_and_path_on_cuda(digits_endpoints, digits, cuda):
                                  AttackConfig(eps=0.1, steps=3), cuda, Reporter(quiet=True), "t")
     assert len(points) == 3 and best is not None
     assert all(p.test.robust_acc <= p.test.clean_acc for p in points)
+
+
+def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_endpoints, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Bit for bit with --deterministic; without it, the difference is float rounding carried
+    through training (printed)."""
+    import cli
+    from robust_mc.checkpoint import read_torch_file, save_checkpoint
+    from tests.test_faults import StopAfter
+
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    args = ["connect", *paths, "--epochs", "3", "--attack-steps", "3", "--points", "3",
+            "--eval-attack", "pgd:steps=3", "--bn-images", "300", "--align-samples", "300",
+            "--device", "cuda", "--json"]
+    differences = {}
+    try:
+        for flags in ([], ["--deterministic"]):
+            name = "deterministic" if flags else "default"
+            reference, resumed = tmp_path / f"ref-{name}", tmp_path / f"run-{name}"
+            assert cli.main([*args, *flags, "--out", str(reference)]) == 0
+            stop = StopAfter(checks=30)
+            monkeypatch.setattr("robust_mc.commands.connect.StopSignals", lambda s=stop: s)
+            assert cli.main([*args, *flags, "--out", str(resumed)]) == 130
+            monkeypatch.undo()
+            assert cli.main([*args, *flags, "--out", str(resumed)]) == 0
+            bends = [read_torch_file(d / "curve.pt")["curve"]["bends"]
+                     for d in (reference, resumed)]
+            differences[name] = float((bends[0] - bends[1]).abs().max())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    capsys.readouterr()
+    print(f"max |bend difference| resumed vs uninterrupted on CUDA: {differences}")
+    assert differences["deterministic"] == 0.0
+    assert differences["default"] < 1e-2
+
+
+def test_pam_and_ensemble_on_cuda(digits_endpoints, tmp_path, capsys):
+    import json
+
+    import cli
+    from robust_mc.checkpoint import save_checkpoint
+
+    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+             enumerate(digits_endpoints)]
+    run = tmp_path / "run"
+    assert cli.main(["connect", *paths, "--pam", "--pam-outer", "1", "--epochs", "2",
+                     "--attack-steps", "2", "--points", "3", "--eval-attack", "pgd:steps=2",
+                     "--bn-images", "300", "--device", "cuda", "--out", str(run),
+                     "--json"]) == 0
+    capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["pam"]["updates"]) == 1
+    assert cli.main(["ensemble", str(run), "-k", "2", "--device", "cuda", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert all(r["robust_acc"] <= r["clean_acc"] for r in result["test"].values())
