@@ -17,7 +17,15 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from robust_mc.config import BenchRunConfig, ConnectRunConfig, TrainRunConfig
+from robust_mc.checkpoint import read_torch_file
+from robust_mc.config import (
+    BenchRunConfig,
+    ConnectRunConfig,
+    build_config,
+    find_preset,
+    load_yaml,
+    to_dict,
+)
 from robust_mc.connect import completed_run, endpoint_digests, run_connect
 from robust_mc.data import load_data
 from robust_mc.endpoint import trained_endpoint
@@ -26,6 +34,7 @@ from robust_mc.interrupt import StopSignals
 from robust_mc.io import read_json
 from robust_mc.pair import Pair, load_pair
 from robust_mc.progress import Reporter
+from robust_mc.resume import config_differences
 from robust_mc.runtime import Runtime
 
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
@@ -113,7 +122,7 @@ def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path
     """The pairs to connect: the given checkpoints, then those trained from seed pairs."""
     pairs = list(given)
     if cfg.bench.endpoint_seeds:
-        train: TrainRunConfig = replace(cfg.train, data=cfg.data, device=cfg.device)
+        train = replace(cfg.train, data=cfg.data, device=cfg.device)
         data = load_data(train.data)
         trained: dict[int, str] = {}
         for seeds in cfg.bench.endpoint_seeds:
@@ -128,6 +137,17 @@ def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path
             pairs.append((f"seeds{seeds[0]}-{seeds[1]}",
                           load_pair(trained[seeds[0]], trained[seeds[1]])))
     return pairs
+
+
+def load_bench_config(yaml_file: str, overrides: dict) -> BenchRunConfig:
+    """The bench configuration; with ``bench.train_preset``, the preset is the base of the train
+    section (which overrides it key by key)."""
+    cfg = build_config(BenchRunConfig, yaml_file, overrides)
+    preset = cfg.bench.train_preset
+    if preset is None:
+        return cfg
+    base = {"train": load_yaml(find_preset(preset))}
+    return build_config(BenchRunConfig, yaml_file, overrides, base=base)
 
 
 def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Reporter,
@@ -152,13 +172,27 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
             reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
                            + (f" seed {seed}" if seed is not None else ""))
             summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv,
-                                  resume, stop)
+                                  cell_resume(cell_out, connect_cfg, resume, reporter), stop)
         cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
                                 summary["barriers"]["test"], robust_along_t(cell_out)))
     if any(c.cached for c in cells):
         reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
                        f"{out / 'cells'}")
     return BenchResult(cells, aggregate(cells, [m.name for m in methods]))
+
+
+def cell_resume(cell_out: Path, cfg: ConnectRunConfig, resume: str, reporter: Reporter) -> str:
+    """Continue a cell's interrupted run, unless the bench's settings changed since: then the
+    cell is stale and starts over."""
+    saved = cell_out / "curve.pt"
+    if resume == "fresh" or not saved.is_file():
+        return resume
+    record = read_torch_file(saved)
+    if isinstance(record, dict) and not config_differences(record.get("config") or {},
+                                                           to_dict(cfg)):
+        return resume
+    reporter.print(f"  {cell_out}: the settings changed; recomputing the cell")
+    return "fresh"
 
 
 def robust_along_t(cell_out: Path) -> list[tuple[float, float]]:

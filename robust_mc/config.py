@@ -271,6 +271,9 @@ class BenchConfig:
     pairs: list[list[str]] = setting([], help="endpoint checkpoint pairs: [[a.pt, b.pt], ...]")
     endpoint_seeds: list[list[int]] = setting(
         [], help="seed pairs [[0, 1], ...] whose endpoints are trained with the train section")
+    train_preset: str | None = setting(
+        None, help="preset or YAML the endpoints are trained with; the train section's "
+                   "non-default values override it")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class StopSignals:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self.signum is not None:
+            return  # the run is stopping: a second signal still ends the process at once
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

@@ -18,9 +18,12 @@ import torch
 from robust_mc.config import flatten
 from robust_mc.errors import UserError
 
-# settings that may change between a run and its continuation: where it runs and how often it
-# saves change no result; a larger --skip-nonfinite is how a run stopped by a bad batch goes on
-CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "optim.save_every", "optim.skip_nonfinite")
+# settings that may change between a run and its continuation: where it runs, how its work is
+# batched and laid out in memory, and how often it saves change results at most by float rounding;
+# a larger --skip-nonfinite is how a run stopped by a bad batch goes on
+CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "speed.channels_last", "speed.compile",
+                        "path.batch_size", "eval.batch_size", "optim.save_every",
+                        "optim.skip_nonfinite")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

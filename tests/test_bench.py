@@ -87,3 +87,18 @@ def test_method_names(name, ok):
     else:
         with pytest.raises(UserError, match="bench method"):
             parse_method(name)
+
+
+def test_a_cell_whose_settings_changed_is_recomputed(digits_endpoints, tmp_path, capsys):
+    a, b = (str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+            enumerate(digits_endpoints))
+    config = write_config(tmp_path / "bench.yaml", pairs=[[a, b]], methods=["line+align"])
+    out = tmp_path / "bench"
+    assert len(run_bench(config, out, capsys)["computed"]) == 1
+    settings = yaml.safe_load(config.read_text())
+    settings["connect"]["path"]["points"] = 4
+    config.write_text(yaml.safe_dump(settings))
+    again = run_bench(config, out, capsys)
+    assert len(again["computed"]) == 1
+    rows = json.loads((out / "cells" / "pair0" / "line+align" / "path.json").read_text())["rows"]
+    assert len({r["t"] for r in rows}) == 4

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cli
-from robust_mc.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
+from robust_mc.checkpoint import load_checkpoint, read_torch_file
 from robust_mc.config import OptimConfig
 from robust_mc.data import Split
 from robust_mc.errors import Interrupted
@@ -26,14 +26,26 @@ from robust_mc.runtime import Runtime
 from robust_mc.training import NonFiniteLoss, Position, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["train", "--dataset", "digits", "--arch", "cnn", "--width", "0.5", "--eps", "0.1",
-         "--attack-steps", "3", "--epochs", "5", "--batch-size", "64", "--lr", "0.05",
+TRAIN = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--eps", "0.03",
+         "--attack-steps", "3", "--epochs", "6", "--batch-size", "32", "--lr", "0.1",
          "--schedule", "cosine", "--eval-attack", "pgd:steps=3", "--device", "cpu",
          "--threads", "2", "--json"]
-CONNECT = ["--epochs", "3", "--attack-steps", "3", "--batch-size", "64", "--lr", "0.05",
-           "--points", "4", "--eval-attack", "pgd:steps=3", "--bn-images", "300",
-           "--align-samples", "300", "--val-limit", "150", "--eval-test-limit", "300",
-           "--device", "cpu", "--threads", "2", "--json"]
+CONNECT = ["--epochs", "4", "--attack-steps", "3", "--batch-size", "32", "--lr", "0.05",
+           "--points", "5", "--eval-attack", "pgd:steps=3", "--bn-images", "300",
+           "--align-samples", "300", "--device", "cpu", "--threads", "2", "--json"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_endpoints(tmp_path_factory) -> list[str]:
+    """Two PGD-trained CNNs on the synthetic data, as checkpoint files."""
+    root = tmp_path_factory.mktemp("endpoints")
+    paths = []
+    for seed in (0, 1):
+        path = root / f"e{seed}.pt"
+        args = [*TRAIN, "--epochs", "4", "--seed", str(seed), "--out", str(path)]
+        assert cli.main(args) == 0
+        paths.append(str(path))
+    return paths
 
 
 class StopAfter(StopSignals):
@@ -94,7 +106,7 @@ def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, mo
     reference = tmp_path / "reference.pt"
     assert cli.main([*TRAIN, "--out", str(reference)]) == 0
     out = tmp_path / "a.pt"
-    stop = StopAfter(checks=35)  # a poll per step and two per epoch: in the middle of epoch 2
+    stop = StopAfter(checks=35)  # a poll per step (22 an epoch), two per epoch: in epoch 2
     monkeypatch.setattr("robust_mc.commands.train.StopSignals", lambda: stop)
     assert cli.main([*TRAIN, "--out", str(out)]) == 130
     state = read_torch_file(tmp_path / "a.state.pt")
@@ -137,14 +149,29 @@ def test_sigint_saves_the_state_and_exits_130_with_how_to_resume(tmp_path):
     assert read_torch_file(state)["format"] == "robust-mc-train-state/1"
 
 
-def test_connect_killed_again_and_again_resumes_to_the_same_figures(digits_endpoints, tmp_path):
-    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
-             enumerate(digits_endpoints)]
+def test_a_second_signal_stops_at_once_and_leaves_no_torn_file(tmp_path):
+    out, state = tmp_path / "a.pt", tmp_path / "a.state.pt"
+    process = launch([*TRAIN, "--epochs", "40", "--out", str(out)])
+    assert wait_for(state, process), process.communicate()
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    # 130 from the handler, or (when the second signal lands after the state was saved, while
+    # Python shuts down) death by SIGINT, which a shell reports as 130 too
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
+    assert_no_torn_files(tmp_path)
+
+
+def test_connect_killed_again_and_again_resumes_to_the_same_figures(synthetic_endpoints,
+                                                                    tmp_path, capsys):
+    paths = synthetic_endpoints
     reference = tmp_path / "reference"
     assert cli.main(["connect", *paths, *CONNECT, "--out", str(reference)]) == 0
     out = tmp_path / "run"
     kills = 0
-    for delay in (4.0, 1.5, 1.0, 2.0, 1.0, 3.0):  # after start-up: training, then per t
+    for delay in (4.5, 5.0, 6.0):  # start-up takes about 3 s
         process = launch(["connect", *paths, *CONNECT, "--out", str(out)])
         try:
             process.wait(timeout=delay)
@@ -170,9 +197,8 @@ def test_connect_killed_again_and_again_resumes_to_the_same_figures(digits_endpo
 
 
 def test_connect_sigterm_during_the_path_evaluation_exits_143_and_resumes(
-        digits_endpoints, tmp_path, capsys):
-    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
-             enumerate(digits_endpoints)]
+        synthetic_endpoints, tmp_path, capsys):
+    paths = synthetic_endpoints
     out = tmp_path / "run"
     process = launch(["connect", *paths, *CONNECT, "--points", "12", "--out", str(out)])
     assert wait_for(out / "path-progress.json", process), process.communicate()
@@ -234,9 +260,8 @@ def test_a_diverging_run_names_epoch_step_and_learning_rate(tmp_path, capsys):
     assert not (tmp_path / "a.pt").exists()
 
 
-def test_deterministic_runs_give_identical_summaries(digits_endpoints, tmp_path, capsys):
-    paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
-             enumerate(digits_endpoints)]
+def test_deterministic_runs_give_identical_summaries(synthetic_endpoints, tmp_path, capsys):
+    paths = synthetic_endpoints
     try:
         for name in ("one", "two"):
             assert cli.main(["connect", *paths, *CONNECT, "--epochs", "1", "--points", "3",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from robust_mc.bench import run_bench, validate
+from robust_mc.bench import load_bench_config, run_bench, validate
 from robust_mc.bench_report import rich_table, write_bench_files
 from robust_mc.commands import common
-from robust_mc.config import BenchRunConfig, build_config, to_dict
+from robust_mc.config import to_dict
 from robust_mc.errors import UserError
 from robust_mc.interrupt import StopSignals
 from robust_mc.io import ensure_out_dir
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UserError("bench needs --config FILE (e.g. --config bench-digits)")
-    cfg = build_config(BenchRunConfig, args.config, common.overrides(args))
+    cfg = load_bench_config(args.config, common.overrides(args))
     validate(cfg)  # a typo in the grid fails before anything is written
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
     out = ensure_out_dir(out)
