@@ -1,6 +1,9 @@
+from importlib import resources
+
 import pytest
 
-from robust_mc.config import TrainRunConfig, build_config, parse_pixel_value
+from robust_mc.bench import load_bench_config, parse_method
+from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config, parse_pixel_value
 from robust_mc.errors import UserError
 
 
@@ -49,3 +52,17 @@ def test_presets_resolve_by_name():
     assert cfg.model.arch == "resnet20" and cfg.attack.steps == 7
     with pytest.raises(UserError, match="presets"):
         build_config(TrainRunConfig, "no-such-preset")
+
+
+@pytest.mark.parametrize("name", sorted(p.name[:-5] for p in resources.files("configs").iterdir()
+                                        if p.name.endswith(".yaml")))
+def test_every_shipped_preset_builds_its_command_config(name):
+    """Each preset is a valid configuration of the command it is for (bench-*: bench)."""
+    if name.startswith("bench-"):
+        cfg = load_bench_config(name, {})
+        assert cfg.bench.endpoint_seeds or cfg.bench.pairs
+        for method in cfg.bench.methods:
+            parse_method(method)
+        return
+    cls = ConnectRunConfig if "connect" in name else TrainRunConfig
+    build_config(cls, name)
