@@ -123,8 +123,8 @@ def _as_samples(t: torch.Tensor) -> torch.Tensor:
 
 class _Moments:
     """Running float64 sums for the cross-correlation of A's and B's units of one space: sums,
-    sums of squares and cross products, each batch's reduced by matrix products (fast on many
-    samples) in float32 and accumulated in float64."""
+    sums of squares and cross products, each batch's reduced in float32 (the cross products by one
+    matrix product, fast on many samples) and accumulated in float64."""
 
     def __init__(self, units: int) -> None:
         self.units = units
@@ -134,10 +134,9 @@ class _Moments:
         self.cross: torch.Tensor | None = None  # (units, units)
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:  # (samples, units) each
-        ones = torch.ones(1, a.shape[0], device=a.device, dtype=a.dtype)
-        sums = torch.cat([ones @ a, ones @ b]).double()
-        squares = torch.stack([(a.T @ a).diagonal(), (b.T @ b).diagonal()]).double()
-        cross = (a.T @ b).double()
+        sums = torch.stack([a.sum(0), b.sum(0)]).double()
+        squares = torch.stack([a.square().sum(0), b.square().sum(0)]).double()
+        cross = (a.T @ b).double()  # the one (units, units) product
         if self.sums is None or self.squares is None or self.cross is None:
             self.sums, self.squares, self.cross = sums, squares, cross
         else:
