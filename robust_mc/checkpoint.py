@@ -142,6 +142,14 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 
 def read_torch_file(path: Path, trust: bool = False) -> Any:
     """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is truncated or corrupt (an incomplete zip archive); write it "
+                        "again or use an intact copy")
+    if not head.startswith((b"PK", b"\x80")):
+        raise UserError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive "
+                        "or a pickle); give a .pt file saved by torch")
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
             warnings.simplefilter("ignore")

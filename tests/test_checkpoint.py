@@ -86,8 +86,10 @@ def test_bad_weights_name_the_first_offending_key(tmp_path, edit, message):
         build_model(load_checkpoint(native(tmp_path, edit)))
 
 
-@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"not a checkpoint at all",
-                                                                  "not a readable checkpoint")])
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"), (b"not a checkpoint at all", "not a PyTorch checkpoint"),
+    (b"PK\x03\x04 cut short", "truncated or corrupt"),
+    (b"\x80\x04 garbage", "not a readable checkpoint")])
 def test_garbage_files(tmp_path, content, message):
     (tmp_path / "g.pt").write_bytes(content)
     with pytest.raises(UserError, match=message):
