@@ -155,6 +155,7 @@ MATRIX = [
     (["bench", "--config", "{bench_empty}", "--seeds", "x"], "bench.seeds[0]"),
     (["bench", "--config", "{bench_ok}", "--out", "{file}"], "is a file"),
     (["bench", "--config", "{unknown_key}"], "unknown config key 'optim'"),
+    (["bench", "--config", "{bench_ok}", "--save-every", "0"], "save_every: 0 is below"),
     # contradictory or impossible requests
     (["train", "--resume"], "no saved state"),
     (["connect", *PAIR, "--resume"], "no run to continue"),

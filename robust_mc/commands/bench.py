@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--methods", dest="bench.methods", metavar="M,M",
                    help="e.g. line,line+align,curve,curve+align,curve+pam")
     g.add_argument("--seeds", dest="bench.seeds", metavar="S,S", help="curve seeds, e.g. 0,1,2")
+    g = p.add_argument_group("resuming and faults (every cell and trained endpoint)")
+    g.add_argument("--save-every", metavar="N",
+                   help="epochs between saved states (default 1; also at the end and on Ctrl-C)")
+    g.add_argument("--skip-nonfinite", metavar="N",
+                   help="skip up to N batches whose loss is NaN or inf instead of stopping")
+    g.add_argument("--deterministic", action="store_const", const=True,
+                   help="torch's deterministic algorithms and every seed set")
     p.add_argument("--device", dest="device", metavar="auto|cpu|cuda")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell and endpoint instead of reading them back")
@@ -40,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UserError("bench needs --config FILE (e.g. --config bench-digits)")
-    cfg = load_bench_config(args.config, common.overrides(args))
+    cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
     validate(cfg)  # a typo in the grid fails before anything is written
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
     out = ensure_out_dir(out)
@@ -59,3 +66,11 @@ def run(args: argparse.Namespace) -> int:
     Console().print(rich_table(result, title))
     reporter.print(f"wrote {out}/: {', '.join(files)}; cells in {out / 'cells'}")
     return 0
+
+
+def section_flags(args: argparse.Namespace) -> dict[str, str | bool]:
+    """Flags that apply to both the train and the connect section."""
+    keys = {"save_every": "optim.save_every", "skip_nonfinite": "optim.skip_nonfinite",
+            "deterministic": "speed.deterministic"}
+    return {f"{section}.{key}": getattr(args, flag) for flag, key in keys.items()
+            if getattr(args, flag) is not None for section in ("train", "connect")}
