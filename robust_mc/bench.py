@@ -12,29 +12,26 @@ trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the align
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from robust_mc.checkpoint import read_torch_file
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
     build_config,
     find_preset,
     load_yaml,
-    to_dict,
 )
 from robust_mc.connect import completed_run, endpoint_digests, run_connect
 from robust_mc.data import load_data
 from robust_mc.endpoint import trained_endpoint
 from robust_mc.errors import UserError
 from robust_mc.interrupt import StopSignals
-from robust_mc.io import read_json
+from robust_mc.io import ensure_out_dir, read_json
 from robust_mc.pair import Pair, load_pair
 from robust_mc.progress import Reporter
-from robust_mc.resume import config_differences
+from robust_mc.resume import remove_stale_temps
 from robust_mc.runtime import Runtime
 
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
@@ -151,48 +148,39 @@ def load_bench_config(yaml_file: str, overrides: dict) -> BenchRunConfig:
 
 
 def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Reporter,
-              argv: list[str] | None = None, resume: str = "auto",
+              argv: list[str] | None = None, fresh: bool = False,
               stop: StopSignals | None = None) -> BenchResult:
-    """Every cell of the grid (cached ones read back), then the aggregated table."""
+    """Every cell of the grid, then the aggregated table. The grid is checked before ``out`` is
+    created; finished cells are read back, interrupted ones continued, and cells whose settings
+    changed started over (all recomputed with ``fresh``)."""
     stop = stop or StopSignals()
     methods, given = validate(cfg)
+    out = ensure_out_dir(out)
+    remove_stale_temps(out)
+    resume = "fresh" if fresh else "replace"
     pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, resume, stop)
-    plan = [(pair_id, pair, method, seed) for pair_id, pair in pairs for method in methods
-            for seed in (cfg.bench.seeds if method.curve else [None])]
+    digests = {pair_id: endpoint_digests(pair) for pair_id, pair in pairs}
+    plan = [(pair_id, pair, digests[pair_id], method, seed) for pair_id, pair in pairs
+            for method in methods for seed in (cfg.bench.seeds if method.curve else [None])]
     cells = []
-    for number, (pair_id, pair, method, seed) in enumerate(plan, start=1):
+    for number, (pair_id, pair, pair_digests, method, seed) in enumerate(plan, start=1):
         cell_out = out / "cells" / pair_id / method.name
         if seed is not None:
             cell_out = cell_out / f"seed{seed}"
         connect_cfg = cell_config(cfg, method, seed)
-        summary = completed_run(cell_out, connect_cfg, endpoint_digests(pair)) \
-            if resume != "fresh" else None
+        summary = None if fresh else completed_run(cell_out, connect_cfg, pair_digests)
         cached = summary is not None
         if summary is None:
             reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
                            + (f" seed {seed}" if seed is not None else ""))
-            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv,
-                                  cell_resume(cell_out, connect_cfg, resume, reporter), stop)
+            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, resume,
+                                  stop)
         cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
                                 summary["barriers"]["test"], robust_along_t(cell_out)))
     if any(c.cached for c in cells):
         reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
                        f"{out / 'cells'}")
     return BenchResult(cells, aggregate(cells, [m.name for m in methods]))
-
-
-def cell_resume(cell_out: Path, cfg: ConnectRunConfig, resume: str, reporter: Reporter) -> str:
-    """Continue a cell's interrupted run, unless the bench's settings changed since: then the
-    cell is stale and starts over."""
-    saved = cell_out / "curve.pt"
-    if resume == "fresh" or not saved.is_file():
-        return resume
-    record = read_torch_file(saved)
-    if isinstance(record, dict) and not config_differences(record.get("config") or {},
-                                                           to_dict(cfg)):
-        return resume
-    reporter.print(f"  {cell_out}: the settings changed; recomputing the cell")
-    return "fresh"
 
 
 def robust_along_t(cell_out: Path) -> list[tuple[float, float]]:
@@ -216,9 +204,3 @@ def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str
         table[method] = {metric: mean_std([c.barriers[metric] for c in mine])
                          for metric in METRICS}
     return table
-
-
-def format_value(stat: dict[str, float], digits: int) -> str:
-    if math.isnan(stat["mean"]):
-        return "-"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"

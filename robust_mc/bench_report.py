@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 
 from rich.table import Table
 
-from robust_mc.bench import METRICS, BenchResult, format_value
+from robust_mc.bench import METRICS, BenchResult
 from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # (column title, metric, decimals): accuracies in percent, barriers of loss
@@ -18,6 +19,12 @@ COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_
            ("robust acc min", "robust_acc_min", 1), ("robust acc mean", "robust_acc_mean", 1),
            ("clean loss barrier", "clean_loss_barrier", 3),
            ("robust loss barrier", "robust_loss_barrier", 3))
+
+
+def format_value(stat: dict[str, float], digits: int) -> str:
+    if math.isnan(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def rich_table(result: BenchResult, title: str) -> Table:

@@ -175,11 +175,25 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: d
     """Read a native or foreign checkpoint. Foreign ones need ``arch`` (and get ``arch_kwargs``
     and ``normalization`` from the caller, usually the dataset)."""
     path = Path(path)
+    return checkpoint_from_object(read_checkpoint_file(path, trust), path, arch=arch,
+                                  arch_kwargs=arch_kwargs, normalization=normalization,
+                                  allow_ensemble=allow_ensemble)
+
+
+def read_checkpoint_file(path: Path, trust: bool = False) -> Any:
+    """What a checkpoint file holds (weights-only unless ``trust``), with one-line errors for a
+    missing, empty or unreadable file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} is empty")
-    obj = read_torch_file(path, trust)
+    return read_torch_file(path, trust)
+
+
+def checkpoint_from_object(obj: Any, path: Path, *, arch: str | None = None,
+                           arch_kwargs: dict | None = None, normalization: dict | None = None,
+                           allow_ensemble: bool = False) -> Checkpoint:
+    """A checkpoint from what ``read_checkpoint_file`` returned (see ``load_checkpoint``)."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return _native(obj, path)
     if isinstance(obj, dict) and obj.get("format") == ENSEMBLE_FORMAT:

@@ -43,7 +43,7 @@ from robust_mc.resume import (
     restore_rng,
     rng_state,
 )
-from robust_mc.robust_eval import evaluate_model
+from robust_mc.robust_eval import evaluate_seeded
 from robust_mc.runtime import Runtime, seed_everything
 from robust_mc.train_curve import curve_optimizer, train_curve
 from robust_mc.training import EpochResult, Position
@@ -127,7 +127,8 @@ def make_curve(kind: str, endpoints: Endpoints, bends: int, runtime: Runtime,
 
 
 def curve_record(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
-                 history: list, optimizer: torch.optim.Optimizer | None = None,
+                 digests: dict[str, str], history: list,
+                 optimizer: torch.optim.Optimizer | None = None,
                  position: Position | None = None, rng: dict | None = None) -> dict:
     """curve.pt: enough to resume training or re-evaluate without the endpoint files. Endpoint
     states use the architecture's own names, as native checkpoints do."""
@@ -139,7 +140,7 @@ def curve_record(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRun
             "endpoint_states": {"a": state_a, "b": state_b},
             "endpoint_meta": {"a": pair.a.meta, "b": pair.b.meta},
             "endpoints": {"a": pair.a.path, "b": pair.b.path},
-            "endpoint_digests": endpoint_digests(pair),
+            "endpoint_digests": digests,
             "permutation": endpoints.permutation, "alignment": endpoints.alignment,
             "pam": endpoints.pam, "config": to_dict(cfg), "dataset": cfg.data.dataset,
             "epoch": position.epoch, "position": position.state(),
@@ -152,14 +153,15 @@ def endpoint_digests(pair: Pair) -> dict[str, str]:
 
 
 def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig, data: Data,
-          runtime: Runtime, reporter: Reporter, out: Path, saved: dict | None = None,
-          stop: StopSignals | None = None) -> list[dict]:
-    """Train the bends, writing curve.pt (the resumable state) every ``save_every`` epochs;
-    ``saved`` is the curve.pt of an interrupted run to continue."""
+          runtime: Runtime, reporter: Reporter, out: Path, digests: dict[str, str],
+          saved: dict | None = None, stop: StopSignals | None = None) -> list[dict]:
+    """Train the bends, writing curve.pt (the resumable state, keyed on the endpoints'
+    ``digests``) every ``save_every`` epochs; ``saved`` is the curve.pt of an interrupted run to
+    continue."""
     history: list[dict] = list(saved["history"]) if saved else []
     if cfg.curve.kind == "line":
         if saved is None:
-            atomic_torch_save(curve_record(curve, pair, endpoints, cfg, history),
+            atomic_torch_save(curve_record(curve, pair, endpoints, cfg, digests, history),
                               out / "curve.pt")
         return history
     template = copy.deepcopy(endpoints.a)
@@ -192,8 +194,9 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
             pam_update(epoch + 1)
 
     def save() -> None:
-        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, history, optimizer,
-                                       position, rng_state(generator)), out / "curve.pt")
+        atomic_torch_save(curve_record(curve, pair, endpoints, cfg, digests, history,
+                                       optimizer, position, rng_state(generator)),
+                          out / "curve.pt")
 
     train_curve(curve, template, data, attack=cfg.attack, curve_cfg=cfg.curve, optim=cfg.optim,
                 augment=cfg.data.augment, runtime=runtime, reporter=reporter,
@@ -285,8 +288,7 @@ def endpoint_reproduction(points: list[PointResult], endpoints: Endpoints, data:
     test = data.test.take(cfg.path.test_limit)
     out = {}
     for name, model, point in (("a", endpoints.a, points[0]), ("b", endpoints.b, points[-1])):
-        torch.manual_seed(cfg.path.seed)
-        own = evaluate_model(model, test, attack, runtime, cfg.path.batch_size)
+        own = evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
         diff = max(abs(own.clean_acc - point.test.clean_acc),
                    abs(own.robust_acc - point.test.robust_acc))
         ok = diff <= REPRODUCE_TOLERANCE
@@ -374,9 +376,8 @@ def write_best(run: PathRun, pair: Pair, summary: dict, cfg: ConnectRunConfig,
 
 
 
-def is_curve_file(path: Path) -> bool:
-    record = read_torch_file(path)
-    return isinstance(record, dict) and record.get("format") == CURVE_FORMAT
+def is_curve_record(obj: object) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CURVE_FORMAT
 
 
 def read_curve_record(path: Path) -> dict:
@@ -384,7 +385,7 @@ def read_curve_record(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path} not found; give a run directory holding curve.pt, or curve.pt")
     record = read_torch_file(path)
-    if not isinstance(record, dict) or record.get("format") != CURVE_FORMAT:
+    if not is_curve_record(record):
         raise UserError(f"{path} is not a robust-mc curve (expected format {CURVE_FORMAT})")
     return record
 
@@ -392,13 +393,18 @@ def read_curve_record(path: Path) -> dict:
 def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
     """Read curve.pt and rebuild the curve and the endpoint pair it joins (b as aligned)."""
     record = read_curve_record(path)
+    return (record, *curve_run_from_record(record))
+
+
+def curve_run_from_record(record: dict) -> tuple[Curve, Pair]:
+    """The curve and the endpoint pair (b as aligned) of a curve.pt already read."""
     curve = Curve.from_state(record["curve"])
     checkpoints = [Checkpoint(record["arch"], record["arch_kwargs"],
                               record["endpoint_states"][name], record["normalization"],
                               plain(record.get("endpoint_meta", {}).get(name) or {}),
                               (record.get("endpoints") or {}).get(name))
                    for name in ("a", "b")]
-    return record, curve, Pair(*checkpoints)
+    return curve, Pair(*checkpoints)
 
 
 def config_from_record(record: dict, overrides: dict) -> ConnectRunConfig:
@@ -431,14 +437,20 @@ def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]) -> 
     return summary
 
 
-def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resume: str
-                ) -> dict | None:
+def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resume: str,
+                reporter: Reporter) -> dict | None:
     """curve.pt of an interrupted run in ``out`` to continue (checked against the settings and
-    endpoints), or None to start afresh."""
+    endpoints), or None to start afresh. A run that cannot continue is refused, except with
+    ``resume="replace"``, which starts over instead."""
     path = out / "curve.pt"
     if resume == "fresh" or not path.exists():
         return None
     record = read_curve_record(path)
+    if resume == "replace" and (record.get("endpoint_digests") != digests
+                                or record.get("position") is None
+                                or config_differences(record["config"], to_dict(cfg))):
+        reporter.print(f"  {out}: the settings or endpoints changed; starting over")
+        return None
     if record.get("endpoint_digests") != digests:
         raise UserError(f"{out} holds a run between other endpoints; pass --fresh (or another "
                         "--out) to start over")
@@ -460,7 +472,8 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     """The whole of `robust-mc connect`: align, train, evaluate, write every output file.
 
     A run in ``out`` with the same settings and endpoints is continued where it stopped (or,
-    finished, returned as it is); ``resume="fresh"`` starts over."""
+    finished, returned as it is); one with others is refused (``resume="auto"``) or replaced
+    (``"replace"``); ``"fresh"`` always starts over."""
     from robust_mc.data import load_data
     from robust_mc.io import ensure_out_dir
     from robust_mc.record import run_record
@@ -478,7 +491,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     elif (finished := completed_run(out, cfg, digests)) is not None:
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         return finished
-    saved = saved_curve(out, cfg, digests, resume)
+    saved = saved_curve(out, cfg, digests, resume, reporter)
     record = run_record(argv)
     seed_everything(cfg.optim.seed)
     reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
@@ -488,12 +501,13 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         endpoints = prepare_endpoints(pair, cfg, data, runtime, reporter)
         curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
     else:
-        _, curve, saved_pair = load_curve_run(out / "curve.pt")
+        curve, saved_pair = curve_run_from_record(saved)
         endpoints = endpoints_from_record(saved, saved_pair, runtime,
                                           data.train.images[:2].float())
         curve = curve.to(runtime.device)
     on_device = data.to(runtime.device)
-    history = train(curve, pair, endpoints, cfg, on_device, runtime, reporter, out, saved, stop)
+    history = train(curve, pair, endpoints, cfg, on_device, runtime, reporter, out, digests,
+                    saved, stop)
     train_s = time.perf_counter() - start
     progress = PathProgress(out / PROGRESS_FILE, cfg, stop)
     result = evaluate_run(curve, endpoints, cfg, on_device, runtime, reporter, progress)

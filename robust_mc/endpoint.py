@@ -24,7 +24,7 @@ from robust_mc.models import Classifier, create_model
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
 from robust_mc.resume import check_same_config, config_differences, restore_rng, rng_state
-from robust_mc.robust_eval import Metrics, evaluate_model
+from robust_mc.robust_eval import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.runtime import Runtime, seed_everything
 from robust_mc.training import AdversarialTask, EpochResult, Position, fit, make_sgd
 
@@ -151,7 +151,9 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
 
 
 def load_train_state(path: Path | None, cfg: TrainRunConfig, resume: str) -> dict | None:
-    """The saved state to continue, checked against ``cfg``; None to start afresh."""
+    """The saved state to continue, checked against ``cfg``; None to start afresh. ``resume``:
+    ``auto`` continues a state or refuses one of other settings, ``replace`` starts over instead,
+    ``resume`` insists on a state, ``fresh`` ignores it."""
     if path is None or resume == "fresh" or not path.exists():
         if resume == "resume":
             raise UserError(f"--resume: no saved state {path} to continue; drop --resume to "
@@ -160,12 +162,14 @@ def load_train_state(path: Path | None, cfg: TrainRunConfig, resume: str) -> dic
     state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise UserError(f"{path} is not a robust-mc training state; delete it or pass --fresh")
+    if resume == "replace" and config_differences(state["config"], to_dict(cfg)):
+        return None  # a stale state of other settings: start over
     check_same_config(state["config"], to_dict(cfg), path)
     return state
 
 
 def evaluate_test(model: Classifier, data: Data, cfg: TrainRunConfig, runtime: Runtime) -> Metrics:
-    torch.manual_seed(cfg.eval.seed)
     attack = build_attack(cfg.eval.attack, eps=cfg.attack.eps, norm=cfg.attack.norm,
                           num_classes=data.info.num_classes)
-    return evaluate_model(model, data.test, attack, runtime, cfg.eval.batch_size)
+    return evaluate_seeded(model, data.test, attack, runtime, cfg.eval.batch_size,
+                           cfg.eval.seed)

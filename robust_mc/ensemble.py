@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from attacks import Attack
 from robust_mc.data import Split
 from robust_mc.models.ensemble import Combine, Ensemble
 from robust_mc.progress import Reporter
-from robust_mc.robust_eval import Metrics, evaluate_model
+from robust_mc.robust_eval import Metrics, evaluate_seeded
 from robust_mc.runtime import Runtime
 
 
@@ -25,13 +24,6 @@ from robust_mc.runtime import Runtime
 class Selection:
     indices: list[int]  # into the candidates, in the order chosen
     rounds: list[dict]  # per round: the candidate added and the ensemble's validation metrics
-
-
-def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
-                    batch_size: int, seed: int) -> Metrics:
-    """The one way any model or ensemble is measured here: the same attack from the same seed."""
-    torch.manual_seed(seed)
-    return evaluate_model(model, split, attack, runtime, batch_size)
 
 
 def greedy_select(candidates: Sequence[nn.Module], k: int, val: Split, attack: Attack,

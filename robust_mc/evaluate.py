@@ -17,7 +17,7 @@ from robust_mc.curves import Curve
 from robust_mc.data import Data, Split, batches
 from robust_mc.models import Classifier
 from robust_mc.progress import Reporter
-from robust_mc.robust_eval import Clock, Metrics, evaluate_model
+from robust_mc.robust_eval import Clock, Metrics, evaluate_seeded
 from robust_mc.runtime import Runtime
 
 
@@ -122,12 +122,10 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
             timings: dict[str, float] = {}
             start = time.perf_counter()
             model = network_at(curve, template, t, data, path, attack, runtime, timings)
-            torch.manual_seed(path.seed)
-            val_metrics = evaluate_model(model, val, eval_attack, runtime, path.batch_size,
-                                         timings)
-            torch.manual_seed(path.seed)
-            test_metrics = evaluate_model(model, test, eval_attack, runtime, path.batch_size,
-                                          timings)
+            val_metrics = evaluate_seeded(model, val, eval_attack, runtime, path.batch_size,
+                                          path.seed, timings)
+            test_metrics = evaluate_seeded(model, test, eval_attack, runtime, path.batch_size,
+                                           path.seed, timings)
             timings["total"] = time.perf_counter() - start
             results.append(PointResult(t, val_metrics, test_metrics, timings))
             consider(results[-1], model)

@@ -202,7 +202,7 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
     from attacks import PGD
     from robust_mc.data import as_float, batches
     from robust_mc.evaluate import recompute_batchnorm
-    from robust_mc.robust_eval import evaluate_model
+    from robust_mc.robust_eval import evaluate_seeded
 
     a = cfg.attack
     attack = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
@@ -216,8 +216,8 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
     def measure(model: nn.Module) -> tuple[float, float]:
         recompute_batchnorm(model, data.train, images=cfg.path.bn_images, data=cfg.path.bn_data,
                             attack=a, runtime=runtime, seed=cfg.path.seed)
-        torch.manual_seed(cfg.path.seed)
-        m = evaluate_model(model, samples, attack, runtime, cfg.layers.batch_size)
+        m = evaluate_seeded(model, samples, attack, runtime, cfg.layers.batch_size,
+                            cfg.path.seed)
         return m.clean_loss, m.robust_loss
 
     clean_batches = [(runtime.images(as_float(x)), y)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from robust_mc.evaluate import PointResult
 from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from robust_mc.progress import Reporter
 
 COLUMNS = ("t", "split", "clean_loss", "clean_acc", "robust_loss", "robust_acc", "count")
 
@@ -89,6 +90,17 @@ def summary_json(out: Path, summary: dict) -> str:
     keys = ("barriers", "best", "endpoints", "timings")
     return json.dumps({"out": str(out), **{k: summary[k] for k in keys if k in summary}},
                       indent=2)
+
+
+def show_path_run(out: Path, summary: dict, title: str, as_json: bool,
+                  reporter: Reporter) -> None:
+    """What connect and eval end with: the JSON summary, or the table and where files went."""
+    if as_json:
+        print(summary_json(out, summary))
+        return
+    print_summary(summary, title)
+    files = summary.get("files")
+    reporter.print(f"wrote {out}/" + (f": {', '.join(files)}" if files else ""))
 
 
 def print_summary(summary: dict, title: str, console: Console | None = None) -> None:

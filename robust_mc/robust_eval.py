@@ -58,6 +58,15 @@ class Metrics:
         return asdict(self)
 
 
+def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
+                    batch_size: int, seed: int, timings: dict[str, float] | None = None
+                    ) -> Metrics:
+    """``evaluate_model`` with the global generator seeded first: the one way a model, an
+    ensemble or a point of a path is measured, so the same model always gets the same attack."""
+    torch.manual_seed(seed)
+    return evaluate_model(model, split, attack, runtime, batch_size, timings)
+
+
 def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
                    batch_size: int = 256, timings: dict[str, float] | None = None,
                    fold: bool = True) -> Metrics:

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import cli
 from attacks import build_attack
 from robust_mc.checkpoint import build_model, build_network, load_checkpoint, save_checkpoint
-from robust_mc.ensemble import evaluate_seeded, greedy_select
+from robust_mc.ensemble import greedy_select
 from robust_mc.models.ensemble import Ensemble
+from robust_mc.robust_eval import evaluate_seeded
 
 
 @pytest.fixture(scope="module")

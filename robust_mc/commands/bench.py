@@ -8,16 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from robust_mc.bench import load_bench_config, run_bench, validate
+from robust_mc.bench import load_bench_config, run_bench
 from robust_mc.bench_report import rich_table, write_bench_files
 from robust_mc.commands import common
 from robust_mc.config import to_dict
 from robust_mc.errors import UserError
 from robust_mc.interrupt import StopSignals
-from robust_mc.io import ensure_out_dir
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
-from robust_mc.resume import remove_stale_temps
 from robust_mc.runtime import Runtime
 
 HELP = ("benchmark robust barriers over endpoint pairs, methods (line/curve, +align, +pam) and "
@@ -48,15 +46,11 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UserError("bench needs --config FILE (e.g. --config bench-digits)")
     cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
-    validate(cfg)  # a typo in the grid fails before anything is written
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
-    out = ensure_out_dir(out)
-    remove_stale_temps(out)
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.connect.speed)
     with StopSignals() as stop:
-        result = run_bench(cfg, out, runtime, reporter, args.argv,
-                           "fresh" if args.fresh else "auto", stop)
+        result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop)
     title = f"robust-mc bench: {Path(args.config).stem} ({cfg.data.dataset})"
     files = write_bench_files(out, result, title, to_dict(cfg), run_record(args.argv))
     if args.json:

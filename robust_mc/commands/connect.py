@@ -12,7 +12,7 @@ from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.interrupt import StopSignals
 from robust_mc.pair import load_pair
 from robust_mc.progress import Reporter
-from robust_mc.report import print_summary, summary_json
+from robust_mc.report import show_path_run
 from robust_mc.runtime import Runtime
 
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
@@ -52,9 +52,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:
         summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv, resume, stop)
-    if args.json:
-        print(summary_json(out, summary))
-        return 0
-    print_summary(summary, f"robust-mc connect: {Path(args.a).name} -> {Path(args.b).name}")
-    reporter.print(f"wrote {out}/: {', '.join(summary['files'])}")
+    show_path_run(out, summary, f"robust-mc connect: {Path(args.a).name} -> "
+                                f"{Path(args.b).name}", args.json, reporter)
     return 0

@@ -15,13 +15,14 @@ from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, save_checkpo
 from robust_mc.commands import common
 from robust_mc.config import to_dict
 from robust_mc.data import load_data
-from robust_mc.ensemble import evaluate_seeded, greedy_select
+from robust_mc.ensemble import greedy_select
 from robust_mc.errors import UserError
 from robust_mc.evaluate import network_at, path_attack
 from robust_mc.io import atomic_write_json, ensure_out_dir
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
+from robust_mc.robust_eval import evaluate_seeded
 from robust_mc.runtime import Runtime
 
 HELP = "choose K points on a trained path that together are most robust (greedy, validation)"

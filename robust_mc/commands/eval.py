@@ -10,17 +10,17 @@ from pathlib import Path
 from rich.console import Console
 
 from robust_mc import connect as pipeline
-from robust_mc.checkpoint import build_network, load_checkpoint
+from robust_mc.checkpoint import build_network, checkpoint_from_object, read_checkpoint_file
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.ensemble import evaluate_seeded
 from robust_mc.evaluate import path_attack
 from robust_mc.io import atomic_write_json, ensure_out_dir
 from robust_mc.pair import check_fits_data
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
-from robust_mc.report import plot_paths, print_summary, summary_json, write_path_files
+from robust_mc.report import plot_paths, show_path_run, write_path_files
+from robust_mc.robust_eval import evaluate_seeded
 from robust_mc.runtime import Runtime
 
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
@@ -40,10 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
-    if source.is_file() and not pipeline.is_curve_file(source):
-        return evaluate_checkpoint(source, args)
     curve_file = source / "curve.pt" if source.is_dir() else source
-    record, curve, pair = pipeline.load_curve_run(curve_file)
+    if source.is_file():  # a curve.pt, or a model or ensemble checkpoint: read once
+        record = read_checkpoint_file(source)
+        if not pipeline.is_curve_record(record):
+            return evaluate_checkpoint(source, record, args)
+    else:
+        record = pipeline.read_curve_record(curve_file)
+    curve, pair = pipeline.curve_run_from_record(record)
     cfg = pipeline.config_from_record(record, common.overrides(args))
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
@@ -63,17 +67,15 @@ def run(args: argparse.Namespace) -> int:
     write_path_files(out, paths, summary)
     pipeline.write_best(result, pair, summary, cfg, out)
     plot_paths(out, paths, f"{curve_file} ({cfg.path.attack})")
-    if args.json:
-        print(summary_json(out, summary))
-        return 0
-    print_summary(summary, f"robust-mc eval: {curve_file} under {cfg.path.attack}")
-    reporter.print(f"wrote {out}/")
+    show_path_run(out, summary, f"robust-mc eval: {curve_file} under {cfg.path.attack}",
+                  args.json, reporter)
     return 0
 
 
-def evaluate_checkpoint(path: Path, args: argparse.Namespace) -> int:
-    """One model (or ensemble, attacked as one model) on the test split."""
-    ckpt = load_checkpoint(path, allow_ensemble=True)
+def evaluate_checkpoint(path: Path, obj: object, args: argparse.Namespace) -> int:
+    """One model (or ensemble, attacked as one model) on the test split; ``obj`` is what the
+    file holds."""
+    ckpt = checkpoint_from_object(obj, path, allow_ensemble=True)
     base: dict = {"data": {"dataset": ckpt.dataset}} if ckpt.dataset else {}
     eps = (ckpt.meta.get("metrics") or {}).get("eps")
     if isinstance(eps, float):
