@@ -15,7 +15,7 @@ from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.curves import Curve
 from robust_mc.models import create_model
-from robust_mc.runtime import Runtime, set_threads
+from robust_mc.runtime import Runtime
 from robust_mc.train_curve import CurveTask, curve_optimizer
 from robust_mc.training import AdversarialTask, make_sgd
 
@@ -28,9 +28,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    set_threads(None)
     device = torch.device(args.device)
-    runtime = Runtime(device)
+    runtime = Runtime.create(args.device)
     attack = AttackConfig(eps=8 / 255, steps=args.steps)
     rows = []
     for arch in args.archs:

@@ -21,7 +21,7 @@ from robust_mc.curves import Curve
 from robust_mc.evaluate import evaluate_path
 from robust_mc.models import create_model
 from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime, set_threads
+from robust_mc.runtime import Runtime
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     parser.add_argument("--bn-data", default="clean", choices=["clean", "adversarial"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    set_threads(None)
-    runtime = Runtime(torch.device(args.device))
+    runtime = Runtime.create(args.device)
     data = benchmark_data(args.data, args.bn_images, args.test_images).to(runtime.device)
     models = []
     for seed in (0, 1):

@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
 from robust_mc.models import create_model
-from robust_mc.runtime import Runtime, set_threads
+from robust_mc.runtime import Runtime
 from robust_mc.training import AdversarialTask, make_sgd
 
 OPTIONS = {
@@ -31,7 +31,7 @@ OPTIONS = {
 def step_time(arch: str, speed: SpeedConfig, steps: int, batch: int, repeats: int,
               device: str) -> float:
     torch.manual_seed(0)
-    runtime = Runtime(torch.device(device), speed)
+    runtime = Runtime.create(device, speed)
     model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
                                          mean=(0.5,) * 3, std=(0.25,) * 3))
     forward = torch.compile(model) if speed.compile else model
@@ -62,7 +62,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    set_threads(None)
     rows = []
     for arch in args.archs:
         base = None

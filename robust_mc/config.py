@@ -130,6 +130,9 @@ class SpeedConfig:
     compile: bool = setting(False, help="torch.compile the network")
     threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)")
     deterministic: bool = setting(False, help="torch's deterministic algorithms (slower on GPU)")
+    reuse_memory: bool = setting(
+        True, help="keep freed CPU memory for the next tensors instead of returning it to the OS "
+                   "(glibc); saves a page fault per page of every large tensor")
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ def add_speed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", dest="speed.compile", action=BOOL, default=None,
                    help="torch.compile the network")
     g.add_argument("--threads", dest="speed.threads", metavar="N", help="CPU threads")
+    g.add_argument("--reuse-memory", dest="speed.reuse_memory", action=BOOL, default=None,
+                   help="keep freed CPU memory for the next tensors (default on; glibc)")
 
 
 def add_output_flags(p: argparse.ArgumentParser, out_help: str) -> None:
