@@ -149,7 +149,7 @@ class AlignConfig:
     inputs: Literal["clean", "adversarial"] = setting(
         "clean", help="activations on clean images or on each model's own PGD examples")
     samples: int = setting(5000, lo=1, help="training images used for alignment")
-    batch_size: int = setting(500, lo=1)
+    batch_size: int = setting(250, lo=1)
 
 
 @dataclass(frozen=True)

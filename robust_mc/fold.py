@@ -8,6 +8,7 @@ per attack step on a CPU). The folded copy computes the same function up to floa
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 import torch.fx
@@ -24,18 +25,29 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every conv -> BN pair folded; ``model`` itself (in eval
     mode) when nothing folds or the model cannot be traced."""
+    folded = fold_batchnorm_graph(model)
+    return folded[0] if folded is not None else model
+
+
+def fold_batchnorm_graph(model: nn.Module, keep: Collection[str] = ()
+                         ) -> tuple[torch.fx.GraphModule, dict[str, str]] | None:
+    """The traced, folded eval-mode copy of ``model`` and, for each BN node folded away, the name
+    of the convolution node that now gives its output; ``None`` when nothing folds or the model
+    cannot be traced. Node names are those of ``trace_graph(model)``; a convolution named in
+    ``keep`` (its own output is read) is not folded."""
     try:
         gm = trace_graph(copy.deepcopy(model).eval())
     except UserError:
-        return model
+        return None
     modules = dict(gm.named_modules())
-    folded = 0
+    aliases: dict[str, str] = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), NORMS):
             continue
         source = node.args[0]
         if not (isinstance(source, torch.fx.Node) and source.op == "call_module"
-                and isinstance(modules.get(source.target), CONVS) and len(source.users) == 1):
+                and isinstance(modules.get(source.target), CONVS) and len(source.users) == 1
+                and source.name not in keep):
             continue
         conv, norm = modules[source.target], modules[node.target]
         if not norm.track_running_stats or norm.running_mean is None:
@@ -43,16 +55,16 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         parent, _, name = str(source.target).rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, name, fuse_conv_bn_eval(conv, norm))
         node.replace_all_uses_with(source)
+        aliases[node.name] = source.name
         gm.graph.erase_node(node)
-        folded += 1
-    if not folded:
-        return model
+    if not aliases:
+        return None
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
     if _channels_last(model):  # the folded weights are new tensors: keep the model's layout
         gm.to(memory_format=torch.channels_last)
-    return gm.eval()
+    return gm.eval(), aliases
 
 
 def _channels_last(model: nn.Module) -> bool:

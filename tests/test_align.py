@@ -5,13 +5,21 @@ import json
 
 import pytest
 import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
 
 import cli
-from robust_mc.align import align, align_models
+from robust_mc.align import align, align_models, unit_correlations
 from robust_mc.checkpoint import build_model, load_checkpoint, save_checkpoint
 from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.data import batches
-from robust_mc.permutation import permute_model, random_permutation, trace_permutation_spec
+from robust_mc.permutation import (
+    permute_model,
+    random_permutation,
+    trace_graph,
+    trace_permutation_spec,
+)
 
 
 @pytest.mark.parametrize("method", ["corr", "weights"])
@@ -68,3 +76,74 @@ def test_align_refuses_different_architectures(digits_endpoints, tmp_path, capsy
     code = cli.main(["align", str(a), str(b), "-o", str(tmp_path / "x.pt")])
     assert code == 2 and "differ in width" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+class ProducerTaps(nn.Module):
+    """A space with no activation (conv -> BN -> pool), whose taps are its producers, beside
+    ordinary conv -> BN -> ReLU spaces."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        return self.fc(F.adaptive_avg_pool2d(self.bn2(self.conv2(h)), 1).flatten(1))
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs a traced network, keeping a float64 (samples, units) copy of named nodes' outputs."""
+
+    def __init__(self, gm, names):
+        super().__init__(gm)
+        self.names, self.outputs = names, {}
+
+    def run_node(self, node):
+        out = super().run_node(node)
+        if node.name in self.names:
+            self.outputs[node.name] = out.detach().double().movedim(1, -1).reshape(
+                -1, out.shape[1]).clone()
+        return out
+
+
+def _reference_correlations(model_a, model_b, spec, x):
+    """Each space's correlations straight from the unfolded networks' tap outputs, in float64."""
+    outputs = []
+    for model in (model_a, model_b):
+        recorder = _Recorder(trace_graph(model.eval()), spec.tap_nodes)
+        with torch.no_grad():
+            recorder.run(x)
+        outputs.append(recorder.outputs)
+    result = {}
+    for space in spec:
+        a, b = (torch.cat([o[t.node][:, t.offset:t.offset + space.size] for t in space.taps])
+                for o in outputs)
+        a, b = a - a.mean(0), b - b.mean(0)
+        result[space.name] = (a.T @ b) / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :])
+    return result
+
+
+def _randomised(model, seed):
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # signs of both kinds, so that folding shows
+            m.weight.data.uniform_(-1.5, 1.5)
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_statistics_are_those_of_the_unfolded_networks(runtime):
+    a, b = (_randomised(ProducerTaps(), seed) for seed in (0, 1))
+    x = torch.rand(24, 3, 8, 8)
+    spec = trace_permutation_spec(a, x[:2])
+    assert any(len(space.taps) > 1 for space in spec)  # the conv -> BN space taps both
+    labels = torch.zeros(24, dtype=torch.long)
+    corr, samples = unit_correlations(a, b, spec, [(x[:10], labels[:10]), (x[10:], labels[10:])],
+                                      runtime)
+    assert samples == 24
+    reference = _reference_correlations(a, b, spec, x)
+    for name, value in corr.items():
+        torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=0)
