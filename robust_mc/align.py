@@ -196,6 +196,10 @@ def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationS
     samples = 0
     for model in (model_a, model_b):
         model.eval()
+    # an eval-mode attack runs on the folded networks (the same function); one in train mode needs
+    # the batch norm layers themselves
+    train_mode = attack is not None and attack.mode == "train"
+    targets = [model_a, model_b] if train_mode else runner.networks
     for x, y in batches:
         x, y = runtime.images(x.to(runtime.device)), y.to(runtime.device)
         inputs = [x, x]
@@ -203,7 +207,7 @@ def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationS
             seed = int(torch.randint(0, 2**62, (1,)))
             with runtime.autocast():
                 inputs = [attack(model, x, y, torch.Generator(x.device).manual_seed(seed))
-                          for model in runner.networks]
+                          for model in targets]
         with torch.no_grad(), runtime.autocast():
             runner.run(inputs[0], inputs[1], on_tap)
         samples += x.shape[0]

@@ -147,3 +147,24 @@ def test_statistics_are_those_of_the_unfolded_networks(runtime):
     reference = _reference_correlations(a, b, spec, x)
     for name, value in corr.items():
         torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_train_mode_attack_sees_the_batch_norm_layers(digits_endpoints, digits, runtime, mode):
+    a, b = (build_model(c).eval() for c in digits_endpoints)
+    attacked = []
+
+    class Recording:  # an attack that records what it attacks and returns the clean images
+        def __init__(self, mode):
+            self.mode = mode
+
+        def __call__(self, model, x, y, generator=None):
+            attacked.append(model)
+            return x
+
+    spec = trace_permutation_spec(a, digits.train.images[:2])
+    unit_correlations(a, b, spec, list(batches(digits.train.take(64), 32)), runtime,
+                      Recording(mode))
+    has_norm = [any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) for net in attacked]
+    assert len(attacked) == 4
+    assert all(has_norm) if mode == "train" else not any(has_norm)
