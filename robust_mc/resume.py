@@ -22,9 +22,8 @@ from robust_mc.errors import UserError
 # batched and laid out in memory, and how often it saves change results at most by float rounding;
 # a larger --skip-nonfinite is how a run stopped by a bad batch goes on
 CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "speed.channels_last", "speed.compile",
-                        "speed.reuse_memory",
-                        "path.batch_size", "eval.batch_size", "optim.save_every",
-                        "optim.skip_nonfinite")
+                        "speed.reuse_memory", "align.batch_size", "path.batch_size",
+                        "eval.batch_size", "optim.save_every", "optim.skip_nonfinite")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
