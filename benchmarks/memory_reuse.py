@@ -4,8 +4,8 @@
 
 Each measurement runs in a fresh process, with and without the setting, alternating: an eval-mode
 forward pass over 5,000 CIFAR-shaped images in batches of 250 (as alignment and evaluation run)
-and a PGD-5 training step at batch 128. Prints the medians, the system (kernel) CPU time that the
-page faults cost, and the speedup.
+and a PGD-5 training step at batch 128 (``benchmarks.train_step``). Prints the medians, the system
+(kernel) CPU seconds that the page faults cost in each workload, and the speedup.
 """
 
 from __future__ import annotations
@@ -21,42 +21,37 @@ import time
 import torch
 
 from benchmarks.common import print_table, time_it
-from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
+from benchmarks.train_step import step_time
+from robust_mc.config import SpeedConfig
 from robust_mc.models import create_model
 from robust_mc.runtime import Runtime
-from robust_mc.training import AdversarialTask, make_sgd
 
 
 def measure(arch: str, reuse: bool) -> dict[str, float]:
-    """One process's figures: forward and training-step seconds and kernel seconds of each."""
-    runtime = Runtime.create("cpu", SpeedConfig(reuse_memory=reuse))
+    """One process's figures: seconds per forward pass and per training step, and the kernel
+    seconds of each workload in all (warm-up included)."""
+    speed = SpeedConfig(reuse_memory=reuse)
+    runtime = Runtime.create("cpu", speed)
     torch.manual_seed(0)
     model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
-                                         mean=(0.5,) * 3, std=(0.25,) * 3))
+                                         mean=(0.5,) * 3, std=(0.25,) * 3)).eval()
     images = runtime.images(torch.rand(5000, 3, 32, 32))
 
-    def forward() -> None:
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(images), 250):
-                model(images[start:start + 250])
+    def forward() -> float:
+        def one_pass() -> None:
+            with torch.no_grad():
+                for start in range(0, len(images), 250):
+                    model(images[start:start + 250])
+        return time_it(one_pass, repeats=3, warmup=1)[0]
 
-    task = AdversarialTask(model, model, AttackConfig(eps=8 / 255, steps=5), runtime)
-    optimizer = make_sgd(model.parameters(), OptimConfig())
-    x, y = images[:128], torch.randint(0, 10, (128,))
-
-    def train_step() -> None:
-        model.train()
-        loss, _ = task(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    workloads = {"forward": forward,
+                 "train_step": lambda: step_time(arch, speed, steps=5, batch=128, repeats=3,
+                                                 device="cpu")}
     figures = {}
-    for name, fn in (("forward", forward), ("train_step", train_step)):
+    for name, run in workloads.items():
         system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-        figures[name], _ = time_it(fn, repeats=3, warmup=1)
-        figures[f"{name}_sys"] = (resource.getrusage(resource.RUSAGE_SELF).ru_stime - system) / 4
+        figures[name] = run()
+        figures[f"{name}_sys"] = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system
     return figures
 
 
@@ -85,7 +80,8 @@ def main() -> None:
             rows.append([arch, what, f"{off:.3f} ({sys_off:.2f})", f"{on:.3f} ({sys_on:.2f})",
                          f"{off / on:.2f}x"])
         print(f"  {arch} done", flush=True)
-    print_table(f"memory reuse on cpu, {time.strftime('%Y-%m-%d')}; seconds (kernel seconds)",
+    print_table(f"memory reuse on cpu, {time.strftime('%Y-%m-%d')}; "
+                "seconds (kernel seconds in all)",
                 ["arch", "workload", "reuse off", "reuse on", "speedup"], rows)
 
 

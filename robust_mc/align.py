@@ -87,16 +87,17 @@ class _PairRunner:
     on a folded BN reads its convolution."""
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, taps: set[str]) -> None:
-        folded = [fold_batchnorm_graph(m, keep=taps) for m in (model_a, model_b)]
-        if folded[0] is not None and folded[1] is not None:
-            modules = [folded[0][0], folded[1][0]]
-            aliases = folded[0][1]
-        else:
-            modules, aliases = [trace_graph(model_a), trace_graph(model_b)], {}
-        self.networks: list[nn.Module] = list(modules)
-        self.graph = modules[0].graph
+        graphs: list[torch.fx.GraphModule] = []
+        aliases: dict[str, str] = {}  # the same for both: one architecture
+        for model in (model_a, model_b):
+            folded = fold_batchnorm_graph(model, keep=taps)
+            # untraceable: tracing again raises the error that names the operation
+            gm, aliases = folded if folded is not None else (trace_graph(model), {})
+            graphs.append(gm)
+        self.networks: list[nn.Module] = list(graphs)
+        self.graph = graphs[0].graph
         # both interpreters walk model A's graph; each fetches modules from its own model
-        self.interpreters = [torch.fx.Interpreter(m) for m in modules]
+        self.interpreters = [torch.fx.Interpreter(gm) for gm in graphs]
         self.taps: dict[str, list[str]] = {}  # node run -> the tap names it gives
         for tap in sorted(taps):
             self.taps.setdefault(aliases.get(tap, tap), []).append(tap)

@@ -26,15 +26,16 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every conv -> BN pair folded; ``model`` itself (in eval
     mode) when nothing folds or the model cannot be traced."""
     folded = fold_batchnorm_graph(model)
-    return folded[0] if folded is not None else model
+    return folded[0] if folded is not None and folded[1] else model
 
 
 def fold_batchnorm_graph(model: nn.Module, keep: Collection[str] = ()
                          ) -> tuple[torch.fx.GraphModule, dict[str, str]] | None:
-    """The traced, folded eval-mode copy of ``model`` and, for each BN node folded away, the name
-    of the convolution node that now gives its output; ``None`` when nothing folds or the model
-    cannot be traced. Node names are those of ``trace_graph(model)``; a convolution named in
-    ``keep`` (its own output is read) is not folded."""
+    """The traced eval-mode copy of ``model`` with every conv -> BN pair folded and, for each BN
+    node folded away, the name of the convolution node that now gives its output (none when
+    nothing folds); ``None`` when the model cannot be traced. Node names are those of
+    ``trace_graph(model)``; a convolution named in ``keep`` (its own output is read) is not
+    folded."""
     try:
         gm = trace_graph(copy.deepcopy(model).eval())
     except UserError:
@@ -58,7 +59,7 @@ def fold_batchnorm_graph(model: nn.Module, keep: Collection[str] = ()
         aliases[node.name] = source.name
         gm.graph.erase_node(node)
     if not aliases:
-        return None
+        return gm.eval(), aliases
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
