@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from robust_mc.checkpoint import LoadOptions
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
@@ -109,8 +110,15 @@ def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]
     for i, pair in enumerate(cfg.bench.pairs):
         if len(pair) != 2:
             raise UserError(f"bench.pairs[{i}]: give two checkpoints [a.pt, b.pt]")
-        given.append((f"pair{i}", load_pair(pair[0], pair[1])))
+        given.append((f"pair{i}", load_pair(pair[0], pair[1], load_options(cfg))))
     return methods, given
+
+
+def load_options(cfg: BenchRunConfig) -> LoadOptions:
+    """How the bench reads endpoint files: the config the user passed names the code they allow
+    (``bench.arch``, the train section's architecture, ``bench.trust_code``)."""
+    return LoadOptions(arch=cfg.bench.arch, trust_code=cfg.bench.trust_code,
+                       named=(cfg.train.model.arch,))
 
 
 def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path,
@@ -132,7 +140,8 @@ def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path
                                      resume=resume, stop=stop)
                     trained[seed] = str(path)
             pairs.append((f"seeds{seeds[0]}-{seeds[1]}",
-                          load_pair(trained[seeds[0]], trained[seeds[1]])))
+                          load_pair(trained[seeds[0]], trained[seeds[1]],
+                                    LoadOptions(named=(train.model.arch,)))))
     return pairs
 
 

@@ -11,7 +11,11 @@ Native format, a ``torch.save``d dict of plain values and tensors::
 
 Also read, given ``--arch``: a bare state_dict, ``{"model_state": ...}`` (dnn-mode-connectivity,
 NeuronAlignment), ``{"state_dict": ...}``, each possibly with ``module.`` prefixes (DataParallel).
-Everything loads with ``weights_only=True``; full unpickling needs ``trust=True``.
+
+Safety: everything loads with ``weights_only=True`` (full unpickling needs
+``LoadOptions(unpickle=True)``), and a recorded architecture that is an import spec rather than a
+registered name is honoured only as :class:`~robust_mc.models.trust.CodeTrust` allows: a file never
+chooses code to run. Every field of a native file is checked before use.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from robust_mc.errors import UserError
 from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.ensemble import Ensemble
+from robust_mc.models.trust import CodeTrust, canonical_spec
 
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"
@@ -49,6 +54,8 @@ class Checkpoint:
     path: str | None = None
     members: list[dict[str, torch.Tensor]] | None = None  # an ensemble: one state dict each
     combine: str = "logits"
+    # the import specs its arch may be (a registered name needs none); never written to the file
+    trust: CodeTrust = field(default_factory=CodeTrust, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +92,42 @@ def plain(value: Any) -> Any:
                                  else str(v)))
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user said about the model files they give (``--arch``, ``--trust-code``,
+    ``--trust-checkpoint``), and the shape of a foreign file that records none.
+
+    ``arch`` is the architecture of a foreign state dict and, for a file that records an import
+    spec, the user's consent to run that code; ``named`` are more specs the user named (in a
+    config they passed); ``trust_code`` allows any spec; ``unpickle`` allows full unpickling.
+    """
+
+    arch: str | None = None
+    trust_code: bool = False
+    unpickle: bool = False
+    named: tuple[str, ...] = ()
+    arch_kwargs: dict | None = None  # a foreign file's; native files record their own
+    normalization: dict | None = None
+
+    @property
+    def code(self) -> CodeTrust:
+        return CodeTrust.from_user(self.arch, self.trust_code, self.named)
+
+
 def build_model(ckpt: Checkpoint) -> Classifier:
-    """Instantiate the architecture and load the weights strictly, with one-line errors."""
+    """Instantiate the architecture and load the weights strictly, with one-line errors. The
+    architecture is checked against ``ckpt.trust`` again, before anything is imported."""
+    source = ckpt.path or "checkpoint"
+    ckpt.trust.check(ckpt.arch, source)
     kwargs = dict(ckpt.arch_kwargs)
     standard = {k: kwargs.pop(k) for k in ARCH_STANDARD_KEYS if k in kwargs}
+    missing = [k for k in ("num_classes", "in_channels") if k not in standard]
+    if missing:
+        raise UserError(f"{source}: arch_kwargs lacks {missing[0]!r}; the file is incomplete")
     model = create_model(ckpt.arch, mean=ckpt.normalization["mean"],
-                         std=ckpt.normalization["std"], kwargs=kwargs, **standard)
-    load_weights(model, ckpt.state_dict, source=ckpt.path or "checkpoint")
+                         std=ckpt.normalization["std"], kwargs=kwargs,
+                         factory_ok=ckpt.trust.user_named(ckpt.arch), source=source, **standard)
+    load_weights(model, ckpt.state_dict, source=source)
     return model
 
 
@@ -132,7 +168,9 @@ def checkpoint_from_model(model: Classifier, arch: str, arch_kwargs: dict,
                           meta: dict | None = None) -> Checkpoint:
     state = {k: v.detach().to("cpu", copy=True).contiguous(memory_format=torch.contiguous_format)
              for k, v in model.net.state_dict().items()}
-    return Checkpoint(arch, dict(arch_kwargs), state, model.normalize.as_dict(), dict(meta or {}))
+    # this process built ``model`` from ``arch``, so the code it names is already running
+    return Checkpoint(arch, dict(arch_kwargs), state, model.normalize.as_dict(), dict(meta or {}),
+                      trust=CodeTrust((canonical_spec(arch),)))
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
@@ -169,14 +207,27 @@ def read_torch_file(path: Path, trust: bool = False) -> Any:
                         f"{first[:160]})") from None
 
 
-def load_checkpoint(path: str | Path, *, arch: str | None = None, arch_kwargs: dict | None = None,
-                    normalization: dict | None = None, trust: bool = False,
+def load_checkpoint(path: str | Path, options: LoadOptions | None = None, *,
                     allow_ensemble: bool = False) -> Checkpoint:
-    """Read a native or foreign checkpoint. Foreign ones need ``arch`` (and get ``arch_kwargs``
-    and ``normalization`` from the caller, usually the dataset)."""
+    """Read a native or foreign checkpoint, checked field by field.
+
+    Args:
+        path: a ``.pt`` file: robust-mc's own format, or a foreign state dict.
+        options: what the user said (``--arch``, ``--trust-code``, ...); foreign files need
+            ``options.arch`` and get ``arch_kwargs`` and ``normalization`` from it.
+        allow_ensemble: accept an ensemble checkpoint (for commands that evaluate one).
+
+    Returns:
+        The checkpoint, whose ``trust`` lets :func:`build_model` build it.
+
+    Example::
+
+        ckpt = load_checkpoint("a.pt")
+        model = build_model(ckpt)  # a Classifier: [0, 1] images -> logits
+    """
+    options = options or LoadOptions()
     path = Path(path)
-    return checkpoint_from_object(read_checkpoint_file(path, trust), path, arch=arch,
-                                  arch_kwargs=arch_kwargs, normalization=normalization,
+    return checkpoint_from_object(read_checkpoint_file(path, options.unpickle), path, options,
                                   allow_ensemble=allow_ensemble)
 
 
@@ -190,48 +241,128 @@ def read_checkpoint_file(path: Path, trust: bool = False) -> Any:
     return read_torch_file(path, trust)
 
 
-def checkpoint_from_object(obj: Any, path: Path, *, arch: str | None = None,
-                           arch_kwargs: dict | None = None, normalization: dict | None = None,
+def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = None, *,
                            allow_ensemble: bool = False) -> Checkpoint:
     """A checkpoint from what ``read_checkpoint_file`` returned (see ``load_checkpoint``)."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return _native(obj, path)
-    if isinstance(obj, dict) and obj.get("format") == ENSEMBLE_FORMAT:
+    options = options or LoadOptions()
+    kind = obj.get("format") if isinstance(obj, dict) else None
+    if kind == FORMAT:
+        return _native(obj, path, options)
+    if kind == ENSEMBLE_FORMAT:
         if not allow_ensemble:
-            raise UserError(f"{path} is an ensemble of {len(obj.get('members') or [])} "
-                            "networks; give a single network here (eval and info take "
-                            "ensembles)")
-        return _ensemble(obj, path)
+            members = obj.get("members")
+            count = len(members) if isinstance(members, list) else "several"
+            raise UserError(f"{path} is an ensemble of {count} networks; give a single network "
+                            "here (eval and info take ensembles)")
+        return _ensemble(obj, path, options)
+    if isinstance(kind, str) and kind.startswith("robust-mc"):
+        raise UserError(f"{path} is a {kind} file, not a model checkpoint; give a checkpoint "
+                        "written by train, align or connect (best.pt)")
     state = _foreign_state_dict(obj, path)
-    if arch is None:
+    if options.arch is None:
         raise UserError(f"{path} is a plain state_dict without an architecture; pass --arch NAME")
-    return Checkpoint(arch, dict(arch_kwargs or {}), state,
-                      dict(normalization or {"mean": [0.0], "std": [1.0]}),
-                      {"source_format": "foreign"}, str(path))
+    options.code.check(options.arch, str(path))
+    return Checkpoint(options.arch, dict(options.arch_kwargs or {}), state,
+                      dict(options.normalization or {"mean": [0.0], "std": [1.0]}),
+                      {"source_format": "foreign"}, str(path), trust=options.code)
 
 
-def _native(obj: dict, path: Path) -> Checkpoint:
-    for key, kind in (("arch", str), ("arch_kwargs", dict), ("state_dict", dict),
-                      ("normalization", dict), ("meta", dict)):
-        if not isinstance(obj.get(key), kind):
-            raise UserError(f"{path}: native checkpoint lacks a valid {key!r} entry")
-    norm = obj["normalization"]
-    if not all(isinstance(norm.get(k), list) for k in ("mean", "std")):
-        raise UserError(f"{path}: normalization must hold 'mean' and 'std' lists")
-    if any(not math.isfinite(s) or s <= 0 for s in norm["std"]):
-        raise UserError(f"{path}: normalization std must be positive and finite")
-    return Checkpoint(obj["arch"], obj["arch_kwargs"], obj["state_dict"], norm, obj["meta"],
-                      str(path))
+def malformed(source: str | Path, problem: str) -> UserError:
+    """The one-line error for a robust-mc file whose fields are wrong."""
+    return UserError(f"{source}: malformed file: {problem}; write it again with robust-mc or "
+                     "use an intact copy")
 
 
-def _ensemble(obj: dict, path: Path) -> Checkpoint:
+def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
+                          ) -> tuple[str, dict, dict[str, list[float]]]:
+    """``arch``, ``arch_kwargs`` and ``normalization`` of a native file (checkpoint, ensemble or
+    curve run), each checked; an ``arch`` that is an import spec only as ``options`` allow."""
+    arch = obj.get("arch")
+    if not isinstance(arch, str) or not arch.strip():
+        raise malformed(source, "'arch' must name the architecture (a string)")
+    if options.arch and canonical_spec(options.arch) != canonical_spec(arch):
+        raise UserError(f"{source} records architecture {arch!r}, not --arch {options.arch}; "
+                        "drop --arch, or pass the architecture it records")
+    options.code.check(arch, str(source))
+    kwargs = obj.get("arch_kwargs")
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise malformed(source, "'arch_kwargs' must be a mapping of argument names to values")
+    for key in ("num_classes", "in_channels", "image_size"):
+        if key not in kwargs and key != "image_size":
+            raise malformed(source, f"arch_kwargs lacks {key!r} (a positive integer)")
+        if key in kwargs and not _positive_int(kwargs[key]):
+            raise malformed(source, f"arch_kwargs {key!r} must be a positive integer, not "
+                                    f"{kwargs[key]!r}")
+    width = kwargs.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise malformed(source, f"arch_kwargs 'width' must be a positive number, not {width!r}")
+    norm = obj.get("normalization")
+    if not isinstance(norm, dict):
+        raise malformed(source, "'normalization' must hold 'mean' and 'std' lists")
+    stats = {k: norm.get(k) for k in ("mean", "std")}
+    for key, values in stats.items():
+        if not isinstance(values, list) or not values or not all(
+                _number(v) and math.isfinite(v) for v in values):
+            raise malformed(source, f"normalization {key!r} must be a non-empty list of finite "
+                                    "numbers")
+    if any(s <= 0 for s in norm["std"]):
+        raise malformed(source, "normalization 'std' must be positive")
+    if len(norm["mean"]) != len(norm["std"]) or len(norm["mean"]) not in (
+            1, kwargs["in_channels"]):
+        raise malformed(source, "normalization 'mean' and 'std' need one value per input channel")
+    return arch, kwargs, {"mean": [float(v) for v in norm["mean"]],
+                          "std": [float(v) for v in norm["std"]]}
+
+
+def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """A non-empty mapping of parameter names to tensors, or a one-line error naming ``key``."""
+    if not isinstance(value, dict) or not value or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+        raise malformed(source, f"{key!r} must map parameter names to tensors")
+    return value
+
+
+# meta fields robust-mc reads, and their types; others are kept as they are
+META_TYPES: dict[str, tuple[type, ...]] = {"dataset": (str, type(None)), "config": (dict,),
+                                           "metrics": (dict,), "kind": (str,),
+                                           "members_t": (list,), "timings": (dict,)}
+
+
+def checked_meta(value: Any, source: str | Path) -> dict:
+    if not isinstance(value, dict):
+        raise malformed(source, "'meta' must be a mapping")
+    for key, types in META_TYPES.items():
+        if key in value and not isinstance(value[key], types):
+            expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise malformed(source, f"meta {key!r} must be {expected}, not "
+                                    f"{type(value[key]).__name__}")
+    return value
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _native(obj: dict, path: Path, options: LoadOptions) -> Checkpoint:
+    arch, kwargs, norm = recorded_architecture(obj, path, options)
+    state = checked_state_dict(obj.get("state_dict"), path, "state_dict")
+    return Checkpoint(arch, kwargs, state, norm, checked_meta(obj.get("meta"), path), str(path),
+                      trust=options.code)
+
+
+def _ensemble(obj: dict, path: Path, options: LoadOptions) -> Checkpoint:
     members = obj.get("members")
-    if not isinstance(members, list) or not members or not all(
-            isinstance(m, dict) for m in members):
-        raise UserError(f"{path}: ensemble checkpoint lacks a valid 'members' list")
+    if not isinstance(members, list) or not members:
+        raise malformed(path, "an ensemble's 'members' must be a non-empty list of state dicts")
+    for i, member in enumerate(members):
+        checked_state_dict(member, path, f"members[{i}]")
     if obj.get("combine") not in ("logits", "probs"):
-        raise UserError(f"{path}: ensemble 'combine' must be 'logits' or 'probs'")
-    first = _native({**obj, "state_dict": members[0]}, path)
+        raise malformed(path, "ensemble 'combine' must be 'logits' or 'probs'")
+    first = _native({**obj, "state_dict": members[0]}, path, options)
     return replace(first, members=members, combine=obj["combine"])
 
 

@@ -277,6 +277,11 @@ class BenchConfig:
     train_preset: str | None = setting(
         None, help="preset or YAML the endpoints are trained with; the train section's "
                    "non-default values override it")
+    arch: str | None = setting(
+        None, help="architecture of the pairs: needed for plain state dicts; naming a pair's "
+                   "recorded import spec (file.py:Class) allows it")
+    trust_code: bool = setting(False, help="let the pairs' files name any importable "
+                                           "architecture (runs that code)")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,13 @@ from robust_mc.align import align_models
 from robust_mc.barriers import path_summary
 from robust_mc.checkpoint import (
     Checkpoint,
+    LoadOptions,
+    checked_state_dict,
     checkpoint_from_model,
+    malformed,
     plain,
     read_torch_file,
+    recorded_architecture,
     save_checkpoint,
     state_digest,
 )
@@ -390,20 +394,45 @@ def read_curve_record(path: Path) -> dict:
     return record
 
 
-def load_curve_run(path: Path) -> tuple[dict, Curve, Pair]:
+def load_curve_run(path: Path, options: LoadOptions | None = None
+                   ) -> tuple[dict, Curve, Pair]:
     """Read curve.pt and rebuild the curve and the endpoint pair it joins (b as aligned)."""
     record = read_curve_record(path)
-    return (record, *curve_run_from_record(record))
+    return (record, *curve_run_from_record(record, path, options))
 
 
-def curve_run_from_record(record: dict) -> tuple[Curve, Pair]:
-    """The curve and the endpoint pair (b as aligned) of a curve.pt already read."""
-    curve = Curve.from_state(record["curve"])
-    checkpoints = [Checkpoint(record["arch"], record["arch_kwargs"],
-                              record["endpoint_states"][name], record["normalization"],
-                              plain(record.get("endpoint_meta", {}).get(name) or {}),
-                              (record.get("endpoints") or {}).get(name))
+def curve_run_from_record(record: dict, source: Path, options: LoadOptions | None = None
+                          ) -> tuple[Curve, Pair]:
+    """The curve and the endpoint pair (b as aligned) of a curve.pt already read, every field
+    checked and its architecture allowed only as ``options`` (the user's) allow."""
+    options = options or LoadOptions()
+    arch, arch_kwargs, normalization = recorded_architecture(record, source, options)
+    states = record.get("endpoint_states")
+    if not isinstance(states, dict):
+        raise malformed(source, "'endpoint_states' must hold the states of a and b")
+    metas = record.get("endpoint_meta") or {}
+    paths = record.get("endpoints") or {}
+    if not isinstance(metas, dict) or not isinstance(paths, dict):
+        raise malformed(source, "'endpoint_meta' and 'endpoints' must be mappings")
+    if not isinstance(record.get("config"), dict):
+        raise malformed(source, "'config' must be the run's configuration (a mapping)")
+    permutation = record.get("permutation")
+    if permutation is not None and not (isinstance(permutation, dict) and all(
+            isinstance(v, list) and all(isinstance(i, int) for i in v)
+            for v in permutation.values())):
+        raise malformed(source, "'permutation' must map spaces to lists of unit indices")
+    checkpoints = [Checkpoint(arch, dict(arch_kwargs),
+                              checked_state_dict(states.get(name), source,
+                                                 f"endpoint_states.{name}"),
+                              normalization, plain(metas.get(name) or {}),
+                              paths.get(name) if isinstance(paths.get(name), str) else None,
+                              trust=options.code)
                    for name in ("a", "b")]
+    state = record.get("curve")
+    try:
+        curve = Curve.from_state(state)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError):
+        raise malformed(source, "'curve' does not describe a curve") from None
     return curve, Pair(*checkpoints)
 
 
@@ -437,8 +466,8 @@ def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]) -> 
     return summary
 
 
-def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resume: str,
-                reporter: Reporter) -> dict | None:
+def saved_curve(out: Path, cfg: ConnectRunConfig, pair: Pair, digests: dict[str, str],
+                resume: str, reporter: Reporter) -> dict | None:
     """curve.pt of an interrupted run in ``out`` to continue (checked against the settings and
     endpoints), or None to start afresh. A run that cannot continue is refused, except with
     ``resume="replace"``, which starts over instead."""
@@ -446,12 +475,16 @@ def saved_curve(out: Path, cfg: ConnectRunConfig, digests: dict[str, str], resum
     if resume == "fresh" or not path.exists():
         return None
     record = read_curve_record(path)
-    if resume == "replace" and (record.get("endpoint_digests") != digests
-                                or record.get("position") is None
+    same_endpoints = (record.get("endpoint_digests") == digests
+                      and record.get("arch") == pair.a.arch
+                      and record.get("arch_kwargs") == pair.a.arch_kwargs)
+    if not isinstance(record.get("config"), dict):
+        raise malformed(path, "'config' must be the run's configuration (a mapping)")
+    if resume == "replace" and (not same_endpoints or record.get("position") is None
                                 or config_differences(record["config"], to_dict(cfg))):
         reporter.print(f"  {out}: the settings or endpoints changed; starting over")
         return None
-    if record.get("endpoint_digests") != digests:
+    if not same_endpoints:
         raise UserError(f"{out} holds a run between other endpoints; pass --fresh (or another "
                         "--out) to start over")
     if record.get("position") is None:
@@ -491,7 +524,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     elif (finished := completed_run(out, cfg, digests)) is not None:
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         return finished
-    saved = saved_curve(out, cfg, digests, resume, reporter)
+    saved = saved_curve(out, cfg, pair, digests, resume, reporter)
     record = run_record(argv)
     seed_everything(cfg.optim.seed)
     reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
@@ -501,7 +534,9 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         endpoints = prepare_endpoints(pair, cfg, data, runtime, reporter)
         curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
     else:
-        curve, saved_pair = curve_run_from_record(saved)
+        # the same architecture as the pair's (checked above), which the user allowed
+        curve, saved_pair = curve_run_from_record(saved, out / "curve.pt",
+                                                  LoadOptions(named=(pair.a.arch,)))
         endpoints = endpoints_from_record(saved, saved_pair, runtime,
                                           data.train.images[:2].float())
         curve = curve.to(runtime.device)

@@ -9,6 +9,7 @@ import torch
 from attacks import PGD, build_attack, parse_attack_spec
 from robust_mc.checkpoint import (
     Checkpoint,
+    LoadOptions,
     checkpoint_from_model,
     load_checkpoint,
     read_torch_file,
@@ -138,7 +139,7 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
     """The endpoint ``cfg`` trains, kept at ``path``: read back when the file there was trained
     with these settings, else trained (resumably, next to ``path``) and written."""
     if path.is_file() and resume != "fresh":
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, LoadOptions(named=(cfg.model.arch,)))
         if not config_differences(ckpt.meta.get("config") or {}, to_dict(cfg)):
             reporter.print(f"reusing {path} (trained with these settings)")
             return ckpt

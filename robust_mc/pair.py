@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robust_mc.checkpoint import Checkpoint, build_model, load_checkpoint
+from robust_mc.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
@@ -35,26 +35,30 @@ class Pair:
 
     def check_data(self, data: Data) -> None:
         check_fits_data(self.a, data)
+        check_fits_data(self.b, data)
 
 
 def check_fits_data(ckpt: Checkpoint, data: Data) -> None:
-    """The checkpoint's classes and input channels match the dataset's."""
+    """The checkpoint's classes and input channels match the dataset's. A foreign checkpoint
+    that records no shape takes the dataset's (classes, channels, image size)."""
+    if "num_classes" not in ckpt.arch_kwargs:
+        info = data.info
+        ckpt.arch_kwargs.update(num_classes=info.num_classes, in_channels=info.in_channels,
+                                image_size=info.image_size)
     if ckpt.num_classes != data.info.num_classes:
         raise UserError(f"{ckpt.path} has {ckpt.num_classes} classes but {data.info.name} "
                         f"has {data.info.num_classes}; choose the dataset it was trained on "
                         "with --dataset")
-    channels = ckpt.arch_kwargs.get("in_channels")
-    if channels is not None and channels != data.info.in_channels:
+    channels = ckpt.arch_kwargs["in_channels"]
+    if channels != data.info.in_channels:
         raise UserError(f"{ckpt.path} takes {channels}-channel images but {data.info.name} "
                         f"has {data.info.in_channels}; choose its dataset with --dataset")
 
 
-def load_pair(path_a: str, path_b: str, *, trust: bool = False, arch: str | None = None,
-              arch_kwargs: dict | None = None, normalization: dict | None = None) -> Pair:
-    a = load_checkpoint(path_a, trust=trust, arch=arch, arch_kwargs=arch_kwargs,
-                        normalization=normalization)
-    b = load_checkpoint(path_b, trust=trust, arch=arch, arch_kwargs=arch_kwargs,
-                        normalization=normalization)
+def load_pair(path_a: str, path_b: str, options: LoadOptions | None = None) -> Pair:
+    """Two endpoint files of one architecture, shape and normalization, read as ``options``
+    (the user's ``--arch``, ``--trust-code``, ...) allow."""
+    a, b = (load_checkpoint(path, options) for path in (path_a, path_b))
     if a.arch != b.arch:
         raise UserError(f"the endpoints have different architectures ({a.arch} vs {b.arch}); "
                         "connect two networks of one architecture")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from robust_mc.checkpoint import save_checkpoint
 from robust_mc.config import DataConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
 from robust_mc.endpoint import train_endpoint
@@ -43,3 +46,26 @@ def digits_endpoints(digits, runtime):
     """Two small PGD-trained digits CNNs with different seeds (a few seconds each)."""
     return [train_endpoint(quick_config(seed), runtime, Reporter(quiet=True), data=digits)
             for seed in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_endpoint(runtime, digits):
+    """``tiny_endpoint(**settings)``: a one-epoch digits CNN endpoint (a Checkpoint), in about a
+    second; ``settings`` are dotted train settings."""
+
+    def make(**extra):
+        values = {"data.dataset": "digits", "model.arch": "cnn", "model.width": 0.25,
+                  "optim.epochs": 1, "attack.steps": 1, "eval.attack": "none",
+                  "optim.precise_bn": "off", "device": "cpu", **extra}
+        cfg = build_config(TrainRunConfig, None, values)
+        return train_endpoint(cfg, runtime, Reporter(quiet=True), data=digits)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_endpoint_files(tmp_path_factory, tiny_endpoint) -> dict[str, Path]:
+    """Two tiny endpoints of different seeds as checkpoint files (``a``, ``b``), made once."""
+    root = tmp_path_factory.mktemp("tiny-endpoints")
+    return {name: save_checkpoint(tiny_endpoint(**{"optim.seed": seed}), root / f"{name}.pt")
+            for name, seed in (("a", 0), ("b", 1))}

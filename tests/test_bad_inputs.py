@@ -3,17 +3,16 @@ fix where there is one), exit code 2, no traceback, and no output written."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 import cli
 from robust_mc.checkpoint import save_checkpoint
-from robust_mc.config import TrainRunConfig, build_config
-from robust_mc.endpoint import train_endpoint
-from robust_mc.progress import Reporter
 
 
 class RunsCode:
@@ -26,25 +25,14 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def tiny_endpoint(runtime, digits, **extra):
-    values = {"data.dataset": "digits", "model.arch": "cnn", "model.width": 0.25,
-              "optim.epochs": 1, "attack.steps": 1, "eval.attack": "none",
-              "optim.precise_bn": "off", "device": "cpu", **extra}
-    cfg = build_config(TrainRunConfig, None, values)
-    return train_endpoint(cfg, runtime, Reporter(quiet=True), data=digits)
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, runtime, digits) -> dict[str, Path]:
+def files(tmp_path_factory, tiny_endpoint, tiny_endpoint_files) -> dict[str, Path]:
     """Good endpoints, and every kind of bad file, made once."""
     root = tmp_path_factory.mktemp("inputs")
-    good = tiny_endpoint(runtime, digits)
-    paths = {"a": save_checkpoint(good, root / "a.pt"),
-             "b": save_checkpoint(tiny_endpoint(runtime, digits, **{"optim.seed": 1}),
-                                  root / "b.pt"),
-             "mlp": save_checkpoint(tiny_endpoint(runtime, digits, **{"model.arch": "mlp"}),
+    paths = {"a": tiny_endpoint_files["a"], "b": tiny_endpoint_files["b"],
+             "mlp": save_checkpoint(tiny_endpoint(**{"model.arch": "mlp"}),
                                     root / "mlp.pt"),
-             "wide": save_checkpoint(tiny_endpoint(runtime, digits, **{"model.width": 0.5}),
+             "wide": save_checkpoint(tiny_endpoint(**{"model.width": 0.5}),
                                      root / "wide.pt")}
     paths["empty"] = root / "empty.pt"
     paths["empty"].write_bytes(b"")
@@ -55,6 +43,12 @@ def files(tmp_path_factory, runtime, digits) -> dict[str, Path]:
     paths["truncated"].write_bytes(whole[: len(whole) // 2])
     paths["text"] = root / "notes.pt"
     paths["text"].write_text("these are not weights\n")
+    native = torch.load(paths["a"], weights_only=True)
+    for name, (edit, _) in MALFORMED.items():
+        bad = copy.deepcopy(native)
+        edit(bad)
+        paths[name] = root / f"{name}.pt"
+        torch.save(bad, paths[name])
     paths["marker"] = root / "PAYLOAD_RAN"
     paths["pickle"] = root / "payload.pt"
     with open(paths["pickle"], "wb") as handle:
@@ -74,6 +68,46 @@ def files(tmp_path_factory, runtime, digits) -> dict[str, Path]:
     paths["bad_yaml"].write_text("optim: [unclosed\n")
     return paths
 
+
+def _set(*keys_and_value):
+    """An edit of a native checkpoint dict: set the nested key to the value (None deletes)."""
+    *keys, last, value = keys_and_value
+
+    def edit(obj: dict) -> None:
+        for key in keys:
+            obj = obj[key]
+        if value is None:
+            del obj[last]
+        else:
+            obj[last] = value
+    return edit
+
+
+# malformed native checkpoints: (edit of a good one's dict, what the one line must say)
+MALFORMED = {
+    "no_arch": (_set("arch", None), "'arch' must name the architecture"),
+    "int_arch": (_set("arch", 3), "'arch' must name the architecture"),
+    "no_arch_kwargs": (_set("arch_kwargs", None), "'arch_kwargs' must be a mapping"),
+    "list_arch_kwargs": (_set("arch_kwargs", [1]), "'arch_kwargs' must be a mapping"),
+    "no_num_classes": (_set("arch_kwargs", "num_classes", None),
+                       "arch_kwargs lacks 'num_classes'"),
+    "str_in_channels": (_set("arch_kwargs", "in_channels", "1"),
+                        "arch_kwargs 'in_channels' must be a positive integer"),
+    "str_width": (_set("arch_kwargs", "width", "wide"), "arch_kwargs 'width'"),
+    "no_state_dict": (_set("state_dict", None), "'state_dict' must map parameter names"),
+    "list_state_dict": (_set("state_dict", [1, 2]), "'state_dict' must map parameter names"),
+    "str_weights": (_set("state_dict", {"fc.weight": "zeros"}), "'state_dict' must map"),
+    "no_normalization": (_set("normalization", None), "'normalization' must hold"),
+    "str_normalization": (_set("normalization", "imagenet"), "'normalization' must hold"),
+    "no_mean": (_set("normalization", "mean", None), "normalization 'mean' must be"),
+    "str_std": (_set("normalization", "std", "0.5"), "normalization 'std' must be"),
+    "zero_std": (_set("normalization", "std", [0.0]), "'std' must be positive"),
+    "no_meta": (_set("meta", None), "'meta' must be a mapping"),
+    "list_meta": (_set("meta", [1]), "'meta' must be a mapping"),
+    "list_meta_config": (_set("meta", "config", [1]), "meta 'config' must be dict, not list"),
+    "int_meta_dataset": (_set("meta", "dataset", 7), "meta 'dataset' must be str or None, not int"),
+    "no_members": (_set("format", "robust-mc-ensemble/1"), "'members' must be a non-empty"),
+}
 
 PAIR = ["{a}", "{b}"]
 # (command line, what the one line must say); {name} are files above, {out} a fresh output path
@@ -160,6 +194,13 @@ MATRIX = [
     (["train", "--resume"], "no saved state"),
     (["connect", *PAIR, "--resume"], "no run to continue"),
     (["train", "--resume", "--fresh"], "contradict"),
+    # malformed native checkpoints: every field missing or of the wrong type, every reader
+    *[(["info", f"{{{name}}}"], message) for name, (_, message) in MALFORMED.items()],
+    (["connect", "{a}", "{no_num_classes}"], "lacks 'num_classes'"),
+    (["align", "{no_arch}", "{b}"], "'arch' must name"),
+    (["layers", "{a}", "{str_normalization}"], "'normalization' must hold"),
+    (["eval", "{list_meta}"], "'meta' must be a mapping"),
+    (["eval", "{no_members}"], "'members' must be a non-empty"),
 ]
 QUICK = {"train": ["--epochs", "1", "--device", "cpu"], "connect": ["--device", "cpu"]}
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from robust_mc.checkpoint import (
+    LoadOptions,
     build_model,
     checkpoint_from_model,
     load_checkpoint,
@@ -32,7 +33,8 @@ def model():
 def test_foreign_formats_load(tmp_path, wrap):
     m = model()
     torch.save(wrap(m.net.state_dict()), tmp_path / "f.pt")
-    ckpt = load_checkpoint(tmp_path / "f.pt", arch="tinyten", arch_kwargs=KW, normalization=NORM)
+    ckpt = load_checkpoint(tmp_path / "f.pt", LoadOptions(arch="tinyten", arch_kwargs=KW,
+                                                       normalization=NORM))
     again = build_model(ckpt).eval()
     x = torch.rand(2, 3, 12, 12)
     assert torch.equal(m(x), again(x))

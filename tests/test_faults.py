@@ -164,26 +164,54 @@ def test_a_second_signal_stops_at_once_and_leaves_no_torn_file(tmp_path):
     assert_no_torn_files(tmp_path)
 
 
+def saved_epoch(out: Path) -> int | None:
+    """The epoch a connect run in ``out`` has saved its curve training at (None: no state)."""
+    try:
+        return read_torch_file(out / "curve.pt")["position"]["epoch"]
+    except Exception:  # not written yet
+        return None
+
+
+def points_evaluated(out: Path) -> int:
+    """Points of the path evaluation saved in ``out``'s progress file so far."""
+    try:
+        saved = json.loads((out / "path-progress.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(len(points) for points in saved["paths"].values())
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 300) -> bool:
+    """Poll ``condition`` until it holds (True) or the process ends or time runs out (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_connect_killed_again_and_again_resumes_to_the_same_figures(synthetic_endpoints,
                                                                     tmp_path, capsys):
+    """Killed once while the curve trains and once while the path is evaluated (each kill
+    waits for the phase to show progress on disk, so it holds on any machine's speed)."""
     paths = synthetic_endpoints
     reference = tmp_path / "reference"
     assert cli.main(["connect", *paths, *CONNECT, "--out", str(reference)]) == 0
+    epochs = int(CONNECT[CONNECT.index("--epochs") + 1])
     out = tmp_path / "run"
-    kills = 0
-    for delay in (4.5, 5.0, 6.0):  # start-up takes about 3 s
+    phases = [("training", lambda: (saved_epoch(out) or 0) >= 1),
+              ("evaluation", lambda: points_evaluated(out) >= 1)]
+    for phase, progressed in phases:
         process = launch(["connect", *paths, *CONNECT, "--out", str(out)])
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            kills += 1
+        assert wait_until(progressed, process), (phase, process.communicate())
+        process.kill()
         process.communicate()
-        if out.exists():
-            assert_no_torn_files(out)
-        if process.returncode == 0:
-            break
-    assert kills >= 2
+        assert process.returncode == -signal.SIGKILL, phase
+        assert_no_torn_files(out)
+        assert not (out / "summary.json").exists(), f"the kill came after the {phase}"
+        if phase == "training":
+            assert (saved_epoch(out) or 0) < epochs and points_evaluated(out) == 0
     final = launch(["connect", *paths, *CONNECT, "--out", str(out)])
     _, err = final.communicate()
     assert final.returncode == 0, err

@@ -30,12 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_align_flags(p)
     common.add_attack_flags(p, "alignment")
     common.add_speed_flags(p)
-    common.add_trust_flag(p)
+    common.add_model_file_flags(p)
     common.add_output_flags(p, "where to write b aligned (default: <b>_aligned.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
-    pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
+    pair = load_pair(args.a, args.b, common.load_options(args))
     cfg = build_config(AlignRunConfig, args.config, common.overrides(args),
                        base=pair.config_base())
     out = args.out or (args.b[:-3] if args.b.endswith(".pt") else args.b) + "_aligned.pt"

@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--methods", dest="bench.methods", metavar="M,M",
                    help="e.g. line,line+align,curve,curve+align,curve+pam")
     g.add_argument("--seeds", dest="bench.seeds", metavar="S,S", help="curve seeds, e.g. 0,1,2")
+    g = p.add_argument_group("model files")
+    g.add_argument("--arch", dest="bench.arch", metavar="NAME|file.py:Class",
+                   help="architecture of plain state-dict pairs; naming a pair's recorded "
+                        "import spec allows it")
+    g.add_argument("--trust-code", dest="bench.trust_code", action="store_const", const=True,
+                   help="let the pairs' files name any importable architecture (runs that code)")
     g = p.add_argument_group("resuming and faults (every cell and trained endpoint)")
     g.add_argument("--save-every", metavar="N",
                    help="epochs between saved states (default 1; also at the end and on Ctrl-C)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from robust_mc.checkpoint import LoadOptions
+
 BOOL = argparse.BooleanOptionalAction
 
 
@@ -167,9 +169,23 @@ def add_output_flags(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
-def add_trust_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-checkpoint", action="store_true",
+def add_model_file_flags(p: argparse.ArgumentParser) -> None:
+    """How model files are read: the same flags, with the same meaning, on every command that
+    reads one."""
+    g = p.add_argument_group("model files")
+    g.add_argument("--arch", dest="load_arch", metavar="NAME|file.py:Class",
+                   help="architecture of a plain state_dict; for a file that records an import "
+                        "spec (file.py:Class, module:Class), naming the same spec allows it")
+    g.add_argument("--trust-code", action="store_true",
+                   help="let files name any importable architecture (runs that code)")
+    g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow full unpickling of checkpoints (runs code from the file)")
+
+
+def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
+    """What the user said about model files, from :func:`add_model_file_flags`."""
+    return LoadOptions(arch=args.load_arch, trust_code=args.trust_code,
+                       unpickle=args.trust_checkpoint, **shape)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

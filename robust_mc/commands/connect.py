@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_path_flags(p)
     common.add_speed_flags(p)
     common.add_fault_flags(p)
-    common.add_trust_flag(p)
+    common.add_model_file_flags(p)
     common.add_output_flags(p, "run directory (default runs/<timestamp>-<a>-<b>)")
 
 
@@ -42,7 +42,7 @@ def default_out(a: str, b: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     resume = common.resume_mode(args)
-    pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
+    pair = load_pair(args.a, args.b, common.load_options(args))
     overrides = common.overrides(args)
     cfg = build_config(ConnectRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))

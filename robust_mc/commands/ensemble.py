@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_data_flags(p)
     common.add_path_flags(p)
     common.add_speed_flags(p)
+    common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for ensemble.pt and ensemble.json "
                                "(default RUN/ensemble-k<K>-<combine>)")
 
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
-    record, curve, pair = pipeline.load_curve_run(curve_file)
+    record, curve, pair = pipeline.load_curve_run(curve_file, common.load_options(args))
     cfg = pipeline.config_from_record(record, common.overrides(args))
     if not 1 <= args.k <= cfg.path.points:
         raise UserError(f"-k {args.k}: choose between 1 and the {cfg.path.points} points on the "

@@ -10,7 +10,12 @@ from pathlib import Path
 from rich.console import Console
 
 from robust_mc import connect as pipeline
-from robust_mc.checkpoint import build_network, checkpoint_from_object, read_checkpoint_file
+from robust_mc.checkpoint import (
+    LoadOptions,
+    build_network,
+    checkpoint_from_object,
+    read_checkpoint_file,
+)
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.data import load_data
@@ -35,19 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", dest="attack.eps", metavar="EPS", help="radius (default: the run's)")
     common.add_path_flags(p)
     common.add_speed_flags(p)
+    common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for the new results (default RUN/eval-<attack>)")
 
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
+    options = common.load_options(args)
     if source.is_file():  # a curve.pt, or a model or ensemble checkpoint: read once
-        record = read_checkpoint_file(source)
+        record = read_checkpoint_file(source, options.unpickle)
         if not pipeline.is_curve_record(record):
-            return evaluate_checkpoint(source, record, args)
+            return evaluate_checkpoint(source, record, options, args)
     else:
         record = pipeline.read_curve_record(curve_file)
-    curve, pair = pipeline.curve_run_from_record(record)
+    curve, pair = pipeline.curve_run_from_record(record, curve_file, options)
     cfg = pipeline.config_from_record(record, common.overrides(args))
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
@@ -72,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_checkpoint(path: Path, obj: object, args: argparse.Namespace) -> int:
+def evaluate_checkpoint(path: Path, obj: object, options: LoadOptions,
+                        args: argparse.Namespace) -> int:
     """One model (or ensemble, attacked as one model) on the test split; ``obj`` is what the
     file holds."""
-    ckpt = checkpoint_from_object(obj, path, allow_ensemble=True)
+    ckpt = checkpoint_from_object(obj, path, options, allow_ensemble=True)
     base: dict = {"data": {"dataset": ckpt.dataset}} if ckpt.dataset else {}
     eps = (ckpt.meta.get("metrics") or {}).get("eps")
     if isinstance(eps, float):

@@ -42,12 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    const=True, help="report aligned and unaligned side by side")
     g.add_argument("--bn-data", dest="path.bn_data", choices=["clean", "adversarial"])
     common.add_speed_flags(p)
-    common.add_trust_flag(p)
+    common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for layers.json/csv/png (default runs/layers-<a>-<b>)")
 
 
 def run(args: argparse.Namespace) -> int:
-    pair = load_pair(args.a, args.b, trust=args.trust_checkpoint)
+    pair = load_pair(args.a, args.b, common.load_options(args))
     overrides = common.overrides(args)
     cfg = build_config(LayersRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))

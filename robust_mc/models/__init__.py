@@ -14,9 +14,36 @@ __all__ = ["Classifier", "Normalize", "create_model", "list_models", "register_m
 
 def create_model(arch: str, *, num_classes: int, in_channels: int, mean: Sequence[float],
                  std: Sequence[float], width: float = 1.0, image_size: int = 32,
-                 kwargs: dict | None = None) -> Classifier:
-    """Build ``arch`` as a :class:`Classifier` mapping [0, 1] images to logits."""
+                 kwargs: dict | None = None, factory_ok: bool = True,
+                 source: str | None = None) -> Classifier:
+    """Build ``arch`` as a :class:`Classifier` mapping [0, 1] images to logits.
+
+    Args:
+        arch: a registered name (``list_models()``), ``path/to/file.py:ClassName`` or
+            ``package.module:ClassName``; an import spec runs that code, so pass only one the
+            user chose (files are checked by :class:`~robust_mc.models.trust.CodeTrust` first).
+        num_classes, in_channels, width, image_size: the standard arguments; a user class
+            gets those its signature takes.
+        mean, std: per-channel input normalization applied to [0, 1] images.
+        kwargs: more keyword arguments of the architecture.
+        factory_ok: accept a function that builds the network (the user named it), not only
+            an ``nn.Module`` class.
+        source: what to name in error messages (a file, a flag).
+
+    Returns:
+        ``Classifier(Normalize(mean, std), net)``; parameter names are ``net.<the
+        architecture's own names>``.
+
+    Raises:
+        UserError: unknown name, a target that is not a network, arguments that do not fit.
+
+    Example::
+
+        model = create_model("resnet20", num_classes=10, in_channels=3,
+                             mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26])
+        logits = model(torch.rand(8, 3, 32, 32))  # (8, 10)
+    """
     standard = {"num_classes": num_classes, "in_channels": in_channels, "width": width,
                 "image_size": image_size}
-    net = build_architecture(arch, standard, kwargs or {})
+    net = build_architecture(arch, standard, kwargs or {}, factory_ok=factory_ok, source=source)
     return Classifier(Normalize(mean, std), net)

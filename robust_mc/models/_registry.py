@@ -6,8 +6,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -26,55 +28,117 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def resolve_architecture(arch: str) -> Callable[..., nn.Module]:
-    """A zoo name, ``path/to/file.py:ClassName`` or ``package.module:ClassName``."""
+def is_registered(arch: str) -> bool:
+    """A zoo name: its code ships with robust-mc."""
+    return arch in _MODELS
+
+
+def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[..., nn.Module]:
+    """A zoo name, ``path/to/file.py:ClassName`` or ``package.module:ClassName``.
+
+    What an import spec names must be an ``nn.Module`` subclass or, with ``factory_ok`` (the user
+    named the spec), a Python function that builds one; anything else is refused before it is
+    called. Whether a spec may be imported at all is :class:`~robust_mc.models.trust.CodeTrust`'s
+    decision, taken before this is called.
+    """
     if arch in _MODELS:
         return _MODELS[arch]
     if ":" not in arch:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())} "
                         "or give path/to/file.py:ClassName")
     location, _, name = arch.rpartition(":")
-    if location.endswith(".py"):
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise UserError(f"--arch {arch}: file {path} not found")
-        module_name = f"robust_mc_user_{abs(hash(str(path.resolve())))}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-    else:
+    module = _import_file(arch, location) if location.endswith(".py") else _import(arch, location)
+    target = getattr(module, name, None)
+    if target is None:
+        raise UserError(f"architecture {arch}: {location} defines no {name!r}")
+    _check_builds_module(arch, target, factory_ok)
+    return target
+
+
+def _import_file(arch: str, location: str) -> Any:
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise UserError(f"architecture {arch}: file {path} not found")
+    module_name = f"robust_mc_user_{abs(hash(str(path.resolve())))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
         try:
-            module = importlib.import_module(location)
-        except ImportError as exc:
-            raise UserError(f"--arch {arch}: cannot import {location} ({exc})") from None
-    cls = getattr(module, name, None)
-    if cls is None or not callable(cls):
-        raise UserError(f"--arch {arch}: {location} defines no class {name!r}")
-    return cls
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise UserError(f"architecture {arch}: running {path} failed "
+                            f"({type(exc).__name__}: {exc})") from None
+    return module
 
 
-def build_architecture(arch: str, standard: dict, kwargs: dict) -> nn.Module:
+def _import(arch: str, location: str) -> Any:
+    try:
+        return importlib.import_module(location)
+    except ImportError as exc:
+        raise UserError(f"architecture {arch}: cannot import {location} ({exc})") from None
+
+
+def _check_builds_module(arch: str, target: Any, factory_ok: bool) -> None:
+    """``target`` is an nn.Module class, or (``factory_ok``) a Python function not declared to
+    return anything else."""
+    if inspect.isclass(target):
+        if issubclass(target, nn.Module):
+            return
+        raise UserError(f"architecture {arch}: {target.__qualname__} is a class but not an "
+                        "nn.Module; name the network's class")
+    if inspect.isfunction(target):
+        returns = _declared_return(target)
+        if inspect.isclass(returns) and not issubclass(returns, nn.Module):
+            raise UserError(f"architecture {arch}: {target.__qualname__} returns "
+                            f"{returns.__qualname__}, not an nn.Module")
+        if factory_ok:
+            return
+        raise UserError(f"architecture {arch}: {target.__qualname__} is a function, not an "
+                        "nn.Module class; a factory function runs only when you name it "
+                        f"yourself: pass --arch {arch}")
+    raise UserError(f"architecture {arch}: {type(target).__name__} {target!r:.60} is not an "
+                    "nn.Module class or a Python function that builds one")
+
+
+def _declared_return(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return")
+    except Exception:  # unresolvable annotations say nothing either way
+        return None
+
+
+def build_architecture(arch: str, standard: dict, kwargs: dict, *, factory_ok: bool = True,
+                       source: str | None = None) -> nn.Module:
     """Build the bare network from the ``standard`` arguments (num_classes, in_channels, width,
     image_size) and the user's ``kwargs``; a user class gets only the standard arguments that its
-    signature accepts, and every one of the user's."""
-    factory = resolve_architecture(arch)
+    signature accepts, and every one of the user's. The arguments are bound to the signature
+    before anything is called, so a mismatch is a one-line error naming ``source``."""
+    factory = resolve_architecture(arch, factory_ok=factory_ok)
+    source = source or f"architecture {arch}"
     offered = dict(standard)
-    if arch not in _MODELS:
-        try:
-            params = dict(inspect.signature(factory).parameters)
-        except (TypeError, ValueError):
-            params = {}
+    try:
+        signature: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if arch not in _MODELS and signature is not None:
+        params = signature.parameters
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         offered = {k: v for k, v in offered.items() if takes_all or k in params}
     offered.update(kwargs)
+    if signature is not None:
+        try:
+            signature.bind(**offered)
+        except TypeError as exc:
+            raise UserError(f"{source}: cannot build {arch} with arguments "
+                            f"{sorted(offered)}: {exc}") from None
     try:
         module = factory(**offered)
     except TypeError as exc:
-        raise UserError(f"--arch {arch}: cannot build it with {sorted(offered)}: {exc}") from None
+        raise UserError(f"{source}: cannot build {arch} with {sorted(offered)}: {exc}") from None
     if not isinstance(module, nn.Module):
-        raise UserError(f"--arch {arch}: {factory!r} did not return an nn.Module")
+        raise UserError(f"{source}: {arch} did not return an nn.Module")
     return module
