@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from robust_mc.config import AttackConfig
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Mode = Literal["train", "eval", "keep"]
 
 
@@ -94,8 +98,7 @@ def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
         steps: int, norm: str = "linf", random_start: bool = True,
         generator: torch.Generator | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum,
-        ) -> torch.Tensor:
+        loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
     """Maximise ``loss_fn(forward(x + delta), y)`` (default: cross-entropy) over
     ``||delta|| <= eps``.
 
@@ -122,13 +125,16 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
 
 @dataclass(frozen=True)
 class PGD:
-    """PGD with restarts, as an evaluation or training attack.
+    """PGD with restarts: the one attack that training loops, batch-norm recomputation on
+    adversarial data, alignment on adversarial inputs, layers and PAM use, built from the
+    configuration by ``AttackConfig.build()`` and called the same way everywhere.
 
     Paper: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (2018).
     Norm: L-inf (``linf``) or L2 (``l2``); ``eps`` and ``step_size`` in [0, 1] pixel units.
+    ``mode``: the network's mode while attacking (see :func:`attack_mode`).
     Restarts keep, per example, the perturbation with the highest loss.
     Shapes: x (B, C, H, W) in [0, 1], y (B,) -> x_adv like x.
-    Example: ``PGD(eps=8/255, step_size=2/255, steps=10)(model, x, y)``.
+    Example: ``PGD(eps=8/255, step_size=2/255, steps=10)(model, x, y, generator)``.
     """
 
     eps: float
@@ -140,16 +146,25 @@ class PGD:
     mode: Mode = "eval"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, *, forward: Forward | None = None,
+                 loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
+        """Attack ``model`` with its mode set to ``self.mode`` and restored afterwards.
+
+        ``generator`` draws the random starts (on ``x``'s device); ``forward`` computes the
+        logits when that is not ``model`` itself (a compiled version of it); ``loss_fn`` is the
+        loss maximised (cross-entropy summed over the batch by default; TRADES uses a KL term).
+        """
         with attack_mode(model, self.mode):
-            return self.run(model, x, y, generator)
+            return self.run(forward or model, x, y, generator, loss_fn=loss_fn)
 
     def run(self, forward: Forward, x: torch.Tensor, y: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, *,
+            loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
         """Attack ``forward`` as it is (the caller has set the network's mode)."""
         def attempt() -> torch.Tensor:
             return pgd(forward, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                       norm=self.norm, random_start=self.random_start, generator=generator)
+                       norm=self.norm, random_start=self.random_start, generator=generator,
+                       loss_fn=loss_fn)
 
         def loss_of(adv: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -165,3 +180,12 @@ class PGD:
             best = torch.where((loss > best_loss).view(-1, 1, 1, 1), adv, best)
             best_loss = torch.maximum(loss, best_loss)
         return best
+
+
+def training_attack(config: AttackConfig, **overrides: object) -> PGD:
+    """The PGD that a training-attack configuration describes, every field honoured (norm, eps,
+    step size, steps, random start, network mode); ``overrides`` replace fields."""
+    attack = PGD(eps=config.eps, step_size=config.resolved_step_size, steps=config.steps,
+                 norm=config.norm, random_start=config.random_start, mode=config.mode)
+    return replace(attack, **overrides)  # type: ignore[arg-type]
+

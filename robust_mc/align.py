@@ -177,10 +177,12 @@ class _Moments:
 
 def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
-                      attack: PGD | None = None) -> tuple[dict[str, torch.Tensor], int]:
+                      attack: PGD | None = None, generator: torch.Generator | None = None
+                      ) -> tuple[dict[str, torch.Tensor], int]:
     """Correlation matrix per space from one forward pass of each model over ``batches``.
 
-    With ``attack``, each model sees its own adversarial examples of the batch.
+    With ``attack``, each model sees its own adversarial examples of the batch, with the same
+    random start for both, drawn from ``generator``.
     """
     runner = _PairRunner(model_a, model_b, spec.tap_nodes)
     moments = {space.name: _Moments(space.size) for space in spec}
@@ -205,7 +207,7 @@ def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationS
         x, y = runtime.images(x.to(runtime.device)), y.to(runtime.device)
         inputs = [x, x]
         if attack is not None:  # the same random start for both: equal functions, equal inputs
-            seed = int(torch.randint(0, 2**62, (1,)))
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             with runtime.autocast():
                 inputs = [attack(model, x, y, torch.Generator(x.device).manual_seed(seed))
                           for model in targets]
@@ -278,12 +280,30 @@ def align(model_a: nn.Module, model_b: nn.Module,
           data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, *,
           method: Method = "corr", inputs: Inputs = "clean", attack: PGD | None = None,
           spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
-          runtime: Runtime | None = None) -> Alignment:
+          runtime: Runtime | None = None, generator: torch.Generator | None = None
+          ) -> Alignment:
     """Find the permutation of ``model_b``'s units that best matches ``model_a``.
 
-    ``data`` yields batches (images (B, C, H, W) in [0, 1], labels (B,)); ``corr`` needs it,
-    ``weights`` uses it only for the correlation report. ``inputs="adversarial"`` uses each model's
-    own ``attack`` examples. Apply the result with ``apply_permutation``/``permute_model``.
+    Args:
+        model_a, model_b: two networks of one architecture (eval mode is used).
+        data: batches (images (B, C, H, W) in [0, 1], labels (B,)); ``corr`` needs it,
+            ``weights`` uses it only for the correlation report.
+        method: ``corr`` (activation correlation, Tatro et al.) or ``weights`` (weight
+            matching, Ainsworth et al.).
+        inputs: ``clean``, or ``adversarial``: each model's own ``attack`` examples, random
+            starts drawn from ``generator`` (the same for both models).
+        spec: the permutation structure; traced from ``example`` or the first batch if None.
+        runtime: device, autocast and layout (the CPU by default).
+
+    Returns:
+        An :class:`Alignment`: ``perm`` (space name -> permutation of b's units) and a report
+        per space (correlation before and after, share of units re-matched).
+
+    Example::
+
+        spec = trace_permutation_spec(a, x[:2])
+        result = align(a, b, [(x, y)], spec=spec)
+        permute_model(b, spec, result.perm)  # b computes the same function, units matched to a
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     batches = list(data) if data is not None else []
@@ -300,7 +320,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
     if batches:
         start = time.perf_counter()
         corr, samples = unit_correlations(model_a, model_b, spec, batches, runtime,
-                                          attack if inputs == "adversarial" else None)
+                                          attack if inputs == "adversarial" else None, generator)
         seconds["statistics"] = time.perf_counter() - start
     elif method == "corr":
         raise ValueError("correlation alignment needs data")
@@ -339,10 +359,9 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     subset = train.take(config.samples).to(runtime.device)
     example = as_float(subset.images[:2])
     spec = trace_permutation_spec(model_a, example)
-    a = attack_config
-    attack = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
-                   inputs=config.inputs, attack=attack, spec=spec, runtime=runtime)
+                   inputs=config.inputs, attack=attack_config.build(), spec=spec, runtime=runtime,
+                   generator=torch.Generator().manual_seed(config.seed))
     aligned = copy.deepcopy(model_b)
     permute_model(aligned, spec, result.perm)
     probe = runtime.images(as_float(subset.images[: config.batch_size]))

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from robust_mc.errors import UserError
+
+if TYPE_CHECKING:
+    from attacks.pgd import PGD
 
 T = TypeVar("T")
 
@@ -101,6 +104,14 @@ class AttackConfig:
     def resolved_step_size(self) -> float:
         return self.eps / 4 if self.step_size is None else self.step_size
 
+    def build(self, **overrides: Any) -> PGD:
+        """The attack these settings describe, every field honoured: the one way a training
+        attack is made. ``overrides`` replace fields of the result (e.g. ``mode="train"`` where a
+        procedure defines the mode itself, as BN recomputation does)."""
+        from attacks.pgd import training_attack
+
+        return training_attack(self, **overrides)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -150,6 +161,7 @@ class AlignConfig:
         "clean", help="activations on clean images or on each model's own PGD examples")
     samples: int = setting(5000, lo=1, help="training images used for alignment")
     batch_size: int = setting(250, lo=1)
+    seed: int = setting(0, help="seed of the random starts of adversarial alignment inputs")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from robust_mc.pair import Pair
 from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.progress import Reporter
 from robust_mc.resume import (
+    attack_generator,
     check_same_config,
     config_differences,
     remove_stale_temps,
@@ -171,13 +172,14 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
     template = copy.deepcopy(endpoints.a)
     optimizer = curve_optimizer(curve, cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
+    attack_stream = attack_generator(cfg.optim.seed, runtime.device)
     position = Position()
     if saved is not None:
         position = Position.from_state(saved["position"])
         if saved["optimizer"] is not None:
             optimizer.load_state_dict(saved["optimizer"])
         if saved["rng"] is not None:
-            restore_rng(saved["rng"], generator)
+            restore_rng(saved["rng"], generator, attack_stream)
     a = cfg.attack
     reporter.print(f"[bold]train[/] {cfg.curve.kind} curve ({curve.num_bends} bend(s)), "
                    f"{cfg.curve.objective} objective, PGD-{a.steps} eps {a.eps * 255:.3g}/255 "
@@ -187,7 +189,7 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
                        f"{position.step}")
 
     pam_update = pam_updater(curve, template, endpoints, cfg, data, runtime, reporter,
-                             generator, stop or StopSignals())
+                             generator, attack_stream, stop or StopSignals())
 
     def on_epoch(epoch: int, result: EpochResult) -> None:
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
@@ -199,19 +201,22 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
 
     def save() -> None:
         atomic_torch_save(curve_record(curve, pair, endpoints, cfg, digests, history,
-                                       optimizer, position, rng_state(generator)),
+                                       optimizer, position,
+                                       rng_state(generator, attack_stream)),
                           out / "curve.pt")
 
     train_curve(curve, template, data, attack=cfg.attack, curve_cfg=cfg.curve, optim=cfg.optim,
                 augment=cfg.data.augment, runtime=runtime, reporter=reporter,
-                optimizer=optimizer, generator=generator, position=position,
+                optimizer=optimizer, generator=generator, attack_generator=attack_stream,
+                position=position,
                 on_epoch=on_epoch, save=save, stop=stop, resume_hint=resume_hint(out))
     return history
 
 
 def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: ConnectRunConfig,
                 data: Data, runtime: Runtime, reporter: Reporter, generator: torch.Generator,
-                stop: StopSignals) -> Callable[[int], None] | None:
+                attack_stream: torch.Generator, stop: StopSignals
+                ) -> Callable[[int], None] | None:
     """With PAM on, what runs after each curve epoch: at ``pam.outer`` evenly spaced epochs, a
     permutation update of b (recorded in ``endpoints``), the curve's end moved with it."""
     if not cfg.pam.enabled:
@@ -232,7 +237,8 @@ def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: C
         perm = permutation_phase(curve, template, spec, data, attack=cfg.attack,
                                  curve_cfg=cfg.curve, optim=cfg.optim, pam=cfg.pam,
                                  augment=cfg.data.augment, runtime=runtime, reporter=reporter,
-                                 generator=generator, stop=stop,
+                                 generator=generator, attack_generator=attack_stream,
+                                 stop=stop,
                                  label=f"permutation update {number}/{outer}, epoch")
         permute_model(endpoints.b, spec, perm)
         with torch.no_grad():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from attacks import PGD, build_attack, parse_attack_spec
+from attacks import build_attack, parse_attack_spec
 from robust_mc.checkpoint import (
     Checkpoint,
     LoadOptions,
@@ -24,7 +24,13 @@ from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
 from robust_mc.progress import Reporter
 from robust_mc.record import run_record
-from robust_mc.resume import check_same_config, config_differences, restore_rng, rng_state
+from robust_mc.resume import (
+    attack_generator,
+    check_same_config,
+    config_differences,
+    restore_rng,
+    rng_state,
+)
 from robust_mc.robust_eval import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.runtime import Runtime, seed_everything
 from robust_mc.training import AdversarialTask, EpochResult, Position, fit, make_sgd
@@ -75,8 +81,9 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     forward = torch.compile(model) if cfg.speed.compile else model
     on_device = data.to(runtime.device)
     optimizer = make_sgd(model.parameters(), cfg.optim)
-    task = AdversarialTask(model, forward, cfg.attack, runtime)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
+    attack_stream = attack_generator(cfg.optim.seed, runtime.device)
+    task = AdversarialTask(model, forward, cfg.attack, runtime, attack_stream)
     position, history = Position(), []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -84,9 +91,9 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
         position = Position.from_state(saved["position"])
         history = list(saved["history"])
         record = saved["record"]
-        restore_rng(saved["rng"], generator)
+        restore_rng(saved["rng"], generator, attack_stream)
     a = cfg.attack
-    monitor = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
+    monitor = a.build()
     reporter.print(f"[bold]train[/] {cfg.model.arch} on {data.info.name}: {len(data.train)} train "
                    f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
                    f"eps {a.eps * 255:.3g}/255, {runtime.describe()}")
@@ -108,7 +115,8 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
             atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "position": position.state(), "history": history,
-                               "rng": rng_state(generator), "record": record}, state_path)
+                               "rng": rng_state(generator, attack_stream), "record": record},
+                              state_path)
 
     fit(task, optimizer, on_device.train, optim=cfg.optim, info=data.info,
         augment=cfg.data.augment, generator=generator, runtime=runtime, reporter=reporter,

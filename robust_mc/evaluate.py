@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attacks import Attack, attack_mode, build_attack, pgd
+from attacks import Attack, build_attack
 from robust_mc.config import AttackConfig, PathConfig
 from robust_mc.curves import Curve
 from robust_mc.data import Data, Split, batches
@@ -59,13 +59,13 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
         m.momentum = None  # cumulative moving average
     model.train()
     generator = torch.Generator(runtime.device).manual_seed(seed)
+    pgd = attack.build(mode="train")  # the procedure's own mode: the statistics are the batch's
     try:
         for x, y in batches(split.take(images).to(runtime.device), BN_BATCH_SIZE):
             x = runtime.images(x)
             if data == "adversarial":
-                with runtime.autocast(), attack_mode(model, "train"):
-                    x = pgd(model, x, y, eps=attack.eps, step_size=attack.resolved_step_size,
-                            steps=attack.steps, norm=attack.norm, generator=generator)
+                with runtime.autocast():
+                    x = pgd(model, x, y, generator)
             with torch.no_grad(), runtime.autocast():
                 model(x)
     finally:

@@ -199,13 +199,12 @@ def functional_loss(model: nn.Module, batches: dict[str, list[tuple[torch.Tensor
 def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: LayersRunConfig,
                  runtime: Runtime, reporter: Reporter) -> list[GroupResult]:
     """Measured and predicted clean/robust barriers per group, and for the whole network."""
-    from attacks import PGD
     from robust_mc.data import as_float, batches
     from robust_mc.evaluate import recompute_batchnorm
     from robust_mc.robust_eval import evaluate_seeded
 
     a = cfg.attack
-    attack = PGD(eps=a.eps, step_size=a.resolved_step_size, steps=a.steps, norm=a.norm)
+    attack = a.build()
     samples = data.train.take(cfg.layers.samples).to(runtime.device)
     template = copy.deepcopy(model_a)
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
@@ -224,7 +223,8 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
                      for x, y in batches(samples, cfg.layers.batch_size)]
 
     def adversarial(model: nn.Module) -> list:  # held fixed while differentiating
-        return [(attack(model, x, y), y) for x, y in clean_batches]
+        generator = torch.Generator(runtime.device).manual_seed(cfg.path.seed)
+        return [(attack(model, x, y, generator), y) for x, y in clean_batches]
 
     adversarial_a = adversarial(model_a)
     params_a = {n: p.detach() for n, p in model_a.named_parameters()}

@@ -111,14 +111,14 @@ class PermutedEnd:
 def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec, data: Data, *,
                       attack: AttackConfig, curve_cfg: CurveConfig, optim: OptimConfig,
                       pam: PamConfig, augment: bool, runtime: Runtime, reporter: Reporter,
-                      generator: torch.Generator, stop: StopSignals, label: str
-                      ) -> Permutation:
+                      generator: torch.Generator, stop: StopSignals, label: str,
+                      attack_generator: torch.Generator | None = None) -> Permutation:
     """One permutation update: the permutation of b (relative to b now) that the relaxed,
     proximal problem rounds to."""
     device = curve.start.device
     relaxed = {s.name: torch.eye(s.size, device=device).requires_grad_() for s in spec}
     task = CurveTask(template, PermutedEnd(curve, spec, relaxed), attack, curve_cfg, runtime,
-                     generator)
+                     generator, attack_generator)
     optimizer = ProximalBirkhoff(list(relaxed.values()), lr=pam.lr, prox=pam.prox,
                                  iters=pam.sinkhorn_iters)
     schedule = replace(optim, epochs=pam.perm_epochs, lr=pam.lr, weight_decay=0.0,

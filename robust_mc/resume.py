@@ -8,6 +8,7 @@ made it: any difference that changes results is named, with the way out.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,21 @@ CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "speed.channels_last", "speed
                         "eval.batch_size", "optim.save_every", "optim.skip_nonfinite")
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, as tensors and plain values (weights-only safe)."""
+def derived_seed(seed: int, stream: str) -> int:
+    """A seed for the named ``stream`` of a run seeded with ``seed``, independent of the others."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def attack_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The stream of a run's PGD random starts, on the device the attack runs on."""
+    return torch.Generator(device).manual_seed(derived_seed(seed, "attack"))
+
+
+def rng_state(generator: torch.Generator, attack: torch.Generator | None = None
+              ) -> dict[str, Any]:
+    """Every random stream a run draws from, as tensors and plain values (weights-only safe):
+    the global ones, the run's data ``generator`` and its ``attack`` generator."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)
     state: dict[str, Any] = {
@@ -38,12 +52,17 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if attack is not None:
+        state["attack"] = attack.get_state()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], generator: torch.Generator,
+                attack: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
+    if attack is not None and "attack" in state:
+        attack.set_state(state["attack"])
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -52,10 +71,11 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """``key: saved -> current`` for every setting that differs and would change results."""
+    """``key: saved -> current`` for every setting that differs and would change results. A
+    setting the saved run does not record did not exist when it was written: it cannot differ."""
     old, new = flatten(saved), flatten(current)
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-            for key in sorted(set(old) | set(new))
+            for key in sorted(old)
             if key not in CAN_CHANGE_ON_RESUME and old.get(key) != new.get(key)]
 
 

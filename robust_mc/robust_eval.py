@@ -61,10 +61,14 @@ class Metrics:
 def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
                     batch_size: int, seed: int, timings: dict[str, float] | None = None
                     ) -> Metrics:
-    """``evaluate_model`` with the global generator seeded first: the one way a model, an
-    ensemble or a point of a path is measured, so the same model always gets the same attack."""
-    torch.manual_seed(seed)
-    return evaluate_model(model, split, attack, runtime, batch_size, timings)
+    """``evaluate_model`` with the global generator seeded for its duration: the one way a model,
+    an ensemble or a point of a path is measured, so the same model always gets the same attack
+    (evaluation attacks from other libraries draw from the global generator). The global
+    generators are restored afterwards, so the caller's random streams are left as they were."""
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return evaluate_model(model, split, attack, runtime, batch_size, timings)
 
 
 def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,

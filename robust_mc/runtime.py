@@ -111,8 +111,15 @@ class Runtime:
         self.channels_last = speed.channels_last
 
     @classmethod
-    def create(cls, device: str, speed: SpeedConfig | None = None) -> Runtime:
+    def create(cls, device: str, speed: SpeedConfig | None = None,
+               compiles: bool = False) -> Runtime:
+        """The runtime of a run, with the process set up for it (threads, memory reuse,
+        determinism). ``compiles``: the command compiles what it trains; elsewhere
+        ``speed.compile`` would be ignored, so it is refused."""
         speed = speed or SpeedConfig()
+        if speed.compile and not compiles:
+            raise UserError("speed.compile: only train compiles its network (the other commands "
+                            "would ignore it); remove it from the configuration")
         set_threads(speed.threads)
         if speed.reuse_memory:
             reuse_freed_memory()

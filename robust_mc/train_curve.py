@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from attacks import attack_mode, pgd
-from attacks.pgd import cross_entropy_sum
+from attacks.pgd import LossFn, cross_entropy_sum
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.curves import Curve
 from robust_mc.data import Data
@@ -47,13 +46,16 @@ class CurveTask:
     """The loss of one batch at a random point of the curve."""
 
     def __init__(self, module: nn.Module, curve: WeightsAlongT, attack: AttackConfig,
-                 curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator) -> None:
+                 curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator,
+                 attack_generator: torch.Generator | None = None) -> None:
+        """``generator`` draws t (CPU); ``attack_generator`` the attack's random starts."""
         self.module = module
         self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack
         self.attacked.requires_grad_(False)
         self.slots: list[torch.Tensor] = [self.attacked.get_parameter(n) for n in curve.names]
         self.curve = curve
-        self.attack = attack
+        self.attack = attack.build()
+        self.attack_generator = attack_generator
         self.objective = curve_cfg.objective
         self.beta = curve_cfg.trades_beta
         self.runtime = runtime
@@ -63,15 +65,12 @@ class CurveTask:
         return lambda inputs: functional_call(self.module, params, (inputs,))
 
     def attack_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum
-                  ) -> torch.Tensor:
+                  loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
         """PGD against the network at fixed (detached) weights, in the configured mode."""
-        a = self.attack
         with torch.no_grad():
             torch._foreach_copy_(self.slots, [params[name].detach() for name in self.curve.names])
-        with self.runtime.autocast(), attack_mode(self.attacked, a.mode):
-            return pgd(self.attacked, x, target, eps=a.eps, step_size=a.resolved_step_size,
-                       steps=a.steps, norm=a.norm, random_start=a.random_start, loss_fn=loss_fn)
+        with self.runtime.autocast():
+            return self.attack(self.attacked, x, target, self.attack_generator, loss_fn=loss_fn)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = float(torch.rand((), generator=self.generator))
@@ -105,7 +104,8 @@ def curve_optimizer(curve: Curve, optim: OptimConfig) -> torch.optim.SGD:
 def train_curve(curve: Curve, module: nn.Module, data: Data, *, attack: AttackConfig,
                 curve_cfg: CurveConfig, optim: OptimConfig, augment: bool, runtime: Runtime,
                 reporter: Reporter, optimizer: torch.optim.Optimizer | None = None,
-                generator: torch.Generator | None = None, position: Position | None = None,
+                generator: torch.Generator | None = None,
+                attack_generator: torch.Generator | None = None, position: Position | None = None,
                 on_epoch: Callable[[int, EpochResult], None] | None = None,
                 save: Callable[[], None] | None = None, stop: StopSignals | None = None,
                 resume_hint: str = "") -> None:
@@ -113,7 +113,7 @@ def train_curve(curve: Curve, module: nn.Module, data: Data, *, attack: AttackCo
     device); ``save`` and ``stop`` make it resumable (see ``fit``)."""
     optimizer = optimizer or curve_optimizer(curve, optim)
     generator = generator or torch.Generator().manual_seed(optim.seed)
-    task = CurveTask(module, curve, attack, curve_cfg, runtime, generator)
+    task = CurveTask(module, curve, attack, curve_cfg, runtime, generator, attack_generator)
     fit(task, optimizer, data.train, optim=optim, info=data.info, augment=augment,
         generator=generator, runtime=runtime, reporter=reporter, label="curve epoch",
         position=position or Position(), on_epoch=on_epoch or (lambda epoch, result: None),

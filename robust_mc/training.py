@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import attack_mode, pgd
 from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
@@ -179,21 +178,21 @@ def fit(task: Task, optimizer: torch.optim.Optimizer, split: Split, *, optim: Op
 
 class AdversarialTask:
     """Madry-style adversarial training of one network: PGD on the batch, then the CE of the
-    adversarial batch. ``attack.steps == 0`` trains on clean inputs through the same path."""
+    adversarial batch. ``attack.steps == 0`` trains on clean inputs through the same path.
+    ``generator`` draws the attack's random starts (on the device)."""
 
     def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 attack: AttackConfig,
-                 runtime: Runtime) -> None:
+                 attack: AttackConfig, runtime: Runtime,
+                 generator: torch.Generator | None = None) -> None:
         self.model = model  # the module whose mode is switched for the attack
         self.forward = forward  # what computes logits (the model, or its compiled version)
-        self.attack = attack
+        self.attack = attack.build()
         self.runtime = runtime
+        self.generator = generator
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.attack
-        with self.runtime.autocast(), attack_mode(self.model, a.mode):
-            x_adv = pgd(self.forward, x, y, eps=a.eps, step_size=a.resolved_step_size,
-                        steps=a.steps, norm=a.norm, random_start=a.random_start)
+        with self.runtime.autocast():
+            x_adv = self.attack(self.model, x, y, self.generator, forward=self.forward)
         self.model.train()
         with self.runtime.autocast():
             logits = self.forward(x_adv)

@@ -64,6 +64,8 @@ def files(tmp_path_factory, tiny_endpoint, tiny_endpoint_files) -> dict[str, Pat
     paths["bench_ok"] = root / "bench-ok.yaml"
     paths["bench_ok"].write_text(f"data: {{dataset: digits}}\nbench: {{pairs: [[{paths['a']}, "
                                  f"{paths['b']}]], methods: [line]}}\n")
+    paths["compile_yaml"] = root / "compile.yaml"
+    paths["compile_yaml"].write_text("speed:\n  compile: true\n")
     paths["bad_yaml"] = root / "bad.yaml"
     paths["bad_yaml"].write_text("optim: [unclosed\n")
     return paths
@@ -194,6 +196,11 @@ MATRIX = [
     (["train", "--resume"], "no saved state"),
     (["connect", *PAIR, "--resume"], "no run to continue"),
     (["train", "--resume", "--fresh"], "contradict"),
+    # flags a command would ignore are not offered, nor accepted from its config
+    (["connect", *PAIR, "--compile"], "unrecognized arguments: --compile"),
+    (["eval", "{run}", "--compile"], "unrecognized arguments: --compile"),
+    (["connect", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
+    (["align", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
     # malformed native checkpoints: every field missing or of the wrong type, every reader
     *[(["info", f"{{{name}}}"], message) for name, (_, message) in MALFORMED.items()],
     (["connect", "{a}", "{no_num_classes}"], "lacks 'num_classes'"),

@@ -150,15 +150,18 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="e.g. pgd:steps=20,alpha=2/255, apgd-ce, autoattack, none")
 
 
-def add_speed_flags(p: argparse.ArgumentParser) -> None:
+def add_speed_flags(p: argparse.ArgumentParser, compiles: bool = False) -> None:
+    """Device, precision, layout and threads; ``--compile`` only where the command compiles
+    every network it trains and attacks (``train``)."""
     g = p.add_argument_group("speed")
     g.add_argument("--device", dest="device", metavar="auto|cpu|cuda")
     g.add_argument("--precision", dest="speed.precision", choices=["auto", "float32", "bfloat16"],
                    help="autocast dtype (auto: bfloat16 on CUDA GPUs that support it)")
     g.add_argument("--channels-last", dest="speed.channels_last", action=BOOL, default=None,
                    help="NHWC memory layout")
-    g.add_argument("--compile", dest="speed.compile", action=BOOL, default=None,
-                   help="torch.compile the network")
+    if compiles:
+        g.add_argument("--compile", dest="speed.compile", action=BOOL, default=None,
+                       help="torch.compile the network for its training passes")
     g.add_argument("--threads", dest="speed.threads", metavar="N", help="CPU threads")
     g.add_argument("--reuse-memory", dest="speed.reuse_memory", action=BOOL, default=None,
                    help="keep freed CPU memory for the next tensors (default on; glibc)")

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_attack_flags(p)
     common.add_optim_flags(p)
     common.add_eval_flags(p)
-    common.add_speed_flags(p)
+    common.add_speed_flags(p, compiles=True)
     p.add_argument("--no-augment", dest="data.augment", action="store_const", const=False,
                    help="no random crops and flips")
     common.add_fault_flags(p)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         "e.g. a.pt")
     check_writable_file(out)
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = Runtime.create(cfg.device, cfg.speed, compiles=True)
     state = state_path_for(out)
     with StopSignals() as stop:
         ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, state_path=state,
