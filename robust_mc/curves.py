@@ -67,7 +67,15 @@ class Curve(nn.Module):
     """A curve between two points of the same parameter space.
 
     ``names``/``shapes`` describe the parameters (as ``module.named_parameters()`` lists them);
-    ``start``/``end`` are (P,) flat vectors; ``bends`` (K, P) start on the line between them.
+    ``start``/``end`` are (P,) flat vectors; ``bends`` (K, P) start on the line between them and
+    are the only trainable tensor. ``kind`` is a registered curve kind (``list_curves()``:
+    line, bezier, polychain). ``weights_at(t)`` gives ``{name: tensor}`` at t in [0, 1],
+    differentiable in the bends; t = 0 and t = 1 are the endpoints exactly.
+
+    Example::
+
+        curve = Curve.between("bezier", a, a.state_dict(), b.state_dict(), bends=1)
+        logits = torch.func.functional_call(a, curve.weights_at(0.5), (x,))
     """
 
     start: torch.Tensor

@@ -157,7 +157,24 @@ def trace_graph(model: nn.Module) -> torch.fx.GraphModule:
 
 
 def trace_permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
-    """Derive the permutable hidden spaces of ``model`` from a forward pass on ``example``."""
+    """Derive the permutable hidden spaces of ``model`` from a forward pass on ``example``.
+
+    Args:
+        model: any network ``torch.fx`` can trace (see the README's supported operations).
+        example: an input batch (B, C, H, W) in [0, 1]; only its first two images are used.
+
+    Returns:
+        A :class:`PermutationSpec`: one space per set of units that must be permuted together
+        (residual additions tie spaces), each listing every parameter axis it moves.
+
+    Raises:
+        UserError: an operation whose effect on channels is unknown, named by its node.
+
+    Example::
+
+        spec = trace_permutation_spec(model, x[:2])
+        permute_model(copy, spec, random_permutation(spec))  # same function, other weights
+    """
     gm = trace_graph(model)
     was_training = model.training
     gm.eval()
@@ -413,7 +430,19 @@ def apply_permutation(state: dict[str, torch.Tensor], spec: PermutationSpec,
 
 
 def permute_model(model: nn.Module, spec: PermutationSpec, perm: Permutation) -> None:
-    """Permute ``model``'s parameters and buffers in place."""
+    """Permute ``model``'s parameters and buffers in place; the function is unchanged.
+
+    Args:
+        model: the network ``spec`` was traced from (or one of the same architecture).
+        spec: from :func:`trace_permutation_spec`.
+        perm: space name -> permutation of its units (``align(...).perm``); unit ``i`` of the
+            result is unit ``perm[i]`` of the input.
+
+    Example::
+
+        result = align(a, b, batches, spec=spec)
+        permute_model(b, spec, result.perm)
+    """
     new = apply_permutation(model.state_dict(), spec, perm)
     model.load_state_dict(new)
 
