@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     from robust_mc.commands import COMMANDS
-    from robust_mc.record import version
+    from robust_mc.run.provenance import version
 
     parser = Parser(prog="robust-mc", description="Robust mode connectivity: train PGD endpoints, "
                     "align their neurons, connect them with robust curves and measure barriers.")

@@ -13,11 +13,11 @@ import torch
 
 from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
-from robust_mc.curves import Curve
+from robust_mc.core.curves import Curve
 from robust_mc.models import create_model
-from robust_mc.runtime import Runtime
-from robust_mc.train_curve import CurveTask, curve_optimizer
-from robust_mc.training import AdversarialTask, make_sgd
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.curve_task import CurveTask, curve_optimizer
+from robust_mc.train.loop import AdversarialTask, make_sgd
 
 
 def main() -> None:

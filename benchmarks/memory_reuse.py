@@ -24,7 +24,7 @@ from benchmarks.common import print_table, time_it
 from benchmarks.train_step import step_time
 from robust_mc.config import SpeedConfig
 from robust_mc.models import create_model
-from robust_mc.runtime import Runtime
+from robust_mc.run.runtime import Runtime
 
 
 def measure(arch: str, reuse: bool) -> dict[str, float]:

@@ -17,11 +17,11 @@ import torch
 from benchmarks.common import print_table
 from benchmarks.data import benchmark_data
 from robust_mc.config import AttackConfig, PathConfig
-from robust_mc.curves import Curve
-from robust_mc.evaluate import evaluate_path
+from robust_mc.core.curves import Curve
+from robust_mc.evaluation.path import evaluate_path
 from robust_mc.models import create_model
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ from benchmarks.common import print_table
 from benchmarks.data import benchmark_data
 from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.models import create_model
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
-from robust_mc.training import AdversarialTask, make_sgd, train_one_epoch
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.loop import AdversarialTask, make_sgd, train_one_epoch
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import torch
 from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
 from robust_mc.models import create_model
-from robust_mc.runtime import Runtime
-from robust_mc.training import AdversarialTask, make_sgd
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.loop import AdversarialTask, make_sgd
 
 OPTIONS = {
     "eager fp32": SpeedConfig(channels_last=False, precision="float32"),

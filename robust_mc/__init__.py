@@ -7,6 +7,6 @@ Public API (imported lazily by the modules that need it; nothing heavy runs at i
 - evaluation: ``evaluate_model`` with attacks from ``attacks.build_attack``.
 """
 
-from robust_mc.record import version
+from robust_mc.run.provenance import version
 
 __version__ = version()

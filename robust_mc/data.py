@@ -232,7 +232,7 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
                         "resize them to one size first")
     split = Split(torch.stack(decoded), torch.tensor(labels, dtype=torch.int64))
     try:
-        from robust_mc.io import atomic_torch_save
+        from robust_mc.run.files import atomic_torch_save
 
         atomic_torch_save({"images": split.images, "labels": split.labels}, cache)
     except OSError:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_mc.checkpoint import save_checkpoint
 from robust_mc.config import DataConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.endpoint import train_endpoint
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.endpoint import train_endpoint
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.run.runtime import Runtime
 
 torch.set_num_threads(2)
 

@@ -10,16 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import cli
-from robust_mc.align import align, align_models, unit_correlations
-from robust_mc.checkpoint import build_model, load_checkpoint, save_checkpoint
 from robust_mc.config import AlignConfig, AttackConfig
-from robust_mc.data import batches
-from robust_mc.permutation import (
+from robust_mc.core.align import align, align_models, unit_correlations
+from robust_mc.core.permutation import (
     permute_model,
     random_permutation,
     trace_graph,
     trace_permutation_spec,
 )
+from robust_mc.data import batches
+from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("method", ["corr", "weights"])

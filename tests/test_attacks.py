@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from attacks import PGD, attack_mode, build_attack, list_attacks, parse_attack_spec, pgd
-from robust_mc.checkpoint import build_model
 from robust_mc.errors import UserError
+from robust_mc.evaluation.robustness import evaluate_model
 from robust_mc.models import create_model
-from robust_mc.robust_eval import evaluate_model
+from robust_mc.run.checkpoint import build_model
 
 
 def small_model():

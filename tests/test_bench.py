@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 import cli
-from robust_mc.bench import parse_method
-from robust_mc.checkpoint import save_checkpoint
 from robust_mc.errors import UserError
+from robust_mc.pipelines.bench import parse_method
+from robust_mc.run.checkpoint import save_checkpoint
 
 FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},
                 "optim": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},

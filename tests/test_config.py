@@ -2,9 +2,9 @@ from importlib import resources
 
 import pytest
 
-from robust_mc.bench import load_bench_config, parse_method
 from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config, parse_pixel_value
 from robust_mc.errors import UserError
+from robust_mc.pipelines.bench import load_bench_config, parse_method
 
 
 @pytest.mark.parametrize("raw, value", [("8/255", 8 / 255), ("0.031", 0.031), (0, 0.0),

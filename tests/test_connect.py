@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import cli
-from robust_mc import connect as pipeline
-from robust_mc.barriers import barrier
-from robust_mc.checkpoint import build_model, load_checkpoint, save_checkpoint
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.progress import Reporter
+from robust_mc.core.barriers import barrier
+from robust_mc.pipelines import connect as pipeline
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 
 def connect_config(**extra) -> ConnectRunConfig:
@@ -49,7 +49,7 @@ def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, ru
 def test_aligned_curve_lowers_the_robust_barrier_of_the_unaligned_line(digits_endpoints,
                                                                       tmp_path, runtime):
     paths = [save_checkpoint(c, tmp_path / f"e{i}.pt") for i, c in enumerate(digits_endpoints)]
-    from robust_mc.pair import load_pair
+    from robust_mc.pipelines.pair import load_pair
 
     pair = load_pair(str(paths[0]), str(paths[1]))
     cfg = connect_config(**{"path.compare_line": True})
@@ -94,7 +94,7 @@ def test_connect_and_eval_commands(digits_endpoints, tmp_path, capsys):
 
 
 def test_resumable_curve_file_has_what_resume_needs(digits_endpoints, tmp_path, runtime):
-    from robust_mc.pair import load_pair
+    from robust_mc.pipelines.pair import load_pair
 
     paths = [save_checkpoint(c, tmp_path / f"e{i}.pt") for i, c in enumerate(digits_endpoints)]
     pair = load_pair(str(paths[0]), str(paths[1]))

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 import cli
-from robust_mc.checkpoint import load_checkpoint, read_torch_file
 from robust_mc.config import OptimConfig
 from robust_mc.data import Split
 from robust_mc.errors import Interrupted
-from robust_mc.interrupt import StopSignals
-from robust_mc.progress import Step
-from robust_mc.runtime import Runtime
-from robust_mc.training import NonFiniteLoss, Position, train_one_epoch
+from robust_mc.report.progress import Step
+from robust_mc.run.checkpoint import load_checkpoint, read_torch_file
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.loop import NonFiniteLoss, Position, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--eps", "0.03",
@@ -318,7 +318,7 @@ def test_resume_without_a_saved_run_and_resume_with_fresh_are_refused(tmp_path, 
 
 
 def test_stale_temp_files_of_a_killed_write_are_cleared(tmp_path):
-    from robust_mc.resume import remove_stale_temps
+    from robust_mc.run.resume import remove_stale_temps
 
     (tmp_path / ".curve.pt.abc.tmp").write_bytes(b"half")
     (tmp_path / "curve.pt").write_bytes(b"whole")

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from robust_mc.checkpoint import (
+from robust_mc.models import create_model, list_models
+from robust_mc.run.checkpoint import (
     build_model,
     checkpoint_from_model,
     load_checkpoint,
     save_checkpoint,
 )
-from robust_mc.models import create_model, list_models
 
 
 def tiny(arch: str, **kw):
@@ -55,7 +55,7 @@ def test_user_architecture_from_file(tmp_path):
 
 @pytest.mark.parametrize("arch", list_models())
 def test_folded_batchnorm_is_the_same_function(arch):
-    from robust_mc.fold import fold_batchnorm
+    from robust_mc.core.fold import fold_batchnorm
 
     model, _ = tiny(arch)
     model.train()

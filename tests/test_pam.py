@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import cli
-from robust_mc.checkpoint import build_model, checkpoint_from_model, save_checkpoint
-from robust_mc.models import create_model
-from robust_mc.pam import compose, moved_fraction, sinkhorn, soft_permute
-from robust_mc.permutation import (
+from robust_mc.core.permutation import (
     apply_permutation,
     permute_model,
     random_permutation,
     trace_permutation_spec,
 )
+from robust_mc.models import create_model
+from robust_mc.run.checkpoint import build_model, checkpoint_from_model, save_checkpoint
+from robust_mc.train.pam import compose, moved_fraction, sinkhorn, soft_permute
 from tests.test_permutation import UserNet
 
 

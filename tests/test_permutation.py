@@ -5,15 +5,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_mc.errors import UserError
-from robust_mc.models import Classifier, Normalize, create_model, list_models
-from robust_mc.permutation import (
+from robust_mc.core.permutation import (
     apply_permutation,
     inverse,
     permute_model,
     random_permutation,
     trace_permutation_spec,
 )
+from robust_mc.errors import UserError
+from robust_mc.models import Classifier, Normalize, create_model, list_models
 
 
 class UserNet(nn.Module):

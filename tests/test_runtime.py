@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robust_mc.errors import UserError
-from robust_mc.runtime import reuse_freed_memory, select_device
+from robust_mc.run.runtime import reuse_freed_memory, select_device
 
 
 def test_device_selection():

@@ -8,16 +8,16 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc.align import align_models
-from robust_mc.checkpoint import checkpoint_from_model, save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import AlignRunConfig, build_config, to_dict
+from robust_mc.core.align import align_models
 from robust_mc.data import load_data
-from robust_mc.io import check_writable_file
-from robust_mc.pair import load_pair
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.pair import load_pair
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import checkpoint_from_model, save_checkpoint
+from robust_mc.run.files import check_writable_file
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
 
 HELP = "align b's neurons to a's (activation correlation or weight matching)"
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from robust_mc.bench import load_bench_config, run_bench
-from robust_mc.bench_report import rich_table, write_bench_files
 from robust_mc.commands import common
 from robust_mc.config import to_dict
 from robust_mc.errors import UserError
-from robust_mc.interrupt import StopSignals
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.bench import load_bench_config, run_bench
+from robust_mc.report.bench import rich_table, write_bench_files
+from robust_mc.report.progress import Reporter
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
 
 HELP = ("benchmark robust barriers over endpoint pairs, methods (line/curve, +align, +pam) and "
         "curve seeds; cached per cell, resumable")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from robust_mc.checkpoint import LoadOptions
+from robust_mc.run.checkpoint import LoadOptions
 
 BOOL = argparse.BooleanOptionalAction
 

@@ -6,14 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from robust_mc import connect as pipeline
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.interrupt import StopSignals
-from robust_mc.pair import load_pair
-from robust_mc.progress import Reporter
-from robust_mc.report import show_path_run
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.pair import load_pair
+from robust_mc.report.path import show_path_run
+from robust_mc.report.progress import Reporter
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
 
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
 

@@ -13,16 +13,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc import connect as pipeline
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.endpoint import trained_endpoint
-from robust_mc.io import ensure_out_dir
-from robust_mc.pair import load_pair
-from robust_mc.progress import Reporter
-from robust_mc.report import print_summary
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.endpoint import trained_endpoint
+from robust_mc.pipelines.pair import load_pair
+from robust_mc.report.path import print_summary
+from robust_mc.report.progress import Reporter
+from robust_mc.run.files import ensure_out_dir
+from robust_mc.run.runtime import Runtime
 
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"
 SEEDS = (0, 1)

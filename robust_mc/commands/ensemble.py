@@ -10,20 +10,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc import connect as pipeline
-from robust_mc.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import to_dict
 from robust_mc.data import load_data
-from robust_mc.ensemble import greedy_select
 from robust_mc.errors import UserError
-from robust_mc.evaluate import network_at, path_attack
-from robust_mc.io import atomic_write_json, ensure_out_dir
+from robust_mc.evaluation.ensemble import greedy_select
+from robust_mc.evaluation.path import network_at, path_attack
+from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.robust_eval import evaluate_seeded
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines import connect as pipeline
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.run.files import atomic_write_json, ensure_out_dir
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
 
 HELP = "choose K points on a trained path that together are most robust (greedy, validation)"
 

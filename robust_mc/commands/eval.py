@@ -9,24 +9,24 @@ from pathlib import Path
 
 from rich.console import Console
 
-from robust_mc import connect as pipeline
-from robust_mc.checkpoint import (
+from robust_mc.commands import common
+from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.data import load_data
+from robust_mc.evaluation.path import path_attack
+from robust_mc.evaluation.robustness import evaluate_seeded
+from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.pair import check_fits_data
+from robust_mc.report.path import plot_paths, show_path_run, write_path_files
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import (
     LoadOptions,
     build_network,
     checkpoint_from_object,
     read_checkpoint_file,
 )
-from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.data import load_data
-from robust_mc.evaluate import path_attack
-from robust_mc.io import atomic_write_json, ensure_out_dir
-from robust_mc.pair import check_fits_data
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.report import plot_paths, show_path_run, write_path_files
-from robust_mc.robust_eval import evaluate_seeded
-from robust_mc.runtime import Runtime
+from robust_mc.run.files import atomic_write_json, ensure_out_dir
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
 
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
         "measure a model or ensemble checkpoint")

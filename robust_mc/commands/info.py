@@ -8,8 +8,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc.checkpoint import build_network, load_checkpoint
 from robust_mc.commands import common
+from robust_mc.run.checkpoint import build_network, load_checkpoint
 
 HELP = "print a checkpoint's architecture, size, normalization and recorded metrics"
 

@@ -11,16 +11,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc.align import align_models
 from robust_mc.commands import common
 from robust_mc.config import LayersRunConfig, build_config, to_dict
+from robust_mc.core.align import align_models
+from robust_mc.core.layers import GroupResult, layer_report, rank_agreement
 from robust_mc.data import load_data
-from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_out_dir
-from robust_mc.layers import GroupResult, layer_report, rank_agreement
-from robust_mc.pair import load_pair
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.pair import load_pair
+from robust_mc.report.progress import Reporter
+from robust_mc.run.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_out_dir,
+)
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
 
 HELP = "layer-wise clean and robust barriers, measured and predicted to second order"
 

@@ -6,15 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from robust_mc.checkpoint import save_checkpoint
 from robust_mc.commands import common
 from robust_mc.config import TrainRunConfig, build_config
-from robust_mc.endpoint import state_path_for, train_endpoint
 from robust_mc.errors import UserError
-from robust_mc.interrupt import StopSignals
-from robust_mc.io import check_writable_file
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.endpoint import state_path_for, train_endpoint
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.run.files import check_writable_file
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
 
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"
 

@@ -37,10 +37,10 @@ from torch import nn
 from torch.func import functional_call
 
 from robust_mc.config import LayersRunConfig
+from robust_mc.core.permutation import trace_graph
 from robust_mc.data import Data
-from robust_mc.permutation import trace_graph
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params, str], torch.Tensor]  # (parameters, "a"|"b") -> scalar loss
@@ -113,7 +113,7 @@ class GroupResult:
 
     def measured(self, kind: str) -> float:
         """Barrier as connect reports it: max over t above the chord."""
-        from robust_mc.barriers import barrier
+        from robust_mc.core.barriers import barrier
 
         return barrier(self.ts, getattr(self, kind))[0]
 
@@ -200,8 +200,8 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
                  runtime: Runtime, reporter: Reporter) -> list[GroupResult]:
     """Measured and predicted clean/robust barriers per group, and for the whole network."""
     from robust_mc.data import as_float, batches
-    from robust_mc.evaluate import recompute_batchnorm
-    from robust_mc.robust_eval import evaluate_seeded
+    from robust_mc.evaluation.path import recompute_batchnorm
+    from robust_mc.evaluation.robustness import evaluate_seeded
 
     a = cfg.attack
     attack = a.build()

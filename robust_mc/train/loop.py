@@ -16,10 +16,10 @@ from torch import nn
 from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
-from robust_mc.interrupt import StopSignals
-from robust_mc.progress import Reporter, Step
-from robust_mc.runtime import Runtime
-from robust_mc.schedule import lr_factor
+from robust_mc.report.progress import Reporter, Step
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.schedule import lr_factor
 
 # a task maps a batch to (mean loss to minimise, correct predictions on the inputs it trained on)
 Task = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -13,12 +13,12 @@ from torch import nn
 
 from attacks import Attack, build_attack
 from robust_mc.config import AttackConfig, PathConfig
-from robust_mc.curves import Curve
+from robust_mc.core.curves import Curve
 from robust_mc.data import Data, Split, batches
+from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
 from robust_mc.models import Classifier
-from robust_mc.progress import Reporter
-from robust_mc.robust_eval import Clock, Metrics, evaluate_seeded
-from robust_mc.runtime import Runtime
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
 
 
 @dataclass

@@ -14,10 +14,10 @@ from torch import nn
 
 from attacks import Attack
 from robust_mc.data import Split
+from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Combine, Ensemble
-from robust_mc.progress import Reporter
-from robust_mc.robust_eval import Metrics, evaluate_seeded
-from robust_mc.runtime import Runtime
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
 
 
 @dataclass(frozen=True)

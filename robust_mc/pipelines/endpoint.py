@@ -7,7 +7,14 @@ from pathlib import Path
 import torch
 
 from attacks import build_attack, parse_attack_spec
-from robust_mc.checkpoint import (
+from robust_mc.config import TrainRunConfig, to_dict
+from robust_mc.data import Data, load_data
+from robust_mc.errors import UserError
+from robust_mc.evaluation.path import recompute_batchnorm
+from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
+from robust_mc.models import Classifier, create_model
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
     checkpoint_from_model,
@@ -15,25 +22,18 @@ from robust_mc.checkpoint import (
     read_torch_file,
     save_checkpoint,
 )
-from robust_mc.config import TrainRunConfig, to_dict
-from robust_mc.data import Data, load_data
-from robust_mc.errors import UserError
-from robust_mc.evaluate import recompute_batchnorm
-from robust_mc.interrupt import StopSignals
-from robust_mc.io import atomic_torch_save
-from robust_mc.models import Classifier, create_model
-from robust_mc.progress import Reporter
-from robust_mc.record import run_record
-from robust_mc.resume import (
+from robust_mc.run.files import atomic_torch_save
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.provenance import run_record
+from robust_mc.run.resume import (
     attack_generator,
     check_same_config,
     config_differences,
     restore_rng,
     rng_state,
 )
-from robust_mc.robust_eval import Metrics, evaluate_model, evaluate_seeded
-from robust_mc.runtime import Runtime, seed_everything
-from robust_mc.training import AdversarialTask, EpochResult, Position, fit, make_sgd
+from robust_mc.run.runtime import Runtime, seed_everything
+from robust_mc.train.loop import AdversarialTask, EpochResult, Position, fit, make_sgd
 
 MONITOR_IMAGES = 1000  # validation images attacked after each epoch
 PRECISE_BN_IMAGES = 2000  # as many as connect's path evaluation uses by default

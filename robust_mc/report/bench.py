@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from robust_mc.bench import METRICS, BenchResult
-from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from robust_mc.pipelines.bench import METRICS, BenchResult
+from robust_mc.run.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # (column title, metric, decimals): accuracies in percent, barriers of loss
 COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_mean", 1),

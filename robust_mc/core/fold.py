@@ -15,8 +15,8 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from robust_mc.core.permutation import trace_graph
 from robust_mc.errors import UserError
-from robust_mc.permutation import trace_graph
 
 CONVS = (nn.Conv1d, nn.Conv2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)

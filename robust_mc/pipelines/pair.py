@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robust_mc.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
+from robust_mc.run.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
 
 
 @dataclass

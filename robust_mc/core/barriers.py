@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from robust_mc.evaluate import PointResult
+from robust_mc.evaluation.path import PointResult
 
 
 def barrier(ts: Sequence[float], values: Sequence[float]) -> tuple[float, float]:

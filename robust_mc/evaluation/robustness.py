@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import Attack
+from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Split, batches
-from robust_mc.fold import fold_batchnorm
-from robust_mc.runtime import Runtime
+from robust_mc.run.runtime import Runtime
 
 
 class Clock:

@@ -15,9 +15,19 @@ from pathlib import Path
 import torch
 
 from attacks import parse_attack_spec
-from robust_mc.align import align_models
-from robust_mc.barriers import path_summary
-from robust_mc.checkpoint import (
+from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
+from robust_mc.core.align import align_models
+from robust_mc.core.barriers import path_summary
+from robust_mc.core.curves import Curve, flatten_params
+from robust_mc.core.permutation import inverse, permute_model, trace_permutation_spec
+from robust_mc.data import Data
+from robust_mc.errors import Interrupted, UserError
+from robust_mc.evaluation.path import PointResult, evaluate_path, path_attack
+from robust_mc.evaluation.robustness import evaluate_seeded
+from robust_mc.models import Classifier
+from robust_mc.pipelines.pair import Pair
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
     checked_state_dict,
@@ -29,18 +39,9 @@ from robust_mc.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
-from robust_mc.curves import Curve, flatten_params
-from robust_mc.data import Data
-from robust_mc.errors import Interrupted, UserError
-from robust_mc.evaluate import PointResult, evaluate_path, path_attack
-from robust_mc.interrupt import StopSignals
-from robust_mc.io import atomic_torch_save, atomic_write_json, read_json
-from robust_mc.models import Classifier
-from robust_mc.pair import Pair
-from robust_mc.permutation import inverse, permute_model, trace_permutation_spec
-from robust_mc.progress import Reporter
-from robust_mc.resume import (
+from robust_mc.run.files import atomic_torch_save, atomic_write_json, read_json
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.resume import (
     attack_generator,
     check_same_config,
     config_differences,
@@ -48,10 +49,9 @@ from robust_mc.resume import (
     restore_rng,
     rng_state,
 )
-from robust_mc.robust_eval import evaluate_seeded
-from robust_mc.runtime import Runtime, seed_everything
-from robust_mc.train_curve import curve_optimizer, train_curve
-from robust_mc.training import EpochResult, Position
+from robust_mc.run.runtime import Runtime, seed_everything
+from robust_mc.train.curve_task import curve_optimizer, train_curve
+from robust_mc.train.loop import EpochResult, Position
 
 CURVE_FORMAT = "robust-mc-curve/1"
 PROGRESS_FILE = "path-progress.json"
@@ -221,7 +221,7 @@ def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: C
     permutation update of b (recorded in ``endpoints``), the curve's end moved with it."""
     if not cfg.pam.enabled:
         return None
-    from robust_mc.pam import compose, moved_fraction, permutation_phase
+    from robust_mc.train.pam import compose, moved_fraction, permutation_phase
 
     epochs, outer = cfg.optim.epochs, cfg.pam.outer
     after = [round(k * epochs / (outer + 1)) for k in range(1, outer + 1)]
@@ -514,9 +514,9 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     finished, returned as it is); one with others is refused (``resume="auto"``) or replaced
     (``"replace"``); ``"fresh"`` always starts over."""
     from robust_mc.data import load_data
-    from robust_mc.io import ensure_out_dir
-    from robust_mc.record import run_record
-    from robust_mc.report import plot_paths, write_path_files
+    from robust_mc.report.path import plot_paths, write_path_files
+    from robust_mc.run.files import ensure_out_dir
+    from robust_mc.run.provenance import run_record
 
     if resume == "resume" and not (out / "curve.pt").is_file():
         raise UserError(f"--resume: {out} holds no run to continue; drop --resume to start one")

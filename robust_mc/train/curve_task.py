@@ -21,12 +21,12 @@ from torch.func import functional_call
 
 from attacks.pgd import LossFn, cross_entropy_sum
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
-from robust_mc.curves import Curve
+from robust_mc.core.curves import Curve
 from robust_mc.data import Data
-from robust_mc.interrupt import StopSignals
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
-from robust_mc.training import EpochResult, Position, fit, make_sgd
+from robust_mc.report.progress import Reporter
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.loop import EpochResult, Position, fit, make_sgd
 
 
 def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:

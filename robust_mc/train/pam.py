@@ -19,14 +19,14 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig, PamConfig
-from robust_mc.curves import Curve, flatten_params
+from robust_mc.core.curves import Curve, flatten_params
+from robust_mc.core.permutation import Permutation, PermutationSpec
 from robust_mc.data import Data
-from robust_mc.interrupt import StopSignals
-from robust_mc.permutation import Permutation, PermutationSpec
-from robust_mc.progress import Reporter
-from robust_mc.runtime import Runtime
-from robust_mc.train_curve import CurveTask
-from robust_mc.training import Position, fit
+from robust_mc.report.progress import Reporter
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.curve_task import CurveTask
+from robust_mc.train.loop import Position, fit
 
 
 def soft_permute(params: dict[str, torch.Tensor], spec: PermutationSpec,

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from robust_mc.errors import UserError
-from robust_mc.io import atomic_torch_save
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.models.trust import CodeTrust, canonical_spec
+from robust_mc.run.files import atomic_torch_save
 
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"

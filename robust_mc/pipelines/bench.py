@@ -16,7 +16,6 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from robust_mc.checkpoint import LoadOptions
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
@@ -24,16 +23,17 @@ from robust_mc.config import (
     find_preset,
     load_yaml,
 )
-from robust_mc.connect import completed_run, endpoint_digests, run_connect
 from robust_mc.data import load_data
-from robust_mc.endpoint import trained_endpoint
 from robust_mc.errors import UserError
-from robust_mc.interrupt import StopSignals
-from robust_mc.io import ensure_out_dir, read_json
-from robust_mc.pair import Pair, load_pair
-from robust_mc.progress import Reporter
-from robust_mc.resume import remove_stale_temps
-from robust_mc.runtime import Runtime
+from robust_mc.pipelines.connect import completed_run, endpoint_digests, run_connect
+from robust_mc.pipelines.endpoint import trained_endpoint
+from robust_mc.pipelines.pair import Pair, load_pair
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import LoadOptions
+from robust_mc.run.files import ensure_out_dir, read_json
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.resume import remove_stale_temps
+from robust_mc.run.runtime import Runtime
 
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
            "clean_loss_barrier", "robust_loss_barrier", "clean_error_barrier",

@@ -10,9 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from robust_mc.evaluate import PointResult
-from robust_mc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from robust_mc.progress import Reporter
+from robust_mc.evaluation.path import PointResult
+from robust_mc.report.progress import Reporter
+from robust_mc.run.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 COLUMNS = ("t", "split", "clean_loss", "clean_acc", "robust_loss", "robust_acc", "count")
 

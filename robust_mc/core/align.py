@@ -26,10 +26,8 @@ from torch import nn
 
 from attacks import PGD
 from robust_mc.config import AlignConfig, AttackConfig
-from robust_mc.data import Split, as_float, batches
-from robust_mc.fold import fold_batchnorm_graph
-from robust_mc.models import Classifier
-from robust_mc.permutation import (
+from robust_mc.core.fold import fold_batchnorm_graph
+from robust_mc.core.permutation import (
     Axis,
     Permutation,
     PermutationSpec,
@@ -40,7 +38,9 @@ from robust_mc.permutation import (
     trace_graph,
     trace_permutation_spec,
 )
-from robust_mc.runtime import Runtime
+from robust_mc.data import Split, as_float, batches
+from robust_mc.models import Classifier
+from robust_mc.run.runtime import Runtime
 
 Method = Literal["corr", "weights"]
 Inputs = Literal["clean", "adversarial"]

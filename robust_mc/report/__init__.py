@@ -1,0 +1,2 @@
+"""What people read: path files and plots, bench tables, terminal progress.
+"""

@@ -1,0 +1,3 @@
+"""Training: the resumable loop, the curve task, learning-rate schedules and PAM's permutation
+updates.
+"""
