@@ -16,8 +16,8 @@ from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.core.curves import Curve
 from robust_mc.models import create_model
 from robust_mc.run.runtime import Runtime
-from robust_mc.train.curve_task import CurveTask, curve_optimizer
-from robust_mc.train.loop import AdversarialTask, make_sgd
+from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.tasks import CurveTask, EndpointTask
 
 
 def main() -> None:
@@ -40,20 +40,18 @@ def main() -> None:
                                                        mean=(0.5,) * 3, std=(0.25,) * 3)))
         x = runtime.images(torch.rand(args.batch, 3, 32, 32, device=device))
         y = torch.randint(0, 10, (args.batch,), device=device)
-        base = AdversarialTask(models[0], models[0], attack, runtime)
-        base_opt = make_sgd(models[0].parameters(), OptimConfig())
+        context = TrainingContext(runtime)
+        base = Trainer(EndpointTask(models[0], models[0], attack, runtime),
+                       make_sgd(models[0].parameters(), OptimConfig()), OptimConfig(), context)
         curve = Curve.between("bezier", models[0], models[0].state_dict(),
                               models[1].state_dict(), 1).to(device)
-        task = CurveTask(models[1], curve, attack, CurveConfig(), runtime,
-                         torch.Generator().manual_seed(0))
-        curve_opt = curve_optimizer(curve, OptimConfig())
+        along = Trainer(CurveTask(models[1], curve, attack, CurveConfig(), runtime,
+                                  torch.Generator().manual_seed(0)),
+                        make_sgd([curve.bends], OptimConfig()), OptimConfig(), context)
 
-        def step(task, optimizer, x=x, y=y):
+        def step(trainer: Trainer, x=x, y=y):
             def run() -> None:
-                loss, _ = task(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                trainer.train_step(x, y)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
             return run
@@ -61,9 +59,9 @@ def main() -> None:
         timings = {}
         for _ in range(2):  # interleave the two, so drift hits both alike
             timings["base"] = min(timings.get("base", 1e9),
-                                  time_it(step(base, base_opt), args.repeats)[0])
+                                  time_it(step(base), args.repeats)[0])
             timings["curve"] = min(timings.get("curve", 1e9),
-                                   time_it(step(task, curve_opt), args.repeats)[0])
+                                   time_it(step(along), args.repeats)[0])
         ratio = timings["curve"] / timings["base"]
         rows.append([arch, f"{timings['base']:.3f}", f"{timings['curve']:.3f}", f"{ratio:.3f}"])
         print(f"  {arch}: base {timings['base']:.3f} s, curve {timings['curve']:.3f} s", flush=True)

@@ -18,7 +18,8 @@ from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.models import create_model
 from robust_mc.report.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.train.loop import AdversarialTask, make_sgd, train_one_epoch
+from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.tasks import EndpointTask
 
 
 def main() -> None:
@@ -37,12 +38,13 @@ def main() -> None:
         torch.manual_seed(0)
         model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
                                              mean=data.info.mean, std=data.info.std))
-        task = AdversarialTask(model, model, attack, runtime)
+        task = EndpointTask(model, model, attack, runtime)
+        context = TrainingContext(runtime, generator=torch.Generator().manual_seed(0),
+                                  train=data.train, info=data.info, augment=True)
+        trainer = Trainer(task, make_sgd(model.parameters(), optim), optim, context)
         with Reporter(quiet=True).task("", 0) as step:
-            result = train_one_epoch(task, make_sgd(model.parameters(), optim), data.train,
-                                     optim=optim, epoch=0, info=data.info, augment=True,
-                                     generator=torch.Generator().manual_seed(0),
-                                     runtime=runtime, step=step)
+            result = trainer.train_one_epoch(step)
+        assert result is not None
         rows.append([arch, str(result.images), f"{result.seconds:.1f}",
                      f"{result.images_per_s:.1f}", f"{45000 / result.images_per_s / 60:.1f}"])
     print_table(f"PGD-7 training epoch on {data.info.name} ({args.device}, "

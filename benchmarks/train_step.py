@@ -17,7 +17,8 @@ from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
 from robust_mc.models import create_model
 from robust_mc.run.runtime import Runtime
-from robust_mc.train.loop import AdversarialTask, make_sgd
+from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.tasks import EndpointTask
 
 OPTIONS = {
     "eager fp32": SpeedConfig(channels_last=False, precision="float32"),
@@ -32,21 +33,19 @@ OPTIONS = {
 def step_time(arch: str, speed: SpeedConfig, steps: int, batch: int, repeats: int,
               device: str) -> float:
     torch.manual_seed(0)
-    runtime = Runtime.create(device, speed)
+    runtime = Runtime.create(device, speed, compiles=True)
     model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
                                          mean=(0.5,) * 3, std=(0.25,) * 3))
     forward = torch.compile(model) if speed.compile else model
     attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=steps)
-    task = AdversarialTask(model, forward, attack, runtime)
-    optimizer = make_sgd(model.parameters(), OptimConfig())
+    task = EndpointTask(model, forward, attack, runtime)
+    trainer = Trainer(task, make_sgd(model.parameters(), OptimConfig()), OptimConfig(),
+                      TrainingContext(runtime))
     x = runtime.images(torch.rand(batch, 3, 32, 32, device=device))
     y = torch.randint(0, 10, (batch,), device=device)
 
     def one_step() -> None:
-        loss, _ = task(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        trainer.train_step(x, y)
         if device == "cuda":
             torch.cuda.synchronize()
 

@@ -9,7 +9,7 @@ from torch.func import functional_call
 from robust_mc.config import AttackConfig, CurveConfig
 from robust_mc.core.curves import Curve, list_curves
 from robust_mc.run.checkpoint import build_model
-from robust_mc.train.curve_task import CurveTask
+from robust_mc.train.tasks import CurveTask
 
 
 @pytest.mark.parametrize("kind", list_curves())

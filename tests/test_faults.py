@@ -23,7 +23,7 @@ from robust_mc.report.progress import Step
 from robust_mc.run.checkpoint import load_checkpoint, read_torch_file
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import Runtime
-from robust_mc.train.loop import NonFiniteLoss, Position, train_one_epoch
+from robust_mc.train.loop import NonFiniteLoss, Position, Trainer, TrainingContext
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--eps", "0.03",
@@ -270,13 +270,13 @@ def test_a_non_finite_loss_stops_the_run_unless_skipped(skip):
     task, optimizer = nan_on({2})
     position = Position()
     optim = OptimConfig(epochs=1, batch_size=16, skip_nonfinite=skip)
-    kwargs = dict(optim=optim, info=None, augment=False, generator=torch.Generator(),
-                  runtime=Runtime.create("cpu"), step=Step(None, None), position=position)
+    trainer = Trainer(task, optimizer, optim, TrainingContext(Runtime.create("cpu"), train=split),
+                      position)
     if skip == 0:
         with pytest.raises(NonFiniteLoss, match="epoch 1, step 2 .*learning rate"):
-            train_one_epoch(task, optimizer, split, **kwargs)
+            trainer.train_one_epoch(Step(None, None))
     else:
-        result = train_one_epoch(task, optimizer, split, **kwargs)
+        result = trainer.train_one_epoch(Step(None, None))
         assert result is not None and result.images == 48 and position.skipped == 1
 
 

@@ -50,8 +50,8 @@ from robust_mc.run.resume import (
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seed_everything
-from robust_mc.train.curve_task import curve_optimizer, train_curve
-from robust_mc.train.loop import EpochResult, Position
+from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
+from robust_mc.train.tasks import CurveTask
 
 CURVE_FORMAT = "robust-mc-curve/1"
 PROGRESS_FILE = "path-progress.json"
@@ -170,9 +170,11 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
                               out / "curve.pt")
         return history
     template = copy.deepcopy(endpoints.a)
-    optimizer = curve_optimizer(curve, cfg.optim)
+    optimizer = make_sgd([curve.bends], cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
+    context = TrainingContext(runtime, reporter, stop or StopSignals(), generator, attack_stream,
+                              data.train, data.info, cfg.data.augment)
     position = Position()
     if saved is not None:
         position = Position.from_state(saved["position"])
@@ -188,8 +190,7 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
         reporter.print(f"resuming {out / 'curve.pt'} at epoch {position.epoch + 1}, step "
                        f"{position.step}")
 
-    pam_update = pam_updater(curve, template, endpoints, cfg, data, runtime, reporter,
-                             generator, attack_stream, stop or StopSignals())
+    pam_update = pam_updater(curve, template, endpoints, cfg, context)
 
     def on_epoch(epoch: int, result: EpochResult) -> None:
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
@@ -205,18 +206,14 @@ def train(curve: Curve, pair: Pair, endpoints: Endpoints, cfg: ConnectRunConfig,
                                        rng_state(generator, attack_stream)),
                           out / "curve.pt")
 
-    train_curve(curve, template, data, attack=cfg.attack, curve_cfg=cfg.curve, optim=cfg.optim,
-                augment=cfg.data.augment, runtime=runtime, reporter=reporter,
-                optimizer=optimizer, generator=generator, attack_generator=attack_stream,
-                position=position,
-                on_epoch=on_epoch, save=save, stop=stop, resume_hint=resume_hint(out))
+    task = CurveTask(template, curve, cfg.attack, cfg.curve, runtime, generator, attack_stream)
+    Trainer(task, optimizer, cfg.optim, context, position).fit("curve epoch", on_epoch, save,
+                                                               resume_hint(out))
     return history
 
 
 def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: ConnectRunConfig,
-                data: Data, runtime: Runtime, reporter: Reporter, generator: torch.Generator,
-                attack_stream: torch.Generator, stop: StopSignals
-                ) -> Callable[[int], None] | None:
+                context: TrainingContext) -> Callable[[int], None] | None:
     """With PAM on, what runs after each curve epoch: at ``pam.outer`` evenly spaced epochs, a
     permutation update of b (recorded in ``endpoints``), the curve's end moved with it."""
     if not cfg.pam.enabled:
@@ -225,7 +222,9 @@ def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: C
 
     epochs, outer = cfg.optim.epochs, cfg.pam.outer
     after = [round(k * epochs / (outer + 1)) for k in range(1, outer + 1)]
-    spec = trace_permutation_spec(endpoints.a, runtime.images(data.train.images[:2].float()))
+    assert context.train is not None
+    spec = trace_permutation_spec(endpoints.a,
+                                  context.runtime.images(context.train.images[:2].float()))
     if endpoints.pam is None:
         endpoints.pam = {"start": endpoints.permutation, "updates": []}
 
@@ -234,11 +233,8 @@ def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: C
         if epochs_done not in after or len(endpoints.pam["updates"]) > after.index(epochs_done):
             return
         number = after.index(epochs_done) + 1
-        perm = permutation_phase(curve, template, spec, data, attack=cfg.attack,
+        perm = permutation_phase(curve, template, spec, context, attack=cfg.attack,
                                  curve_cfg=cfg.curve, optim=cfg.optim, pam=cfg.pam,
-                                 augment=cfg.data.augment, runtime=runtime, reporter=reporter,
-                                 generator=generator, attack_generator=attack_stream,
-                                 stop=stop,
                                  label=f"permutation update {number}/{outer}, epoch")
         permute_model(endpoints.b, spec, perm)
         with torch.no_grad():
@@ -249,7 +245,7 @@ def pam_updater(curve: Curve, template: Classifier, endpoints: Endpoints, cfg: C
         endpoints.pam["moved_from_start"] = moved_fraction(endpoints.permutation,
                                                            endpoints.pam["start"])
         share = sum(moved.values()) / max(len(moved), 1)
-        reporter.print(f"  PAM update {number}/{outer} after epoch {epochs_done}: "
+        context.reporter.print(f"  PAM update {number}/{outer} after epoch {epochs_done}: "
                        f"{100 * share:.1f}% of units re-matched (mean over spaces)")
 
     return update

@@ -33,7 +33,8 @@ from robust_mc.run.resume import (
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seed_everything
-from robust_mc.train.loop import AdversarialTask, EpochResult, Position, fit, make_sgd
+from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
+from robust_mc.train.tasks import EndpointTask
 
 MONITOR_IMAGES = 1000  # validation images attacked after each epoch
 PRECISE_BN_IMAGES = 2000  # as many as connect's path evaluation uses by default
@@ -83,7 +84,7 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     optimizer = make_sgd(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
-    task = AdversarialTask(model, forward, cfg.attack, runtime, attack_stream)
+    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream)
     position, history = Position(), []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -118,9 +119,10 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                                "rng": rng_state(generator, attack_stream), "record": record},
                               state_path)
 
-    fit(task, optimizer, on_device.train, optim=cfg.optim, info=data.info,
-        augment=cfg.data.augment, generator=generator, runtime=runtime, reporter=reporter,
-        label="epoch", position=position, on_epoch=on_epoch, save=save, stop=stop,
+    context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
+                              data.info, cfg.data.augment)
+    Trainer(task, optimizer, cfg.optim, context, position).fit(
+        "epoch", on_epoch, save,
         resume_hint=f"state saved in {state_path}; rerun the same command to continue")
     if cfg.optim.precise_bn != "off":
         recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES,

@@ -1,19 +1,18 @@
-"""The training loop shared by endpoints and curves: a task computes the loss of a batch, the loop
-schedules, steps, guards against non-finite losses, saves resumable states and stops cleanly on
-a signal. Everything specific (the attack, the curve) lives in the task."""
+"""The training loop shared by endpoints, curves and PAM: a task computes the loss of a batch (see
+``tasks.py``), the :class:`Trainer` schedules, steps, guards against non-finite losses, saves
+resumable states and stops cleanly on a signal. Everything specific (the attack, the curve, the
+objective) lives in the task."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from robust_mc.config import AttackConfig, OptimConfig
+from robust_mc.config import OptimConfig
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
 from robust_mc.report.progress import Reporter, Step
@@ -73,60 +72,141 @@ def make_sgd(params, optim: OptimConfig) -> torch.optim.SGD:
                            weight_decay=optim.weight_decay)
 
 
-def train_one_epoch(task: Task, optimizer: torch.optim.Optimizer, split: Split, *,
-                    optim: OptimConfig, info: DatasetInfo, augment: bool,
-                    generator: torch.Generator, runtime: Runtime, step: Step,
-                    position: Position | None = None, stop: StopSignals | None = None
-                    ) -> EpochResult | None:
-    """Continue the epoch at ``position`` over ``split`` (already on the device), learning rate
-    set per step. Returns the epoch's result, or None when ``stop`` asked to stop before its end
-    (``position`` then says where it stopped)."""
-    position = position or Position()
-    if len(split) == 0:
-        raise UserError("the training split is empty; use more training images")
-    epoch = position.epoch
-    steps = num_batches(split, optim.batch_size, drop_last=True)
-    warmup = optim.warmup_epochs / optim.epochs
-    if position.order is None:
-        position.order = torch.randperm(len(split), generator=generator)
-    start = time.perf_counter() - position.seconds
-    for i, (x, y) in enumerate(batches(split, optim.batch_size, generator=generator, info=info,
-                                       augment=augment, drop_last=True, order=position.order,
-                                       start=position.step), start=position.step):
-        lr = optim.lr * lr_factor((epoch + i / steps) / optim.epochs, optim.schedule, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, hits = task(runtime.images(x), y)
-        optimizer.zero_grad(set_to_none=True)
+@dataclass
+class TrainingContext:
+    """What every training phase of a run shares, held once: where it runs, where it reports,
+    what stops it, its random streams and its training data (already on the device)."""
+
+    runtime: Runtime
+    reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
+    stop: StopSignals = field(default_factory=StopSignals)
+    generator: torch.Generator = field(default_factory=torch.Generator)  # shuffles, crops (CPU)
+    attack_generator: torch.Generator | None = None  # the attack's random starts (device)
+    train: Split | None = None
+    info: DatasetInfo | None = None
+    augment: bool = False
+
+
+class Trainer:
+    """Trains what ``task``'s loss depends on with ``optimizer``, on ``context``'s data, as
+    ``optim`` schedules it, from ``position`` (a resumed run's, or the start).
+
+    ``fit`` runs the epochs, ``train_one_epoch`` one of them, ``train_step`` one batch; a
+    non-finite loss is skipped (up to ``optim.skip_nonfinite``) or stops the run.
+
+    Example::
+
+        trainer = Trainer(EndpointTask(model, model, AttackConfig(), runtime),
+                          make_sgd(model.parameters(), optim), optim,
+                          TrainingContext(runtime, train=data.train, info=data.info))
+        trainer.fit("epoch", on_epoch=lambda epoch, result: None, save=lambda: None)
+    """
+
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, optim: OptimConfig,
+                 context: TrainingContext, position: Position | None = None) -> None:
+        self.task = task
+        self.optimizer = optimizer
+        self.optim = optim
+        self.context = context
+        self.position = position or Position()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step on the batch x (B, C, H, W) in [0, 1], y (B,): the loss value and
+        the correct predictions. A non-finite loss takes no step (the value says so)."""
+        loss, hits = self.task(self.context.runtime.images(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
         value = loss.item()
         if math.isfinite(value):
             loss.backward()
-            optimizer.step()
-            position.loss_sum += value * y.shape[0]
-            position.correct += int(hits)
-            position.seen += y.shape[0]
-        else:
-            position.skipped += 1
-            if position.skipped > optim.skip_nonfinite:
-                raise NonFiniteLoss(
-                    f"non-finite loss at epoch {epoch + 1}, step {i + 1} (learning rate {lr:g}): "
-                    "the learning rate is probably too high; lower --lr, or pass "
-                    "--skip-nonfinite N to skip up to N such batches (the last saved state is "
-                    "kept)")
-        position.step = i + 1
-        position.seconds = time.perf_counter() - start
-        if i % 10 == 9 or i == steps - 1:
-            seen = max(position.seen, 1)
-            step.advance(min(10, i % 10 + 1), f"loss {position.loss_sum / seen:.3f}  "
-                         f"acc {100 * position.correct / seen:.1f}%  "
-                         f"{position.seen / position.seconds:.0f} img/s")
-        if stop is not None and stop.requested and position.step < steps:
-            return None
-    seen = max(position.seen, 1)
-    result = EpochResult(position.loss_sum / seen, 100 * position.correct / seen, position.seen,
-                         position.seconds)
-    position.next_epoch()
-    return result
+            self.optimizer.step()
+        return value, int(hits)
+
+    def steps_per_epoch(self) -> int:
+        assert self.context.train is not None, "the context holds no training data"
+        return num_batches(self.context.train, self.optim.batch_size, drop_last=True)
+
+    def train_one_epoch(self, step: Step) -> EpochResult | None:
+        """Continue the epoch at ``position``, learning rate set per step. Returns the epoch's
+        result, or None when the stop signal asked to stop before its end (``position`` then
+        says where it stopped)."""
+        ctx, optim, position = self.context, self.optim, self.position
+        split = ctx.train
+        if split is None or len(split) == 0:
+            raise UserError("the training split is empty; use more training images")
+        epoch = position.epoch
+        steps = self.steps_per_epoch()
+        warmup = optim.warmup_epochs / optim.epochs
+        if position.order is None:
+            position.order = torch.randperm(len(split), generator=ctx.generator)
+        start = time.perf_counter() - position.seconds
+        for i, (x, y) in enumerate(batches(split, optim.batch_size, generator=ctx.generator,
+                                           info=ctx.info, augment=ctx.augment, drop_last=True,
+                                           order=position.order, start=position.step),
+                                   start=position.step):
+            lr = optim.lr * lr_factor((epoch + i / steps) / optim.epochs, optim.schedule, warmup)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            value, hits = self.train_step(x, y)
+            if math.isfinite(value):
+                position.loss_sum += value * y.shape[0]
+                position.correct += hits
+                position.seen += y.shape[0]
+            else:
+                position.skipped += 1
+                if position.skipped > optim.skip_nonfinite:
+                    raise NonFiniteLoss(
+                        f"non-finite loss at epoch {epoch + 1}, step {i + 1} (learning rate "
+                        f"{lr:g}): the learning rate is probably too high; lower --lr, or pass "
+                        "--skip-nonfinite N to skip up to N such batches (the last saved state "
+                        "is kept)")
+            position.step = i + 1
+            position.seconds = time.perf_counter() - start
+            if i % 10 == 9 or i == steps - 1:
+                seen = max(position.seen, 1)
+                step.advance(min(10, i % 10 + 1), f"loss {position.loss_sum / seen:.3f}  "
+                             f"acc {100 * position.correct / seen:.1f}%  "
+                             f"{position.seen / position.seconds:.0f} img/s")
+            if ctx.stop.requested and position.step < steps:
+                return None
+        seen = max(position.seen, 1)
+        result = EpochResult(position.loss_sum / seen, 100 * position.correct / seen,
+                             position.seen, position.seconds)
+        position.next_epoch()
+        return result
+
+    def fit(self, label: str, on_epoch: Callable[[int, EpochResult], None],
+            save: Callable[[], None], resume_hint: str = "") -> None:
+        """Train from ``position`` to ``optim.epochs``. ``save`` writes the resumable state
+        every ``optim.save_every`` epochs, after the last and when a signal asks the run to
+        stop, which then raises :class:`Interrupted` carrying ``resume_hint``."""
+        optim, position, stop = self.optim, self.position, self.context.stop
+        steps = self.steps_per_epoch()
+
+        def save_checked() -> None:
+            check_finite_weights(self.optimizer, position)
+            save()
+
+        def interrupted() -> Interrupted:
+            assert stop.signum is not None
+            return Interrupted(stop.signum, f"stopped at epoch {position.epoch + 1}/"
+                                            f"{optim.epochs}, step {position.step}/{steps}; "
+                                            f"{resume_hint}")
+
+        while position.epoch < optim.epochs:
+            epoch = position.epoch
+            with self.context.reporter.task(f"{label} {epoch + 1}/{optim.epochs}", steps) as step:
+                if position.step:
+                    step.advance(position.step)
+                result = self.train_one_epoch(step)
+            if result is None:
+                save_checked()
+                raise interrupted()
+            on_epoch(epoch, result)
+            done = position.epoch
+            if done % optim.save_every == 0 or done == optim.epochs or stop.requested:
+                save_checked()
+            if stop.requested and done < optim.epochs:
+                raise interrupted()
 
 
 def check_finite_weights(optimizer: torch.optim.Optimizer, position: Position) -> None:
@@ -136,65 +216,3 @@ def check_finite_weights(optimizer: torch.optim.Optimizer, position: Position) -
                 raise NonFiniteLoss(f"non-finite weights after epoch {position.epoch}, step "
                                     f"{position.step}: the learning rate is probably too high; "
                                     "lower --lr (the last saved state is kept)")
-
-
-def fit(task: Task, optimizer: torch.optim.Optimizer, split: Split, *, optim: OptimConfig,
-        info: DatasetInfo, augment: bool, generator: torch.Generator, runtime: Runtime,
-        reporter: Reporter, label: str, position: Position,
-        on_epoch: Callable[[int, EpochResult], None], save: Callable[[], None],
-        stop: StopSignals, resume_hint: str) -> None:
-    """Train from ``position`` to ``optim.epochs``. ``save`` writes the resumable state every
-    ``optim.save_every`` epochs, after the last and when a signal asks the run to stop, which
-    then raises :class:`Interrupted` carrying ``resume_hint``."""
-    steps = num_batches(split, optim.batch_size, drop_last=True)
-
-    def save_checked() -> None:
-        check_finite_weights(optimizer, position)
-        save()
-
-    def interrupted() -> Interrupted:
-        assert stop.signum is not None
-        return Interrupted(stop.signum, f"stopped at epoch {position.epoch + 1}/{optim.epochs}, "
-                                        f"step {position.step}/{steps}; {resume_hint}")
-
-    while position.epoch < optim.epochs:
-        epoch = position.epoch
-        with reporter.task(f"{label} {epoch + 1}/{optim.epochs}", steps) as step:
-            if position.step:
-                step.advance(position.step)
-            result = train_one_epoch(task, optimizer, split, optim=optim, info=info,
-                                     augment=augment, generator=generator, runtime=runtime,
-                                     step=step, position=position, stop=stop)
-        if result is None:
-            save_checked()
-            raise interrupted()
-        on_epoch(epoch, result)
-        done = position.epoch
-        if done % optim.save_every == 0 or done == optim.epochs or stop.requested:
-            save_checked()
-        if stop.requested and done < optim.epochs:
-            raise interrupted()
-
-
-class AdversarialTask:
-    """Madry-style adversarial training of one network: PGD on the batch, then the CE of the
-    adversarial batch. ``attack.steps == 0`` trains on clean inputs through the same path.
-    ``generator`` draws the attack's random starts (on the device)."""
-
-    def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 attack: AttackConfig, runtime: Runtime,
-                 generator: torch.Generator | None = None) -> None:
-        self.model = model  # the module whose mode is switched for the attack
-        self.forward = forward  # what computes logits (the model, or its compiled version)
-        self.attack = attack.build()
-        self.runtime = runtime
-        self.generator = generator
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.runtime.autocast():
-            x_adv = self.attack(self.model, x, y, self.generator, forward=self.forward)
-        self.model.train()
-        with self.runtime.autocast():
-            logits = self.forward(x_adv)
-        loss = F.cross_entropy(logits.float(), y)
-        return loss, (logits.argmax(1) == y).sum()

@@ -21,12 +21,8 @@ from torch import nn
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig, PamConfig
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import Permutation, PermutationSpec
-from robust_mc.data import Data
-from robust_mc.report.progress import Reporter
-from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.runtime import Runtime
-from robust_mc.train.curve_task import CurveTask
-from robust_mc.train.loop import Position, fit
+from robust_mc.train.loop import Trainer, TrainingContext
+from robust_mc.train.tasks import CurveTask
 
 
 def soft_permute(params: dict[str, torch.Tensor], spec: PermutationSpec,
@@ -108,24 +104,21 @@ class PermutedEnd:
         return self.curve.unflatten(flat)
 
 
-def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec, data: Data, *,
-                      attack: AttackConfig, curve_cfg: CurveConfig, optim: OptimConfig,
-                      pam: PamConfig, augment: bool, runtime: Runtime, reporter: Reporter,
-                      generator: torch.Generator, stop: StopSignals, label: str,
-                      attack_generator: torch.Generator | None = None) -> Permutation:
+def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec,
+                      context: TrainingContext, *, attack: AttackConfig, curve_cfg: CurveConfig,
+                      optim: OptimConfig, pam: PamConfig, label: str) -> Permutation:
     """One permutation update: the permutation of b (relative to b now) that the relaxed,
     proximal problem rounds to."""
     device = curve.start.device
     relaxed = {s.name: torch.eye(s.size, device=device).requires_grad_() for s in spec}
-    task = CurveTask(template, PermutedEnd(curve, spec, relaxed), attack, curve_cfg, runtime,
-                     generator, attack_generator)
+    task = CurveTask(template, PermutedEnd(curve, spec, relaxed), attack, curve_cfg,
+                     context.runtime, context.generator, context.attack_generator)
     optimizer = ProximalBirkhoff(list(relaxed.values()), lr=pam.lr, prox=pam.prox,
                                  iters=pam.sinkhorn_iters)
     schedule = replace(optim, epochs=pam.perm_epochs, lr=pam.lr, weight_decay=0.0,
                        schedule="constant", warmup_epochs=0.0)
-    fit(task, optimizer, data.train, optim=schedule, info=data.info, augment=augment,
-        generator=generator, runtime=runtime, reporter=reporter, label=label,
-        position=Position(), on_epoch=lambda epoch, result: None, save=lambda: None, stop=stop,
+    Trainer(task, optimizer, schedule, context).fit(
+        label, on_epoch=lambda epoch, result: None, save=lambda: None,
         resume_hint="rerun the same command to continue from the last saved state")
     return {name: torch.as_tensor(linear_sum_assignment(m.detach().double().cpu().numpy(),
                                                         maximize=True)[1])

@@ -1,0 +1,110 @@
+"""Training tasks: what one step trains, presented to an objective (``objectives.py``).
+
+``EndpointTask`` trains one network's weights. ``CurveTask`` trains a curve's bends: each step
+samples t, builds the weights at t once, attacks the network at t through a copy of the module
+holding those weights, detached (the attack never rebuilds or differentiates through the weight
+combination, and runs the module as plainly as an endpoint's attack does), then returns the loss
+at t, differentiable in the bends.
+
+Batch norm uses batch statistics while training; the attack runs the network in the mode set by
+``attack.mode`` (``train``: batch statistics with running statistics untouched, the default).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from attacks.pgd import LossFn
+from robust_mc.config import AttackConfig, CurveConfig
+from robust_mc.run.runtime import Runtime
+from robust_mc.train.objectives import TrainedNetwork, create_objective
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+class EndpointTask:
+    """One network's weights under an objective (Madry's adversarial cross-entropy by default;
+    ``attack.steps == 0`` trains on clean inputs through the same path). ``forward`` computes
+    the logits when that is not ``model`` itself (its compiled version); ``generator`` draws the
+    attack's random starts (on the device)."""
+
+    def __init__(self, model: nn.Module, forward: Logits, attack: AttackConfig, runtime: Runtime,
+                 generator: torch.Generator | None = None, objective: str = "adversarial",
+                 **settings: float) -> None:
+        self.model = model  # the module whose mode is switched for the attack
+        self.forward = forward
+        self.attack = attack.build()
+        self.runtime = runtime
+        self.generator = generator
+        self.objective = create_objective(objective, **settings)
+        self.network = TrainedNetwork(self.logits, self.adversarial)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        with self.runtime.autocast():
+            return self.forward(x)
+
+    def adversarial(self, x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn
+                    ) -> torch.Tensor:
+        with self.runtime.autocast():
+            return self.attack(self.model, x, target, self.generator, forward=self.forward,
+                               loss_fn=loss_fn)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.objective(self.network, x, y)
+
+
+class WeightsAlongT(Protocol):
+    """What a curve task trains through: parameter names, and their values at t."""
+
+    names: list[str]
+
+    def weights_at(self, t: float) -> dict[str, torch.Tensor]: ...
+
+
+class CurveTask:
+    """The loss of one batch at a random point of the curve, under ``curve_cfg.objective``."""
+
+    def __init__(self, module: nn.Module, curve: WeightsAlongT, attack: AttackConfig,
+                 curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator,
+                 attack_generator: torch.Generator | None = None) -> None:
+        """``generator`` draws t (CPU); ``attack_generator`` the attack's random starts."""
+        self.module = module
+        self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack
+        self.attacked.requires_grad_(False)
+        self.slots: list[torch.Tensor] = [self.attacked.get_parameter(n) for n in curve.names]
+        self.curve = curve
+        self.attack = attack.build()
+        self.attack_generator = attack_generator
+        self.objective = create_objective(curve_cfg.objective, beta=curve_cfg.trades_beta)
+        self.runtime = runtime
+        self.generator = generator
+
+    def network_at(self, params: dict[str, torch.Tensor]) -> TrainedNetwork:
+        """The network with ``params`` (differentiable in the bends), as an objective sees it."""
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            self.module.train()
+            with self.runtime.autocast():
+                return functional_call(self.module, params, (x,))
+
+        def adversarial(x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn
+                        ) -> torch.Tensor:
+            with torch.no_grad():
+                torch._foreach_copy_(self.slots, [params[n].detach() for n in self.curve.names])
+            with self.runtime.autocast():
+                return self.attack(self.attacked, x, target, self.attack_generator,
+                                   loss_fn=loss_fn)
+
+        return TrainedNetwork(logits, adversarial)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = float(torch.rand((), generator=self.generator))
+        params = self.curve.weights_at(t)  # built once per step, differentiable in the bends
+        return self.objective(self.network_at(params), x, y)
