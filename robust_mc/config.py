@@ -31,9 +31,11 @@ T = TypeVar("T")
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None, pixel: bool = False,
-            help: str = "") -> Any:
-    """A dataclass field with a range check, pixel-unit parsing and a help string."""
-    meta = {"lo": lo, "hi": hi, "pixel": pixel, "help": help}
+            help: str = "", may_change: bool = False) -> Any:
+    """A dataclass field with a range check, pixel-unit parsing and a help string.
+    ``may_change``: a run may continue with another value (where it runs, how its work is
+    batched, laid out or saved: results change at most by float rounding)."""
+    meta = {"lo": lo, "hi": hi, "pixel": pixel, "help": help, "may_change": may_change}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -124,9 +126,9 @@ class OptimConfig:
     warmup_epochs: float = setting(0.0, lo=0.0)
     seed: int = setting(0)
     save_every: int = setting(1, lo=1, help="epochs between saved resumable states (and always "
-                                            "at the end and on an interrupt)")
+                                            "at the end and on an interrupt)", may_change=True)
     skip_nonfinite: int = setting(0, lo=0, help="batches with a non-finite loss to skip before "
-                                                "the run stops")
+                                                "the run stops", may_change=True)
     precise_bn: Literal["clean", "adversarial", "off"] = setting(
         "clean", help="after training, recompute BN statistics on 2000 training images, as "
                       "connect does at every t (its --bn-data), instead of keeping the noisy "
@@ -135,21 +137,23 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    channels_last: bool = setting(True, help="NHWC memory layout for convolutions")
+    channels_last: bool = setting(True, help="NHWC memory layout for convolutions",
+                                  may_change=True)
     precision: Literal["auto", "float32", "bfloat16"] = setting(
         "float32", help="autocast dtype; auto = bfloat16 on a CUDA device that supports it")
-    compile: bool = setting(False, help="torch.compile the network")
-    threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)")
+    compile: bool = setting(False, help="torch.compile the network", may_change=True)
+    threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)",
+                                  may_change=True)
     deterministic: bool = setting(False, help="torch's deterministic algorithms (slower on GPU)")
     reuse_memory: bool = setting(
         True, help="keep freed CPU memory for the next tensors instead of returning it to the OS "
-                   "(glibc); saves a page fault per page of every large tensor")
+                   "(glibc); saves a page fault per page of every large tensor", may_change=True)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     attack: str = setting("pgd:steps=20", help="attack spec, e.g. pgd:steps=20,alpha=2/255")
-    batch_size: int = setting(256, lo=1)
+    batch_size: int = setting(256, lo=1, may_change=True)
     seed: int = setting(0)
 
 
@@ -160,7 +164,7 @@ class AlignConfig:
     inputs: Literal["clean", "adversarial"] = setting(
         "clean", help="activations on clean images or on each model's own PGD examples")
     samples: int = setting(5000, lo=1, help="training images used for alignment")
-    batch_size: int = setting(250, lo=1)
+    batch_size: int = setting(250, lo=1, may_change=True)
     seed: int = setting(0, help="seed of the random starts of adversarial alignment inputs")
 
 
@@ -172,7 +176,7 @@ class AlignRunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto")
+    device: str = setting("auto", may_change=True)
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ class PathConfig:
     bn_images: int = setting(2000, lo=1, help="training images for the BN statistics")
     attack: str = setting("pgd:steps=20", help="eval attack spec; alpha defaults to eps/4")
     batch_size: int = setting(250, lo=1, help="images per evaluation batch (250 measured "
-                                              "fastest on a 2-core CPU)")
+                                              "fastest on a 2-core CPU)", may_change=True)
     val_limit: int | None = setting(None, lo=1, help="validation images evaluated (all)")
     test_limit: int | None = setting(None, lo=1, help="test images evaluated (all)")
     seed: int = setting(0)
@@ -238,7 +242,7 @@ class ConnectRunConfig:
     pam: PamConfig = field(default_factory=PamConfig)
     path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto")
+    device: str = setting("auto", may_change=True)
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ class LayersRunConfig:
     layers: LayersConfig = field(default_factory=LayersConfig)
     path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto")
+    device: str = setting("auto", may_change=True)
 
 
 @dataclass(frozen=True)
@@ -275,7 +279,7 @@ class TrainRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto")
+    device: str = setting("auto", may_change=True)
 
 
 @dataclass(frozen=True)
@@ -305,7 +309,7 @@ class BenchRunConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     train: TrainRunConfig = field(default_factory=TrainRunConfig)
     connect: ConnectRunConfig = field(default_factory=ConnectRunConfig)
-    device: str = setting("auto")
+    device: str = setting("auto", may_change=True)
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -483,3 +487,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def to_dict(config: Any) -> dict:
     """The resolved configuration as plain values (for JSON, YAML and checkpoints)."""
     return dataclasses.asdict(config)
+
+
+def settings_that_may_change(cls: type) -> set[str]:
+    """The dotted keys of ``cls``'s settings marked ``may_change`` (see :func:`setting`)."""
+    hints = typing.get_type_hints(cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        inner = hints[f.name]
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            keys |= {f"{f.name}.{k}" for k in settings_that_may_change(inner)}
+        elif f.metadata.get("may_change"):
+            keys.add(f.name)
+    return keys

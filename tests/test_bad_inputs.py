@@ -193,8 +193,8 @@ MATRIX = [
     (["bench", "--config", "{unknown_key}"], "unknown config key 'optim'"),
     (["bench", "--config", "{bench_ok}", "--save-every", "0"], "save_every: 0 is below"),
     # contradictory or impossible requests
-    (["train", "--resume"], "no saved state"),
-    (["connect", *PAIR, "--resume"], "no run to continue"),
+    (["train", "--resume"], "no saved training state"),
+    (["connect", *PAIR, "--resume"], "no saved run to continue"),
     (["train", "--resume", "--fresh"], "contradict"),
     # flags a command would ignore are not offered, nor accepted from its config
     (["connect", *PAIR, "--compile"], "unrecognized arguments: --compile"),

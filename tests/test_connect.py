@@ -9,8 +9,12 @@ import cli
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.core.barriers import barrier
 from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
+from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
+from robust_mc.pipelines.session import ConnectSession
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.run.records import PathLabel
 
 
 def connect_config(**extra) -> ConnectRunConfig:
@@ -28,22 +32,25 @@ def test_barrier_of_a_chord_is_zero_and_of_a_bump_is_its_height():
 
 
 @pytest.mark.parametrize("kind", ["line", "bezier"])
-def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, runtime, kind):
+def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, runtime, kind,
+                                                    tmp_path):
     model = runtime.prepare(build_model(digits_endpoints[0]))
     cfg = connect_config(**{"curve.kind": kind, "aligned": False})
-    endpoints = pipeline.Endpoints(model, model, model)
-    curve = pipeline.make_curve(kind, endpoints, 1, runtime)  # untrained: every t is the model
-    result = pipeline.evaluate_run(curve, endpoints, cfg, digits, runtime, Reporter(quiet=True))
-    summary = pipeline.summarize(result, cfg)
+    session = ConnectSession(Pair(digits_endpoints[0], digits_endpoints[0]), cfg, tmp_path,
+                             runtime, Reporter(quiet=True), digits)
+    endpoints = Endpoints(model, model, model)
+    curve = make_curve(kind, endpoints, 1, runtime)  # untrained: every t is the model
+    result = evaluate_run(session, curve, endpoints)
+    summary = summarize(result, cfg)
     for split in ("val", "test"):
-        for key, value in summary["barriers"][split].items():
+        for key, value in summary.barriers[split].to_state().items():
             if key.endswith("barrier"):
                 assert abs(value) < 1e-4, (split, key, value)
     first = result.points[0].test
     for point in result.points:
         assert point.test.robust_acc == first.robust_acc
         assert point.test.clean_acc == first.clean_acc
-    assert all(check["reproduced"] for check in summary["endpoints"].values())
+    assert all(check.reproduced for check in summary.endpoints.values())
 
 
 def test_aligned_curve_lowers_the_robust_barrier_of_the_unaligned_line(digits_endpoints,
@@ -54,13 +61,12 @@ def test_aligned_curve_lowers_the_robust_barrier_of_the_unaligned_line(digits_en
     pair = load_pair(str(paths[0]), str(paths[1]))
     cfg = connect_config(**{"path.compare_line": True})
     summary = pipeline.run_connect(pair, cfg, tmp_path / "run", runtime, Reporter(quiet=True))
-    curve_barrier = summary["barriers"]["test"]["robust_loss_barrier"]
-    line_barrier = summary["lines"]["line (unaligned)"]["test"]["robust_loss_barrier"]
-    aligned_line = summary["lines"]["line (aligned)"]["test"]["robust_loss_barrier"]
+    curve_barrier = summary.barriers["test"].robust_loss_barrier
+    line_barrier = summary.lines[PathLabel("line", False)]["test"].robust_loss_barrier
+    aligned_line = summary.lines[PathLabel("line", True)]["test"].robust_loss_barrier
     assert curve_barrier < line_barrier
     assert aligned_line < line_barrier
-    assert summary["barriers"]["test"]["robust_acc_min"] <= \
-        summary["barriers"]["test"]["clean_acc_min"]
+    assert summary.barriers["test"].robust_acc_min <= summary.barriers["test"].clean_acc_min
 
 
 def test_connect_and_eval_commands(digits_endpoints, tmp_path, capsys):
@@ -100,7 +106,7 @@ def test_resumable_curve_file_has_what_resume_needs(digits_endpoints, tmp_path, 
     pair = load_pair(str(paths[0]), str(paths[1]))
     cfg = connect_config(**{"optim.epochs": 1, "path.points": 2})
     pipeline.run_connect(pair, cfg, tmp_path / "run", runtime, Reporter(quiet=True))
-    record, curve, again = pipeline.load_curve_run(tmp_path / "run" / "curve.pt")
-    assert record["epoch"] == 1 and record["optimizer"] is not None
-    assert curve.kind == "bezier" and torch.isfinite(curve.bends).all()
+    run, again = pipeline.load_curve_run(tmp_path / "run" / "curve.pt")
+    assert run.position is not None and run.position.epoch == 1 and run.optimizer is not None
+    assert run.curve.kind == "bezier" and torch.isfinite(run.curve.bends).all()
     assert again.a.arch == pair.a.arch

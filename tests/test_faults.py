@@ -312,7 +312,7 @@ def test_interrupted_carries_the_exit_code_of_its_signal():
 
 def test_resume_without_a_saved_run_and_resume_with_fresh_are_refused(tmp_path, capsys):
     assert cli.main([*TRAIN, "--resume", "--out", str(tmp_path / "a.pt")]) == 2
-    assert "no saved state" in capsys.readouterr().err
+    assert "no saved training state" in capsys.readouterr().err
     assert cli.main([*TRAIN, "--resume", "--fresh", "--out", str(tmp_path / "a.pt")]) == 2
     assert "contradict" in capsys.readouterr().err
 

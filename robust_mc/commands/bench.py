@@ -12,7 +12,7 @@ from robust_mc.commands import common
 from robust_mc.config import to_dict
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import load_bench_config, run_bench
-from robust_mc.report.bench import rich_table, write_bench_files
+from robust_mc.report.bench import rich_table, table_state, write_bench_files
 from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     title = f"robust-mc bench: {Path(args.config).stem} ({cfg.data.dataset})"
     files = write_bench_files(out, result, title, to_dict(cfg), run_record(args.argv))
     if args.json:
-        print(json.dumps({"out": str(out), "table": result.table,
+        print(json.dumps({"out": str(out), "table": table_state(result),
                           "computed": result.computed}, indent=2))
         return 0
     Console().print(rich_table(result, title))

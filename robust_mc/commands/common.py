@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from robust_mc.run.checkpoint import LoadOptions
+from robust_mc.run.resume import ResumePolicy
 
 BOOL = argparse.BooleanOptionalAction
 
@@ -78,13 +79,10 @@ def add_fault_flags(p: argparse.ArgumentParser) -> None:
                    const=True, help="torch's deterministic algorithms and every seed set")
 
 
-def resume_mode(args: argparse.Namespace) -> str:
-    """``resume`` (a saved run must exist), ``fresh`` (ignore one) or ``auto`` (continue one)."""
-    if args.resume and args.fresh:
-        from robust_mc.errors import UserError
-
-        raise UserError("--resume and --fresh contradict each other; pass one of them")
-    return "resume" if args.resume else "fresh" if args.fresh else "auto"
+def resume_policy(args: argparse.Namespace) -> ResumePolicy:
+    """``--resume`` (a saved run must exist), ``--fresh`` (ignore one), or neither (continue
+    one of the same settings)."""
+    return ResumePolicy.from_flags(args.resume, args.fresh)
 
 
 def add_align_flags(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.connect import preflight, run_connect
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import show_path_run
 from robust_mc.report.progress import Reporter
@@ -41,17 +41,17 @@ def default_out(a: str, b: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    resume = common.resume_mode(args)
+    policy = common.resume_policy(args)
     pair = load_pair(args.a, args.b, common.load_options(args))
     overrides = common.overrides(args)
     cfg = build_config(ConnectRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
-    pipeline.preflight(cfg)
+    preflight(cfg)
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:
-        summary = pipeline.run_connect(pair, cfg, out, runtime, reporter, args.argv, resume, stop)
+        summary = run_connect(pair, cfg, out, runtime, reporter, args.argv, policy, stop)
     show_path_run(out, summary, f"robust-mc connect: {Path(args.a).name} -> "
                                 f"{Path(args.b).name}", args.json, reporter)
     return 0

@@ -16,12 +16,13 @@ from rich.table import Table
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
-from robust_mc.pipelines import connect as pipeline
-from robust_mc.pipelines.endpoint import trained_endpoint
+from robust_mc.pipelines.connect import run_connect
+from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import print_summary
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
+from robust_mc.run.records import PathLabel, PathSummary
 from robust_mc.run.runtime import Runtime
 
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"
@@ -72,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
     rows = train_endpoints(out, overrides, runtime, reporter, args.argv)
     pair = load_pair(rows[0]["checkpoint"], rows[1]["checkpoint"])
     cfg = build_config(ConnectRunConfig, CONNECT_PRESET, {**overrides, "path.compare_line": True})
-    summary = pipeline.run_connect(pair, cfg, Path(out) / "connect", runtime, reporter,
-                                   args.argv)
+    summary = run_connect(pair, cfg, Path(out) / "connect", runtime, reporter, args.argv)
     story = robust_barriers(summary)
     if args.json:
+        state = summary.to_state()
         print(json.dumps({"endpoints": rows, "robust_loss_barrier": story,
-                          "barriers": summary["barriers"], "lines": summary.get("lines"),
-                          "best": summary.get("best")}, indent=2))
+                          "barriers": state["barriers"], "lines": state.get("lines"),
+                          "best": state.get("best")}, indent=2))
         return 0
     console = Console()
     console.print(endpoint_table(rows))
@@ -86,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     console.print("[bold]robust loss barrier[/] (test): " + " -> ".join(
         f"{label} {value:.3f}" for label, value in story.items()))
     console.print(f"files in {out}/: endpoint-seed0.pt, endpoint-seed1.pt, connect/ "
-                  f"({', '.join(summary['files'])})")
+                  f"({', '.join(summary.files)})")
     return 0
 
 
-def robust_barriers(summary: dict) -> dict[str, float]:
-    lines = summary.get("lines", {})
-    story = {label: lines[label]["test"]["robust_loss_barrier"]
-             for label in ("line (unaligned)", "line (aligned)") if label in lines}
-    story["curve (aligned)"] = summary["barriers"]["test"]["robust_loss_barrier"]
+def robust_barriers(summary: PathSummary) -> dict[str, float]:
+    """The story the demo tells: the robust loss barrier (test) of the straight line between
+    the endpoints as given, of the line after alignment, and of the trained curve."""
+    story = {str(label): summary.lines[label]["test"].robust_loss_barrier
+             for label in (PathLabel("line", False), PathLabel("line", True))
+             if label in summary.lines}
+    story["curve (aligned)"] = summary.barriers["test"].robust_loss_barrier
     return story

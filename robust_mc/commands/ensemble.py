@@ -18,7 +18,8 @@ from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.path import network_at, path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
-from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.connect import config_from_run, load_curve_run
+from robust_mc.pipelines.pair import endpoints_from_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
@@ -44,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
-    record, curve, pair = pipeline.load_curve_run(curve_file, common.load_options(args))
-    cfg = pipeline.config_from_record(record, common.overrides(args))
+    saved, pair = load_curve_run(curve_file, common.load_options(args))
+    cfg = config_from_run(saved, common.overrides(args))
     if not 1 <= args.k <= cfg.path.points:
         raise UserError(f"-k {args.k}: choose between 1 and the {cfg.path.points} points on the "
                         "path (--points sets how many)")
@@ -56,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     runtime = Runtime.create(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     pair.check_data(data)
-    endpoints = pipeline.endpoints_from_record(record, pair, runtime,
-                                               data.train.images[:2].float())
+    endpoints = endpoints_from_run(saved, runtime, data.train.images[:2].float())
     on_device = data.to(runtime.device)
-    curve = curve.to(runtime.device)
+    curve = saved.curve.to(runtime.device)
     path, attack = cfg.path, path_attack(cfg.path, cfg.attack, data.info.num_classes)
     ts = torch.linspace(0, 1, path.points).tolist()
     reporter.print(f"[bold]ensemble[/] of {args.k} from {len(ts)} points on {curve_file} "

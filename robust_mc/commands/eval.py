@@ -14,9 +14,10 @@ from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.data import load_data
 from robust_mc.evaluation.path import path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
-from robust_mc.pipelines import connect as pipeline
+from robust_mc.pipelines.connect import config_from_run, preflight
+from robust_mc.pipelines.curve_eval import run_eval
 from robust_mc.pipelines.pair import check_fits_data
-from robust_mc.report.path import plot_paths, show_path_run, write_path_files
+from robust_mc.report.path import show_path_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import (
     LoadOptions,
@@ -26,6 +27,7 @@ from robust_mc.run.checkpoint import (
 )
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
+from robust_mc.run.records import CurveRun, is_curve_state
 from robust_mc.run.runtime import Runtime
 
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
@@ -49,31 +51,18 @@ def run(args: argparse.Namespace) -> int:
     curve_file = source / "curve.pt" if source.is_dir() else source
     options = common.load_options(args)
     if source.is_file():  # a curve.pt, or a model or ensemble checkpoint: read once
-        record = read_checkpoint_file(source, options.unpickle)
-        if not pipeline.is_curve_record(record):
-            return evaluate_checkpoint(source, record, options, args)
+        obj = read_checkpoint_file(source, options.unpickle)
+        if not is_curve_state(obj):
+            return evaluate_checkpoint(source, obj, options, args)
+        saved = CurveRun.from_state(obj, curve_file, options)
     else:
-        record = pipeline.read_curve_record(curve_file)
-    curve, pair = pipeline.curve_run_from_record(record, curve_file, options)
-    cfg = pipeline.config_from_record(record, common.overrides(args))
+        saved = CurveRun.read(curve_file, options)
+    cfg = config_from_run(saved, common.overrides(args))
     reporter = Reporter(quiet=args.json)
     runtime = Runtime.create(cfg.device, cfg.speed)
-    data = load_data(cfg.data)
-    pair.check_data(data)
     tag = cfg.path.attack.replace(":", "-").replace(",", "-").replace("/", "_").replace("=", "")
-    out = ensure_out_dir(args.out or curve_file.parent / f"eval-{tag}-{cfg.path.points}pts")
-    endpoints = pipeline.endpoints_from_record(record, pair, runtime,
-                                               data.train.images[:2].float())
-    curve = curve.to(runtime.device)
-    result = pipeline.evaluate_run(curve, endpoints, cfg, data.to(runtime.device), runtime,
-                                   reporter)
-    summary = pipeline.summarize(result, cfg)
-    summary.update({"source": str(curve_file), "record": run_record(args.argv),
-                    "runtime": runtime.describe()})
-    paths = {result.label: result.points, **result.lines}
-    write_path_files(out, paths, summary)
-    pipeline.write_best(result, pair, summary, cfg, out)
-    plot_paths(out, paths, f"{curve_file} ({cfg.path.attack})")
+    out = Path(args.out or curve_file.parent / f"eval-{tag}-{cfg.path.points}pts")
+    summary = run_eval(saved, curve_file, cfg, out, runtime, reporter, args.argv)
     show_path_run(out, summary, f"robust-mc eval: {curve_file} under {cfg.path.attack}",
                   args.json, reporter)
     return 0
@@ -89,7 +78,7 @@ def evaluate_checkpoint(path: Path, obj: object, options: LoadOptions,
     if isinstance(eps, float):
         base["attack"] = {"eps": eps}
     cfg = build_config(ConnectRunConfig, None, common.overrides(args), base=base)
-    pipeline.preflight(cfg)
+    preflight(cfg)
     runtime = Runtime.create(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     check_fits_data(ckpt, data)

@@ -17,9 +17,9 @@ from robust_mc.core.align import align_models
 from robust_mc.core.layers import GroupResult, layer_report, rank_agreement
 from robust_mc.data import load_data
 from robust_mc.pipelines.pair import load_pair
+from robust_mc.report.plot import figure
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import (
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     ensure_out_dir,
@@ -123,30 +123,20 @@ def to_csv(reports: dict[str, list[GroupResult]]) -> str:
 
 
 def plot(out: Path, reports: dict[str, list[GroupResult]]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, kind in zip(axes, ("clean", "robust"), strict=True):
-        for label, rows in reports.items():
-            rows = [r for r in rows if not r.name.startswith("(")]
-            ax.scatter([getattr(r, f"predicted_{kind}") for r in rows],
-                       [r.midpoint(kind) for r in rows], label=label)
-            for r in rows:
-                ax.annotate(r.name, (getattr(r, f"predicted_{kind}"), r.midpoint(kind)),
-                            fontsize=6)
-        lo, hi = ax.get_xlim()
-        ax.plot([lo, hi], [lo, hi], ":", color="grey")
-        ax.set_xlabel("predicted midpoint barrier")
-        ax.set_ylabel("measured midpoint barrier")
-        ax.set_title(f"{kind} loss, per group")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out / "layers.png", buffer.getvalue())
+    with figure(out / "layers.png", 1, 2, size=(10, 4.5)) as (fig, axes):
+        if fig is None:
+            return
+        for ax, kind in zip(axes, ("clean", "robust"), strict=True):
+            for label, rows in reports.items():
+                rows = [r for r in rows if not r.name.startswith("(")]
+                ax.scatter([getattr(r, f"predicted_{kind}") for r in rows],
+                           [r.midpoint(kind) for r in rows], label=label)
+                for r in rows:
+                    ax.annotate(r.name, (getattr(r, f"predicted_{kind}"), r.midpoint(kind)),
+                                fontsize=6)
+            lo, hi = ax.get_xlim()
+            ax.plot([lo, hi], [lo, hi], ":", color="grey")
+            ax.set_xlabel("predicted midpoint barrier")
+            ax.set_ylabel("measured midpoint barrier")
+            ax.set_title(f"{kind} loss, per group")
+            ax.legend(fontsize=8)

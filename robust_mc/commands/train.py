@@ -9,7 +9,7 @@ from pathlib import Path
 from robust_mc.commands import common
 from robust_mc.config import TrainRunConfig, build_config
 from robust_mc.errors import UserError
-from robust_mc.pipelines.endpoint import state_path_for, train_endpoint
+from robust_mc.pipelines.endpoint_training import state_path_for, train_endpoint
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import save_checkpoint
 from robust_mc.run.files import check_writable_file
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(TrainRunConfig, args.config, common.overrides(args))
-    resume = common.resume_mode(args)
+    policy = common.resume_policy(args)
     out = Path(args.out or "endpoint.pt")
     if args.out and args.out.endswith("/") or out.is_dir():
         raise UserError(f"--out {args.out} is a directory; train writes one checkpoint file, "
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     state = state_path_for(out)
     with StopSignals() as stop:
         ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, state_path=state,
-                              resume=resume, stop=stop)
+                              policy=policy, stop=stop)
         path = save_checkpoint(ckpt, out)
         state.unlink(missing_ok=True)
     reporter.print(f"wrote {path}")

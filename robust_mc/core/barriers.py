@@ -7,6 +7,7 @@ above the straight interpolation of its endpoints' values, with the t where it d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 
 from robust_mc.evaluation.path import PointResult
 
@@ -19,7 +20,38 @@ def barrier(ts: Sequence[float], values: Sequence[float]) -> tuple[float, float]
     return heights[index], ts[index]
 
 
-def path_summary(points: Sequence[PointResult], split: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class PathStats:
+    """One path on one split: barriers of clean and robust loss and error (percent points), the t
+    where each peaks, and the min and mean accuracies (percent) along the path."""
+
+    clean_loss_barrier: float
+    clean_loss_barrier_t: float
+    clean_error_barrier: float
+    clean_error_barrier_t: float
+    clean_acc_min: float
+    clean_acc_mean: float
+    robust_loss_barrier: float
+    robust_loss_barrier_t: float
+    robust_error_barrier: float
+    robust_error_barrier_t: float
+    robust_acc_min: float
+    robust_acc_mean: float
+
+    def to_state(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> PathStats:
+        return cls(**{f.name: float(state[f.name]) for f in fields(cls)})
+
+    @classmethod
+    def metrics(cls) -> list[str]:
+        """The statistics a table reports (the t of each peak aside)."""
+        return [f.name for f in fields(cls) if not f.name.endswith("_t")]
+
+
+def path_summary(points: Sequence[PointResult], split: str) -> PathStats:
     """Barriers of clean and robust loss and error, and min/mean accuracies, on one split."""
     ts = [p.t for p in points]
     metrics = [getattr(p, split) for p in points]
@@ -32,4 +64,4 @@ def path_summary(points: Sequence[PointResult], split: str) -> dict[str, float]:
             ts, [100 - a for a in acc])
         out[f"{kind}_acc_min"] = min(acc)
         out[f"{kind}_acc_mean"] = sum(acc) / len(acc)
-    return out
+    return PathStats(**out)

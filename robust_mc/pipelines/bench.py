@@ -23,16 +23,19 @@ from robust_mc.config import (
     find_preset,
     load_yaml,
 )
+from robust_mc.core.barriers import PathStats
 from robust_mc.data import load_data
 from robust_mc.errors import UserError
-from robust_mc.pipelines.connect import completed_run, endpoint_digests, run_connect
-from robust_mc.pipelines.endpoint import trained_endpoint
+from robust_mc.pipelines.connect import completed_run, run_connect
+from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import Pair, load_pair
+from robust_mc.pipelines.session import endpoint_digests
+from robust_mc.report.path import robust_accuracy_along_t
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import LoadOptions
-from robust_mc.run.files import ensure_out_dir, read_json
+from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.resume import remove_stale_temps
+from robust_mc.run.resume import ResumePolicy, remove_stale_temps
 from robust_mc.run.runtime import Runtime
 
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
@@ -66,14 +69,15 @@ class CellResult:
     seed: int | None
     out: Path
     cached: bool
-    barriers: dict[str, float]  # test split, as path_summary gives
+    barriers: PathStats  # test split
     robust_acc_along_t: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
 class BenchResult:
+    methods: list[Method]
     cells: list[CellResult]
-    table: dict[str, dict[str, dict[str, float]]]  # method -> metric -> mean, std, n
+    table: dict[str, dict[str, MetricStats]]  # method -> metric -> its statistics
 
     @property
     def computed(self) -> list[str]:
@@ -122,7 +126,8 @@ def load_options(cfg: BenchRunConfig) -> LoadOptions:
 
 
 def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path,
-                   runtime: Runtime, reporter: Reporter, argv: list[str] | None, resume: str,
+                   runtime: Runtime, reporter: Reporter, argv: list[str] | None,
+                   policy: ResumePolicy,
                    stop: StopSignals) -> list[tuple[str, Pair]]:
     """The pairs to connect: the given checkpoints, then those trained from seed pairs."""
     pairs = list(given)
@@ -137,7 +142,7 @@ def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path
                     reporter.print(f"[bold]endpoint[/] seed {seed}: {path}")
                     seeded = replace(train, optim=replace(train.optim, seed=seed))
                     trained_endpoint(seeded, path, runtime, reporter, data=data, argv=argv,
-                                     resume=resume, stop=stop)
+                                     policy=policy, stop=stop)
                     trained[seed] = str(path)
             pairs.append((f"seeds{seeds[0]}-{seeds[1]}",
                           load_pair(trained[seeds[0]], trained[seeds[1]],
@@ -166,8 +171,8 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
     methods, given = validate(cfg)
     out = ensure_out_dir(out)
     remove_stale_temps(out)
-    resume = "fresh" if fresh else "replace"
-    pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, resume, stop)
+    policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
+    pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, policy, stop)
     digests = {pair_id: endpoint_digests(pair) for pair_id, pair in pairs}
     plan = [(pair_id, pair, digests[pair_id], method, seed) for pair_id, pair in pairs
             for method in methods for seed in (cfg.bench.seeds if method.curve else [None])]
@@ -182,34 +187,33 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
         if summary is None:
             reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
                            + (f" seed {seed}" if seed is not None else ""))
-            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, resume,
+            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, policy,
                                   stop)
         cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
-                                summary["barriers"]["test"], robust_along_t(cell_out)))
+                                summary.barriers["test"], robust_accuracy_along_t(cell_out)))
     if any(c.cached for c in cells):
         reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
                        f"{out / 'cells'}")
-    return BenchResult(cells, aggregate(cells, [m.name for m in methods]))
+    return BenchResult(methods, cells, aggregate(cells, [m.name for m in methods]))
 
 
-def robust_along_t(cell_out: Path) -> list[tuple[float, float]]:
-    """(t, test robust accuracy) of a cell's path, from its path.json."""
-    rows = (read_json(cell_out / "path.json") or {}).get("rows", [])
-    first = rows[0]["path"] if rows else None
-    return [(r["t"], r["robust_acc"]) for r in rows
-            if r["path"] == first and r["split"] == "test"]
+@dataclass(frozen=True)
+class MetricStats:
+    """One metric over a method's cells: mean, sample standard deviation, number of cells."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> MetricStats:
+        return cls(statistics.fmean(values),
+                   statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-
-
-def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str, dict]]:
+def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str, MetricStats]]:
     """Per method, each metric's mean, sample std and count over pairs and seeds."""
-    table: dict[str, dict[str, dict]] = {}
-    for method in methods:
-        mine = [c for c in cells if c.method == method]
-        table[method] = {metric: mean_std([c.barriers[metric] for c in mine])
-                         for metric in METRICS}
-    return table
+    return {method: {metric: MetricStats.of([getattr(c.barriers, metric) for c in cells
+                                             if c.method == method])
+                     for metric in METRICS}
+            for method in methods}

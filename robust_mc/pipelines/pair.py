@@ -1,13 +1,25 @@
-"""Two endpoints to be aligned or connected: loaded, checked against each other and the data."""
+"""Two endpoints to be aligned or connected: their files loaded and checked against each other
+and the data (:class:`Pair`), and their networks as a path joins them (:class:`Endpoints`: a, and
+b as connected, aligned to a unless --no-align and moved by PAM, with b as given beside it)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
+import torch
+
+from robust_mc.config import ConnectRunConfig
+from robust_mc.core.align import align_models
+from robust_mc.core.curves import Curve
+from robust_mc.core.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
+from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
+from robust_mc.run.records import CurveRun, PamHistory
+from robust_mc.run.runtime import Runtime
 
 
 @dataclass
@@ -71,3 +83,56 @@ def load_pair(path_a: str, path_b: str, options: LoadOptions | None = None) -> P
         raise UserError("the endpoints normalize their inputs differently; connect networks "
                         "trained on the same dataset")
     return Pair(a, b)
+
+
+@dataclass
+class Endpoints:
+    a: Classifier
+    b: Classifier  # as connected
+    b_original: Classifier  # as given
+    alignment: dict | None = None  # the alignment report (Alignment.as_dict())
+    permutation: dict[str, list[int]] | None = None  # b as connected = b as given permuted so
+    pam: PamHistory | None = None  # PAM's permutation updates, when it ran
+
+
+def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Runtime,
+                      reporter: Reporter) -> Endpoints:
+    """The pair's networks on the device, b aligned to a unless ``cfg.aligned`` is off."""
+    model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    if not cfg.aligned:
+        return Endpoints(model_a, model_b, model_b)
+    result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
+    report = result.alignment.as_dict()
+    reporter.print(f"aligned b to a ({cfg.align.method}, {cfg.align.inputs} inputs): mean unit "
+                   f"correlation {report['mean_corr_before']:.3f} -> "
+                   f"{report['mean_corr_after']:.3f}, function error "
+                   f"{result.function_error:.1e}")
+    return Endpoints(model_a, result.model_b, model_b,
+                     {**report, "function_error": result.function_error},
+                     {k: v.tolist() for k, v in result.alignment.perm.items()})
+
+
+def endpoints_from_run(run: CurveRun, runtime: Runtime, example: torch.Tensor) -> Endpoints:
+    """The endpoints a saved curve joins, with b as given recovered from the permutation."""
+    model_a, model_b = (runtime.prepare(build_model(c)) for c in run.checkpoints())
+    b_original = undo_alignment(model_a, model_b, example, run.permutation)
+    return Endpoints(model_a, model_b, b_original, run.alignment, run.permutation, run.pam)
+
+
+def undo_alignment(model_a: Classifier, model_b: Classifier, example: torch.Tensor,
+                   permutation: dict[str, list[int]] | None) -> Classifier:
+    """b as it was given, from b aligned and the recorded permutation (b itself if none)."""
+    if not permutation:
+        return model_b
+    original = copy.deepcopy(model_b)
+    spec = trace_permutation_spec(model_a, example)
+    permute_model(original, spec, inverse({k: torch.tensor(v) for k, v in permutation.items()}))
+    return original
+
+
+def make_curve(kind: str, endpoints: Endpoints, bends: int, runtime: Runtime,
+               b: Classifier | None = None) -> Curve:
+    """A ``kind`` curve from a to b as connected (or to ``b``), its bends on the line."""
+    other = endpoints.b if b is None else b
+    return Curve.between(kind, endpoints.a, endpoints.a.state_dict(), other.state_dict(),
+                         bends).to(runtime.device)

@@ -7,12 +7,14 @@ import csv
 import io
 import math
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
 
-from robust_mc.pipelines.bench import METRICS, BenchResult
-from robust_mc.run.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from robust_mc.pipelines.bench import METRICS, BenchResult, MetricStats
+from robust_mc.report.plot import figure
+from robust_mc.run.files import atomic_write_json, atomic_write_text
 
 # (column title, metric, decimals): accuracies in percent, barriers of loss
 COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_mean", 1),
@@ -21,10 +23,10 @@ COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_
            ("robust loss barrier", "robust_loss_barrier", 3))
 
 
-def format_value(stat: dict[str, float], digits: int) -> str:
-    if math.isnan(stat["mean"]):
+def format_value(stat: MetricStats, digits: int) -> str:
+    if math.isnan(stat.mean):
         return "-"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
 
 
 def rich_table(result: BenchResult, title: str) -> Table:
@@ -34,7 +36,7 @@ def rich_table(result: BenchResult, title: str) -> Table:
     for name, _, _ in COLUMNS:
         table.add_column(name, justify="right")
     for method, stats in result.table.items():
-        table.add_row(method, str(stats[METRICS[0]]["n"]),
+        table.add_row(method, str(stats[METRICS[0]].n),
                       *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS))
     return table
 
@@ -45,7 +47,7 @@ def markdown(result: BenchResult, title: str) -> str:
              "accuracies in %, barriers of the loss.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, stats in result.table.items():
-        cells = [method, str(stats[METRICS[0]]["n"]),
+        cells = [method, str(stats[METRICS[0]].n),
                  *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -56,9 +58,15 @@ def csv_text(result: BenchResult) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["method", "n", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std"))])
     for method, stats in result.table.items():
-        writer.writerow([method, stats[METRICS[0]]["n"],
-                         *(stats[m][k] for m in METRICS for k in ("mean", "std"))])
+        writer.writerow([method, stats[METRICS[0]].n,
+                         *(v for m in METRICS for v in (stats[m].mean, stats[m].std))])
     return buffer.getvalue()
+
+
+def table_state(result: BenchResult) -> dict[str, dict[str, dict[str, float]]]:
+    """The table as plain values: method -> metric -> mean, std, n."""
+    return {method: {metric: asdict(stat) for metric, stat in stats.items()}
+            for method, stats in result.table.items()}
 
 
 def write_bench_files(out: Path, result: BenchResult, title: str, config: dict,
@@ -69,42 +77,33 @@ def write_bench_files(out: Path, result: BenchResult, title: str, config: dict,
     if plot(out, result, title) is not None:
         files.append("bench.png")
     cells = [{"pair": c.pair, "method": c.method, "seed": c.seed, "out": str(c.out),
-              "cached": c.cached, "test": c.barriers} for c in result.cells]
-    atomic_write_json(out / "bench.json", {"table": result.table, "cells": cells,
+              "cached": c.cached, "test": c.barriers.to_state()} for c in result.cells]
+    atomic_write_json(out / "bench.json", {"table": table_state(result), "cells": cells,
                                            "config": config, "record": record})
     return files
 
 
 def plot(out: Path, result: BenchResult, title: str) -> Path | None:
     """bench.png: test robust accuracy along t, mean over cells with a ±std band, per method."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in result.table:
-        curves = [c.robust_acc_along_t for c in result.cells
-                  if c.method == method and c.robust_acc_along_t]
-        if not curves or len({len(c) for c in curves}) != 1:
-            continue
-        ts = [t for t, _ in curves[0]]
-        columns = list(zip(*[[acc for _, acc in c] for c in curves], strict=True))
-        mean = [statistics.fmean(col) for col in columns]
-        std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
-        style = "--" if method.startswith("line") else "-o"
-        ax.plot(ts, mean, style, label=method, markersize=3)
-        ax.fill_between(ts, [m - s for m, s in zip(mean, std, strict=True)],
-                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
-    ax.set_xlabel("t")
-    ax.set_ylabel("robust accuracy (%, test)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(out / "bench.png", buffer.getvalue())
+    path = out / "bench.png"
+    with figure(path, size=(7, 4.5)) as (fig, ax):
+        if fig is None:
+            return None
+        for method in result.methods:
+            curves = [c.robust_acc_along_t for c in result.cells
+                      if c.method == method.name and c.robust_acc_along_t]
+            if not curves or len({len(c) for c in curves}) != 1:
+                continue
+            ts = [t for t, _ in curves[0]]
+            columns = list(zip(*[[acc for _, acc in c] for c in curves], strict=True))
+            mean = [statistics.fmean(col) for col in columns]
+            std = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
+            ax.plot(ts, mean, "-o" if method.curve else "--", label=method.name, markersize=3)
+            ax.fill_between(ts, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)
+        ax.set_xlabel("t")
+        ax.set_ylabel("robust accuracy (%, test)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return path

@@ -8,6 +8,7 @@ made it: any difference that changes results is named, with the way out.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
 from pathlib import Path
@@ -16,15 +17,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from robust_mc.config import flatten
+from robust_mc.config import (
+    ConnectRunConfig,
+    TrainRunConfig,
+    flatten,
+    settings_that_may_change,
+)
 from robust_mc.errors import UserError
 
-# settings that may change between a run and its continuation: where it runs, how its work is
-# batched and laid out in memory, and how often it saves change results at most by float rounding;
-# a larger --skip-nonfinite is how a run stopped by a bad batch goes on
-CAN_CHANGE_ON_RESUME = ("device", "speed.threads", "speed.channels_last", "speed.compile",
-                        "speed.reuse_memory", "align.batch_size", "path.batch_size",
-                        "eval.batch_size", "optim.save_every", "optim.skip_nonfinite")
+# settings that may change between a run and its continuation (marked ``may_change`` where they
+# are defined): where it runs, how its work is batched and laid out in memory, and how often it
+# saves change results at most by float rounding; a larger --skip-nonfinite is how a run stopped
+# by a bad batch goes on
+CAN_CHANGE_ON_RESUME = frozenset(settings_that_may_change(TrainRunConfig)
+                                 | settings_that_may_change(ConnectRunConfig))
+
+
+class ResumePolicy(enum.Enum):
+    """What to do with a run saved where a new one would write."""
+
+    AUTO = "auto"  # continue one of these settings; refuse one of others
+    RESUME = "resume"  # as AUTO, and one must exist (--resume)
+    FRESH = "fresh"  # ignore it and start over (--fresh)
+    REPLACE = "replace"  # continue one of these settings; start over otherwise (bench cells)
+
+    @classmethod
+    def from_flags(cls, resume: bool, fresh: bool) -> ResumePolicy:
+        if resume and fresh:
+            raise UserError("--resume and --fresh contradict each other; pass one of them")
+        return cls.RESUME if resume else cls.FRESH if fresh else cls.AUTO
+
+
+def continues(policy: ResumePolicy, where: Path, saved: dict | None, current: dict, *,
+              other: str | None = None, what: str = "run") -> bool:
+    """The one decision on a saved run: whether it continues (True) or the new run starts over
+    (False), or a one-line refusal. ``saved`` is the saved run's configuration (None: nothing is
+    saved), ``current`` the new one's; ``other`` names what else differs (other endpoints, a file
+    that cannot be resumed)."""
+    if saved is None or policy is ResumePolicy.FRESH:
+        if saved is None and policy is ResumePolicy.RESUME:
+            raise UserError(f"--resume: {where} holds no saved {what} to continue; drop --resume "
+                            "to start one")
+        return False
+    differences = ([other] if other else []) + config_differences(saved, current)
+    if not differences:
+        return True
+    if policy is ResumePolicy.REPLACE:
+        return False
+    shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
+    raise UserError(f"{where} holds a {what} with other settings ({shown}); rerun with the same "
+                    "settings to resume it, or pass --fresh (or another --out) to start over")
 
 
 def derived_seed(seed: int, stream: str) -> int:
@@ -77,14 +119,6 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
             for key in sorted(old)
             if key not in CAN_CHANGE_ON_RESUME and old.get(key) != new.get(key)]
-
-
-def check_same_config(saved: dict, current: dict, where: Path) -> None:
-    differences = config_differences(saved, current)
-    if differences:
-        shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
-        raise UserError(f"{where} holds a run with other settings ({shown}); rerun with the same "
-                        "settings to resume it, or pass --fresh (or another --out) to start over")
 
 
 def remove_stale_temps(folder: Path) -> None:

@@ -26,9 +26,10 @@ from robust_mc.run.files import atomic_torch_save
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.resume import (
+    ResumePolicy,
     attack_generator,
-    check_same_config,
     config_differences,
+    continues,
     restore_rng,
     rng_state,
 )
@@ -65,17 +66,17 @@ def state_path_for(out: str | Path) -> Path:
 
 def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                    argv: list[str] | None = None, data: Data | None = None,
-                   state_path: Path | None = None, resume: str = "auto",
+                   state_path: Path | None = None, policy: ResumePolicy = ResumePolicy.AUTO,
                    stop: StopSignals | None = None) -> Checkpoint:
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
 
-    With ``state_path`` the run saves a resumable state there (see ``fit``) and, unless ``resume``
-    is ``fresh``, continues the one it finds."""
+    With ``state_path`` the run saves a resumable state there (see ``Trainer.fit``) and
+    continues or replaces the one it finds, as ``policy`` decides."""
     record = run_record(argv)
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
     stop = stop or StopSignals()
     seed_everything(cfg.optim.seed)
-    saved = load_train_state(state_path, cfg, resume)
+    saved = load_train_state(state_path, cfg, policy)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)
     runtime.prepare(model)
@@ -145,38 +146,34 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
 
 def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter: Reporter, *,
                      data: Data | None = None, argv: list[str] | None = None,
-                     resume: str = "auto", stop: StopSignals | None = None) -> Checkpoint:
+                     policy: ResumePolicy = ResumePolicy.AUTO,
+                     stop: StopSignals | None = None) -> Checkpoint:
     """The endpoint ``cfg`` trains, kept at ``path``: read back when the file there was trained
     with these settings, else trained (resumably, next to ``path``) and written."""
-    if path.is_file() and resume != "fresh":
+    if path.is_file() and policy is not ResumePolicy.FRESH:
         ckpt = load_checkpoint(path, LoadOptions(named=(cfg.model.arch,)))
         if not config_differences(ckpt.meta.get("config") or {}, to_dict(cfg)):
             reporter.print(f"reusing {path} (trained with these settings)")
             return ckpt
     state = state_path_for(path)
     ckpt = train_endpoint(cfg, runtime, reporter, argv=argv, data=data, state_path=state,
-                          resume=resume, stop=stop)
+                          policy=policy, stop=stop)
     ckpt.path = str(save_checkpoint(ckpt, path))
     state.unlink(missing_ok=True)
     return ckpt
 
 
-def load_train_state(path: Path | None, cfg: TrainRunConfig, resume: str) -> dict | None:
-    """The saved state to continue, checked against ``cfg``; None to start afresh. ``resume``:
-    ``auto`` continues a state or refuses one of other settings, ``replace`` starts over instead,
-    ``resume`` insists on a state, ``fresh`` ignores it."""
-    if path is None or resume == "fresh" or not path.exists():
-        if resume == "resume":
-            raise UserError(f"--resume: no saved state {path} to continue; drop --resume to "
-                            "start the run")
+def load_train_state(path: Path | None, cfg: TrainRunConfig, policy: ResumePolicy
+                     ) -> dict | None:
+    """The saved state to continue, or None to start afresh, as ``policy`` decides."""
+    if path is None or policy is ResumePolicy.FRESH or not path.exists():
+        continues(policy, path or Path("the output"), None, {}, what="training state")
         return None
     state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise UserError(f"{path} is not a robust-mc training state; delete it or pass --fresh")
-    if resume == "replace" and config_differences(state["config"], to_dict(cfg)):
-        return None  # a stale state of other settings: start over
-    check_same_config(state["config"], to_dict(cfg), path)
-    return state
+    return state if continues(policy, path, state["config"], to_dict(cfg),
+                              what="training state") else None
 
 
 def evaluate_test(model: Classifier, data: Data, cfg: TrainRunConfig, runtime: Runtime) -> Metrics:

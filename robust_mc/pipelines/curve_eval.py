@@ -1,0 +1,38 @@
+"""`robust-mc eval RUN`: a saved curve re-evaluated (another attack, more points) without
+retraining, through the same path evaluation and report as connect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robust_mc.config import ConnectRunConfig
+from robust_mc.data import load_data
+from robust_mc.pipelines.connect import write_outputs
+from robust_mc.pipelines.pair import Pair, endpoints_from_run
+from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
+from robust_mc.pipelines.session import ConnectSession
+from robust_mc.report.progress import Reporter
+from robust_mc.run.files import ensure_out_dir
+from robust_mc.run.provenance import run_record
+from robust_mc.run.records import CurveRun, PathSummary
+from robust_mc.run.runtime import Runtime
+
+
+def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
+             reporter: Reporter, argv: list[str] | None = None) -> PathSummary:
+    """Evaluate ``run``'s curve (read from ``source``) as ``cfg.path`` says; write path.json,
+    path.csv, best.pt, path.png and summary.json into ``out``."""
+    pair = Pair(*run.checkpoints())
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    out = ensure_out_dir(out)
+    session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device))
+    endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
+    result = evaluate_run(session, run.curve.to(runtime.device), endpoints)
+    summary = summarize(result, cfg)
+    summary.source, summary.record = str(source), run_record(argv)
+    summary.runtime = runtime.describe()
+    summary.files = ["summary.json", *write_outputs(session, result, summary,
+                                                    f"{source} ({cfg.path.attack})")]
+    summary.write(out / "summary.json")
+    return summary

@@ -1,0 +1,330 @@
+"""Typed records of a connect run and the files that hold them.
+
+``CurveRun`` is ``curve.pt`` (the resumable state: curve, endpoints, alignment, optimizer,
+position, random generators); ``PathSummary`` is ``summary.json`` (barriers, best t, endpoint
+checks, timings). Every reader (eval, ensemble, bench, demo, the reports) goes through them, with
+``to_state()``/``from_state()`` as the only place that knows the files' keys; files written by
+earlier versions of the same format load (missing optional fields take their defaults).
+
+Example::
+
+    run = CurveRun.read(Path("runs/r20/curve.pt"))
+    a, b = run.checkpoints()            # the endpoints as connected (b aligned)
+    summary = PathSummary.read(Path("runs/r20/summary.json"))
+    print(summary.label, summary.barriers["test"].robust_loss_barrier)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust_mc.core.barriers import PathStats
+from robust_mc.core.curves import Curve
+from robust_mc.errors import UserError
+from robust_mc.evaluation.robustness import Metrics
+from robust_mc.run.checkpoint import (
+    Checkpoint,
+    LoadOptions,
+    checked_state_dict,
+    malformed,
+    plain,
+    read_torch_file,
+    recorded_architecture,
+)
+from robust_mc.run.files import atomic_torch_save, atomic_write_json, read_json
+from robust_mc.train.loop import Position
+
+CURVE_FORMAT = "robust-mc-curve/1"
+SUMMARY_FORMAT = "robust-mc-summary/1"
+ENDS = ("a", "b")
+
+
+@dataclass(frozen=True)
+class PathLabel:
+    """What a path is: its curve kind (``line`` for the straight line) and whether b was
+    aligned to a. Shown as ``bezier (aligned)``; never parsed for meaning except to read files
+    that store it as text."""
+
+    kind: str
+    aligned: bool
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({'aligned' if self.aligned else 'unaligned'})"
+
+    @property
+    def is_line(self) -> bool:
+        return self.kind == "line"
+
+    @classmethod
+    def parse(cls, text: str) -> PathLabel:
+        kind, _, rest = text.partition(" (")
+        return cls(kind, rest.startswith("aligned"))
+
+
+@dataclass
+class PamHistory:
+    """PAM's permutation updates of b: the permutation it started from, each update's share of
+    units re-matched per space, and the share moved from the start."""
+
+    start: dict[str, list[int]] | None
+    updates: list[dict[str, Any]] = field(default_factory=list)  # after_epoch, moved
+    moved_from_start: dict[str, float] | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        return {"start": self.start, "updates": self.updates,
+                "moved_from_start": self.moved_from_start}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> PamHistory | None:
+        if state is None:
+            return None
+        return cls(state.get("start"), list(state.get("updates") or []),
+                   state.get("moved_from_start"))
+
+
+@dataclass
+class CurveRun:
+    """``curve.pt``: enough to resume training or re-evaluate without the endpoint files.
+    Endpoint states use the architecture's own names, as native checkpoints do; b's is b as
+    connected (aligned, and moved by PAM)."""
+
+    curve: Curve
+    arch: str
+    arch_kwargs: dict[str, Any]
+    normalization: dict[str, list[float]]
+    endpoint_states: dict[str, dict[str, torch.Tensor]]
+    config: dict[str, Any]
+    endpoint_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    endpoint_paths: dict[str, str | None] = field(default_factory=dict)
+    endpoint_digests: dict[str, str] = field(default_factory=dict)
+    permutation: dict[str, list[int]] | None = None  # b as connected = b as given permuted so
+    alignment: dict[str, Any] | None = None  # the alignment report (Alignment.as_dict())
+    pam: PamHistory | None = None
+    position: Position | None = None  # None: written by a version that could not resume
+    optimizer: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per curve epoch
+    options: LoadOptions = field(default_factory=LoadOptions, compare=False, repr=False)
+
+    def checkpoints(self) -> tuple[Checkpoint, Checkpoint]:
+        """The endpoints as connected, as checkpoints that ``build_model`` builds."""
+        return tuple(  # type: ignore[return-value]
+            Checkpoint(self.arch, dict(self.arch_kwargs), self.endpoint_states[end],
+                       self.normalization, plain(self.endpoint_meta.get(end) or {}),
+                       self.endpoint_paths.get(end), trust=self.options.code)
+            for end in ENDS)
+
+    def to_state(self) -> dict[str, Any]:
+        position = self.position
+        return {"format": CURVE_FORMAT, "curve": self.curve.state(), "arch": self.arch,
+                "arch_kwargs": self.arch_kwargs, "normalization": self.normalization,
+                "endpoint_states": self.endpoint_states, "endpoint_meta": self.endpoint_meta,
+                "endpoints": self.endpoint_paths, "endpoint_digests": self.endpoint_digests,
+                "permutation": self.permutation, "alignment": self.alignment,
+                "pam": self.pam.to_state() if self.pam is not None else None,
+                "config": self.config, "dataset": (self.config.get("data") or {}).get("dataset"),
+                "epoch": position.epoch if position is not None else None,
+                "position": position.state() if position is not None else None,
+                "optimizer": self.optimizer, "rng": self.rng, "history": self.history}
+
+    def write(self, path: Path) -> Path:
+        return atomic_torch_save(self.to_state(), path)
+
+    @classmethod
+    def from_state(cls, obj: Any, source: Path, options: LoadOptions | None = None) -> CurveRun:
+        """A curve.pt already read, every field checked; its architecture allowed only as
+        ``options`` (the user's) allow."""
+        options = options or LoadOptions()
+        if not is_curve_state(obj):
+            raise UserError(f"{source} is not a robust-mc curve (expected format {CURVE_FORMAT})")
+        arch, arch_kwargs, normalization = recorded_architecture(obj, source, options)
+        states = obj.get("endpoint_states")
+        if not isinstance(states, dict):
+            raise malformed(source, "'endpoint_states' must hold the states of a and b")
+        metas, paths = obj.get("endpoint_meta") or {}, obj.get("endpoints") or {}
+        if not isinstance(metas, dict) or not isinstance(paths, dict):
+            raise malformed(source, "'endpoint_meta' and 'endpoints' must be mappings")
+        if not isinstance(obj.get("config"), dict):
+            raise malformed(source, "'config' must be the run's configuration (a mapping)")
+        permutation = obj.get("permutation")
+        if permutation is not None and not (isinstance(permutation, dict) and all(
+                isinstance(v, list) and all(isinstance(i, int) for i in v)
+                for v in permutation.values())):
+            raise malformed(source, "'permutation' must map spaces to lists of unit indices")
+        try:
+            curve = Curve.from_state(obj.get("curve"))  # type: ignore[arg-type]
+            position = (Position.from_state(obj["position"]) if obj.get("position") is not None
+                        else None)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError):
+            raise malformed(source, "'curve' or 'position' is not what robust-mc wrote") from None
+        return cls(curve, arch, arch_kwargs, normalization,
+                   {end: checked_state_dict(states.get(end), source, f"endpoint_states.{end}")
+                    for end in ENDS},
+                   obj["config"], {end: metas.get(end) or {} for end in ENDS},
+                   {end: p if isinstance(p := paths.get(end), str) else None for end in ENDS},
+                   dict(obj.get("endpoint_digests") or {}), permutation, obj.get("alignment"),
+                   PamHistory.from_state(obj.get("pam")), position, obj.get("optimizer"),
+                   obj.get("rng"), list(obj.get("history") or []), options)
+
+    @classmethod
+    def read(cls, path: Path, options: LoadOptions | None = None) -> CurveRun:
+        """curve.pt, read weights-only and checked (see :meth:`from_state`)."""
+        if not path.is_file():
+            raise UserError(f"{path} not found; give a run directory holding curve.pt, or "
+                            "curve.pt")
+        return cls.from_state(read_torch_file(path), path, options)
+
+
+def is_curve_state(obj: object) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CURVE_FORMAT
+
+
+@dataclass(frozen=True)
+class CurveInfo:
+    kind: str
+    bends: int
+    aligned: bool
+
+    @property
+    def label(self) -> PathLabel:
+        return PathLabel(self.kind, self.aligned)
+
+
+@dataclass(frozen=True)
+class SecondsPerT:
+    """Mean seconds per evaluated t: batch-norm recomputation, clean passes, the attack, all."""
+
+    bn: float = 0.0
+    clean: float = 0.0
+    attack: float = 0.0
+    total: float = 0.0
+
+    @classmethod
+    def mean_of(cls, seconds: list[dict[str, float]]) -> SecondsPerT:
+        """The mean of the points' own timings (keys as ``evaluate_path`` records them)."""
+        return cls(**{f.name: sum(s.get(f.name, 0.0) for s in seconds) / max(len(seconds), 1)
+                      for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class BestPoint:
+    """The best on-path robust model: the interior t with the highest validation robust
+    accuracy, and its figures."""
+
+    t: float
+    val: Metrics
+    test: Metrics
+
+    def to_state(self) -> dict[str, Any]:
+        return {"t": self.t, "val": self.val.as_dict(), "test": self.test.as_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BestPoint:
+        return cls(state["t"], Metrics(**state["val"]), Metrics(**state["test"]))
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    """An endpoint's own test figures (its own BN statistics) against its end of the path."""
+
+    own: Metrics
+    on_path: Metrics
+    max_diff: float  # accuracy points
+    reproduced: bool
+
+    def to_state(self) -> dict[str, Any]:
+        return {"own": self.own.as_dict(), "on_path": self.on_path.as_dict(),
+                "max_diff": self.max_diff, "reproduced": self.reproduced}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EndpointCheck:
+        return cls(Metrics(**state["own"]), Metrics(**state["on_path"]), state["max_diff"],
+                   state["reproduced"])
+
+
+@dataclass
+class PathSummary:
+    """``summary.json``: per split, the path's statistics; the straight lines' beside it; the
+    best on-path robust model; endpoint reproduction; timings; the resolved configuration and
+    where it came from. Written last: its presence marks a run complete."""
+
+    curve: CurveInfo
+    barriers: dict[str, PathStats]  # split -> statistics
+    config: dict[str, Any]
+    lines: dict[PathLabel, dict[str, PathStats]] = field(default_factory=dict)
+    best: BestPoint | None = None
+    endpoints: dict[str, EndpointCheck] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # evaluate, align_and_train
+    per_t: SecondsPerT = field(default_factory=SecondsPerT)
+    alignment: dict[str, Any] | None = None
+    pam: PamHistory | None = None
+    training: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    endpoint_digests: dict[str, str] | None = None
+    files: list[str] = field(default_factory=list)
+    source: str | None = None  # the curve re-evaluated (eval)
+
+    @property
+    def label(self) -> PathLabel:
+        return self.curve.label
+
+    def to_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": SUMMARY_FORMAT,
+            "curve": {"kind": self.curve.kind, "bends": self.curve.bends,
+                      "aligned": self.curve.aligned},
+            "barriers": {split: s.to_state() for split, s in self.barriers.items()}}
+        if self.lines:
+            state["lines"] = {str(label): {split: s.to_state() for split, s in splits.items()}
+                              for label, splits in self.lines.items()}
+        if self.best is not None:
+            state["best"] = self.best.to_state()
+        state["endpoints"] = {end: c.to_state() for end, c in self.endpoints.items()}
+        state["timings"] = {**self.seconds, "per_t": asdict(self.per_t)}
+        state["config"] = self.config
+        if self.pam is not None:
+            state["pam"] = self.pam.to_state()
+        optional = {"alignment": self.alignment, "training": self.training,
+                    "record": self.record, "runtime": self.runtime,
+                    "endpoint_digests": self.endpoint_digests, "files": self.files,
+                    "source": self.source}
+        state.update({k: v for k, v in optional.items() if v not in (None, [])})
+        return state
+
+    def write(self, path: Path) -> Path:
+        return atomic_write_json(path, self.to_state())
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> PathSummary:
+        timings = dict(state.get("timings") or {})
+        per_t = SecondsPerT(**timings.pop("per_t", {}))
+        curve = state["curve"]
+        return cls(CurveInfo(curve["kind"], curve["bends"], curve["aligned"]),
+                   {split: PathStats.from_state(s) for split, s in state["barriers"].items()},
+                   state.get("config") or {},
+                   {PathLabel.parse(label): {split: PathStats.from_state(s)
+                                             for split, s in splits.items()}
+                    for label, splits in (state.get("lines") or {}).items()},
+                   BestPoint.from_state(state["best"]) if state.get("best") else None,
+                   {end: EndpointCheck.from_state(c)
+                    for end, c in (state.get("endpoints") or {}).items()},
+                   timings, per_t, state.get("alignment"), PamHistory.from_state(state.get("pam")),
+                   list(state.get("training") or []), state.get("record"), state.get("runtime"),
+                   state.get("endpoint_digests"), list(state.get("files") or []),
+                   state.get("source"))
+
+    @classmethod
+    def read(cls, path: Path) -> PathSummary | None:
+        """summary.json, or None where there is none or it is not one robust-mc wrote."""
+        if not path.is_file():
+            return None
+        state = read_json(path)
+        try:
+            return cls.from_state(state)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
