@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
@@ -31,11 +32,15 @@ T = TypeVar("T")
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None, pixel: bool = False,
-            help: str = "", may_change: bool = False) -> Any:
-    """A dataclass field with a range check, pixel-unit parsing and a help string.
-    ``may_change``: a run may continue with another value (where it runs, how its work is
-    batched, laid out or saved: results change at most by float rounding)."""
-    meta = {"lo": lo, "hi": hi, "pixel": pixel, "help": help, "may_change": may_change}
+            help: str = "", may_change: bool = False,
+            choices: Callable[[], list[str]] | None = None) -> Any:
+    """A dataclass field with a range check, pixel-unit parsing and a help string (which the
+    command-line flag that sets it shows). ``may_change``: a run may continue with another value
+    (where it runs, how its work is batched, laid out or saved: results change at most by float
+    rounding). ``choices``: the registry that lists the valid values (curve kinds, alignment
+    methods, objectives), so that registering one is all it takes to offer it."""
+    meta = {"lo": lo, "hi": hi, "pixel": pixel, "help": help, "may_change": may_change,
+            "choices": choices}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -67,7 +72,27 @@ def parse_pixel_value(raw: Any, key: str = "value") -> float:
     return value
 
 
+def curve_kinds() -> list[str]:
+    from robust_mc.core.curves import list_curves
+
+    return list_curves()
+
+
+def alignment_methods() -> list[str]:
+    from robust_mc.core.align import list_alignment_methods
+
+    return list_alignment_methods()
+
+
+def objectives() -> list[str]:
+    from robust_mc.train.objectives import list_objectives
+
+    return list_objectives()
+
+
 # --- components --------------------------------------------------------------------------------
+
+DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda"
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -93,7 +118,7 @@ class ModelConfig:
 class AttackConfig:
     """The PGD attack used inside a training loop."""
 
-    norm: Literal["linf", "l2"] = setting("linf")
+    norm: Literal["linf", "l2"] = setting("linf", help="threat model: L-inf or L2 ball")
     eps: float = setting(8 / 255, pixel=True, help="radius in [0,1] pixel units")
     step_size: float | None = setting(None, pixel=True, help="default eps/4")
     steps: int = setting(7, lo=0, help="PGD iterations; 0 trains on clean inputs")
@@ -117,14 +142,15 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = setting(10, lo=1)
-    batch_size: int = setting(128, lo=1)
-    lr: float = setting(0.1, lo=0.0)
+    epochs: int = setting(10, lo=1, help="training epochs")
+    batch_size: int = setting(128, lo=1, help="images per step")
+    lr: float = setting(0.1, lo=0.0, help="peak learning rate (SGD with momentum)")
     momentum: float = setting(0.9, lo=0.0, hi=1.0)
-    weight_decay: float = setting(5e-4, lo=0.0)
-    schedule: Literal["piecewise", "cosine", "constant"] = setting("piecewise")
+    weight_decay: float = setting(5e-4, lo=0.0, help="L2 weight decay")
+    schedule: Literal["piecewise", "cosine", "constant"] = setting(
+        "piecewise", help="learning-rate schedule")
     warmup_epochs: float = setting(0.0, lo=0.0)
-    seed: int = setting(0)
+    seed: int = setting(0, help="seed of the run: shuffles, crops, t and attack random starts")
     save_every: int = setting(1, lo=1, help="epochs between saved resumable states (and always "
                                             "at the end and on an interrupt)", may_change=True)
     skip_nonfinite: int = setting(0, lo=0, help="batches with a non-finite loss to skip before "
@@ -137,17 +163,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    channels_last: bool = setting(True, help="NHWC memory layout for convolutions",
+    channels_last: bool = setting(True, help="NHWC memory layout",
                                   may_change=True)
     precision: Literal["auto", "float32", "bfloat16"] = setting(
         "float32", help="autocast dtype; auto = bfloat16 on a CUDA device that supports it")
-    compile: bool = setting(False, help="torch.compile the network", may_change=True)
+    compile: bool = setting(False, help="torch.compile the network for its training passes",
+                            may_change=True)
     threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)",
                                   may_change=True)
-    deterministic: bool = setting(False, help="torch's deterministic algorithms (slower on GPU)")
+    deterministic: bool = setting(False, help="torch's deterministic algorithms and every seed "
+                                              "set (slower on GPU)")
     reuse_memory: bool = setting(
-        True, help="keep freed CPU memory for the next tensors instead of returning it to the OS "
-                   "(glibc); saves a page fault per page of every large tensor", may_change=True)
+        True, help="keep freed CPU memory for the next tensors (glibc): no page fault per page "
+                   "of every large tensor", may_change=True)
 
 
 @dataclass(frozen=True)
@@ -159,8 +187,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    method: Literal["corr", "weights"] = setting(
-        "corr", help="corr: activation correlation (Tatro et al.); weights: weight matching")
+    method: str = setting("corr", choices=alignment_methods,
+                          help="corr: activation correlation (Tatro et al.); weights: weight "
+                               "matching (Ainsworth et al.)")
     inputs: Literal["clean", "adversarial"] = setting(
         "clean", help="activations on clean images or on each model's own PGD examples")
     samples: int = setting(5000, lo=1, help="training images used for alignment")
@@ -176,15 +205,16 @@ class AlignRunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto", may_change=True)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
 
 @dataclass(frozen=True)
 class CurveConfig:
-    kind: Literal["line", "bezier", "polychain"] = setting("bezier")
+    kind: str = setting("bezier", choices=curve_kinds, help="the curve between the endpoints")
     bends: int = setting(1, lo=1, help="trainable control points (bezier/polychain)")
-    objective: Literal["adversarial", "trades", "clean"] = setting(
-        "adversarial", help="what the curve is trained on: PGD examples, TRADES, or clean")
+    objective: str = setting("adversarial", choices=objectives,
+                             help="what the curve is trained on: PGD examples (adversarial), "
+                                  "TRADES, or clean images")
     trades_beta: float = setting(6.0, lo=0.0, help="TRADES trade-off (objective trades)")
 
 
@@ -238,11 +268,11 @@ class ConnectRunConfig:
     optim: OptimConfig = field(default_factory=_connect_optim)
     curve: CurveConfig = field(default_factory=CurveConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
-    aligned: bool = setting(True, help="align b to a first (--no-align connects them as given)")
+    aligned: bool = setting(True, help="align b to a first (--no-align: as given)")
     pam: PamConfig = field(default_factory=PamConfig)
     path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto", may_change=True)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
 
 @dataclass(frozen=True)
@@ -262,11 +292,11 @@ class LayersRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=_connect_attack)
     align: AlignConfig = field(default_factory=AlignConfig)
-    aligned: bool = setting(True)
+    aligned: bool = setting(True, help="align b to a first (--no-align: as given)")
     layers: LayersConfig = field(default_factory=LayersConfig)
     path: PathConfig = field(default_factory=PathConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto", may_change=True)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
 
 @dataclass(frozen=True)
@@ -279,7 +309,21 @@ class TrainRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    device: str = setting("auto", may_change=True)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    k: int = setting(3, help="ensemble size: points chosen on the path (1 to --points)")
+    combine: Literal["logits", "probs"] = setting(
+        "logits", help="average the members' logits, or their probabilities")
+
+
+@dataclass(frozen=True)
+class EnsembleRunConfig:
+    """`robust-mc ensemble`: the choice of members; the path's settings come from its run."""
+
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 @dataclass(frozen=True)
@@ -309,7 +353,7 @@ class BenchRunConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     train: TrainRunConfig = field(default_factory=TrainRunConfig)
     connect: ConnectRunConfig = field(default_factory=ConnectRunConfig)
-    device: str = setting("auto", may_change=True)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -389,6 +433,11 @@ def _check_range(value: Any, key: str, meta: dict) -> None:
         raise UserError(f"{key}: {value} is above the maximum {hi}")
 
 
+def _check_choice(value: Any, key: str, choices: Callable[[], list[str]] | None) -> None:
+    if choices is not None and value not in (valid := choices()):
+        raise UserError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+
+
 def _build(cls: type[T], values: dict, prefix: str, default: Any = None) -> T:
     """Build ``cls`` from ``values``; fields not given keep ``default``'s value (the field's
     default_factory instance for nested sections) or the class default."""
@@ -411,6 +460,7 @@ def _build(cls: type[T], values: dict, prefix: str, default: Any = None) -> T:
         elif name in values:
             value = _coerce(values[name], tp, key, dict(f.metadata))
             _check_range(value, key, dict(f.metadata))
+            _check_choice(value, key, f.metadata.get("choices"))
             kwargs[name] = value
         elif default is not None:
             kwargs[name] = getattr(default, name)
@@ -500,3 +550,38 @@ def settings_that_may_change(cls: type) -> set[str]:
         elif f.metadata.get("may_change"):
             keys.add(f.name)
     return keys
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What the command line needs to offer one setting: its type, default (in the run config
+    that holds it), help text and valid values."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    choices: list[str] | None
+    pixel: bool
+
+
+def describe_setting(cls: type, key: str) -> SettingInfo:
+    """The setting at dotted ``key`` of the run config ``cls``, its default as ``cls`` sets it
+    (an unknown key raises ``KeyError``)."""
+    *sections, name = key.split(".")
+    owner: Any = cls
+    defaults: Any = cls()
+    for section in sections:
+        owner = typing.get_type_hints(owner)[section]
+        defaults = getattr(defaults, section)
+    field_ = {f.name: f for f in dataclasses.fields(owner)}[name]
+    tp = typing.get_type_hints(owner)[name]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    meta = field_.metadata
+    if typing.get_origin(tp) is Literal:
+        valid: list[str] | None = [str(v) for v in typing.get_args(tp)]
+    else:
+        valid = meta["choices"]() if meta.get("choices") else None
+    return SettingInfo(key, tp, getattr(defaults, name), meta.get("help", ""), valid,
+                       bool(meta.get("pixel")))

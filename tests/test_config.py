@@ -2,6 +2,7 @@ from importlib import resources
 
 import pytest
 
+import cli
 from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config, parse_pixel_value
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import load_bench_config, parse_method
@@ -66,3 +67,36 @@ def test_every_shipped_preset_builds_its_command_config(name):
         return
     cls = ConnectRunConfig if "connect" in name else TrainRunConfig
     build_config(cls, name)
+
+
+def test_a_registered_curve_kind_is_offered_by_the_flag_and_accepted_by_the_config():
+    from robust_mc.core import curves
+
+    @curves.register_curve("test-kind")
+    def _kind(t, points):
+        return curves._KINDS["bezier"](t, points)
+
+    try:
+        args = cli.build_parser().parse_args(["connect", "a.pt", "b.pt", "--curve", "test-kind"])
+        cfg = build_config(ConnectRunConfig, None, {"curve.kind": args.__dict__["curve.kind"]})
+        assert cfg.curve.kind == "test-kind"
+    finally:
+        del curves._KINDS["test-kind"]
+    with pytest.raises(UserError, match="curve.kind: 'test-kind' is not one of bezier, line"):
+        build_config(ConnectRunConfig, None, {"curve.kind": "test-kind"})
+
+
+def test_every_setting_flag_shows_its_default_from_the_command_s_own_config(capsys):
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["connect", "--help"])
+    connect_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    train_help = capsys.readouterr().out
+    def described(text: str) -> str:  # the flag's help, however the terminal wraps it
+        flat = " ".join(text.split())
+        return flat.split("--attack-steps K PGD iterations; 0 trains on clean inputs")[1][:13]
+
+    assert described(connect_help) == " (default: 5)"
+    assert described(train_help) == " (default: 7)"

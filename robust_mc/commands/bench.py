@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from robust_mc.commands import common
-from robust_mc.config import to_dict
+from robust_mc.config import BenchRunConfig, to_dict
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import load_bench_config, run_bench
 from robust_mc.report.bench import rich_table, table_state, write_bench_files
@@ -24,17 +24,11 @@ HELP = ("benchmark robust barriers over endpoint pairs, methods (line/curve, +al
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_flag(p)
-    common.add_data_flags(p)
-    g = p.add_argument_group("grid")
-    g.add_argument("--methods", dest="bench.methods", metavar="M,M",
-                   help="e.g. line,line+align,curve,curve+align,curve+pam")
-    g.add_argument("--seeds", dest="bench.seeds", metavar="S,S", help="curve seeds, e.g. 0,1,2")
-    g = p.add_argument_group("model files")
-    g.add_argument("--arch", dest="bench.arch", metavar="NAME|file.py:Class",
-                   help="architecture of plain state-dict pairs; naming a pair's recorded "
-                        "import spec allows it")
-    g.add_argument("--trust-code", dest="bench.trust_code", action="store_const", const=True,
-                   help="let the pairs' files name any importable architecture (runs that code)")
+    common.add_data_flags(p, BenchRunConfig)
+    common.add_settings(p.add_argument_group("grid"), BenchRunConfig, {
+        "--methods": "bench.methods:M,M", "--seeds": "bench.seeds:S,S"})
+    common.add_settings(p.add_argument_group("model files"), BenchRunConfig, {
+        "--arch": "bench.arch:NAME|file.py:Class", "--trust-code": "bench.trust_code"})
     g = p.add_argument_group("resuming and faults (every cell and trained endpoint)")
     g.add_argument("--save-every", metavar="N",
                    help="epochs between saved states (default 1; also at the end and on Ctrl-C)")
@@ -42,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip up to N batches whose loss is NaN or inf instead of stopping")
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="torch's deterministic algorithms and every seed set")
-    p.add_argument("--device", dest="device", metavar="auto|cpu|cuda")
+    common.add_settings(p, BenchRunConfig, {"--device": "device:auto|cpu|cuda"})
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell and endpoint instead of reading them back")
     common.add_output_flags(p, "bench directory (default runs/bench-<config name>)")

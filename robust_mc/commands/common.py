@@ -7,8 +7,10 @@ so only what the user typed overrides the YAML file and the defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from robust_mc.config import ConnectRunConfig, SettingInfo, TrainRunConfig, describe_setting
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.resume import ResumePolicy
 
@@ -19,64 +21,66 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML preset: a path or a name in configs/")
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", dest="data.dataset", metavar="NAME",
-                   help="cifar10, cifar100, imagefolder:PATH, digits or synthetic")
-    g.add_argument("--data-dir", dest="data.data_dir", metavar="DIR",
-                   help="where cifar10/cifar100 live")
-    g.add_argument("--download", dest="data.download", action="store_const", const=True,
-                   help="let torchvision download cifar10/cifar100 into --data-dir")
-    g.add_argument("--val-size", dest="data.val_size", metavar="N",
-                   help="validation images carved from train (default 10%%, at most 5000)")
-    g.add_argument("--train-limit", dest="data.train_limit", metavar="N",
-                   help="use only the first N training images")
-    g.add_argument("--test-limit", dest="data.test_limit", metavar="N",
-                   help="use only the first N test images")
+def add_settings(group: Any, config: type, flags: dict[str, str]) -> None:
+    """One flag per ``{"--flag": "dotted.key"}`` (``"dotted.key:METAVAR"`` names its value),
+    its help, default, choices and kind taken from the setting in the run config ``config``:
+    a new curve kind, alignment method or objective appears here by being registered."""
+    for flag, spec in flags.items():
+        key, _, metavar = spec.partition(":")
+        info = describe_setting(config, key)
+        text = info.help.replace("%", "%%")
+        if info.type is bool:
+            group.add_argument(flag, dest=key, action=BOOL, default=None,
+                               help=f"{text} (default: {'on' if info.default else 'off'})")
+            continue
+        if info.default is not None and info.default != []:
+            shown = f"{info.default * 255:g}/255" if info.pixel else str(info.default)
+            text = f"{text} (default: {shown})" if text else f"default: {shown}"
+        group.add_argument(flag, dest=key, help=text, choices=info.choices,
+                           metavar=None if info.choices else metavar or _metavar(info))
+
+
+def _metavar(info: SettingInfo) -> str:
+    if info.pixel:
+        return "EPS"
+    return {int: "N", float: "X"}.get(info.type, "VALUE")
+
+
+def add_data_flags(p: argparse.ArgumentParser, config: type) -> None:
+    add_settings(p.add_argument_group("data"), config, {
+        "--dataset": "data.dataset:NAME", "--data-dir": "data.data_dir:DIR",
+        "--download": "data.download", "--val-size": "data.val_size",
+        "--train-limit": "data.train_limit", "--test-limit": "data.test_limit"})
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", dest="model.arch", metavar="NAME|file.py:Class",
-                   help="architecture: a zoo name, path/file.py:Class or module:Class")
-    g.add_argument("--width", dest="model.width", metavar="X", help="width multiplier")
+    add_settings(p.add_argument_group("model"), TrainRunConfig, {
+        "--arch": "model.arch:NAME|file.py:Class", "--width": "model.width"})
 
 
-def add_attack_flags(p: argparse.ArgumentParser, what: str = "training") -> None:
-    g = p.add_argument_group(f"{what} attack (PGD)")
-    g.add_argument("--eps", dest="attack.eps", metavar="EPS",
-                   help="radius in [0,1] pixel units: 8/255 or 0.031")
-    g.add_argument("--norm", dest="attack.norm", choices=["linf", "l2"])
-    g.add_argument("--attack-steps", dest="attack.steps", metavar="K", help="PGD iterations")
-    g.add_argument("--attack-step-size", dest="attack.step_size", metavar="ALPHA",
-                   help="PGD step in pixel units (default eps/4)")
-    g.add_argument("--attack-mode", dest="attack.mode", choices=["train", "eval"],
-                   help="network mode while attacking in training (train: batch statistics)")
+def add_attack_flags(p: argparse.ArgumentParser, config: type, what: str = "training") -> None:
+    add_settings(p.add_argument_group(f"{what} attack (PGD)"), config, {
+        "--eps": "attack.eps", "--norm": "attack.norm", "--attack-steps": "attack.steps:K",
+        "--attack-step-size": "attack.step_size:ALPHA", "--attack-mode": "attack.mode"})
 
 
-def add_optim_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", dest="optim.epochs", metavar="N")
-    g.add_argument("--batch-size", dest="optim.batch_size", metavar="N")
-    g.add_argument("--lr", dest="optim.lr", metavar="LR")
-    g.add_argument("--weight-decay", dest="optim.weight_decay", metavar="WD")
-    g.add_argument("--schedule", dest="optim.schedule", choices=["piecewise", "cosine", "constant"])
-    g.add_argument("--seed", dest="optim.seed", metavar="N", help="seed of the run")
+def add_optim_flags(p: argparse.ArgumentParser, config: type) -> None:
+    add_settings(p.add_argument_group("optimisation"), config, {
+        "--epochs": "optim.epochs", "--batch-size": "optim.batch_size", "--lr": "optim.lr:LR",
+        "--weight-decay": "optim.weight_decay:WD", "--schedule": "optim.schedule",
+        "--seed": "optim.seed"})
 
 
-def add_fault_flags(p: argparse.ArgumentParser) -> None:
+def add_fault_flags(p: argparse.ArgumentParser, config: type) -> None:
     g = p.add_argument_group("resuming and faults")
     g.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (rerunning into the same --out also "
                         "continues it); an error if there is none")
     g.add_argument("--fresh", action="store_true",
                    help="discard a run saved in --out and start over")
-    g.add_argument("--save-every", dest="optim.save_every", metavar="N",
-                   help="epochs between saved states (default 1; also at the end and on Ctrl-C)")
-    g.add_argument("--skip-nonfinite", dest="optim.skip_nonfinite", metavar="N",
-                   help="skip up to N batches whose loss is NaN or inf instead of stopping")
-    g.add_argument("--deterministic", dest="speed.deterministic", action="store_const",
-                   const=True, help="torch's deterministic algorithms and every seed set")
+    add_settings(g, config, {"--save-every": "optim.save_every",
+                             "--skip-nonfinite": "optim.skip_nonfinite",
+                             "--deterministic": "speed.deterministic"})
 
 
 def resume_policy(args: argparse.Namespace) -> ResumePolicy:
@@ -85,84 +89,49 @@ def resume_policy(args: argparse.Namespace) -> ResumePolicy:
     return ResumePolicy.from_flags(args.resume, args.fresh)
 
 
-def add_align_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("alignment")
-    g.add_argument("--align-method", dest="align.method", choices=["corr", "weights"],
-                   help="corr: activation correlation (Tatro et al.); weights: weight matching")
-    g.add_argument("--align-inputs", dest="align.inputs", choices=["clean", "adversarial"],
-                   help="activations on clean images or on each model's own PGD examples")
-    g.add_argument("--align-samples", dest="align.samples", metavar="N",
-                   help="training images used for alignment (default 5000)")
+def add_align_flags(p: argparse.ArgumentParser, config: type) -> None:
+    flags = {"--align-method": "align.method", "--align-inputs": "align.inputs",
+             "--align-samples": "align.samples", "--align-seed": "align.seed"}
+    if "aligned" in {f.name for f in dataclasses.fields(config)}:
+        flags["--align"] = "aligned"  # --align / --no-align
+    add_settings(p.add_argument_group("alignment"), config, flags)
 
 
 def add_curve_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("curve")
-    g.add_argument("--curve", dest="curve.kind", choices=["line", "bezier", "polychain"])
-    g.add_argument("--bends", dest="curve.bends", metavar="N", help="trainable control points")
-    g.add_argument("--objective", dest="curve.objective",
-                   choices=["adversarial", "trades", "clean"])
+    add_settings(p.add_argument_group("curve"), ConnectRunConfig, {
+        "--curve": "curve.kind", "--bends": "curve.bends", "--objective": "curve.objective",
+        "--trades-beta": "curve.trades_beta"})
 
 
 def add_pam_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("PAM (permutation updates during curve training)")
-    g.add_argument("--pam", dest="pam.enabled", action="store_const", const=True,
-                   help="alternate curve training with permutation updates of b, starting from "
-                        "the alignment (or from b as given with --no-align)")
-    g.add_argument("--pam-outer", dest="pam.outer", metavar="N",
-                   help="permutation updates, evenly spaced (default 2)")
-    g.add_argument("--pam-perm-epochs", dest="pam.perm_epochs", metavar="N",
-                   help="epochs of each permutation update (default 1)")
-    g.add_argument("--pam-lr", dest="pam.lr", metavar="LR",
-                   help="proximal gradient step on the relaxed permutations (default 3000)")
-    g.add_argument("--pam-prox", dest="pam.prox", metavar="W",
-                   help="weight of the proximal term (default 0.01)")
+    add_settings(p.add_argument_group("PAM (permutation updates during curve training)"),
+                 ConnectRunConfig, {"--pam": "pam.enabled", "--pam-outer": "pam.outer",
+                                    "--pam-perm-epochs": "pam.perm_epochs",
+                                    "--pam-lr": "pam.lr", "--pam-prox": "pam.prox"})
 
 
 def add_path_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("evaluation along the path")
-    g.add_argument("--points", dest="path.points", metavar="N",
-                   help="values of t, endpoints included (default 11)")
-    g.add_argument("--eval-attack", dest="path.attack", metavar="SPEC",
-                   help="e.g. pgd:steps=20 (alpha eps/4), apgd-ce, autoattack")
-    g.add_argument("--bn-data", dest="path.bn_data", choices=["clean", "adversarial"],
-                   help="images for recomputing batch-norm statistics at each t")
-    g.add_argument("--bn-images", dest="path.bn_images", metavar="N",
-                   help="training images for the BN statistics (default 2000)")
-    g.add_argument("--eval-batch-size", dest="path.batch_size", metavar="N")
-    g.add_argument("--val-limit", dest="path.val_limit", metavar="N",
-                   help="evaluate only N validation images")
-    g.add_argument("--eval-test-limit", dest="path.test_limit", metavar="N",
-                   help="evaluate only N test images")
-    g.add_argument("--compare-line", dest="path.compare_line", action="store_const", const=True,
-                   help="also evaluate the straight lines between the endpoints")
-
-
-def add_no_align_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-align", dest="aligned", action="store_const", const=False,
-                   help="use the endpoints as given, without aligning b to a")
+    add_settings(p.add_argument_group("evaluation along the path"), ConnectRunConfig, {
+        "--points": "path.points", "--eval-attack": "path.attack:SPEC",
+        "--bn-data": "path.bn_data", "--bn-images": "path.bn_images",
+        "--eval-batch-size": "path.batch_size", "--val-limit": "path.val_limit",
+        "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-attack", dest="eval.attack", metavar="SPEC",
-                   help="e.g. pgd:steps=20,alpha=2/255, apgd-ce, autoattack, none")
+    add_settings(p.add_argument_group("evaluation"), TrainRunConfig,
+                 {"--eval-attack": "eval.attack:SPEC"})
 
 
-def add_speed_flags(p: argparse.ArgumentParser, compiles: bool = False) -> None:
+def add_speed_flags(p: argparse.ArgumentParser, config: type, compiles: bool = False) -> None:
     """Device, precision, layout and threads; ``--compile`` only where the command compiles
     every network it trains and attacks (``train``)."""
-    g = p.add_argument_group("speed")
-    g.add_argument("--device", dest="device", metavar="auto|cpu|cuda")
-    g.add_argument("--precision", dest="speed.precision", choices=["auto", "float32", "bfloat16"],
-                   help="autocast dtype (auto: bfloat16 on CUDA GPUs that support it)")
-    g.add_argument("--channels-last", dest="speed.channels_last", action=BOOL, default=None,
-                   help="NHWC memory layout")
+    flags = {"--device": "device:auto|cpu|cuda", "--precision": "speed.precision",
+             "--channels-last": "speed.channels_last", "--threads": "speed.threads",
+             "--reuse-memory": "speed.reuse_memory"}
     if compiles:
-        g.add_argument("--compile", dest="speed.compile", action=BOOL, default=None,
-                       help="torch.compile the network for its training passes")
-    g.add_argument("--threads", dest="speed.threads", metavar="N", help="CPU threads")
-    g.add_argument("--reuse-memory", dest="speed.reuse_memory", action=BOOL, default=None,
-                   help="keep freed CPU memory for the next tensors (default on; glibc)")
+        flags["--compile"] = "speed.compile"
+    add_settings(p.add_argument_group("speed"), config, flags)
 
 
 def add_output_flags(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -190,9 +159,7 @@ def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The configuration values the user typed, as dotted keys."""
-    values = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    for key in ("device", "aligned"):  # top-level settings
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return values
+    """The configuration values the user typed, as dotted keys (top-level settings as they
+    are)."""
+    return {k: v for k, v in vars(args).items()
+            if v is not None and ("." in k or k in ("device", "aligned"))}

@@ -32,7 +32,7 @@ CONNECT_PRESET = "digits-connect"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    common.add_speed_flags(p)
+    common.add_speed_flags(p, TrainRunConfig)
     p.add_argument("--epochs", dest="optim.epochs", metavar="N",
                    help="epochs of endpoint and curve training (default: the presets')")
     common.add_output_flags(p, "directory for the demo's files (default runs/demo)")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc.commands import common
-from robust_mc.config import to_dict
+from robust_mc.config import ConnectRunConfig, EnsembleRunConfig, build_config, to_dict
 from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.ensemble import greedy_select
@@ -31,12 +31,11 @@ HELP = "choose K points on a trained path that together are most robust (greedy,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_path", metavar="RUN", help="a connect run directory, or its curve.pt")
-    p.add_argument("-k", type=int, default=3, help="ensemble size (default 3)")
-    p.add_argument("--combine", choices=["logits", "probs"], default="logits",
-                   help="average the members' logits (default) or their probabilities")
-    common.add_data_flags(p)
+    common.add_settings(p, EnsembleRunConfig, {"-k": "ensemble.k:K",
+                                               "--combine": "ensemble.combine"})
+    common.add_data_flags(p, ConnectRunConfig)
     common.add_path_flags(p)
-    common.add_speed_flags(p)
+    common.add_speed_flags(p, ConnectRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for ensemble.pt and ensemble.json "
                                "(default RUN/ensemble-k<K>-<combine>)")
@@ -46,11 +45,16 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
     saved, pair = load_curve_run(curve_file, common.load_options(args))
-    cfg = config_from_run(saved, common.overrides(args))
-    if not 1 <= args.k <= cfg.path.points:
-        raise UserError(f"-k {args.k}: choose between 1 and the {cfg.path.points} points on the "
+    typed = common.overrides(args)
+    choice = build_config(EnsembleRunConfig, None, {k: v for k, v in typed.items()
+                                                    if k.startswith("ensemble.")}).ensemble
+    cfg = config_from_run(saved, {k: v for k, v in typed.items()
+                                  if not k.startswith("ensemble.")})
+    k, combine = choice.k, choice.combine
+    if not 1 <= k <= cfg.path.points:
+        raise UserError(f"-k {k}: choose between 1 and the {cfg.path.points} points on the "
                         "path (--points sets how many)")
-    out = Path(args.out) if args.out else curve_file.parent / f"ensemble-k{args.k}-{args.combine}"
+    out = Path(args.out) if args.out else curve_file.parent / f"ensemble-k{k}-{combine}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory path")
     reporter = Reporter(quiet=args.json)
@@ -62,23 +66,23 @@ def run(args: argparse.Namespace) -> int:
     curve = saved.curve.to(runtime.device)
     path, attack = cfg.path, path_attack(cfg.path, cfg.attack, data.info.num_classes)
     ts = torch.linspace(0, 1, path.points).tolist()
-    reporter.print(f"[bold]ensemble[/] of {args.k} from {len(ts)} points on {curve_file} "
-                   f"({args.combine}), selected on validation robust accuracy ({path.attack})")
+    reporter.print(f"[bold]ensemble[/] of {k} from {len(ts)} points on {curve_file} "
+                   f"({combine}), selected on validation robust accuracy ({path.attack})")
     candidates = [network_at(curve, endpoints.a, t, on_device, path, cfg.attack, runtime)
                   for t in ts]
     val, test = on_device.val.take(path.val_limit), on_device.test.take(path.test_limit)
-    selection = greedy_select(candidates, args.k, val, attack, runtime,
-                              batch_size=path.batch_size, seed=path.seed, combine=args.combine,
+    selection = greedy_select(candidates, k, val, attack, runtime,
+                              batch_size=path.batch_size, seed=path.seed, combine=combine,
                               reporter=reporter, labels=[f"t={t:.2f}" for t in ts])
     chosen = [candidates[i] for i in selection.indices]
-    ensemble = Ensemble(chosen, args.combine)
+    ensemble = Ensemble(chosen, combine)
     contenders = {"ensemble": ensemble, "endpoint a": endpoints.a, "endpoint b": endpoints.b,
-                  "a + b": Ensemble([endpoints.a, endpoints.b], args.combine)}
+                  "a + b": Ensemble([endpoints.a, endpoints.b], combine)}
     results = {name: evaluate_seeded(model, test, attack, runtime, path.batch_size,
                                      path.seed).as_dict()
                for name, model in contenders.items()}
     members_t = [ts[i] for i in selection.indices]
-    summary = {"source": str(curve_file), "k": args.k, "combine": args.combine,
+    summary = {"source": str(curve_file), "k": k, "combine": combine,
                "members_t": members_t, "selection": selection.rounds, "test": results,
                "eval_attack": path.attack, "eps": cfg.attack.eps, "config": to_dict(cfg),
                "record": run_record(args.argv)}
@@ -90,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
                         "eps": cfg.attack.eps},
             "source": str(curve_file), "config": to_dict(cfg)}
     ckpt = Checkpoint(pair.a.arch, pair.a.arch_kwargs, members[0], pair.a.normalization, meta,
-                      members=members, combine=args.combine)
+                      members=members, combine=combine)
     save_checkpoint(ckpt, out / "ensemble.pt")
     atomic_write_json(out / "ensemble.json", summary)
     if args.json:
         print(json.dumps({"out": str(out), **{k: summary[k] for k in
                                               ("members_t", "test", "selection")}}, indent=2))
         return 0
-    table = Table(title=f"robust-mc ensemble: {args.k} points of {curve_file} "
+    table = Table(title=f"robust-mc ensemble: {k} points of {curve_file} "
                         f"(test, {path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
     for column in ("model", "members", "clean acc", "robust acc", "robust loss"):
         table.add_column(column, justify="left" if column in ("model", "members") else "right")

@@ -38,10 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_path", metavar="RUN|MODEL",
                    help="a connect run directory or its curve.pt; or a model or ensemble "
                         "checkpoint")
-    common.add_data_flags(p)
+    common.add_data_flags(p, ConnectRunConfig)
     p.add_argument("--eps", dest="attack.eps", metavar="EPS", help="radius (default: the run's)")
     common.add_path_flags(p)
-    common.add_speed_flags(p)
+    common.add_speed_flags(p, ConnectRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for the new results (default RUN/eval-<attack>)")
 

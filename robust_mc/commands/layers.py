@@ -34,19 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="first endpoint")
     p.add_argument("b", help="second endpoint (aligned to a unless --no-align)")
     common.add_config_flag(p)
-    common.add_data_flags(p)
-    common.add_attack_flags(p)
-    common.add_align_flags(p)
-    common.add_no_align_flag(p)
-    g = p.add_argument_group("layers")
-    g.add_argument("--groups", dest="layers.groups", choices=["modules", "blocks"])
-    g.add_argument("--points", dest="layers.points", metavar="N", help="values of t (default 5)")
-    g.add_argument("--samples", dest="layers.samples", metavar="N",
-                   help="training images for the losses and derivatives (default 1000)")
-    g.add_argument("--compare-align", dest="layers.compare_align", action="store_const",
-                   const=True, help="report aligned and unaligned side by side")
-    g.add_argument("--bn-data", dest="path.bn_data", choices=["clean", "adversarial"])
-    common.add_speed_flags(p)
+    common.add_data_flags(p, LayersRunConfig)
+    common.add_attack_flags(p, LayersRunConfig)
+    common.add_align_flags(p, LayersRunConfig)
+    common.add_settings(p.add_argument_group("layers"), LayersRunConfig, {
+        "--groups": "layers.groups", "--points": "layers.points", "--samples": "layers.samples",
+        "--compare-align": "layers.compare_align", "--bn-data": "path.bn_data"})
+    common.add_speed_flags(p, LayersRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for layers.json/csv/png (default runs/layers-<a>-<b>)")
 

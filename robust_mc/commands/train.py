@@ -21,15 +21,15 @@ HELP = "PGD adversarial training of one endpoint (Madry et al.)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_flag(p)
-    common.add_data_flags(p)
+    common.add_data_flags(p, TrainRunConfig)
     common.add_model_flags(p)
-    common.add_attack_flags(p)
-    common.add_optim_flags(p)
+    common.add_attack_flags(p, TrainRunConfig)
+    common.add_optim_flags(p, TrainRunConfig)
     common.add_eval_flags(p)
-    common.add_speed_flags(p, compiles=True)
+    common.add_speed_flags(p, TrainRunConfig, compiles=True)
     p.add_argument("--no-augment", dest="data.augment", action="store_const", const=False,
                    help="no random crops and flips")
-    common.add_fault_flags(p)
+    common.add_fault_flags(p, TrainRunConfig)
     common.add_output_flags(p, "checkpoint to write (default: endpoint.pt)")
 
 

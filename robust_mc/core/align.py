@@ -42,7 +42,28 @@ from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
 from robust_mc.run.runtime import Runtime
 
-Method = Literal["corr", "weights"]
+# (model_a, model_b, spec, unit correlations per space) -> the permutation of b's units
+AlignmentMethod = Callable[[nn.Module, nn.Module, PermutationSpec, dict[str, torch.Tensor]],
+                           Permutation]
+_METHODS: dict[str, AlignmentMethod] = {}
+_NEEDS_DATA: set[str] = set()
+
+
+def register_alignment(name: str, needs_data: bool = False
+                       ) -> Callable[[AlignmentMethod], AlignmentMethod]:
+    """Register an alignment method; ``needs_data``: it reads the unit correlations."""
+
+    def wrap(fn: AlignmentMethod) -> AlignmentMethod:
+        _METHODS[name] = fn
+        if needs_data:
+            _NEEDS_DATA.add(name)
+        return fn
+
+    return wrap
+
+
+def list_alignment_methods() -> list[str]:
+    return sorted(_METHODS)
 Inputs = Literal["clean", "adversarial"]
 
 
@@ -278,7 +299,7 @@ def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.T
 
 def align(model_a: nn.Module, model_b: nn.Module,
           data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, *,
-          method: Method = "corr", inputs: Inputs = "clean", attack: PGD | None = None,
+          method: str = "corr", inputs: Inputs = "clean", attack: PGD | None = None,
           spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
           runtime: Runtime | None = None, generator: torch.Generator | None = None
           ) -> Alignment:
@@ -305,6 +326,9 @@ def align(model_a: nn.Module, model_b: nn.Module,
         result = align(a, b, [(x, y)], spec=spec)
         permute_model(b, spec, result.perm)  # b computes the same function, units matched to a
     """
+    if method not in _METHODS:
+        raise ValueError(f"unknown alignment method {method!r}; choose one of "
+                         f"{list_alignment_methods()}")
     runtime = runtime or Runtime(torch.device("cpu"))
     batches = list(data) if data is not None else []
     if spec is None:
@@ -322,13 +346,10 @@ def align(model_a: nn.Module, model_b: nn.Module,
         corr, samples = unit_correlations(model_a, model_b, spec, batches, runtime,
                                           attack if inputs == "adversarial" else None, generator)
         seconds["statistics"] = time.perf_counter() - start
-    elif method == "corr":
-        raise ValueError("correlation alignment needs data")
+    elif method in _NEEDS_DATA:
+        raise ValueError(f"{method} alignment needs data")
     start = time.perf_counter()
-    if method == "corr":
-        perm = {name: solve_assignment(c) for name, c in corr.items()}
-    else:
-        perm = weight_matching(model_a.state_dict(), model_b.state_dict(), spec)
+    perm = _METHODS[method](model_a, model_b, spec, corr)
     seconds["assignment"] = time.perf_counter() - start
     reports = []
     for space in spec:
@@ -370,3 +391,18 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     with torch.no_grad():
         error = float((aligned(probe) - model_b(probe)).abs().max())
     return AlignedPair(result, spec, aligned, error)
+
+
+@register_alignment("corr", needs_data=True)
+def _by_correlation(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
+                    corr: dict[str, torch.Tensor]) -> Permutation:
+    """Tatro et al. (2020): per space, the assignment that maximises the summed correlation of
+    matched units."""
+    return {name: solve_assignment(c) for name, c in corr.items()}
+
+
+@register_alignment("weights")
+def _by_weights(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
+                corr: dict[str, torch.Tensor]) -> Permutation:
+    """Ainsworth et al. (2023): weight matching, data-free coordinate ascent."""
+    return weight_matching(model_a.state_dict(), model_b.state_dict(), spec)
