@@ -26,7 +26,7 @@ from robust_mc.core.fold import fold_batchnorm
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.data import DatasetInfo, Split, batches
 from robust_mc.models import create_model
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import Runtime, start_runtime
 
 
 def rss_gib() -> float:
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians shown")
     args = parser.parse_args()
     data = benchmark_data(args.data, args.samples, 100)
-    runtime = Runtime.create("cpu")  # as the CLI runs: every core, freed memory reused
+    runtime = start_runtime("cpu")  # as the CLI runs: every core, freed memory reused
     subset = data.train.take(args.samples)
     rows = [measure(arch, subset, data.info, args.batch, args.repeats, runtime)
             for arch in args.archs]

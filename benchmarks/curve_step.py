@@ -15,7 +15,7 @@ from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.core.curves import Curve
 from robust_mc.models import create_model
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import CurveTask, EndpointTask
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    runtime = Runtime.create(args.device)
+    runtime = start_runtime(args.device)
     attack = AttackConfig(eps=8 / 255, steps=args.steps)
     rows = []
     for arch in args.archs:

@@ -24,14 +24,14 @@ from benchmarks.common import print_table, time_it
 from benchmarks.train_step import step_time
 from robust_mc.config import SpeedConfig
 from robust_mc.models import create_model
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 
 def measure(arch: str, reuse: bool) -> dict[str, float]:
     """One process's figures: seconds per forward pass and per training step, and the kernel
     seconds of each workload in all (warm-up included)."""
     speed = SpeedConfig(reuse_memory=reuse)
-    runtime = Runtime.create("cpu", speed)
+    runtime = start_runtime("cpu", speed)
     torch.manual_seed(0)
     model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
                                          mean=(0.5,) * 3, std=(0.25,) * 3)).eval()

@@ -21,7 +21,7 @@ from robust_mc.core.curves import Curve
 from robust_mc.evaluation.path import evaluate_path
 from robust_mc.models import create_model
 from robust_mc.report.progress import Reporter
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--bn-data", default="clean", choices=["clean", "adversarial"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    runtime = Runtime.create(args.device)
+    runtime = start_runtime(args.device)
     data = benchmark_data(args.data, args.bn_images, args.test_images).to(runtime.device)
     models = []
     for seed in (0, 1):

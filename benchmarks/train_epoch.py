@@ -17,7 +17,7 @@ from benchmarks.data import benchmark_data
 from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.models import create_model
 from robust_mc.report.progress import Reporter
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5120)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    runtime = Runtime.create(args.device)
+    runtime = start_runtime(args.device)
     data = benchmark_data(args.data, args.images, 100).to(runtime.device)
     attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7)
     optim = OptimConfig(epochs=1, batch_size=128)

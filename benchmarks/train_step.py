@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
 from robust_mc.models import create_model
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask
 
@@ -33,7 +33,7 @@ OPTIONS = {
 def step_time(arch: str, speed: SpeedConfig, steps: int, batch: int, repeats: int,
               device: str) -> float:
     torch.manual_seed(0)
-    runtime = Runtime.create(device, speed, compiles=True)
+    runtime = start_runtime(device, speed, compiles=True)
     model = runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
                                          mean=(0.5,) * 3, std=(0.25,) * 3))
     forward = torch.compile(model) if speed.compile else model

@@ -19,7 +19,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def runtime() -> Runtime:
-    return Runtime.create("cpu")
+    return Runtime.for_device("cpu")
 
 
 @pytest.fixture(scope="session")

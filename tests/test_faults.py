@@ -270,8 +270,8 @@ def test_a_non_finite_loss_stops_the_run_unless_skipped(skip):
     task, optimizer = nan_on({2})
     position = Position()
     optim = OptimConfig(epochs=1, batch_size=16, skip_nonfinite=skip)
-    trainer = Trainer(task, optimizer, optim, TrainingContext(Runtime.create("cpu"), train=split),
-                      position)
+    context = TrainingContext(Runtime.for_device("cpu"), train=split)
+    trainer = Trainer(task, optimizer, optim, context, position)
     if skip == 0:
         with pytest.raises(NonFiniteLoss, match="epoch 1, step 2 .*learning rate"):
             trainer.train_one_epoch(Step(None, None))

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def cuda():
-    return Runtime.create("cuda", SpeedConfig(precision="auto"))
+    return Runtime.for_device("cuda", SpeedConfig(precision="auto"))
 
 
 def test_pgd_on_cuda_stays_in_the_ball(cuda):

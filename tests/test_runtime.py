@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
+from robust_mc.config import SpeedConfig
 from robust_mc.errors import UserError
-from robust_mc.run.runtime import reuse_freed_memory, select_device
+from robust_mc.run.runtime import configure_process, reuse_freed_memory, seeded, select_device
 
 
 def test_device_selection():
@@ -23,3 +24,27 @@ def test_freed_memory_is_kept_for_reuse():
     assert reuse_freed_memory()
     x = torch.ones(64 * 2**20 // 4)  # 64 MiB: served from the heap now, the same values
     assert float(x.sum()) == x.numel()
+
+
+def test_the_process_set_up_takes_threads_from_the_config_or_the_launcher(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        configure_process(SpeedConfig(reuse_memory=False))
+        assert torch.get_num_threads() == 1
+        configure_process(SpeedConfig(threads=2, reuse_memory=False))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_runs_leave_the_global_random_streams_as_they_found_them(tiny_endpoint, digits, runtime):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    ckpt = tiny_endpoint(**{"optim.seed": 5, "eval.attack": "pgd:steps=1"})
+    assert torch.equal(torch.get_rng_state(), state)
+    with seeded(5):
+        expected = torch.rand(3)
+    with seeded(5):
+        assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(torch.get_rng_state(), state) and ckpt.meta["metrics"]

@@ -17,7 +17,7 @@ from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import checkpoint_from_model, save_checkpoint
 from robust_mc.run.files import check_writable_file
 from robust_mc.run.provenance import run_record
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = "align b's neurons to a's (activation correlation or weight matching)"
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (args.b[:-3] if args.b.endswith(".pt") else args.b) + "_aligned.pt"
     check_writable_file(out)
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     pair.check_data(data)
     model_a, model_b = (runtime.prepare(m) for m in pair.models())

@@ -16,7 +16,7 @@ from robust_mc.report.bench import rich_table, table_state, write_bench_files
 from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = ("benchmark robust barriers over endpoint pairs, methods (line/curve, +align, +pam) and "
         "curve seeds; cached per cell, resumable")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.connect.speed)
+    runtime = start_runtime(cfg.device, cfg.connect.speed)
     with StopSignals() as stop:
         result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop)
     title = f"robust-mc bench: {Path(args.config).stem} ({cfg.data.dataset})"

@@ -10,7 +10,12 @@ import argparse
 import dataclasses
 from typing import Any
 
-from robust_mc.config import ConnectRunConfig, SettingInfo, TrainRunConfig, describe_setting
+from robust_mc.config import (
+    ConnectRunConfig,
+    SettingInfo,
+    TrainRunConfig,
+    describe_setting,
+)
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.resume import ResumePolicy
 
@@ -163,3 +168,4 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     are)."""
     return {k: v for k, v in vars(args).items()
             if v is not None and ("." in k or k in ("device", "aligned"))}
+

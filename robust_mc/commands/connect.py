@@ -13,7 +13,7 @@ from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import show_path_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                        base=pair.config_base(keep_attack=("eps", "norm")))
     preflight(cfg)
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:
         summary = run_connect(pair, cfg, out, runtime, reporter, args.argv, policy, stop)

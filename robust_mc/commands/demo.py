@@ -23,7 +23,7 @@ from robust_mc.report.path import print_summary
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.records import PathLabel, PathSummary
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import Runtime, start_runtime
 
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"
 SEEDS = (0, 1)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_out_dir(args.out or "runs/demo")
     reporter = Reporter(quiet=args.json)
     overrides = common.overrides(args)
-    runtime = Runtime.create(overrides.get("device", "auto"),
+    runtime = start_runtime(overrides.get("device", "auto"),
                              build_config(TrainRunConfig, TRAIN_PRESET, overrides).speed)
     rows = train_endpoints(out, overrides, runtime, reporter, args.argv)
     pair = load_pair(rows[0]["checkpoint"], rows[1]["checkpoint"])

@@ -24,7 +24,7 @@ from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = "choose K points on a trained path that together are most robust (greedy, validation)"
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory path")
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     pair.check_data(data)
     endpoints = endpoints_from_run(saved, runtime, data.train.images[:2].float())

@@ -28,7 +28,7 @@ from robust_mc.run.checkpoint import (
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, is_curve_state
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
         "measure a model or ensemble checkpoint")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         saved = CurveRun.read(curve_file, options)
     cfg = config_from_run(saved, common.overrides(args))
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     tag = cfg.path.attack.replace(":", "-").replace(",", "-").replace("/", "_").replace("=", "")
     out = Path(args.out or curve_file.parent / f"eval-{tag}-{cfg.path.points}pts")
     summary = run_eval(saved, curve_file, cfg, out, runtime, reporter, args.argv)
@@ -79,7 +79,7 @@ def evaluate_checkpoint(path: Path, obj: object, options: LoadOptions,
         base["attack"] = {"eps": eps}
     cfg = build_config(ConnectRunConfig, None, common.overrides(args), base=base)
     preflight(cfg)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     check_fits_data(ckpt, data)
     out = ensure_out_dir(args.out) if args.out else None

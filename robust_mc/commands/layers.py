@@ -25,7 +25,7 @@ from robust_mc.run.files import (
     ensure_out_dir,
 )
 from robust_mc.run.provenance import run_record
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = "layer-wise clean and robust barriers, measured and predicted to second order"
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(LayersRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed)
+    runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     pair.check_data(data)
     out = ensure_out_dir(args.out or Path("runs") / f"layers-{Path(args.a).stem}-"

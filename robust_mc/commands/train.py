@@ -14,7 +14,7 @@ from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import save_checkpoint
 from robust_mc.run.files import check_writable_file
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import start_runtime
 
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         "e.g. a.pt")
     check_writable_file(out)
     reporter = Reporter(quiet=args.json)
-    runtime = Runtime.create(cfg.device, cfg.speed, compiles=True)
+    runtime = start_runtime(cfg.device, cfg.speed, compiles=True)
     state = state_path_for(out)
     with StopSignals() as stop:
         ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, state_path=state,

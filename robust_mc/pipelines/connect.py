@@ -39,7 +39,7 @@ from robust_mc.run.resume import (
     continues,
     remove_stale_temps,
 )
-from robust_mc.run.runtime import Runtime, seed_everything
+from robust_mc.run.runtime import Runtime, seeded
 
 RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
              "path.png")
@@ -136,7 +136,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     Example::
 
         summary = run_connect(load_pair("a.pt", "b.pt"), cfg, Path("runs/ab"),
-                              Runtime.create("auto"), Reporter())
+                              start_runtime("auto"), Reporter())
         print(summary.barriers["test"].robust_loss_barrier)
     """
     if policy is ResumePolicy.RESUME and not (out / "curve.pt").is_file():
@@ -154,16 +154,25 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         return finished
     saved = saved_run(session, policy)
-    record = run_record(argv)
-    seed_everything(cfg.optim.seed)  # for what draws from the global streams (user modules)
-    reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on {data.info.name}, "
-                   f"eps {cfg.attack.eps * 255:.3g}/255, output {out}")
+    with seeded(cfg.optim.seed):  # what draws from torch's global streams (user modules)
+        return align_train_evaluate(session, saved, run_record(argv))
+
+
+def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record: dict
+                         ) -> PathSummary:
+    """Align (or take the saved run's endpoints), train the curve from where ``saved`` stopped,
+    evaluate along it and write every output file; summary.json last."""
+    pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
+    session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
+                           f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
+                           f"output {out}")
     start = time.perf_counter()
+    example = session.data.train.images[:2].float()
     if saved is None:
-        endpoints = prepare_endpoints(pair, cfg, session.data, runtime, reporter)
+        endpoints = prepare_endpoints(pair, cfg, session.data, runtime, session.reporter)
         curve = make_curve(cfg.curve.kind, endpoints, cfg.curve.bends, runtime)
     else:
-        endpoints = endpoints_from_run(saved, runtime, data.train.images[:2].float())
+        endpoints = endpoints_from_run(saved, runtime, example)
         curve = saved.curve.to(runtime.device)
     history = train_curve_run(session, curve, endpoints, saved)
     train_s = time.perf_counter() - start

@@ -33,7 +33,7 @@ from robust_mc.run.resume import (
     restore_rng,
     rng_state,
 )
-from robust_mc.run.runtime import Runtime, seed_everything
+from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask
 
@@ -71,11 +71,18 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
 
     With ``state_path`` the run saves a resumable state there (see ``Trainer.fit``) and
-    continues or replaces the one it finds, as ``policy`` decides."""
-    record = run_record(argv)
+    continues or replaces the one it finds, as ``policy`` decides. Weight initialisation (and
+    anything else drawing from torch's global streams) is seeded with ``optim.seed`` for the
+    run's duration; the caller's streams are restored afterwards."""
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
-    stop = stop or StopSignals()
-    seed_everything(cfg.optim.seed)
+    with seeded(cfg.optim.seed):
+        return _train(cfg, runtime, reporter, run_record(argv), data, state_path, policy,
+                      stop or StopSignals())
+
+
+def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: dict,
+           data: Data | None, state_path: Path | None, policy: ResumePolicy,
+           stop: StopSignals) -> Checkpoint:
     saved = load_train_state(state_path, cfg, policy)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import random
 import sys
 from collections.abc import Iterator
 from typing import TypeVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -76,11 +74,30 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (every device), numpy and Python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+def configure_process(speed: SpeedConfig) -> None:
+    """The process-wide set-up of a run, done once before it starts (the CLI does it for every
+    command): CPU threads (``speed.threads``, else ``OMP_NUM_THREADS`` where a launcher set it,
+    else every core the process may use), freed memory kept for reuse, deterministic
+    algorithms. Library functions never change these."""
+    threads = speed.threads
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    set_threads(threads)
+    if speed.reuse_memory:
+        reuse_freed_memory()
+    if speed.deterministic:
+        use_deterministic_algorithms()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generators (CPU and CUDA) seeded with ``seed``, and
+    restore them afterwards: what draws from them inside (weight initialisation, a user
+    module's dropout) is reproducible, and the caller's streams are left as they were."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def use_deterministic_algorithms() -> None:
@@ -111,20 +128,16 @@ class Runtime:
         self.channels_last = speed.channels_last
 
     @classmethod
-    def create(cls, device: str, speed: SpeedConfig | None = None,
-               compiles: bool = False) -> Runtime:
-        """The runtime of a run, with the process set up for it (threads, memory reuse,
-        determinism). ``compiles``: the command compiles what it trains; elsewhere
-        ``speed.compile`` would be ignored, so it is refused."""
+    def for_device(cls, device: str, speed: SpeedConfig | None = None,
+                   compiles: bool = False) -> Runtime:
+        """The runtime on the device named ``device`` (``auto``, ``cpu``, ``cuda``). Nothing
+        process-wide happens here: that is :func:`configure_process`. ``compiles``: the
+        command compiles what it trains; elsewhere ``speed.compile`` would be ignored, so it is
+        refused."""
         speed = speed or SpeedConfig()
         if speed.compile and not compiles:
             raise UserError("speed.compile: only train compiles its network (the other commands "
                             "would ignore it); remove it from the configuration")
-        set_threads(speed.threads)
-        if speed.reuse_memory:
-            reuse_freed_memory()
-        if speed.deterministic:
-            use_deterministic_algorithms()
         return cls(select_device(device), speed)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -147,3 +160,14 @@ class Runtime:
         return {"device": str(self.device), "precision": str(self.dtype or torch.float32),
                 "channels_last": self.channels_last, "compile": self.speed.compile,
                 "threads": torch.get_num_threads(), "reuse_memory": self.speed.reuse_memory}
+
+
+def start_runtime(device: str, speed: SpeedConfig | None = None, compiles: bool = False
+                  ) -> Runtime:
+    """The one place a run sets up its process (:func:`configure_process`) and picks its device
+    (:meth:`Runtime.for_device`): every command calls it once its configuration is resolved,
+    and the benchmarks do as the commands do."""
+    speed = speed or SpeedConfig()
+    runtime = Runtime.for_device(device, speed, compiles)
+    configure_process(speed)
+    return runtime
