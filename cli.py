@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from robust_mc.errors import Interrupted, UserError
@@ -20,15 +19,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from robust_mc.commands import COMMANDS
+    from robust_mc.commands import commands
     from robust_mc.run.provenance import version
 
     parser = Parser(prog="robust-mc", description="Robust mode connectivity: train PGD endpoints, "
                     "align their neurons, connect them with robust curves and measure barriers.")
     parser.add_argument("--version", action="version", version=f"robust-mc {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMANDS:
-        module = importlib.import_module(f"robust_mc.commands.{name}")
+    for name, module in commands().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")

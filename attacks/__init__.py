@@ -7,6 +7,13 @@
 from attacks import builtin, torchattacks_adapters  # noqa: F401  (registers the attacks)
 from attacks.pgd import PGD, attack_mode, pgd
 from attacks.spec import Attack, build_attack, describe_attacks, list_attacks, parse_attack_spec
+from attacks.training import (
+    TrainingAttack,
+    build_training_attack,
+    list_training_attacks,
+    register_training_attack,
+)
 
-__all__ = ["PGD", "Attack", "attack_mode", "build_attack", "describe_attacks", "list_attacks",
-           "parse_attack_spec", "pgd"]
+__all__ = ["PGD", "Attack", "TrainingAttack", "attack_mode", "build_attack",
+           "build_training_attack", "describe_attacks", "list_attacks", "list_training_attacks",
+           "parse_attack_spec", "pgd", "register_training_attack"]

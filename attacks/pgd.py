@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from robust_mc.config import AttackConfig
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -180,12 +177,4 @@ class PGD:
             best = torch.where((loss > best_loss).view(-1, 1, 1, 1), adv, best)
             best_loss = torch.maximum(loss, best_loss)
         return best
-
-
-def training_attack(config: AttackConfig, **overrides: object) -> PGD:
-    """The PGD that a training-attack configuration describes, every field honoured (norm, eps,
-    step size, steps, random start, network mode); ``overrides`` replace fields."""
-    attack = PGD(eps=config.eps, step_size=config.resolved_step_size, steps=config.steps,
-                 norm=config.norm, random_start=config.random_start, mode=config.mode)
-    return replace(attack, **overrides)  # type: ignore[arg-type]
 

@@ -26,7 +26,7 @@ import yaml
 from robust_mc.errors import UserError
 
 if TYPE_CHECKING:
-    from attacks.pgd import PGD
+    from attacks.training import TrainingAttack
 
 T = TypeVar("T")
 
@@ -78,6 +78,12 @@ def curve_kinds() -> list[str]:
     return list_curves()
 
 
+def training_attacks() -> list[str]:
+    from attacks.training import list_training_attacks
+
+    return list_training_attacks()
+
+
 def alignment_methods() -> list[str]:
     from robust_mc.core.align import list_alignment_methods
 
@@ -116,8 +122,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """The PGD attack used inside a training loop."""
+    """The attack used inside training loops (and wherever a procedure needs adversarial
+    inputs of the training strength)."""
 
+    method: str = setting("pgd", choices=training_attacks,
+                          help="the training attack (a registered one)")
     norm: Literal["linf", "l2"] = setting("linf", help="threat model: L-inf or L2 ball")
     eps: float = setting(8 / 255, pixel=True, help="radius in [0,1] pixel units")
     step_size: float | None = setting(None, pixel=True, help="default eps/4")
@@ -131,13 +140,13 @@ class AttackConfig:
     def resolved_step_size(self) -> float:
         return self.eps / 4 if self.step_size is None else self.step_size
 
-    def build(self, **overrides: Any) -> PGD:
+    def build(self, mode: Literal["train", "eval"] | None = None) -> TrainingAttack:
         """The attack these settings describe, every field honoured: the one way a training
-        attack is made. ``overrides`` replace fields of the result (e.g. ``mode="train"`` where a
-        procedure defines the mode itself, as BN recomputation does)."""
-        from attacks.pgd import training_attack
+        attack is made. ``mode`` replaces ``self.mode`` where a procedure defines the network's
+        mode itself (BN recomputation attacks in train mode)."""
+        from attacks.training import build_training_attack
 
-        return training_attack(self, **overrides)
+        return build_training_attack(self, mode)
 
 
 @dataclass(frozen=True)

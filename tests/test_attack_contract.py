@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 import cli
 from robust_mc.config import AttackConfig
@@ -41,3 +42,36 @@ def test_align_attack_mode_takes_effect_and_a_seed_repeats(tiny_endpoint_files, 
     keys = ("mean_corr_before", "mean_corr_after")
     assert [train[k] for k in keys] == [again[k] for k in keys]
     assert train["mean_corr_before"] != evaluation["mean_corr_before"]
+
+
+def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_training(runtime):
+    from attacks import training
+    from robust_mc.config import TrainRunConfig, build_config
+    from robust_mc.models import create_model
+    from robust_mc.train.tasks import EndpointTask
+
+    seen = []
+
+    class Shift:  # a deterministic stand-in: every pixel moved by eps, clipped to [0, 1]
+        def __init__(self, eps: float, mode: str) -> None:
+            self.eps, self.mode = eps, mode
+
+        def __call__(self, model, x, y, generator=None, *, forward=None, loss_fn=None):
+            seen.append(self.mode)
+            return (x + self.eps).clamp(0, 1)
+
+    @training.register_training_attack("test-shift")
+    def _shift(config, mode):
+        return Shift(config.eps, mode)
+
+    try:
+        args = cli.build_parser().parse_args(["train", "--attack-method", "test-shift"])
+        cfg = build_config(TrainRunConfig, None, {"attack.method": args.__dict__["attack.method"],
+                                                  "attack.mode": "eval"})
+        model = create_model("mlp", num_classes=3, in_channels=1, mean=[0.0], std=[1.0],
+                             image_size=4)
+        task = EndpointTask(model, model, cfg.attack, runtime)
+        loss, _ = task(torch.rand(5, 1, 4, 4), torch.zeros(5, dtype=torch.long))
+        assert seen == ["eval"] and loss.requires_grad
+    finally:
+        del training._TRAINING_ATTACKS["test-shift"]

@@ -19,6 +19,7 @@ from robust_mc.run.files import check_writable_file
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 20
 HELP = "align b's neurons to a's (activation correlation or weight matching)"
 
 

@@ -18,6 +18,7 @@ from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 60
 HELP = ("benchmark robust barriers over endpoint pairs, methods (line/curve, +align, +pam) and "
         "curve seeds; cached per cell, resumable")
 

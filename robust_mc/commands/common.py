@@ -64,9 +64,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_attack_flags(p: argparse.ArgumentParser, config: type, what: str = "training") -> None:
-    add_settings(p.add_argument_group(f"{what} attack (PGD)"), config, {
-        "--eps": "attack.eps", "--norm": "attack.norm", "--attack-steps": "attack.steps:K",
-        "--attack-step-size": "attack.step_size:ALPHA", "--attack-mode": "attack.mode"})
+    add_settings(p.add_argument_group(f"{what} attack"), config, {
+        "--attack-method": "attack.method", "--eps": "attack.eps", "--norm": "attack.norm",
+        "--attack-steps": "attack.steps:K", "--attack-step-size": "attack.step_size:ALPHA",
+        "--attack-mode": "attack.mode"})
 
 
 def add_optim_flags(p: argparse.ArgumentParser, config: type) -> None:

@@ -15,6 +15,7 @@ from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 30
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
 
 

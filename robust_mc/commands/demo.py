@@ -25,6 +25,7 @@ from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.records import PathLabel, PathSummary
 from robust_mc.run.runtime import Runtime, start_runtime
 
+ORDER = 90
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"
 SEEDS = (0, 1)
 TRAIN_PRESET = "digits-demo"

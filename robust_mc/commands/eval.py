@@ -30,6 +30,7 @@ from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, is_curve_state
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 40
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
         "measure a model or ensemble checkpoint")
 

@@ -12,21 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc.commands import common
-from robust_mc.config import LayersRunConfig, build_config, to_dict
-from robust_mc.core.align import align_models
-from robust_mc.core.layers import GroupResult, layer_report, rank_agreement
-from robust_mc.data import load_data
+from robust_mc.config import LayersRunConfig, build_config
+from robust_mc.core.layers import GroupResult
+from robust_mc.pipelines.layers import layers_json, run_layers
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.plot import figure
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import (
-    atomic_write_json,
     atomic_write_text,
-    ensure_out_dir,
 )
-from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 70
 HELP = "layer-wise clean and robust barriers, measured and predicted to second order"
 
 
@@ -52,28 +49,9 @@ def run(args: argparse.Namespace) -> int:
                        base=pair.config_base(keep_attack=("eps", "norm")))
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
-    data = load_data(cfg.data)
-    pair.check_data(data)
-    out = ensure_out_dir(args.out or Path("runs") / f"layers-{Path(args.a).stem}-"
-                                                    f"{Path(args.b).stem}")
-    model_a, model_b = (runtime.prepare(m) for m in pair.models())
-    variants = {}
-    if cfg.aligned or cfg.layers.compare_align:
-        aligned = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
-        variants["aligned"] = aligned.model_b
-    if not cfg.aligned or cfg.layers.compare_align:
-        variants["unaligned"] = model_b
-    on_device = data.to(runtime.device)
-    reports: dict[str, list[GroupResult]] = {}
-    for label, b in variants.items():
-        reporter.print(f"[bold]layers[/] ({label}): {cfg.layers.groups}, {cfg.layers.points} "
-                       f"points, {cfg.layers.samples} training images")
-        reports[label] = layer_report(model_a, b, on_device, cfg, runtime, reporter)
-    result: dict[str, dict] = {label: {"groups": [r.as_dict() for r in rows],
-                                       "rank_correlation": rank_agreement(rows)}
-                               for label, rows in reports.items()}
-    atomic_write_json(out / "layers.json", {**result, "config": to_dict(cfg),
-                                            "record": run_record(args.argv)})
+    out = Path(args.out or Path("runs") / f"layers-{Path(args.a).stem}-{Path(args.b).stem}")
+    reports = run_layers(pair, cfg, runtime, reporter, out, args.argv)
+    result = layers_json(reports)
     atomic_write_text(out / "layers.csv", to_csv(reports))
     plot(out, reports)
     if args.json:

@@ -16,6 +16,7 @@ from robust_mc.run.files import check_writable_file
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import start_runtime
 
+ORDER = 10
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"
 
 

@@ -24,7 +24,7 @@ import torch.fx
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from attacks import PGD
+from attacks import TrainingAttack
 from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.core.fold import fold_batchnorm_graph
 from robust_mc.core.permutation import (
@@ -198,7 +198,7 @@ class _Moments:
 
 def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
-                      attack: PGD | None = None, generator: torch.Generator | None = None
+                      attack: TrainingAttack | None = None, generator: torch.Generator | None = None
                       ) -> tuple[dict[str, torch.Tensor], int]:
     """Correlation matrix per space from one forward pass of each model over ``batches``.
 
@@ -299,7 +299,7 @@ def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.T
 
 def align(model_a: nn.Module, model_b: nn.Module,
           data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, *,
-          method: str = "corr", inputs: Inputs = "clean", attack: PGD | None = None,
+          method: str = "corr", inputs: Inputs = "clean", attack: TrainingAttack | None = None,
           spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
           runtime: Runtime | None = None, generator: torch.Generator | None = None
           ) -> Alignment:

@@ -3,11 +3,17 @@ input normalization; ``list_models()`` names the registered ones."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Sequence
 
-from robust_mc.models import resnet, small, vgg  # noqa: F401  (registers the zoo)
 from robust_mc.models._registry import build_architecture, list_models, register_model
 from robust_mc.models.normalize import Classifier, Normalize
+
+# every module of this package is imported, so that a new architecture is one file here with
+# ``@register_model`` on its factory (the package's own files only, never a user's)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Classifier", "Normalize", "create_model", "list_models", "register_model"]
 

@@ -1,0 +1,65 @@
+"""Training attacks: the one attack that endpoint and curve training, batch-norm recomputation on
+adversarial data, alignment on adversarial inputs, layers and PAM run, built from the attack
+settings (``AttackConfig.method`` names it) and called the same way everywhere.
+
+``@register_training_attack("name")`` registers ``build(config, mode) -> TrainingAttack``; a new
+training attack is one such function (here or in a module of its own) plus its test, and
+``--attack-method`` offers it at once. A builder honours every setting it is given or refuses
+the ones it cannot use, so that no flag is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import nn
+
+from attacks.pgd import PGD, Forward, LossFn, Mode, cross_entropy_sum
+
+if TYPE_CHECKING:
+    from robust_mc.config import AttackConfig
+
+
+class TrainingAttack(Protocol):
+    """``attack(model, x, target, generator, forward=..., loss_fn=...) -> x_adv``, with the
+    network in ``mode`` while attacking: x (B, C, H, W) in [0, 1], x_adv in the eps-ball and in
+    [0, 1]; ``generator`` draws any random start."""
+
+    @property
+    def mode(self) -> Mode: ...
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None = None, *, forward: Forward | None = None,
+                 loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor: ...
+
+
+Builder = Callable[["AttackConfig", Mode], TrainingAttack]
+_TRAINING_ATTACKS: dict[str, Builder] = {}
+
+
+def register_training_attack(name: str) -> Callable[[Builder], Builder]:
+    def wrap(build: Builder) -> Builder:
+        _TRAINING_ATTACKS[name] = build
+        return build
+
+    return wrap
+
+
+def list_training_attacks() -> list[str]:
+    return sorted(_TRAINING_ATTACKS)
+
+
+def build_training_attack(config: AttackConfig, mode: Mode | None = None) -> TrainingAttack:
+    """The attack ``config`` describes; ``mode`` replaces ``config.mode`` where a procedure
+    defines the network's mode itself (BN recomputation attacks in train mode)."""
+    return _TRAINING_ATTACKS[config.method](config, mode or config.mode)
+
+
+@register_training_attack("pgd")
+def _pgd(config: AttackConfig, mode: Mode) -> TrainingAttack:
+    """Madry et al. (2018): ``steps`` steps of ``resolved_step_size`` in the ``norm`` ball of
+    radius ``eps``, from a random start unless ``random_start`` is off."""
+    return PGD(eps=config.eps, step_size=config.resolved_step_size, steps=config.steps,
+               norm=config.norm, random_start=config.random_start, mode=mode)
