@@ -33,12 +33,7 @@ from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, PathSummary
-from robust_mc.run.resume import (
-    ResumePolicy,
-    config_differences,
-    continues,
-    remove_stale_temps,
-)
+from robust_mc.run.resume import ResumePolicy, continues, remove_stale_temps
 from robust_mc.run.runtime import Runtime, seeded
 
 RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
@@ -75,11 +70,15 @@ def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]
                   ) -> PathSummary | None:
     """The summary of a finished run in ``out`` with these settings and endpoints, if any."""
     summary = PathSummary.read(out / "summary.json")
-    if (summary is None or summary.endpoint_digests != digests
-            or config_differences(summary.config, to_dict(cfg))
-            or not all((out / name).is_file() for name in summary.files)):
+    if summary is None:
         return None
-    return summary
+    other = None
+    if summary.endpoint_digests != digests:
+        other = "other endpoints"
+    elif not all((out / name).is_file() for name in summary.files):
+        other = "files missing"
+    finished = continues(ResumePolicy.REPLACE, out, summary.config, to_dict(cfg), other=other)
+    return summary if finished else None
 
 
 def saved_run(session: ConnectSession, policy: ResumePolicy) -> CurveRun | None:

@@ -28,7 +28,6 @@ from robust_mc.run.provenance import run_record
 from robust_mc.run.resume import (
     ResumePolicy,
     attack_generator,
-    config_differences,
     continues,
     restore_rng,
     rng_state,
@@ -159,7 +158,7 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
     with these settings, else trained (resumably, next to ``path``) and written."""
     if path.is_file() and policy is not ResumePolicy.FRESH:
         ckpt = load_checkpoint(path, LoadOptions(named=(cfg.model.arch,)))
-        if not config_differences(ckpt.meta.get("config") or {}, to_dict(cfg)):
+        if continues(ResumePolicy.REPLACE, path, ckpt.meta.get("config") or {}, to_dict(cfg)):
             reporter.print(f"reusing {path} (trained with these settings)")
             return ckpt
     state = state_path_for(path)

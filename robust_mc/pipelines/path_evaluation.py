@@ -29,7 +29,7 @@ from robust_mc.run.records import (
     PathSummary,
     SecondsPerT,
 )
-from robust_mc.run.resume import config_differences
+from robust_mc.run.resume import ResumePolicy, continues
 
 PROGRESS_FILE = "path-progress.json"
 REPRODUCE_TOLERANCE = 0.5  # accuracy points
@@ -63,8 +63,8 @@ class EvaluationProgress:
         self.stop = stop or StopSignals()
         self.paths: dict[str, list[PointResult]] = {}
         saved = read_json(path) if path.is_file() else None
-        if isinstance(saved, dict) and not config_differences(saved.get("config") or {},
-                                                              self.config):
+        if isinstance(saved, dict) and continues(ResumePolicy.REPLACE, path,
+                                                 saved.get("config") or {}, self.config):
             self.paths = {label: [PointResult.from_dict(p) for p in points]
                           for label, points in saved.get("paths", {}).items()}
 
