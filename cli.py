@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from robust_mc.errors import Interrupted, UserError
+from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     args.argv = ["robust-mc", *argv]
     try:
-        return int(args.handler(args) or 0)
+        with process_scope():  # the command sets up the process once its config is known
+            return int(args.handler(args) or 0)
     except UserError as exc:
         if args.debug:
             raise

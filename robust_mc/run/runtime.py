@@ -90,6 +90,23 @@ def configure_process(speed: SpeedConfig) -> None:
 
 
 @contextlib.contextmanager
+def process_scope() -> Iterator[None]:
+    """The process-wide torch settings that :func:`configure_process` may change (threads,
+    deterministic algorithms, cuDNN autotuning), restored when the block ends: the CLI runs
+    each command inside one, so a command run in-process leaves its caller as it found it.
+    (Memory reuse stays: it only keeps freed memory for later.)"""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+@contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run the block with torch's global generators (CPU and CUDA) seeded with ``seed``, and
     restore them afterwards: what draws from them inside (weight initialisation, a user
