@@ -43,6 +43,25 @@ def test_aligning_a_permuted_copy_recovers_it_exactly(digits_endpoints, digits, 
         assert space.corr_before < 0.9
 
 
+def test_a_permuted_copy_with_dead_units_is_recovered_exactly(digits_endpoints, digits,
+                                                              runtime):
+    model = build_model(digits_endpoints[0]).eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():  # these units output 0 after their ReLU whatever the input
+        for norm in norms[:2]:
+            norm.weight[:5] = 0.0
+            norm.bias[:5] = -10.0
+    spec = trace_permutation_spec(model, digits.train.images[:2])
+    shuffled = copy.deepcopy(model)
+    permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(7)))
+    result = align(model, shuffled, list(batches(digits.train, 256)), spec=spec,
+                   runtime=runtime)
+    assert sum(space.no_signal for space in result.spaces) >= 10
+    permute_model(shuffled, spec, result.perm)
+    for key, value in model.state_dict().items():
+        assert torch.equal(shuffled.state_dict()[key], value), key
+
+
 def test_alignment_raises_correlation_of_independent_models(digits_endpoints, digits, runtime):
     a, b = (build_model(c) for c in digits_endpoints)
     result = align_models(a, b, digits.train, AlignConfig(samples=1000), AttackConfig(eps=0.1),

@@ -74,6 +74,7 @@ class SpaceReport:
     corr_before: float  # mean correlation of units matched by index
     corr_after: float  # mean correlation of units matched by the permutation
     moved: float  # fraction of units re-matched
+    no_signal: int = 0  # units matched by their weights: no correlation signal (dead, constant)
 
 
 @dataclass
@@ -186,6 +187,14 @@ class _Moments:
             self.cross += cross
         self.count += a.shape[0]
 
+    def silent(self) -> torch.Tensor:
+        """(2, units) bool: units of A and of B that never varied (dead, or constant on the
+        data): their correlations carry no signal."""
+        assert self.sums is not None and self.squares is not None
+        mean = self.sums / self.count
+        var = (self.squares / self.count - mean ** 2).clamp_min(0)
+        return var.sqrt() <= 1e-6 * (mean.abs() + 1)
+
     def correlation(self) -> torch.Tensor:
         """(units_a, units_b) Pearson correlation; units that never vary correlate 0."""
         assert self.sums is not None and self.squares is not None and self.cross is not None
@@ -196,14 +205,32 @@ class _Moments:
         return torch.where(denom > 1e-12, cov / denom.clamp_min(1e-12), torch.zeros_like(cov))
 
 
+@dataclass
+class UnitStatistics:
+    """Per space: the (units, units) correlations of A's and B's units, and which units of A
+    and of B never varied on the data (``silent``, (2, units) bool)."""
+
+    corr: dict[str, torch.Tensor]
+    silent: dict[str, torch.Tensor]
+    samples: int
+
+
 def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
                       attack: TrainingAttack | None = None, generator: torch.Generator | None = None
                       ) -> tuple[dict[str, torch.Tensor], int]:
-    """Correlation matrix per space from one forward pass of each model over ``batches``.
+    """Correlation matrix per space from one forward pass of each model over ``batches``."""
+    stats = unit_statistics(model_a, model_b, spec, batches, runtime, attack, generator)
+    return stats.corr, stats.samples
 
-    With ``attack``, each model sees its own adversarial examples of the batch, with the same
-    random start for both, drawn from ``generator``.
+
+def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
+                    attack: TrainingAttack | None = None, generator: torch.Generator | None = None
+                    ) -> UnitStatistics:
+    """Correlations and silent units per space, from one forward pass of each model over
+    ``batches``. With ``attack``, each model sees its own adversarial examples of the batch,
+    with the same random start for both, drawn from ``generator``.
     """
     runner = _PairRunner(model_a, model_b, spec.tap_nodes)
     moments = {space.name: _Moments(space.size) for space in spec}
@@ -235,7 +262,8 @@ def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationS
         with torch.no_grad(), runtime.autocast():
             runner.run(inputs[0], inputs[1], on_tap)
         samples += x.shape[0]
-    return {name: m.correlation().cpu() for name, m in moments.items()}, samples
+    return UnitStatistics({name: m.correlation().cpu() for name, m in moments.items()},
+                          {name: m.silent().cpu() for name, m in moments.items()}, samples)
 
 
 def solve_assignment(score: torch.Tensor) -> torch.Tensor:
@@ -259,31 +287,13 @@ def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.T
                     spec: PermutationSpec, max_sweeps: int = 100, seed: int = 0) -> Permutation:
     """Git Re-Basin weight matching over parameters (running statistics are not weights)."""
     perm = identity_permutation(spec)
-    by_tensor: dict[str, list[tuple[Space, Axis]]] = {}
-    for space in spec:
-        for axis in space.axes:
-            by_tensor.setdefault(axis.name, []).append((space, axis))
-    names = [n for n in by_tensor if "running_" not in n and n in state_a]
-    a_cpu = {n: state_a[n].detach().cpu().double() for n in names}
-    b_cpu = {n: state_b[n].detach().cpu().double() for n in names}
+    by_tensor, a_cpu, b_cpu = _weight_tables(spec, state_a, state_b)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(max_sweeps):
         changed = False
         for index in torch.randperm(len(spec), generator=gen).tolist():
             space = spec.spaces[index]
-            score = torch.zeros(space.size, space.size, dtype=torch.float64)
-            for axis in space.axes:
-                if axis.name not in a_cpu:
-                    continue
-                b = b_cpu[axis.name]
-                for other, other_axis in by_tensor[axis.name]:  # B's other axes as matched so far
-                    if other is space:
-                        continue
-                    idx = axis_index(other_axis, perm[other.name], b.shape[other_axis.axis])
-                    b = b.index_select(other_axis.axis, idx)
-                wa = _unit_matrix(a_cpu[axis.name], axis, space.size)
-                wb = _unit_matrix(b, axis, space.size)
-                score += wa @ wb.T
+            score = _weight_score(space, perm, a_cpu, b_cpu, by_tensor)
             new = solve_assignment(score)
             old_value = score[torch.arange(space.size), perm[space.name]].sum()
             new_value = score[torch.arange(space.size), new].sum()
@@ -339,29 +349,111 @@ def align(model_a: nn.Module, model_b: nn.Module,
     if inputs == "adversarial" and attack is None:
         raise ValueError("inputs='adversarial' needs an attack")
     seconds: dict[str, float] = {}
-    corr: dict[str, torch.Tensor] = {}
-    samples = 0
+    stats = UnitStatistics({}, {}, 0)
     if batches:
         start = time.perf_counter()
-        corr, samples = unit_correlations(model_a, model_b, spec, batches, runtime,
-                                          attack if inputs == "adversarial" else None, generator)
+        stats = unit_statistics(model_a, model_b, spec, batches, runtime,
+                                attack if inputs == "adversarial" else None, generator)
         seconds["statistics"] = time.perf_counter() - start
     elif method in _NEEDS_DATA:
         raise ValueError(f"{method} alignment needs data")
     start = time.perf_counter()
-    perm = _METHODS[method](model_a, model_b, spec, corr)
+    perm = _METHODS[method](model_a, model_b, spec, stats.corr)
+    unmatched = {}
+    if method in _NEEDS_DATA:
+        unmatched = silent_pairs(perm, stats.silent)
+        perm = match_by_weights(perm, unmatched, model_a.state_dict(), model_b.state_dict(),
+                                spec)
     seconds["assignment"] = time.perf_counter() - start
     reports = []
     for space in spec:
         p = perm[space.name]
-        c = corr.get(space.name)
+        c = stats.corr.get(space.name)
         diag = torch.arange(space.size)
         reports.append(SpaceReport(
             space.name, space.size,
             float(c[diag, diag].mean()) if c is not None else float("nan"),
             float(c[diag, p].mean()) if c is not None else float("nan"),
-            float((p != diag).float().mean())))
-    return Alignment(method, inputs, perm, reports, seconds, samples)
+            float((p != diag).float().mean()),
+            int(unmatched[space.name].numel()) if space.name in unmatched else 0))
+    return Alignment(method, inputs, perm, reports, seconds, stats.samples)
+
+
+def silent_pairs(perm: Permutation, silent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per space, A's units whose match had no correlation signal: silent themselves, or
+    matched to a silent unit of B."""
+    out = {}
+    for name, p in perm.items():
+        if name in silent:
+            rows = silent[name][0] | silent[name][1][p]
+            if rows.any():
+                out[name] = torch.nonzero(rows).flatten()
+        # spaces without statistics have nothing to re-match
+    return out
+
+
+def match_by_weights(perm: Permutation, rows: dict[str, torch.Tensor],
+                     state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                     spec: PermutationSpec, max_sweeps: int = 10) -> Permutation:
+    """Re-match, within each space, the ``rows`` of A and the units of B they were matched to by
+    weight matching given the rest of the assignment (live units keep their match): units
+    without a correlation signal (dead, or constant on the data) are paired by what they
+    compute, so a permuted copy is recovered exactly even where units are dead."""
+    if not rows:
+        return perm
+    perm = {name: p.clone() for name, p in perm.items()}
+    by_tensor, a_cpu, b_cpu = _weight_tables(spec, state_a, state_b)
+    for _ in range(max_sweeps):
+        changed = False
+        for space in spec:
+            if space.name not in rows:
+                continue
+            score = _weight_score(space, perm, a_cpu, b_cpu, by_tensor)
+            r = rows[space.name]
+            cols = perm[space.name][r]
+            sub = solve_assignment(score[r][:, cols])
+            new = cols[sub]
+            if not torch.equal(new, perm[space.name][r]):
+                perm[space.name][r] = new
+                changed = True
+        if not changed:
+            break
+    return perm
+
+
+def _weight_tables(spec: PermutationSpec, state_a: dict[str, torch.Tensor],
+                   state_b: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, list[tuple[Space, Axis]]], dict[str, torch.Tensor],
+                              dict[str, torch.Tensor]]:
+    """For weight matching: each tensor's (space, axis) pairs, and A's and B's parameters in
+    float64 on the CPU (running statistics are not weights)."""
+    by_tensor: dict[str, list[tuple[Space, Axis]]] = {}
+    for space in spec:
+        for axis in space.axes:
+            by_tensor.setdefault(axis.name, []).append((space, axis))
+    names = [n for n in by_tensor if "running_" not in n and n in state_a]
+    return (by_tensor, {n: state_a[n].detach().cpu().double() for n in names},
+            {n: state_b[n].detach().cpu().double() for n in names})
+
+
+def _weight_score(space: Space, perm: Permutation, a_cpu: dict[str, torch.Tensor],
+                  b_cpu: dict[str, torch.Tensor],
+                  by_tensor: dict[str, list[tuple[Space, Axis]]]) -> torch.Tensor:
+    """(units, units) inner products of A's and B's units over every tensor that moves with the
+    space, B's other axes permuted as matched so far (weight matching's objective)."""
+    score = torch.zeros(space.size, space.size, dtype=torch.float64)
+    for axis in space.axes:
+        if axis.name not in a_cpu:
+            continue
+        b = b_cpu[axis.name]
+        for other, other_axis in by_tensor[axis.name]:
+            if other is space:
+                continue
+            idx = axis_index(other_axis, perm[other.name], b.shape[other_axis.axis])
+            b = b.index_select(other_axis.axis, idx)
+        score += _unit_matrix(a_cpu[axis.name], axis, space.size) @ _unit_matrix(
+            b, axis, space.size).T
+    return score
 
 
 # --- aligning two endpoints (shared by `robust-mc align` and `robust-mc connect`) ---------------
