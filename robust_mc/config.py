@@ -117,7 +117,8 @@ class DataConfig:
 class ModelConfig:
     arch: str = setting("tinyten", help="zoo name, path/file.py:Class or package.module:Class")
     width: float = setting(1.0, lo=0.01, help="width multiplier")
-    kwargs: dict = setting({}, help="extra keyword arguments of the architecture")
+    kwargs: dict = setting({}, help="the architecture's own keyword arguments, e.g. "
+                                    "'{depth: 16}' (a user class gets its own width here)")
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,12 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
             return list(value)
         return [_coerce(v, element[0], f"{key}[{i}]", {}) for i, v in enumerate(value)]
     if tp is dict or origin is dict:
+        if isinstance(value, str):  # from the command line: YAML or JSON
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise UserError(f"{key}: {value!r} is not a YAML mapping; write e.g. "
+                                "'{depth: 16}'") from None
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)

@@ -38,13 +38,17 @@ def hostile(tmp_path_factory, tiny_endpoint_files) -> dict[str, Path]:
     paths = {"marker": root / "IMPORTED", "popen_marker": root / "POPEN_RAN"}
     module = root / "user_net.py"
     module.write_text(f"import pathlib\npathlib.Path({str(paths['marker'])!r}).write_text('x')\n"
-                      "from robust_mc.models.small import SmallCNN as Net\n")
+                      "from robust_mc.models.small import SmallCNN\n\n\n"
+                      "class Net(SmallCNN):  # the tiny endpoints' network, its width fixed\n"
+                      "    def __init__(self, num_classes=10, in_channels=1):\n"
+                      "        super().__init__(num_classes, in_channels, width=0.25)\n")
     paths["spec"] = Path(f"{module}:Net")
     native = torch.load(tiny_endpoint_files["a"], weights_only=True)
     for name, arch, extra in (
             ("popen", "subprocess:Popen", {"args": ["touch", str(paths["popen_marker"])]}),
             ("system", "os:system", {"command": f"touch {paths['popen_marker']}"}),
-            ("file_a", str(paths["spec"]), {}), ("file_b", str(paths["spec"]), {})):
+            ("file_a", str(paths["spec"]), {"width": 1.0}),
+            ("file_b", str(paths["spec"]), {"width": 1.0})):
         source = native if name != "file_b" else torch.load(tiny_endpoint_files["b"],
                                                             weights_only=True)
         paths[name] = root / f"{name}.pt"
@@ -56,7 +60,9 @@ def hostile(tmp_path_factory, tiny_endpoint_files) -> dict[str, Path]:
     for name, arch in (("popen_run", "subprocess:Popen"), ("file_run", str(paths["spec"]))):
         record = torch.load(run / "curve.pt", weights_only=True)
         (root / name).mkdir()
-        torch.save({**record, "arch": arch}, root / name / "curve.pt")
+        torch.save({**record, "arch": arch,
+                    "arch_kwargs": {**record["arch_kwargs"], "width": 1.0}},
+                   root / name / "curve.pt")
         paths[name] = root / name
     for name, pair in (("popen_bench", ("popen", "popen")), ("file_bench", ("file_a", "file_b"))):
         paths[name] = root / f"{name}.yaml"
@@ -178,7 +184,7 @@ def test_a_factory_builds_only_when_the_user_named_it():
 
 def test_arguments_from_a_file_are_bound_before_the_call(tiny_endpoint_files, tmp_path):
     native = torch.load(tiny_endpoint_files["a"], weights_only=True)
-    native["arch_kwargs"]["depth"] = 3  # cnn takes **_, so any name binds: use a user class
+    native["arch_kwargs"].update(depth=3, width=1.0)  # cnn takes **_: use a user class
     native["arch"] = "robust_mc.models.small:SmallCNN"
     torch.save(native, tmp_path / "c.pt")
     ckpt = load_checkpoint(tmp_path / "c.pt", LoadOptions(arch=native["arch"]))

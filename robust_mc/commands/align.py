@@ -14,7 +14,7 @@ from robust_mc.core.align import align_models
 from robust_mc.data import load_data
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import checkpoint_from_model, save_checkpoint
+from robust_mc.run.checkpoint import save_checkpoint
 from robust_mc.run.files import check_writable_file
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     pair.check_data(data)
+    for line in pair.describe():
+        reporter.print(line)
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
     reporter.print(f"[bold]align[/] {args.b} to {args.a}: {cfg.align.method}, "
                    f"{cfg.align.inputs} inputs, {min(cfg.align.samples, len(data.train))} images")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {**pair.b.meta, "alignment": {
         **summary, "config": to_dict(cfg), "record": run_record(args.argv),
         "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()}}}
-    ckpt = checkpoint_from_model(result.model_b, pair.b.arch, pair.b.arch_kwargs, meta)
+    ckpt = pair.b.with_weights(result.model_b, meta)
     path = save_checkpoint(ckpt, out)
     if args.json:
         print(json.dumps({"checkpoint": str(path), **summary}, indent=2))

@@ -10,12 +10,16 @@ import argparse
 import dataclasses
 from typing import Any
 
+import yaml
+
 from robust_mc.config import (
     ConnectRunConfig,
     SettingInfo,
     TrainRunConfig,
     describe_setting,
 )
+from robust_mc.data import parse_normalization
+from robust_mc.errors import UserError
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.resume import ResumePolicy
 
@@ -60,7 +64,8 @@ def add_data_flags(p: argparse.ArgumentParser, config: type) -> None:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("model"), TrainRunConfig, {
-        "--arch": "model.arch:NAME|file.py:Class", "--width": "model.width"})
+        "--arch": "model.arch:NAME|file.py:Class", "--width": "model.width",
+        "--model-kwargs": "model.kwargs:YAML"})
 
 
 def add_attack_flags(p: argparse.ArgumentParser, config: type, what: str = "training") -> None:
@@ -152,6 +157,12 @@ def add_model_file_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", dest="load_arch", metavar="NAME|file.py:Class",
                    help="architecture of a plain state_dict; for a file that records an import "
                         "spec (file.py:Class, module:Class), naming the same spec allows it")
+    g.add_argument("--model-kwargs", metavar="YAML",
+                   help="more arguments of a plain state_dict's architecture, e.g. "
+                        "'{depth: 16, widen_factor: 1}'")
+    g.add_argument("--normalization", metavar="NAME|MEAN,..:STD,..",
+                   help="what a plain state_dict's model expects of its [0, 1] inputs: none "
+                        "(the default), cifar10, cifar100, imagenet, or per-channel values")
     g.add_argument("--trust-code", action="store_true",
                    help="let files name any importable architecture (runs that code)")
     g.add_argument("--trust-checkpoint", action="store_true",
@@ -159,9 +170,28 @@ def add_model_file_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
-    """What the user said about model files, from :func:`add_model_file_flags`."""
+    """What the user said about model files, from :func:`add_model_file_flags`; ``shape``
+    gives a foreign file's arguments where the command knows them (info's flags)."""
+    kwargs = dict(shape.pop("arch_kwargs", None) or {})
+    if args.model_kwargs:
+        kwargs.update(parse_mapping(args.model_kwargs, "--model-kwargs"))
+    if args.normalization:
+        shape["normalization"] = parse_normalization(args.normalization)
     return LoadOptions(arch=args.load_arch, trust_code=args.trust_code,
-                       unpickle=args.trust_checkpoint, **shape)
+                       unpickle=args.trust_checkpoint, arch_kwargs=kwargs or None, **shape)
+
+
+def parse_mapping(text: str, flag: str) -> dict:
+    """A YAML (or JSON) mapping typed on the command line."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{flag}: not YAML ({str(exc).splitlines()[0]}); write e.g. "
+                        "'{depth: 16}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag}: give a mapping of argument names to values, e.g. "
+                        "'{depth: 16}'")
+    return value
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,18 +16,16 @@ HELP = "print a checkpoint's architecture, size, normalization and recorded metr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a robust-mc checkpoint (or a state_dict with --arch)")
-    p.add_argument("--num-classes", type=int, default=10, help="classes of a foreign state_dict")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels of a foreign one")
+    p.add_argument("checkpoint", help="a robust-mc checkpoint, or a state_dict with --arch "
+                                      "(10 classes and 3 channels unless --model-kwargs says)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     common.add_model_file_flags(p)
 
 
 def describe(path: str, args: argparse.Namespace) -> dict:
-    options = common.load_options(
-        args, arch_kwargs={"num_classes": args.num_classes, "in_channels": args.in_channels},
-        normalization={"mean": [0.0] * args.in_channels, "std": [1.0] * args.in_channels})
-    ckpt = load_checkpoint(path, options, allow_ensemble=True)
+    ckpt = load_checkpoint(path, common.load_options(args), allow_ensemble=True)
+    if "num_classes" not in ckpt.arch_kwargs:  # a plain state_dict: no dataset to say
+        ckpt.arch_kwargs.update({"num_classes": 10, "in_channels": 3, **ckpt.arch_kwargs})
     model = build_network(ckpt)
     meta = ckpt.meta
     info = {

@@ -111,24 +111,49 @@ def _declared_return(fn: Callable[..., Any]) -> Any:
         return None
 
 
+def standard_arguments(factory: Callable[..., nn.Module], standard: dict, kwargs: dict) -> dict:
+    """Which of robust-mc's standard arguments a user architecture gets: ``num_classes`` where
+    its signature names it or forwards ``**kwargs`` (the convention of torchvision and timm
+    classifiers), ``in_channels`` only where it names it, and never robust-mc's ``width``
+    multiplier or ``image_size`` (a user class's own ``width`` is its own); the user's
+    ``kwargs`` always win."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    named = {n for n, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    offered = {}
+    if "num_classes" in standard and ("num_classes" in named or forwards):
+        offered["num_classes"] = standard["num_classes"]
+    if "in_channels" in standard and "in_channels" in named:
+        offered["in_channels"] = standard["in_channels"]
+    return {k: v for k, v in offered.items() if k not in kwargs}
+
+
 def build_architecture(arch: str, standard: dict, kwargs: dict, *, factory_ok: bool = True,
                        source: str | None = None) -> nn.Module:
     """Build the bare network from the ``standard`` arguments (num_classes, in_channels, width,
-    image_size) and the user's ``kwargs``; a user class gets only the standard arguments that its
-    signature accepts, and every one of the user's. The arguments are bound to the signature
-    before anything is called, so a mismatch is a one-line error naming ``source``."""
+    image_size) and the user's ``kwargs``. A registered architecture gets every standard
+    argument; a user architecture those :func:`standard_arguments` gives it. The arguments are
+    bound to the signature before anything is called, so a mismatch is a one-line error naming
+    ``source``."""
     factory = resolve_architecture(arch, factory_ok=factory_ok)
     source = source or f"architecture {arch}"
-    offered = dict(standard)
+    if arch in _MODELS:
+        offered = dict(standard)
+    else:
+        if standard.get("width", 1.0) != 1.0:
+            raise UserError(f"{source}: width {standard['width']} scales robust-mc's zoo "
+                            f"architectures; {arch} takes its own arguments: pass them with "
+                            "--model-kwargs (model.kwargs)")
+        offered = standard_arguments(factory, standard, kwargs)
+    offered.update(kwargs)
     try:
         signature: inspect.Signature | None = inspect.signature(factory)
     except (TypeError, ValueError):
         signature = None
-    if arch not in _MODELS and signature is not None:
-        params = signature.parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        offered = {k: v for k, v in offered.items() if takes_all or k in params}
-    offered.update(kwargs)
     if signature is not None:
         try:
             signature.bind(**offered)

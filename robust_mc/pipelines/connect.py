@@ -91,7 +91,7 @@ def saved_run(session: ConnectSession, policy: ResumePolicy) -> CurveRun | None:
     run = CurveRun.read(path, LoadOptions(named=(pair.a.arch,)))
     other = None
     if (run.endpoint_digests != session.digests or run.arch != pair.a.arch
-            or run.arch_kwargs != pair.a.arch_kwargs):
+            or run.arch_kwargs != pair.a.arch_kwargs or run.model_kwargs != pair.a.model_kwargs):
         other = "other endpoints"
     elif run.position is None:
         other = "written by an older robust-mc that cannot resume"
@@ -165,6 +165,8 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
                            f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
                            f"output {out}")
+    for line in pair.describe():
+        session.reporter.print(line)
     start = time.perf_counter()
     example = session.data.train.images[:2].float()
     if saved is None:

@@ -14,7 +14,7 @@ from robust_mc.core.permutation import permute_model, trace_permutation_spec
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints
 from robust_mc.pipelines.session import ConnectSession
-from robust_mc.run.checkpoint import checkpoint_from_model
+from robust_mc.run.checkpoint import weights_of
 from robust_mc.run.records import CurveRun, PamHistory
 from robust_mc.run.resume import attack_generator, restore_rng, rng_state
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
@@ -27,10 +27,10 @@ def curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     """The run's state as ``curve.pt`` holds it. A line has nothing to train: it is saved as
     trained to the end."""
     pair, cfg = session.pair, session.cfg
-    states = {end: checkpoint_from_model(model, pair.a.arch, pair.a.arch_kwargs).state_dict
-              for end, model in (("a", endpoints.a), ("b", endpoints.b))}
+    states = {"a": weights_of(endpoints.a), "b": weights_of(endpoints.b)}
     position = position or Position(epoch=cfg.optim.epochs if cfg.curve.kind == "line" else 0)
-    return CurveRun(curve, pair.a.arch, pair.a.arch_kwargs, pair.a.normalization, states,
+    return CurveRun(curve, pair.a.arch, pair.a.arch_kwargs, pair.a.model_kwargs,
+                    pair.a.normalization, states,
                     to_dict(cfg), {"a": pair.a.meta, "b": pair.b.meta},
                     {"a": pair.a.path, "b": pair.b.path}, session.digests,
                     endpoints.permutation, endpoints.alignment, endpoints.pam, position,

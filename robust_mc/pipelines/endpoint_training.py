@@ -40,10 +40,12 @@ MONITOR_IMAGES = 1000  # validation images attacked after each epoch
 PRECISE_BN_IMAGES = 2000  # as many as connect's path evaluation uses by default
 
 
-def arch_kwargs_for(cfg: TrainRunConfig, data: Data) -> dict:
+def arch_kwargs_for(data: Data, width: float) -> dict:
+    """robust-mc's standard arguments of a network for ``data`` (the architecture's own are
+    ``model.kwargs``, recorded apart)."""
     info = data.info
-    return {"num_classes": info.num_classes, "in_channels": info.in_channels,
-            "width": cfg.model.width, "image_size": info.image_size, **cfg.model.kwargs}
+    return {"num_classes": info.num_classes, "in_channels": info.in_channels, "width": width,
+            "image_size": info.image_size}
 
 
 def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
@@ -147,7 +149,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
         "record": record,
     }
-    return checkpoint_from_model(model, cfg.model.arch, arch_kwargs_for(cfg, data), meta)
+    return checkpoint_from_model(model, cfg.model.arch, arch_kwargs_for(data, cfg.model.width),
+                                 meta, model_kwargs=cfg.model.kwargs)
 
 
 def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter: Reporter, *,

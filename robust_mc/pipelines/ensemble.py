@@ -4,7 +4,7 @@ as an ensemble checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun
@@ -85,11 +85,10 @@ def ensemble_checkpoint(pair: Pair, chosen: list, result: EnsembleResult,
                         cfg: ConnectRunConfig, choice: EnsembleConfig, source: Path
                         ) -> Checkpoint:
     """An ensemble checkpoint (``robust-mc-ensemble/1``) that eval and info read."""
-    members = [checkpoint_from_model(m, pair.a.arch, pair.a.arch_kwargs).state_dict
-               for m in chosen]
+    members = [pair.a.with_weights(m).state_dict for m in chosen]
     meta = {"dataset": cfg.data.dataset, "kind": "ensemble", "members_t": result.members_t,
             "metrics": {"test": result.test["ensemble"].as_dict(),
                         "eval_attack": cfg.path.attack, "eps": cfg.attack.eps},
             "source": str(source), "config": to_dict(cfg)}
-    return Checkpoint(pair.a.arch, pair.a.arch_kwargs, members[0], pair.a.normalization, meta,
-                      members=members, combine=choice.combine)
+    return replace(pair.a.with_weights(chosen[0], meta), members=members,
+                   combine=choice.combine)

@@ -23,6 +23,8 @@ def run_layers(pair: Pair, cfg: LayersRunConfig, runtime: Runtime, reporter: Rep
     data = load_data(cfg.data)
     pair.check_data(data)
     out = ensure_out_dir(out)  # only once the inputs are known to be good
+    for line in pair.describe():
+        reporter.print(line)
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
     variants = {}
     if cfg.aligned or cfg.layers.compare_align:

@@ -45,6 +45,9 @@ class Pair:
                               if keep_attack is None or k in keep_attack}
         return base
 
+    def describe(self) -> list[str]:
+        return [self.a.describe(), self.b.describe()]
+
     def check_data(self, data: Data) -> None:
         check_fits_data(self.a, data)
         check_fits_data(self.b, data)
@@ -53,10 +56,10 @@ class Pair:
 def check_fits_data(ckpt: Checkpoint, data: Data) -> None:
     """The checkpoint's classes and input channels match the dataset's. A foreign checkpoint
     that records no shape takes the dataset's (classes, channels, image size)."""
-    if "num_classes" not in ckpt.arch_kwargs:
-        info = data.info
-        ckpt.arch_kwargs.update(num_classes=info.num_classes, in_channels=info.in_channels,
-                                image_size=info.image_size)
+    info = data.info
+    for key, value in (("num_classes", info.num_classes), ("in_channels", info.in_channels),
+                       ("image_size", info.image_size)):
+        ckpt.arch_kwargs.setdefault(key, value)  # what the user gave is kept, and checked
     if ckpt.num_classes != data.info.num_classes:
         raise UserError(f"{ckpt.path} has {ckpt.num_classes} classes but {data.info.name} "
                         f"has {data.info.num_classes}; choose the dataset it was trained on "
@@ -74,11 +77,12 @@ def load_pair(path_a: str, path_b: str, options: LoadOptions | None = None) -> P
     if a.arch != b.arch:
         raise UserError(f"the endpoints have different architectures ({a.arch} vs {b.arch}); "
                         "connect two networks of one architecture")
-    if a.arch_kwargs != b.arch_kwargs:
-        diff = sorted(k for k in set(a.arch_kwargs) | set(b.arch_kwargs)
-                      if a.arch_kwargs.get(k) != b.arch_kwargs.get(k))
-        raise UserError(f"the endpoints differ in {diff[0]} ({a.arch_kwargs.get(diff[0])} vs "
-                        f"{b.arch_kwargs.get(diff[0])}); connect two networks of one shape")
+    kwargs_a, kwargs_b = ({**c.arch_kwargs, **c.model_kwargs} for c in (a, b))
+    if kwargs_a != kwargs_b:
+        diff = sorted(k for k in set(kwargs_a) | set(kwargs_b)
+                      if kwargs_a.get(k) != kwargs_b.get(k))
+        raise UserError(f"the endpoints differ in {diff[0]} ({kwargs_a.get(diff[0])} vs "
+                        f"{kwargs_b.get(diff[0])}); connect two networks of one shape")
     if a.normalization != b.normalization:
         raise UserError("the endpoints normalize their inputs differently; connect networks "
                         "trained on the same dataset")

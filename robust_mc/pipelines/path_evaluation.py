@@ -18,7 +18,7 @@ from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.session import ConnectSession
-from robust_mc.run.checkpoint import Checkpoint, checkpoint_from_model, save_checkpoint
+from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.run.files import atomic_write_json, read_json
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.records import (
@@ -164,7 +164,7 @@ def best_checkpoint(run: PathRun, pair: Pair, summary: PathSummary, cfg: Connect
             "metrics": {"val": best.val.as_dict(), "test": best.test.as_dict(),
                         "eval_attack": cfg.path.attack, "eps": cfg.attack.eps},
             "endpoints": {"a": pair.a.path, "b": pair.b.path}, "config": to_dict(cfg)}
-    return checkpoint_from_model(run.best, pair.a.arch, pair.a.arch_kwargs, meta)
+    return pair.a.with_weights(run.best, meta)
 
 
 def write_best(run: PathRun, pair: Pair, summary: PathSummary, cfg: ConnectRunConfig,

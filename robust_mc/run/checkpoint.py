@@ -5,6 +5,7 @@ Native format, a ``torch.save``d dict of plain values and tensors::
     {"format": "robust-mc/1",
      "arch": "resnet20",                       # zoo name, file.py:Class or module:Class
      "arch_kwargs": {"num_classes": 10, "in_channels": 3, "width": 1.0, "image_size": 32},
+     "model_kwargs": {...},                    # optional: the architecture's own arguments
      "state_dict": {name: tensor},  # the architecture's own names, BN statistics included
      "normalization": {"mean": [...], "std": [...]},   # applied to [0, 1] inputs
      "meta": {...}}                            # plain values: dataset, metrics, config, ...
@@ -35,6 +36,7 @@ from torch import nn
 
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier, create_model
+from robust_mc.models._registry import is_registered
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.models.trust import CodeTrust, canonical_spec
 from robust_mc.run.files import atomic_torch_save
@@ -42,6 +44,7 @@ from robust_mc.run.files import atomic_torch_save
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"
 ARCH_STANDARD_KEYS = ("num_classes", "in_channels", "width", "image_size")
+SHAPE_KEYS = ("num_classes", "in_channels", "image_size")  # what robust-mc checks against data
 
 
 @dataclass
@@ -54,6 +57,9 @@ class Checkpoint:
     path: str | None = None
     members: list[dict[str, torch.Tensor]] | None = None  # an ensemble: one state dict each
     combine: str = "logits"
+    # the architecture's own arguments beside robust-mc's standard ones in arch_kwargs (a user
+    # class's own ``width`` lives here, never confused with robust-mc's multiplier)
+    model_kwargs: dict = field(default_factory=dict)
     # the import specs its arch may be (a registered name needs none); never written to the file
     trust: CodeTrust = field(default_factory=CodeTrust, compare=False)
 
@@ -65,15 +71,34 @@ class Checkpoint:
     def dataset(self) -> str | None:
         return self.meta.get("dataset")
 
+    def describe(self) -> str:
+        """One line: what was loaded, from where, with which normalization and how many
+        weights (shown before long work starts)."""
+        foreign = self.meta.get("source_format") == "foreign"
+        weights = sum(v.numel() for k, v in self.state_dict.items()
+                      if v.is_floating_point() and "running_" not in k)
+        norm = self.meta.get("normalization_from", "recorded in the file")
+        return (f"{self.path}: {self.arch} ({'a plain state_dict' if foreign else 'robust-mc'}"
+                f"), normalization {norm}, {weights:,} weights")
+
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so that ``weights_only`` loading reads it back."""
         out = {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
                "state_dict": self.state_dict, "normalization": plain(self.normalization),
                "meta": plain(self.meta)}
+        if self.model_kwargs:
+            out["model_kwargs"] = plain(self.model_kwargs)
         if self.members is not None:
             out.update(format=ENSEMBLE_FORMAT, members=self.members, combine=self.combine)
             del out["state_dict"]
         return out
+
+    def with_weights(self, model: Classifier, meta: dict | None = None) -> Checkpoint:
+        """This checkpoint's architecture, arguments and normalization with ``model``'s weights
+        (the architecture's own names) and ``meta``: how every network robust-mc derives from an
+        endpoint (aligned, on the path, in an ensemble) is written."""
+        return replace(self, state_dict=weights_of(model), meta=dict(meta or {}), path=None,
+                       members=None)
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -121,6 +146,7 @@ def build_model(ckpt: Checkpoint) -> Classifier:
     ckpt.trust.check(ckpt.arch, source)
     kwargs = dict(ckpt.arch_kwargs)
     standard = {k: kwargs.pop(k) for k in ARCH_STANDARD_KEYS if k in kwargs}
+    kwargs.update(ckpt.model_kwargs)
     missing = [k for k in ("num_classes", "in_channels") if k not in standard]
     if missing:
         raise UserError(f"{source}: arch_kwargs lacks {missing[0]!r}; the file is incomplete")
@@ -164,12 +190,18 @@ def load_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source:
     model.net.load_state_dict(state_dict, strict=True)
 
 
+def weights_of(model: Classifier) -> dict[str, torch.Tensor]:
+    """``model.net``'s state on the CPU, in the architecture's own names, contiguous."""
+    return {k: v.detach().to("cpu", copy=True).contiguous(memory_format=torch.contiguous_format)
+            for k, v in model.net.state_dict().items()}
+
+
 def checkpoint_from_model(model: Classifier, arch: str, arch_kwargs: dict,
-                          meta: dict | None = None) -> Checkpoint:
-    state = {k: v.detach().to("cpu", copy=True).contiguous(memory_format=torch.contiguous_format)
-             for k, v in model.net.state_dict().items()}
+                          meta: dict | None = None, model_kwargs: dict | None = None
+                          ) -> Checkpoint:
     # this process built ``model`` from ``arch``, so the code it names is already running
-    return Checkpoint(arch, dict(arch_kwargs), state, model.normalize.as_dict(), dict(meta or {}),
+    return Checkpoint(arch, dict(arch_kwargs), weights_of(model), model.normalize.as_dict(),
+                      dict(meta or {}), model_kwargs=dict(model_kwargs or {}),
                       trust=CodeTrust((canonical_spec(arch),)))
 
 
@@ -262,9 +294,17 @@ def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = N
     if options.arch is None:
         raise UserError(f"{path} is a plain state_dict without an architecture; pass --arch NAME")
     options.code.check(options.arch, str(path))
-    return Checkpoint(options.arch, dict(options.arch_kwargs or {}), state,
+    meta = {"source_format": "foreign",
+            "normalization_from": "as given" if options.normalization is not None else
+            "none (the file records none; --normalization sets it)"}
+    # robust-mc's standard arguments (the shape) apart from the architecture's own: a zoo
+    # architecture's width is robust-mc's multiplier, a user class's is its own argument
+    standard = ARCH_STANDARD_KEYS if is_registered(options.arch) else SHAPE_KEYS
+    given = dict(options.arch_kwargs or {})
+    shape = {k: given.pop(k) for k in standard if k in given}
+    return Checkpoint(options.arch, shape, state,
                       dict(options.normalization or {"mean": [0.0], "std": [1.0]}),
-                      {"source_format": "foreign"}, str(path), trust=options.code)
+                      meta, str(path), model_kwargs=given, trust=options.code)
 
 
 def malformed(source: str | Path, problem: str) -> UserError:
@@ -276,7 +316,12 @@ def malformed(source: str | Path, problem: str) -> UserError:
 def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
                           ) -> tuple[str, dict, dict[str, list[float]]]:
     """``arch``, ``arch_kwargs`` and ``normalization`` of a native file (checkpoint, ensemble or
-    curve run), each checked; an ``arch`` that is an import spec only as ``options`` allow."""
+    curve run), each checked; an ``arch`` that is an import spec only as ``options`` allow.
+    A native file records its own arguments and normalization: ``options`` may not replace
+    them."""
+    if options.arch_kwargs or options.normalization is not None:
+        raise UserError(f"{source} is a robust-mc file: it records its architecture's "
+                        "arguments and normalization; drop --model-kwargs and --normalization")
     arch = obj.get("arch")
     if not isinstance(arch, str) or not arch.strip():
         raise malformed(source, "'arch' must name the architecture (a string)")
@@ -351,7 +396,15 @@ def _native(obj: dict, path: Path, options: LoadOptions) -> Checkpoint:
     arch, kwargs, norm = recorded_architecture(obj, path, options)
     state = checked_state_dict(obj.get("state_dict"), path, "state_dict")
     return Checkpoint(arch, kwargs, state, norm, checked_meta(obj.get("meta"), path), str(path),
-                      trust=options.code)
+                      model_kwargs=checked_model_kwargs(obj, path), trust=options.code)
+
+
+def checked_model_kwargs(obj: dict, source: str | Path) -> dict:
+    """The architecture's own arguments a native file records (none in older files)."""
+    value = obj.get("model_kwargs", {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise malformed(source, "'model_kwargs' must be a mapping of argument names to values")
+    return value
 
 
 def _ensemble(obj: dict, path: Path, options: LoadOptions) -> Checkpoint:

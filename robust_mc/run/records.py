@@ -29,6 +29,7 @@ from robust_mc.evaluation.robustness import Metrics
 from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
+    checked_model_kwargs,
     checked_state_dict,
     malformed,
     plain,
@@ -95,6 +96,7 @@ class CurveRun:
     curve: Curve
     arch: str
     arch_kwargs: dict[str, Any]
+    model_kwargs: dict[str, Any]
     normalization: dict[str, list[float]]
     endpoint_states: dict[str, dict[str, torch.Tensor]]
     config: dict[str, Any]
@@ -115,13 +117,15 @@ class CurveRun:
         return tuple(  # type: ignore[return-value]
             Checkpoint(self.arch, dict(self.arch_kwargs), self.endpoint_states[end],
                        self.normalization, plain(self.endpoint_meta.get(end) or {}),
-                       self.endpoint_paths.get(end), trust=self.options.code)
+                       self.endpoint_paths.get(end), model_kwargs=dict(self.model_kwargs),
+                       trust=self.options.code)
             for end in ENDS)
 
     def to_state(self) -> dict[str, Any]:
         position = self.position
         return {"format": CURVE_FORMAT, "curve": self.curve.state(), "arch": self.arch,
-                "arch_kwargs": self.arch_kwargs, "normalization": self.normalization,
+                "arch_kwargs": self.arch_kwargs, "model_kwargs": self.model_kwargs,
+                "normalization": self.normalization,
                 "endpoint_states": self.endpoint_states, "endpoint_meta": self.endpoint_meta,
                 "endpoints": self.endpoint_paths, "endpoint_digests": self.endpoint_digests,
                 "permutation": self.permutation, "alignment": self.alignment,
@@ -161,7 +165,7 @@ class CurveRun:
                         else None)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError):
             raise malformed(source, "'curve' or 'position' is not what robust-mc wrote") from None
-        return cls(curve, arch, arch_kwargs, normalization,
+        return cls(curve, arch, arch_kwargs, checked_model_kwargs(obj, source), normalization,
                    {end: checked_state_dict(states.get(end), source, f"endpoint_states.{end}")
                     for end in ENDS},
                    obj["config"], {end: metas.get(end) or {} for end in ENDS},
