@@ -40,8 +40,13 @@ ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 PASS_FUNCTIONS = {F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
                   F.adaptive_max_pool2d, torch.clone}
 PASS_METHODS = {"contiguous", "clone", "detach", "float", "to", "type_as", "dropout"}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
-ADD_METHODS = {"add", "add_", "mul", "mul_"}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul,
+                 operator.sub, operator.isub, torch.sub, operator.truediv, operator.itruediv,
+                 torch.div}
+ADD_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+PAD_MODULES = tuple(getattr(nn, name) for name in (
+    "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d",
+    "ReflectionPad2d", "ReplicationPad1d", "ReplicationPad2d") if hasattr(nn, name))
 REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
 REDUCE_METHODS = {"mean", "sum", "amax"}
 FLATTEN_FUNCTIONS = {torch.flatten}
@@ -81,6 +86,7 @@ class Space:
 @dataclass
 class PermutationSpec:
     spaces: list[Space]
+    fixed: list[str] = field(default_factory=list)  # hidden spaces left as they are, and why
 
     def __iter__(self):
         return iter(self.spaces)
@@ -194,6 +200,9 @@ class _SpecBuilder:
         self.axes: list[tuple[int, Axis]] = []
         self.activations: list[str] = []  # nodes whose outputs are post-activation taps
         self.producers: list[str] = []  # conv/linear/BN/add outputs: fallback taps
+        self.constants: set[str] = set()  # get_attr nodes: buffers and parameters used directly
+        self.state_names = set(gm.state_dict())
+        self.fixed_notes: list[str] = []
 
     # --- helpers
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -238,8 +247,9 @@ class _SpecBuilder:
                 for seg in self.layout_of(leaf) or ():
                     self.spaces.fix(seg.space)
             return None
-        if node.op == "get_attr":
-            raise self.fail(node, "direct use of a parameter")
+        if node.op == "get_attr":  # a buffer or parameter: handled where it is used
+            self.constants.add(node.name)
+            return None
         if shape is None:  # sizes, shapes and other non-tensor values
             return None
         if node.op == "call_module":
@@ -278,10 +288,28 @@ class _SpecBuilder:
                 self.record(layout, f"{name}.weight", 0)
             self.activations.append(node.name)
             return layout
-        if isinstance(m, PASS_MODULES):
+        if isinstance(m, PASS_MODULES) or isinstance(m, PAD_MODULES):  # pads are spatial
             return layout
         if isinstance(m, nn.Flatten):
             return self.flatten(node, layout, m.start_dim, shape)
+        if isinstance(m, nn.GroupNorm):
+            if m.num_groups in (1, m.num_channels):  # statistics over all, or each, channel
+                for key in ("weight", "bias"):
+                    if getattr(m, key, None) is not None:
+                        self.record(layout, f"{name}.{key}", 0)
+            else:  # groups of channels: a permutation across groups would change them
+                self.fix(layout, f"{name}: GroupNorm with {m.num_groups} groups")
+            return layout
+        if isinstance(m, nn.LayerNorm):
+            rank = len(shape)
+            if len(m.normalized_shape) == rank - 1:  # over channels (and every axis after)
+                for key in ("weight", "bias"):
+                    if getattr(m, key, None) is not None:
+                        self.record(layout, f"{name}.{key}", 0)
+            return layout  # otherwise over trailing spatial axes: channels untouched
+        if self.channel_elementwise(node, lambda t: m(t)):
+            self.activations.append(node.name)
+            return layout
         raise self.fail(node, "layer")
 
     def visit_function(self, node: torch.fx.Node, shape: tuple[int, ...]) -> Layout:
@@ -292,6 +320,12 @@ class _SpecBuilder:
             return self.tensor_input(node)[1]
         if target in PASS_FUNCTIONS or method in PASS_METHODS:
             return self.tensor_input(node)[1]
+        if target is F.pad:
+            arg, layout = self.tensor_input(node)
+            pad: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+            if len(pad) > 2 * (len(self.shape(arg) or ()) - 2):
+                raise self.fail(node, "padding of the batch or channel axis:")
+            return layout
         if target in ADD_FUNCTIONS or method in ADD_METHODS:
             return self.elementwise(node)
         if target is torch.cat:
@@ -313,7 +347,46 @@ class _SpecBuilder:
                 start: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 return self.flatten(node, layout, int(start), shape, in_shape)
             raise self.fail(node, "reshape")
+        if self.channel_elementwise(node, self.call_of(node)):  # e.g. a custom activation
+            self.activations.append(node.name)
+            return self.tensor_input(node)[1]
         raise self.fail(node, "operation")
+
+    def call_of(self, node: torch.fx.Node) -> Any:
+        """``node``'s operation as a function of its first argument (None if another argument
+        is a tensor of the graph)."""
+        rest = list(node.args[1:])
+        if any(isinstance(a, torch.fx.Node) for a in _flatten_args((rest, node.kwargs))):
+            return None
+        if node.op == "call_method":
+            return lambda t: getattr(t, str(node.target))(*rest, **node.kwargs)
+        return lambda t: node.target(t, *rest, **node.kwargs)  # type: ignore[operator]
+
+    def channel_elementwise(self, node: torch.fx.Node, fn: Any) -> bool:
+        """Whether ``fn`` (an operation this tracer has no rule for, such as a custom
+        ``autograd.Function`` activation) acts on every channel alike: its output keeps the
+        input's shape and permuting the input's channels permutes the output's the same way,
+        checked on a random input. Such an operation carries its space unchanged."""
+        arg = node.args[0] if node.args else None
+        in_shape = self.shape(arg)
+        if fn is None or in_shape is None or len(in_shape) < 2 or self.shape(node) != in_shape:
+            return False
+        generator = torch.Generator().manual_seed(0)
+        device = next(iter(self.gm.parameters()), torch.empty(0)).device
+        x = torch.randn(in_shape, generator=generator).to(device)
+        order = torch.randperm(in_shape[1], generator=generator).to(device)
+        try:
+            with torch.no_grad():
+                out, shuffled = fn(x), fn(x[:, order])
+        except Exception:  # noqa: BLE001 - not callable on its own: not element-wise here
+            return False
+        return (isinstance(out, torch.Tensor) and out.shape == x.shape
+                and torch.allclose(out[:, order], shuffled, atol=1e-6, rtol=1e-5))
+
+    def fix(self, layout: Layout, why: str) -> None:
+        for seg in layout:
+            self.spaces.fix(seg.space)
+        self.fixed_notes.append(why)
 
     def flatten(self, node: torch.fx.Node, layout: Layout, start: int, shape: tuple[int, ...],
                 in_shape: tuple[int, ...] | None = None) -> Layout:
@@ -326,13 +399,17 @@ class _SpecBuilder:
         return tuple(Segment(s.space, s.size, s.repeat * spatial) for s in layout)
 
     def elementwise(self, node: torch.fx.Node) -> Layout:
-        """``+`` and ``*`` between tensors: their units meet, so their spaces become one."""
-        tensors = [a for a in _flatten_args((node.args, node.kwargs))
-                   if self.layout_of(a) is not None]
+        """``+ - * /`` between tensors: their units meet, so their spaces become one. A buffer
+        or parameter in the operation (an input normalization's mean, a learned per-channel
+        scale) follows the permutation of the channels it is broadcast over."""
+        args = _flatten_args((node.args, node.kwargs))
+        tensors = [a for a in args if self.layout_of(a) is not None]
         if not tensors:
             raise self.fail(node, "operation on non-tensors")
         first = self.layout_of(tensors[0])
         assert first is not None
+        for constant in (a for a in args if a.name in self.constants):
+            self.constant_operand(node, constant, first, len(self.shape(node) or ()))
         for arg in tensors[1:]:
             other = self.layout_of(arg)
             assert other is not None
@@ -344,6 +421,24 @@ class _SpecBuilder:
                                  or node.target in ("add", "add_")):
             self.producers.append(node.name)
         return first
+
+    def constant_operand(self, node: torch.fx.Node, constant: torch.fx.Node, layout: Layout,
+                         rank: int) -> None:
+        """A buffer or parameter broadcast against a tensor of ``layout``: per channel, its
+        channel axis is permuted with the space (or, not in the state dict, the space is left
+        fixed); a scalar or a channel-free constant needs nothing."""
+        shape = self.shape(constant) or ()
+        channel = len(shape) - (rank - 1)  # the constant's axis that meets the channel axis
+        if channel < 0 or shape[channel] == 1:
+            return  # channel-free: broadcast alike over every unit
+        units = sum(seg.size * seg.repeat for seg in layout)
+        if shape[channel] != units or any(d != 1 for i, d in enumerate(shape) if i != channel):
+            raise self.fail(node, f"operation with a constant of shape {tuple(shape)}:")
+        name = str(constant.target)
+        if name in self.state_names:
+            self.record(layout, name, channel)
+        else:
+            self.fix(layout, f"'{name}' (not in the state dict) is applied per channel")
 
     def concat(self, node: torch.fx.Node) -> Layout:
         parts = node.args[0]
@@ -382,7 +477,8 @@ class _SpecBuilder:
                     offset += seg.size * seg.repeat
             for root, taps in found.items():
                 spaces[root].taps = list(dict.fromkeys(taps))
-        return PermutationSpec(sorted(spaces.values(), key=lambda s: _order(s, self.gm)))
+        return PermutationSpec(sorted(spaces.values(), key=lambda s: _order(s, self.gm)),
+                               self.fixed_notes)
 
 
 def _order(space: Space, gm: torch.fx.GraphModule) -> int:
