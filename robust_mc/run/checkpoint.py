@@ -40,6 +40,7 @@ from robust_mc.models._registry import is_registered
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.models.trust import CodeTrust, canonical_spec
 from robust_mc.run.files import atomic_torch_save
+from robust_mc.run.safetensors_format import is_safetensors, read_safetensors
 
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"
@@ -211,7 +212,10 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def read_torch_file(path: Path, trust: bool = False) -> Any:
-    """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError."""
+    """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError;
+    a safetensors file is read as such (safe by construction)."""
+    if is_safetensors(path):
+        return read_safetensors(path)
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head.startswith(b"PK") and not zipfile.is_zipfile(path):
