@@ -102,7 +102,8 @@ DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda"
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = setting("digits", help="cifar10, cifar100, imagefolder:PATH, digits, synthetic")
+    dataset: str = setting("digits", help="cifar10, cifar100, imagefolder:PATH, digits, "
+                                          "synthetic[:SIZE]")
     data_dir: str | None = setting(None, help="root directory of cifar10/cifar100 data")
     download: bool = setting(False, help="allow torchvision to download cifar10/cifar100")
     val_size: int | None = setting(None, lo=0, help="validation images carved from train "

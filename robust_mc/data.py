@@ -112,8 +112,8 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def load_data(config: DataConfig) -> Data:
     """Load a dataset by name and carve the validation split from its training set."""
     name = config.dataset
-    if name == "synthetic":
-        info, train, test = _synthetic()
+    if name == "synthetic" or name.startswith("synthetic:"):
+        info, train, test = _synthetic(_synthetic_size(name))
     elif name == "digits":
         info, train, test = _digits()
     elif name in ("cifar10", "cifar100"):
@@ -122,7 +122,7 @@ def load_data(config: DataConfig) -> Data:
         info, train, test = _image_folder(Path(name.split(":", 1)[1]).expanduser())
     else:
         raise UserError(f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder:PATH, "
-                        "digits or synthetic")
+                        "digits or synthetic[:SIZE]")
     train = train.take(config.train_limit)
     test = test.take(config.test_limit)
     val_size = config.val_size
@@ -137,10 +137,19 @@ def load_data(config: DataConfig) -> Data:
     return Data(info=info, train=train, val=val, test=test)
 
 
-def _synthetic() -> tuple[DatasetInfo, Split, Split]:
-    """Four classes of noisy 3x12x12 prototype images; learnable in a few epochs."""
+def _synthetic_size(name: str) -> int:
+    size = name.partition(":")[2] or "12"
+    if not size.isdigit() or not 4 <= int(size) <= 64:
+        raise UserError(f"dataset {name!r}: write synthetic or synthetic:SIZE with a size from "
+                        "4 to 64 pixels")
+    return int(size)
+
+
+def _synthetic(size: int = 12) -> tuple[DatasetInfo, Split, Split]:
+    """Four classes of noisy 3 x size x size prototype images (12 by default, 32 for networks
+    built for CIFAR-sized inputs); learnable in a few epochs."""
     gen = torch.Generator().manual_seed(1234)
-    classes, shape = 4, (3, 12, 12)
+    classes, shape = 4, (3, size, size)
     prototypes = torch.rand((classes, *shape), generator=gen) * 0.6 + 0.2
 
     def draw(count: int) -> Split:
@@ -148,7 +157,7 @@ def _synthetic() -> tuple[DatasetInfo, Split, Split]:
         noise = torch.randn((count, *shape), generator=gen) * 0.25
         return Split((prototypes[labels] + noise).clamp_(0, 1), labels)
 
-    info = DatasetInfo("synthetic", classes, 3, 12, (0.5,) * 3, (0.25,) * 3, 2, True)
+    info = DatasetInfo("synthetic", classes, 3, size, (0.5,) * 3, (0.25,) * 3, 2, True)
     return info, draw(800), draw(200)
 
 

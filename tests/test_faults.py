@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from robust_mc_testkit import StopAfter
 
 import cli
 from robust_mc.config import OptimConfig
@@ -21,7 +22,6 @@ from robust_mc.data import Split
 from robust_mc.errors import Interrupted
 from robust_mc.report.progress import Step
 from robust_mc.run.checkpoint import load_checkpoint, read_torch_file
-from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.loop import NonFiniteLoss, Position, Trainer, TrainingContext
 
@@ -46,22 +46,6 @@ def synthetic_endpoints(tmp_path_factory) -> list[str]:
         assert cli.main(args) == 0
         paths.append(str(path))
     return paths
-
-
-class StopAfter(StopSignals):
-    """A stop request that arrives after ``checks`` polls, as a signal would mid-run."""
-
-    def __init__(self, checks: int, signum: int = signal.SIGINT) -> None:
-        super().__init__()
-        self.checks = checks
-        self.pending = signum
-
-    @property
-    def requested(self) -> bool:  # type: ignore[override]
-        self.checks -= 1
-        if self.checks <= 0:
-            self.signum = self.pending
-        return self.signum is not None
 
 
 def launch(argv: list[str]) -> subprocess.Popen:

@@ -64,9 +64,10 @@ def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_end
                                                                        monkeypatch, capsys):
     """Bit for bit with --deterministic; without it, the difference is float rounding carried
     through training (printed)."""
+    from robust_mc_testkit import StopAfter
+
     import cli
     from robust_mc.run.checkpoint import read_torch_file, save_checkpoint
-    from tests.test_faults import StopAfter
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
              enumerate(digits_endpoints)]

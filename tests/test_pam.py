@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from robust_mc_testkit import UserNet
 
 import cli
 from robust_mc.core.permutation import (
@@ -17,7 +18,6 @@ from robust_mc.core.permutation import (
 from robust_mc.models import create_model
 from robust_mc.run.checkpoint import build_model, checkpoint_from_model, save_checkpoint
 from robust_mc.train.pam import compose, moved_fraction, sinkhorn, soft_permute
-from tests.test_permutation import UserNet
 
 
 def permutation_matrix(perm: torch.Tensor) -> torch.Tensor:

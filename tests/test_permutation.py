@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
+from robust_mc_testkit import UserNet
 from torch import nn
 
 from robust_mc.core.permutation import (
@@ -14,32 +14,6 @@ from robust_mc.core.permutation import (
 )
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier, Normalize, create_model, list_models
-
-
-class UserNet(nn.Module):
-    """A user-style net: functional ReLUs, a residual add, a channel concat, a spatial flatten."""
-
-    def __init__(self, num_classes=5, in_channels=3):
-        super().__init__()
-        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.branch_a = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.branch_b = nn.Conv2d(8, 4, 1)
-        self.bn_cat = nn.BatchNorm2d(12)
-        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(12 * 4 * 4, 16)
-        self.drop = nn.Dropout(0.0)
-        self.fc2 = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.stem(x)))
-        h = h + self.branch_a(h)  # residual: ties stem and branch_a
-        h = torch.cat([h, torch.relu(self.branch_b(h))], dim=1)
-        h = F.relu(self.bn_cat(h))
-        h = self.pool(F.relu(self.depthwise(h)))
-        h = h.view(h.size(0), -1)
-        return self.fc2(self.drop(F.relu(self.fc1(h))))
 
 
 def build(arch):

@@ -163,6 +163,9 @@ def add_model_file_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--normalization", metavar="NAME|MEAN,..:STD,..",
                    help="what a plain state_dict's model expects of its [0, 1] inputs: none "
                         "(the default), cifar10, cifar100, imagenet, or per-channel values")
+    g.add_argument("--model-dir", metavar="DIR",
+                   help="where endpoints given as robustbench:<dataset>/<threat>/<Name> keep "
+                        "their weights (DIR/<dataset>/<threat>/<Name>.pt, RobustBench's layout)")
     g.add_argument("--trust-code", action="store_true",
                    help="let files name any importable architecture (runs that code)")
     g.add_argument("--trust-checkpoint", action="store_true",
@@ -178,7 +181,8 @@ def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
     if args.normalization:
         shape["normalization"] = parse_normalization(args.normalization)
     return LoadOptions(arch=args.load_arch, trust_code=args.trust_code,
-                       unpickle=args.trust_checkpoint, arch_kwargs=kwargs or None, **shape)
+                       unpickle=args.trust_checkpoint, arch_kwargs=kwargs or None,
+                       model_dir=args.model_dir, **shape)
 
 
 def parse_mapping(text: str, flag: str) -> dict:

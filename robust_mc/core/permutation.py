@@ -431,6 +431,8 @@ class _SpecBuilder:
         channel = len(shape) - (rank - 1)  # the constant's axis that meets the channel axis
         if channel < 0 or shape[channel] == 1:
             return  # channel-free: broadcast alike over every unit
+        if all(self.spaces.fixed[self.spaces.find(seg.space)] for seg in layout):
+            return  # the input's channels (an input normalization): never permuted
         units = sum(seg.size * seg.repeat for seg in layout)
         if shape[channel] != units or any(d != 1 for i, d in enumerate(shape) if i != channel):
             raise self.fail(node, f"operation with a constant of shape {tuple(shape)}:")

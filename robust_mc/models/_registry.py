@@ -29,8 +29,8 @@ def list_models() -> list[str]:
 
 
 def is_registered(arch: str) -> bool:
-    """A zoo name: its code ships with robust-mc."""
-    return arch in _MODELS
+    """A zoo name (its code ships with robust-mc), or an entry of RobustBench's zoo table."""
+    return arch in _MODELS or arch.startswith("robustbench:")
 
 
 def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[..., nn.Module]:
@@ -43,6 +43,10 @@ def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[...,
     """
     if arch in _MODELS:
         return _MODELS[arch]
+    if arch.startswith("robustbench:"):
+        from robust_mc.models.robustbench import robustbench_factory
+
+        return robustbench_factory(arch)
     if ":" not in arch:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())} "
                         "or give path/to/file.py:ClassName")
@@ -76,6 +80,10 @@ def _import_file(arch: str, location: str) -> Any:
 
 
 def _import(arch: str, location: str) -> Any:
+    if location.split(".")[0] == "robustbench":  # RobustBench needs its imports resolved first
+        from robust_mc.models.robustbench import import_robustbench
+
+        return import_robustbench(location)
     try:
         return importlib.import_module(location)
     except ImportError as exc:

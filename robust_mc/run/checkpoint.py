@@ -132,6 +132,7 @@ class LoadOptions:
     trust_code: bool = False
     unpickle: bool = False
     named: tuple[str, ...] = ()
+    model_dir: str | None = None  # where robustbench:<dataset>/<threat>/<Name> endpoints live
     arch_kwargs: dict | None = None  # a foreign file's; native files record their own
     normalization: dict | None = None
 
@@ -262,9 +263,23 @@ def load_checkpoint(path: str | Path, options: LoadOptions | None = None, *,
         model = build_model(ckpt)  # a Classifier: [0, 1] images -> logits
     """
     options = options or LoadOptions()
+    if str(path).startswith("robustbench:"):  # a zoo entry whose weights are in --model-dir
+        path, options = _zoo_entry(str(path), options)
     path = Path(path)
     return checkpoint_from_object(read_checkpoint_file(path, options.unpickle), path, options,
                                   allow_ensemble=allow_ensemble)
+
+
+def _zoo_entry(spec: str, options: LoadOptions) -> tuple[Path, LoadOptions]:
+    from robust_mc.models.robustbench import checkpoint_file, parse_spec
+
+    parse_spec(spec)
+    if options.model_dir is None:
+        raise UserError(f"{spec}: give --model-dir DIR, where RobustBench keeps its weights "
+                        "as DIR/<dataset>/<threat>/<ModelName>.pt")
+    if options.arch is not None and options.arch != spec:
+        raise UserError(f"{spec} is its own architecture; drop --arch {options.arch}")
+    return checkpoint_file(spec, options.model_dir), replace(options, arch=spec)
 
 
 def read_checkpoint_file(path: Path, trust: bool = False) -> Any:
@@ -433,6 +448,7 @@ def _foreign_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise UserError(f"{path} holds no state_dict (expected a robust-mc checkpoint, a "
                         "state_dict, or a dict with 'model_state'/'state_dict')")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    for prefix in ("module.", "model."):  # DataParallel/DDP, and wrappers RobustBench strips
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj

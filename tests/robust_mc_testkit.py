@@ -1,0 +1,54 @@
+"""Helpers shared by test modules (a module of its own name: a package named ``tests`` that
+another distribution installs, as robustbench's does, cannot shadow it)."""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_mc.run.interrupt import StopSignals
+
+
+class UserNet(nn.Module):
+    """A user-style net: functional ReLUs, a residual add, a channel concat, a spatial flatten."""
+
+    def __init__(self, num_classes=5, in_channels=3):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.branch_a = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.branch_b = nn.Conv2d(8, 4, 1)
+        self.bn_cat = nn.BatchNorm2d(12)
+        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(12 * 4 * 4, 16)
+        self.drop = nn.Dropout(0.0)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        h = h + self.branch_a(h)  # residual: ties stem and branch_a
+        h = torch.cat([h, torch.relu(self.branch_b(h))], dim=1)
+        h = F.relu(self.bn_cat(h))
+        h = self.pool(F.relu(self.depthwise(h)))
+        h = h.view(h.size(0), -1)
+        return self.fc2(self.drop(F.relu(self.fc1(h))))
+
+
+class StopAfter(StopSignals):
+    """A stop request that arrives after ``checks`` polls, as a signal would mid-run."""
+
+    def __init__(self, checks: int, signum: int = signal.SIGINT) -> None:
+        super().__init__()
+        self.checks = checks
+        self.pending = signum
+
+    @property
+    def requested(self) -> bool:  # type: ignore[override]
+        self.checks -= 1
+        if self.checks <= 0:
+            self.signum = self.pending
+        return self.signum is not None

@@ -1,0 +1,94 @@
+"""RobustBench's models (the ``robustbench`` extra): the architecture families of its CIFAR-10
+Linf zoo trace, permute and align, zoo entries resolve by name, and two checkpoints saved the way
+RobustBench saves them connect end to end. Nothing is downloaded: weights are random."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import cli
+from robust_mc.core.align import align
+from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
+from robust_mc.errors import UserError
+from robust_mc.models import create_model
+from robust_mc.models.robustbench import import_robustbench
+
+try:
+    import_robustbench()
+except UserError:
+    pytest.skip("robustbench is not installed (pip install 'robust-mc[robustbench]')",
+                allow_module_level=True)
+
+ARCHITECTURES = "robustbench.model_zoo.architectures"
+FAMILIES = {  # small members of the families behind the CIFAR-10 Linf zoo entries
+    "WideResNet": (f"{ARCHITECTURES}.wide_resnet:WideResNet", {"depth": 16, "widen_factor": 1}),
+    "DMWideResNet": (f"{ARCHITECTURES}.dm_wide_resnet:DMWideResNet", {"depth": 16, "width": 1}),
+    "DMPreActResNet": (f"{ARCHITECTURES}.dm_wide_resnet:DMPreActResNet", {"depth": 18}),
+    "PreActResNet18": (f"{ARCHITECTURES}.resnet:PreActResNet18", {}),
+}
+
+
+def build(arch: str, kwargs: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_channels=3, mean=[0.0], std=[1.0],
+                         kwargs=kwargs)
+    with torch.no_grad():  # batch-norm statistics as a trained network has them
+        model.train()
+        for _ in range(2):
+            model(torch.rand(16, 3, 32, 32))
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_family_traces_permutes_and_is_recovered(family, runtime):
+    model = build(*FAMILIES[family])
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    spec = trace_permutation_spec(model, x)
+    shuffled = copy.deepcopy(model)
+    permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        torch.testing.assert_close(shuffled(x), model(x), atol=1e-4, rtol=1e-4)
+    result = align(model, shuffled, [(x, torch.zeros(32, dtype=torch.long))], spec=spec,
+                   runtime=runtime)
+    permute_model(shuffled, spec, result.perm)
+    for key, value in model.state_dict().items():
+        assert torch.equal(shuffled.state_dict()[key], value), key
+
+
+def test_zoo_entries_resolve_by_name_and_typos_are_named():
+    model = create_model("robustbench:cifar10/Linf/Carmon2019Unlabeled", num_classes=10,
+                         in_channels=3, mean=[0.0], std=[1.0])
+    assert sum(p.numel() for p in model.parameters()) > 30_000_000  # WRN-28-10
+    with pytest.raises(UserError, match="did you mean 'Carmon2019Unlabeled'"):
+        create_model("robustbench:cifar10/Linf/Carmon2019Unlabelled", num_classes=10,
+                     in_channels=3, mean=[0.0], std=[1.0])
+
+
+def test_two_robustbench_checkpoints_connect_end_to_end(tmp_path, capsys):
+    arch, kwargs = FAMILIES["WideResNet"]
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=4, in_channels=3, mean=[0.0], std=[1.0],
+                             kwargs=kwargs)
+        state = {f"module.{k}": v for k, v in model.net.state_dict().items()}
+        files.append(str(tmp_path / f"e{seed}.pt"))
+        torch.save({"state_dict": state}, files[-1])  # as RobustBench's checkpoints are
+    given = ["--arch", arch, "--model-kwargs", json.dumps(kwargs), "--dataset", "synthetic:32",
+             "--device", "cpu"]
+    assert cli.main(["connect", *files, *given, "--epochs", "1", "--batch-size", "64",
+                     "--points", "3", "--attack-steps", "1", "--eval-attack", "none",
+                     "--bn-images", "64", "--align-samples", "128", "--val-limit", "64",
+                     "--eval-test-limit", "64", "--out", str(tmp_path / "run"), "--json"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["curve"]["aligned"] and "best" in summary
+    assert cli.main(["info", str(tmp_path / "run" / "best.pt"), "--arch", arch]) == 0
+
+
+def test_a_zoo_entry_as_an_endpoint_needs_the_model_dir(capsys):
+    assert cli.main(["info", "robustbench:cifar10/Linf/Carmon2019Unlabeled"]) == 2
+    assert "--model-dir DIR" in capsys.readouterr().err
