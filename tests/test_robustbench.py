@@ -92,3 +92,38 @@ def test_two_robustbench_checkpoints_connect_end_to_end(tmp_path, capsys):
 def test_a_zoo_entry_as_an_endpoint_needs_the_model_dir(capsys):
     assert cli.main(["info", "robustbench:cifar10/Linf/Carmon2019Unlabeled"]) == 2
     assert "--model-dir DIR" in capsys.readouterr().err
+
+
+ROBUSTBENCH_LOAD = """
+import sys, json, torch
+from robust_mc.models.robustbench import import_robustbench
+module = import_robustbench("robustbench.model_zoo.architectures.wide_resnet")
+record = json.load(open(sys.argv[1] + ".json"))
+model = module.WideResNet(num_classes=4, **record["model_kwargs"])
+model.load_state_dict(torch.load(sys.argv[1], weights_only=True)["state_dict"])
+x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+print(json.dumps(model.eval()(x).tolist()))
+"""
+
+
+def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from robust_mc.run.checkpoint import build_model, checkpoint_from_model, save_checkpoint
+
+    arch, kwargs = FAMILIES["WideResNet"]
+    model = create_model(arch, num_classes=4, in_channels=3, mean=[0.0], std=[1.0],
+                         kwargs=kwargs).eval()
+    ckpt = checkpoint_from_model(model, arch, {"num_classes": 4, "in_channels": 3}, {},
+                                 model_kwargs=kwargs)
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    out = tmp_path / "m_robustbench.pt"
+    assert cli.main(["export", str(tmp_path / "m.pt"), "--arch", arch, "--format",
+                     "robustbench", "-o", str(out)]) == 0
+    fresh = subprocess.run([sys.executable, "-c", ROBUSTBENCH_LOAD, str(out)],
+                           capture_output=True, text=True, check=True)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = build_model(ckpt).eval()(x)
+    assert torch.allclose(torch.tensor(json.loads(fresh.stdout)), expected, atol=1e-6)

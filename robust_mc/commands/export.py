@@ -1,5 +1,5 @@
-"""`robust-mc export ckpt.pt --format safetensors|state-dict -o FILE`: a model for people
-without robust-mc."""
+"""`robust-mc export ckpt.pt --format safetensors|state-dict|robustbench -o FILE`: a model for
+people without robust-mc."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from robust_mc.run.export import FORMATS, export_checkpoint
 from robust_mc.run.files import check_writable_file
 
 ORDER = 85
-HELP = "write a model checkpoint as safetensors (with its metadata) or a plain state dict"
+HELP = ("write a model checkpoint as safetensors (with its metadata), a plain state dict or "
+        "RobustBench's format")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a model checkpoint (train, align, connect's best.pt)")
     p.add_argument("--format", choices=list(FORMATS), required=True,
                    help="safetensors: weights and metadata in one safe file; state-dict: "
-                        "torch.save of the weights, with the metadata beside it in FILE.json")
+                        "torch.save of the weights, the metadata beside it in FILE.json; "
+                        "robustbench: {'state_dict': ...} of a RobustBench architecture")
     common.add_model_file_flags(p)
     p.add_argument("--out", "-o", metavar="FILE", required=True, help="the file to write")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from robust_mc.errors import UserError
 from robust_mc.run.checkpoint import FORMAT, Checkpoint, plain
 from robust_mc.run.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from robust_mc.run.safetensors_format import safetensors_bytes
@@ -30,8 +31,24 @@ def _state_dict(ckpt: Checkpoint, out: Path) -> list[Path]:
                                  "normalized as 'normalization' says from [0, 1] images"})]
 
 
+def _robustbench(ckpt: Checkpoint, out: Path) -> list[Path]:
+    """As RobustBench keeps its models: ``{"state_dict": ...}`` keyed to the RobustBench
+    architecture (which takes [0, 1] images itself), with the metadata beside it."""
+    from_zoo = ckpt.arch.startswith("robustbench:") or ckpt.arch.split(".")[0] == "robustbench"
+    if not from_zoo:
+        raise UserError(f"--format robustbench writes RobustBench architectures; {ckpt.arch} is "
+                        "not one (use safetensors or state-dict)")
+    if any(m != 0.0 for m in ckpt.normalization["mean"]) or any(
+            s != 1.0 for s in ckpt.normalization["std"]):
+        raise UserError("--format robustbench: this model normalizes its inputs outside the "
+                        "architecture, which RobustBench's models do not; use safetensors")
+    sidecar = out.with_name(out.name + ".json")
+    return [atomic_torch_save({"state_dict": dict(ckpt.state_dict)}, out),
+            atomic_write_json(sidecar, _record(ckpt))]
+
+
 FORMATS: dict[str, Callable[[Checkpoint, Path], list[Path]]] = {
-    "safetensors": _safetensors, "state-dict": _state_dict}
+    "safetensors": _safetensors, "state-dict": _state_dict, "robustbench": _robustbench}
 
 
 def export_checkpoint(ckpt: Checkpoint, fmt: str, out: Path) -> list[Path]:
