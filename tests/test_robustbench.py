@@ -127,3 +127,30 @@ def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
     with torch.no_grad():
         expected = build_model(ckpt).eval()(x)
     assert torch.allclose(torch.tensor(json.loads(fresh.stdout)), expected, atol=1e-6)
+
+
+def test_two_zoo_entries_of_one_architecture_make_a_pair(tmp_path):
+    from robust_mc.pipelines.pair import load_pair
+    from robust_mc.run.checkpoint import LoadOptions
+
+    names = ("Carmon2019Unlabeled", "Wang2020Improving")  # both WRN-28-10 (sub_block1)
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        model = create_model(f"robustbench:cifar10/Linf/{name}", num_classes=10,
+                             in_channels=3, mean=[0.0], std=[1.0])
+        folder = tmp_path / "cifar10" / "Linf"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}},
+                   folder / f"{name}.pt")
+    pair = load_pair(*(f"robustbench:cifar10/Linf/{n}" for n in names),
+                     LoadOptions(model_dir=str(tmp_path)))
+    assert pair.a.arch.endswith(names[0]) and pair.b.arch.endswith(names[1])
+    with pytest.raises(UserError, match="different architectures"):
+        torch.manual_seed(0)
+        other = create_model("robustbench:cifar10/Linf/Zhang2019Theoretically", num_classes=10,
+                             in_channels=3, mean=[0.0], std=[1.0])
+        torch.save({"state_dict": other.net.state_dict()},
+                   tmp_path / "cifar10" / "Linf" / "Zhang2019Theoretically.pt")
+        load_pair(f"robustbench:cifar10/Linf/{names[0]}",
+                  "robustbench:cifar10/Linf/Zhang2019Theoretically",
+                  LoadOptions(model_dir=str(tmp_path)))

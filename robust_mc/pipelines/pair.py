@@ -16,6 +16,7 @@ from robust_mc.core.permutation import inverse, permute_model, trace_permutation
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
+from robust_mc.models.robustbench import is_robustbench
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
 from robust_mc.run.records import CurveRun, PamHistory
@@ -70,11 +71,20 @@ def check_fits_data(ckpt: Checkpoint, data: Data) -> None:
                         f"has {data.info.in_channels}; choose its dataset with --dataset")
 
 
+def same_zoo_architecture(a: Checkpoint, b: Checkpoint) -> bool:
+    """Two RobustBench zoo entries built by one architecture (many entries share one, trained
+    by different methods): the same parameter and buffer names with the same shapes."""
+    if not (is_robustbench(a.arch) and is_robustbench(b.arch)):
+        return False
+    return {k: tuple(v.shape) for k, v in a.state_dict.items()} == {
+        k: tuple(v.shape) for k, v in b.state_dict.items()}
+
+
 def load_pair(path_a: str, path_b: str, options: LoadOptions | None = None) -> Pair:
     """Two endpoint files of one architecture, shape and normalization, read as ``options``
     (the user's ``--arch``, ``--trust-code``, ...) allow."""
     a, b = (load_checkpoint(path, options) for path in (path_a, path_b))
-    if a.arch != b.arch:
+    if a.arch != b.arch and not same_zoo_architecture(a, b):
         raise UserError(f"the endpoints have different architectures ({a.arch} vs {b.arch}); "
                         "connect two networks of one architecture")
     kwargs_a, kwargs_b = ({**c.arch_kwargs, **c.model_kwargs} for c in (a, b))
