@@ -353,6 +353,13 @@ class BenchConfig:
                    "recorded import spec (file.py:Class) allows it")
     trust_code: bool = setting(False, help="let the pairs' files name any importable "
                                            "architecture (runs that code)")
+    model_kwargs: dict = setting({}, help="the pairs' architecture's own arguments (plain "
+                                          "state dicts)")
+    normalization: str | None = setting(None, help="what plain state-dict pairs expect of "
+                                                   "their [0, 1] inputs: none, cifar10, "
+                                                   "cifar100, imagenet or MEAN,..:STD,..")
+    model_dir: str | None = setting(None, help="where pairs given as robustbench:<dataset>/"
+                                               "<threat>/<Name> keep their weights")
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def test_a_torchvision_factory_builds_with_only_what_it_accepts():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("layout", ["bare", "model_state", "module_prefixed"])
+@pytest.mark.parametrize("layout", ["bare", "model_state", "module_prefixed", "safetensors"])
 def test_plain_state_dicts_are_read_by_every_command_with_arch(layout, tiny_endpoint_files,
                                                                tmp_path, capsys):
     files = []
@@ -121,6 +121,12 @@ def test_plain_state_dicts_are_read_by_every_command_with_arch(layout, tiny_endp
             state = {"model_state": state}
         elif layout == "module_prefixed":
             state = {f"module.{k}": v for k, v in state.items()}
+        if layout == "safetensors":
+            from safetensors.torch import save_file
+
+            files.append(str(tmp_path / f"{name}.safetensors"))
+            save_file({k: v.contiguous() for k, v in state.items()}, files[-1])
+            continue
         files.append(str(tmp_path / f"{name}.pt"))
         torch.save(state, files[-1])
     given = ["--arch", "cnn", "--model-kwargs", "{width: 0.25, in_channels: 1}",
@@ -151,3 +157,20 @@ def test_bad_foreign_settings_are_one_line_errors(extra, message, tiny_endpoint_
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
 
+
+
+def test_a_bench_config_reads_plain_state_dict_pairs(tiny_endpoint_files, tmp_path, capsys):
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.pt")
+        torch.save(torch.load(tiny_endpoint_files[name], weights_only=True)["state_dict"],
+                   files[-1])
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        f"data: {{dataset: digits}}\n"
+        f"bench: {{pairs: [[{files[0]}, {files[1]}]], methods: [line], arch: cnn,\n"
+        f"        model_kwargs: {{width: 0.25}}, normalization: '0.305:0.377'}}\n"
+        "connect: {path: {points: 2, attack: none, bn_images: 100}}\n")
+    assert cli.main(["bench", "--config", str(config), "--out", str(tmp_path / "bench"),
+                     "--device", "cpu", "--json"]) == 0
+    assert "line" in json.loads(capsys.readouterr().out)["table"]

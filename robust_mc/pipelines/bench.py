@@ -24,7 +24,7 @@ from robust_mc.config import (
     load_yaml,
 )
 from robust_mc.core.barriers import PathStats
-from robust_mc.data import load_data
+from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import completed_run, run_connect
 from robust_mc.pipelines.endpoint_training import trained_endpoint
@@ -121,8 +121,11 @@ def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]
 def load_options(cfg: BenchRunConfig) -> LoadOptions:
     """How the bench reads endpoint files: the config the user passed names the code they allow
     (``bench.arch``, the train section's architecture, ``bench.trust_code``)."""
-    return LoadOptions(arch=cfg.bench.arch, trust_code=cfg.bench.trust_code,
-                       named=(cfg.train.model.arch,))
+    b = cfg.bench
+    return LoadOptions(arch=b.arch, trust_code=b.trust_code, named=(cfg.train.model.arch,),
+                       arch_kwargs=b.model_kwargs or None, model_dir=b.model_dir,
+                       normalization=parse_normalization(b.normalization)
+                       if b.normalization else None)
 
 
 def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path,
