@@ -105,9 +105,12 @@ def test_robust_mc_s_width_multiplier_is_refused_for_a_user_class(user_net):
         create_model(user_net, num_classes=10, in_channels=1, mean=[0.0], std=[1.0], width=0.5)
 
 
-def test_a_torchvision_factory_builds_with_only_what_it_accepts():
-    model = create_model("torchvision.models:resnet18", num_classes=7, in_channels=3,
-                         mean=[0.5] * 3, std=[0.25] * 3, image_size=32)
+@pytest.mark.parametrize("arch", ["torchvision.models:resnet18", "timm:resnet18"])
+def test_a_library_factory_builds_with_only_what_it_accepts(arch):
+    if arch.startswith("timm"):
+        pytest.importorskip("timm")
+    model = create_model(arch, num_classes=7, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3,
+                         image_size=32)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
 
 

@@ -53,10 +53,23 @@ def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[...,
     location, _, name = arch.rpartition(":")
     module = _import_file(arch, location) if location.endswith(".py") else _import(arch, location)
     target = getattr(module, name, None)
+    if target is None and location == "timm" and name in module.list_models():
+        target = _timm_factory(module, name)
     if target is None:
         raise UserError(f"architecture {arch}: {location} defines no {name!r}")
     _check_builds_module(arch, target, factory_ok)
     return target
+
+
+def _timm_factory(timm: Any, name: str) -> Callable[..., nn.Module]:
+    """``timm:<name>``: timm's registered model ``name`` (random weights: timm downloads only
+    when asked for pretrained ones), built with the arguments it accepts."""
+
+    def build(**kwargs: Any) -> nn.Module:
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    build.__qualname__ = f"timm.create_model({name!r})"
+    return build
 
 
 def _import_file(arch: str, location: str) -> Any:
