@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from attacks.pgd import PGD, Forward, LossFn, Mode, cross_entropy_sum
+from robust_mc.registry import Registry
 
 if TYPE_CHECKING:
     from robust_mc.config import AttackConfig
@@ -36,25 +37,15 @@ class TrainingAttack(Protocol):
 
 
 Builder = Callable[["AttackConfig", Mode], TrainingAttack]
-_TRAINING_ATTACKS: dict[str, Builder] = {}
-
-
-def register_training_attack(name: str) -> Callable[[Builder], Builder]:
-    def wrap(build: Builder) -> Builder:
-        _TRAINING_ATTACKS[name] = build
-        return build
-
-    return wrap
-
-
-def list_training_attacks() -> list[str]:
-    return sorted(_TRAINING_ATTACKS)
+TRAINING_ATTACKS = Registry[Builder]("training attack")
+register_training_attack = TRAINING_ATTACKS.register
+list_training_attacks = TRAINING_ATTACKS.names
 
 
 def build_training_attack(config: AttackConfig, mode: Mode | None = None) -> TrainingAttack:
     """The attack ``config`` describes; ``mode`` replaces ``config.mode`` where a procedure
     defines the network's mode itself (BN recomputation attacks in train mode)."""
-    return _TRAINING_ATTACKS[config.method](config, mode or config.mode)
+    return TRAINING_ATTACKS.get(config.method)(config, mode or config.mode)
 
 
 @register_training_attack("pgd")

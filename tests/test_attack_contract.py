@@ -74,4 +74,4 @@ def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_trainin
         loss, _ = task(torch.rand(5, 1, 4, 4), torch.zeros(5, dtype=torch.long))
         assert seen == ["eval"] and loss.requires_grad
     finally:
-        del training._TRAINING_ATTACKS["test-shift"]
+        training.TRAINING_ATTACKS.remove("test-shift")

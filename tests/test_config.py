@@ -74,14 +74,14 @@ def test_a_registered_curve_kind_is_offered_by_the_flag_and_accepted_by_the_conf
 
     @curves.register_curve("test-kind")
     def _kind(t, points):
-        return curves._KINDS["bezier"](t, points)
+        return curves.CURVES.get("bezier")(t, points)
 
     try:
         args = cli.build_parser().parse_args(["connect", "a.pt", "b.pt", "--curve", "test-kind"])
         cfg = build_config(ConnectRunConfig, None, {"curve.kind": args.__dict__["curve.kind"]})
         assert cfg.curve.kind == "test-kind"
     finally:
-        del curves._KINDS["test-kind"]
+        curves.CURVES.remove("test-kind")
     with pytest.raises(UserError, match="curve.kind: 'test-kind' is not one of bezier, line"):
         build_config(ConnectRunConfig, None, {"curve.kind": "test-kind"})
 

@@ -40,30 +40,23 @@ from robust_mc.core.permutation import (
 )
 from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
+from robust_mc.registry import Registry
 from robust_mc.run.runtime import Runtime
 
 # (model_a, model_b, spec, unit correlations per space) -> the permutation of b's units
 AlignmentMethod = Callable[[nn.Module, nn.Module, PermutationSpec, dict[str, torch.Tensor]],
                            Permutation]
-_METHODS: dict[str, AlignmentMethod] = {}
+METHODS = Registry[AlignmentMethod]("alignment method")
 _NEEDS_DATA: set[str] = set()
+list_alignment_methods = METHODS.names
 
 
 def register_alignment(name: str, needs_data: bool = False
                        ) -> Callable[[AlignmentMethod], AlignmentMethod]:
     """Register an alignment method; ``needs_data``: it reads the unit correlations."""
-
-    def wrap(fn: AlignmentMethod) -> AlignmentMethod:
-        _METHODS[name] = fn
-        if needs_data:
-            _NEEDS_DATA.add(name)
-        return fn
-
-    return wrap
-
-
-def list_alignment_methods() -> list[str]:
-    return sorted(_METHODS)
+    if needs_data:
+        _NEEDS_DATA.add(name)
+    return METHODS.register(name)
 Inputs = Literal["clean", "adversarial"]
 
 
@@ -336,9 +329,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
         result = align(a, b, [(x, y)], spec=spec)
         permute_model(b, spec, result.perm)  # b computes the same function, units matched to a
     """
-    if method not in _METHODS:
-        raise ValueError(f"unknown alignment method {method!r}; choose one of "
-                         f"{list_alignment_methods()}")
+    by_method = METHODS.get(method)  # an unknown name raises here, before any work
     runtime = runtime or Runtime(torch.device("cpu"))
     batches = list(data) if data is not None else []
     if spec is None:
@@ -358,7 +349,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
     elif method in _NEEDS_DATA:
         raise ValueError(f"{method} alignment needs data")
     start = time.perf_counter()
-    perm = _METHODS[method](model_a, model_b, spec, stats.corr)
+    perm = by_method(model_a, model_b, spec, stats.corr)
     unmatched = {}
     if method in _NEEDS_DATA:
         unmatched = silent_pairs(perm, stats.silent)

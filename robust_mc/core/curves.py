@@ -17,22 +17,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from robust_mc.registry import Registry
+
+# coefficients(t, points) -> (points,): the weights of the control points at t
 CurveFactory = Callable[[float | torch.Tensor, int], torch.Tensor]
-_KINDS: dict[str, CurveFactory] = {}
-
-
-def register_curve(name: str) -> Callable[[CurveFactory], CurveFactory]:
-    """Register ``coefficients(t, points) -> (points,)`` weights of the control points."""
-
-    def wrap(fn: CurveFactory) -> CurveFactory:
-        _KINDS[name] = fn
-        return fn
-
-    return wrap
-
-
-def list_curves() -> list[str]:
-    return sorted(_KINDS)
+CURVES = Registry[CurveFactory]("curve kind")
+register_curve = CURVES.register
+list_curves = CURVES.names
 
 
 @register_curve("line")
@@ -84,7 +75,7 @@ class Curve(nn.Module):
     def __init__(self, kind: str, names: list[str], shapes: list[tuple[int, ...]],
                  start: torch.Tensor, end: torch.Tensor, bends: int = 1) -> None:
         super().__init__()
-        if kind not in _KINDS:
+        if kind not in CURVES:
             raise ValueError(f"unknown curve kind {kind!r}; choose one of {list_curves()}")
         if kind == "line":
             bends = 0
@@ -113,7 +104,7 @@ class Curve(nn.Module):
 
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
         """(K + 2,) weights of [start, bends..., end] at t."""
-        return _KINDS[self.kind](t, self.num_bends + 2).to(self.start)
+        return CURVES.get(self.kind)(t, self.num_bends + 2).to(self.start)
 
     def flat_at(self, t: float | torch.Tensor) -> torch.Tensor:
         """(P,) parameters at t; differentiable in the bends."""

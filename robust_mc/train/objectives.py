@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import LossFn, cross_entropy_sum
-from robust_mc.errors import UserError
+from robust_mc.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -42,30 +42,15 @@ class TrainedNetwork:
 Objective = Callable[[TrainedNetwork, torch.Tensor, torch.Tensor],
                      tuple[torch.Tensor, torch.Tensor]]
 
-_OBJECTIVES: dict[str, Callable[..., Objective]] = {}
-
-
-def register_objective(name: str) -> Callable[[Callable[..., Objective]],
-                                              Callable[..., Objective]]:
-    """Register ``make(**settings) -> Objective`` under ``name``."""
-
-    def wrap(make: Callable[..., Objective]) -> Callable[..., Objective]:
-        _OBJECTIVES[name] = make
-        return make
-
-    return wrap
-
-
-def list_objectives() -> list[str]:
-    return sorted(_OBJECTIVES)
+# make(**settings) -> Objective, by name
+OBJECTIVES = Registry[Callable[..., Objective]]("objective")
+register_objective = OBJECTIVES.register
+list_objectives = OBJECTIVES.names
 
 
 def create_objective(name: str, **settings: Any) -> Objective:
     """The objective ``name`` with its ``settings`` (each takes the ones it knows)."""
-    if name not in _OBJECTIVES:
-        raise UserError(f"unknown objective {name!r}; choose one of "
-                        f"{', '.join(list_objectives())}")
-    return _OBJECTIVES[name](**settings)
+    return OBJECTIVES.get(name)(**settings)
 
 
 def kl_sum(logits: torch.Tensor, clean_probs: torch.Tensor) -> torch.Tensor:
