@@ -311,11 +311,21 @@ class LayersRunConfig:
 
 
 @dataclass(frozen=True)
+class ObjectiveConfig:
+    """What an endpoint is trained on, batch by batch."""
+
+    name: str = setting("adversarial", choices=objectives,
+                        help="adversarial (= madry): PGD examples; trades; mart; clean")
+    beta: float = setting(6.0, lo=0.0, help="the robust term's weight (trades, mart)")
+
+
+@dataclass(frozen=True)
 class TrainRunConfig:
     """`robust-mc train`: one PGD-trained endpoint."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

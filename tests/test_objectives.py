@@ -44,6 +44,30 @@ def test_trades_is_clean_cross_entropy_plus_beta_kl(batch):
     torch.testing.assert_close(seen["target"], clean_p.detach())  # the inner maximisation's KL
 
 
+def test_mart_matches_its_reference_formula(batch):
+    network, net, x, y, x_adv, seen = batch
+    loss, _ = create_objective("mart", beta=5.0)(network, x, y)
+    # Wang et al.'s code, written out: boosted CE on the adversarial batch, KL weighted by
+    # 1 - p_y of the clean batch
+    adv_probs = F.softmax(net(x_adv), 1)
+    ranked = torch.argsort(adv_probs, dim=1)[:, -2:]
+    new_y = torch.where(ranked[:, -1] == y, ranked[:, -2], ranked[:, -1])
+    loss_adv = F.cross_entropy(net(x_adv), y) + F.nll_loss(
+        torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(net(x), 1)
+    true_probs = torch.gather(nat_probs, 1, y.unsqueeze(1)).squeeze()
+    kl = torch.nn.KLDivLoss(reduction="none")(torch.log(adv_probs + 1e-12), nat_probs)
+    loss_robust = (1.0 / len(x)) * torch.sum(torch.sum(kl, dim=1) * (1.0000001 - true_probs))
+    torch.testing.assert_close(loss, loss_adv + 5.0 * loss_robust)
+    assert torch.equal(seen["target"], y)
+
+
+def test_madry_is_the_adversarial_objective_under_its_author_s_name(batch):
+    network, _, x, y, _, _ = batch
+    torch.testing.assert_close(create_objective("madry")(network, x, y)[0],
+                               create_objective("adversarial")(network, x, y)[0])
+
+
 def test_clean_never_attacks(batch):
     network, net, x, y, _, seen = batch
     loss, _ = create_objective("clean")(network, x, y)
@@ -57,5 +81,5 @@ def test_every_objective_gives_a_gradient_and_unknown_names_raise(batch):
         net.zero_grad()
         create_objective(name)(network, x, y)[0].backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-    with pytest.raises(UserError, match="unknown objective 'mart'"):
-        create_objective("mart")
+    with pytest.raises(UserError, match="unknown objective 'marrt'; did you mean 'mart'"):
+        create_objective("marrt")

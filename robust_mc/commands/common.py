@@ -129,6 +129,11 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
         "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 
 
+def add_objective_flags(p: argparse.ArgumentParser) -> None:
+    add_settings(p.add_argument_group("objective"), TrainRunConfig, {
+        "--objective": "objective.name", "--beta": "objective.beta"})
+
+
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("evaluation"), TrainRunConfig,
                  {"--eval-attack": "eval.attack:SPEC"})

@@ -36,6 +36,7 @@ def describe(path: str, args: argparse.Namespace) -> dict:
         "normalization": ckpt.normalization,
         "dataset": meta.get("dataset"),
         "kind": meta.get("kind", "endpoint"),
+        "objective": meta.get("objective"),
         "metrics": meta.get("metrics", {}),
     }
     if ckpt.members is not None:
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
                   + "; std " + ", ".join(f"{v:.4f}" for v in norm["std"]))
     table.add_row("dataset", str(info["dataset"]))
     table.add_row("kind", str(info["kind"]))
+    if isinstance(info["objective"], dict):
+        table.add_row("objective", ", ".join(f"{k} {v}" for k, v in info["objective"].items()))
     if "members" in info:
         table.add_row("members", f"{info['members']} ({info['combine']} averaged)"
                       + (f" at t = {', '.join(f'{t:.2f}' for t in info['members_t'])}"

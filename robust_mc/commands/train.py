@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_flag(p)
     common.add_data_flags(p, TrainRunConfig)
     common.add_model_flags(p)
+    common.add_objective_flags(p)
     common.add_attack_flags(p, TrainRunConfig)
     common.add_optim_flags(p, TrainRunConfig)
     common.add_eval_flags(p)

@@ -93,7 +93,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     optimizer = make_sgd(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
-    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream)
+    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream,
+                        cfg.objective.name, beta=cfg.objective.beta)
     position, history = Position(), []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -144,6 +145,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         "dataset": cfg.data.dataset,
         "config": to_dict(cfg),
         "metrics": {"test": test.as_dict(), "eval_attack": cfg.eval.attack, "eps": a.eps},
+        "objective": {"name": cfg.objective.name, "beta": cfg.objective.beta},
         "history": history,
         "timings": {"train_s": sum(h["seconds"] for h in history),
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},

@@ -389,7 +389,8 @@ def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, to
 # meta fields robust-mc reads, and their types; others are kept as they are
 META_TYPES: dict[str, tuple[type, ...]] = {"dataset": (str, type(None)), "config": (dict,),
                                            "metrics": (dict,), "kind": (str,),
-                                           "members_t": (list,), "timings": (dict,)}
+                                           "members_t": (list,), "timings": (dict,),
+                                           "objective": (dict,)}
 
 
 def checked_meta(value: Any, source: str | Path) -> dict:

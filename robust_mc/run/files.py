@@ -43,7 +43,17 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_directory(parent)  # the rename itself survives a power cut
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    with suppress(OSError):  # not every platform or file system can open a directory
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -75,6 +75,34 @@ def adversarial(**_: Any) -> Objective:
     return loss
 
 
+@register_objective("mart")
+def mart(beta: float = 6.0, **_: Any) -> Objective:
+    """Wang et al. (2020), MART: a boosted cross-entropy of PGD examples (plus the margin to
+    the most likely wrong class) + ``beta`` KL(clean || adversarial) weighted by how
+    misclassified each clean example is (1 - p_y(clean))."""
+
+    def loss(net: TrainedNetwork, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        adv_logits = net.logits(net.attack(x, y, cross_entropy_sum)).float()
+        clean_logits = net.logits(x).float()
+        adv_probs = F.softmax(adv_logits, 1)
+        top2 = adv_probs.argsort(1)[:, -2:]
+        wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+        boosted = F.cross_entropy(adv_logits, y) + F.nll_loss(
+            torch.log(1.0001 - adv_probs + 1e-12), wrong)
+        clean_probs = F.softmax(clean_logits, 1)
+        true_probs = clean_probs.gather(1, y[:, None]).squeeze(1)
+        kl = (clean_probs * (torch.log(clean_probs + 1e-12)
+                             - torch.log(adv_probs + 1e-12))).sum(1)
+        value = boosted + beta * (kl * (1.0000001 - true_probs)).mean()
+        return value, _correct(adv_logits, y)
+
+    return loss
+
+
+register_objective("madry")(adversarial)  # the same objective under its author's name
+
+
 @register_objective("trades")
 def trades(beta: float = 6.0, **_: Any) -> Objective:
     """Zhang et al. (2019): clean cross-entropy + ``beta`` KL(clean || adversarial), the
