@@ -226,7 +226,8 @@ class CurveConfig:
     objective: str = setting("adversarial", choices=objectives,
                              help="what the curve is trained on: PGD examples (adversarial), "
                                   "TRADES, or clean images")
-    trades_beta: float = setting(6.0, lo=0.0, help="TRADES trade-off (objective trades)")
+    trades_beta: float = setting(6.0, lo=0.0,
+                                 help="the robust term's weight (objectives trades, mart)")
 
 
 @dataclass(frozen=True)
