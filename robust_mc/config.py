@@ -318,6 +318,9 @@ class ObjectiveConfig:
     name: str = setting("adversarial", choices=objectives,
                         help="adversarial (= madry): PGD examples; trades; mart; clean")
     beta: float = setting(6.0, lo=0.0, help="the robust term's weight (trades, mart)")
+    ema: float | None = setting(None, lo=0.0, hi=1.0,
+                                help="decay of an exponential moving average of the weights, "
+                                     "per step, evaluated and saved as the endpoint")
 
 
 @dataclass(frozen=True)

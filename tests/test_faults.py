@@ -85,18 +85,20 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[name], b[name]), name
 
 
-def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "weight-average"])
+def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, monkeypatch,
+                                                                    extra):
     reference = tmp_path / "reference.pt"
-    assert cli.main([*TRAIN, "--out", str(reference)]) == 0
+    assert cli.main([*TRAIN, *extra, "--out", str(reference)]) == 0
     out = tmp_path / "a.pt"
     stop = StopAfter(checks=35)  # a poll per step (22 an epoch), two per epoch: in epoch 2
     monkeypatch.setattr("robust_mc.commands.train.StopSignals", lambda: stop)
-    assert cli.main([*TRAIN, "--out", str(out)]) == 130
+    assert cli.main([*TRAIN, *extra, "--out", str(out)]) == 130
     state = read_torch_file(tmp_path / "a.state.pt")
     assert state["position"]["epoch"] == 1 and state["position"]["step"] > 0
     assert not out.exists()
     monkeypatch.undo()
-    assert cli.main([*TRAIN, "--out", str(out)]) == 0  # rerunning into --out continues
+    assert cli.main([*TRAIN, *extra, "--out", str(out)]) == 0  # rerunning continues
     assert_same_weights(final_weights(out), final_weights(reference))
     assert load_checkpoint(out).meta["metrics"] == load_checkpoint(reference).meta["metrics"]
     assert not (tmp_path / "a.state.pt").exists()

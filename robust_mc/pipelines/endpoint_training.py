@@ -33,6 +33,7 @@ from robust_mc.run.resume import (
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seeded
+from robust_mc.train.ema import WeightAverage
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask
 
@@ -95,6 +96,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
     task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream,
                         cfg.objective.name, beta=cfg.objective.beta)
+    average = WeightAverage(model, cfg.objective.ema) if cfg.objective.ema is not None else None
     position, history = Position(), []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -103,6 +105,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         history = list(saved["history"])
         record = saved["record"]
         restore_rng(saved["rng"], generator, attack_stream)
+        if average is not None and saved.get("ema") is not None:
+            average.load(saved["ema"])
     a = cfg.attack
     monitor = a.build()
     reporter.print(f"[bold]train[/] {cfg.model.arch} on {data.info.name}: {len(data.train)} train "
@@ -126,14 +130,18 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
             atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "position": position.state(), "history": history,
-                               "rng": rng_state(generator, attack_stream), "record": record},
+                               "rng": rng_state(generator, attack_stream), "record": record,
+                               "ema": average.state() if average is not None else None},
                               state_path)
 
     context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
                               data.info, cfg.data.augment)
-    Trainer(task, optimizer, cfg.optim, context, position).fit(
+    Trainer(task, optimizer, cfg.optim, context, position,
+            after_step=average.update if average is not None else None).fit(
         "epoch", on_epoch, save,
         resume_hint=f"state saved in {state_path}; rerun the same command to continue")
+    if average is not None:  # the endpoint is the average (BN statistics recomputed below)
+        average.copy_to(model)
     if cfg.optim.precise_bn != "off":
         recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES,
                             data=cfg.optim.precise_bn,
@@ -145,7 +153,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         "dataset": cfg.data.dataset,
         "config": to_dict(cfg),
         "metrics": {"test": test.as_dict(), "eval_attack": cfg.eval.attack, "eps": a.eps},
-        "objective": {"name": cfg.objective.name, "beta": cfg.objective.beta},
+        "objective": {"name": cfg.objective.name, "beta": cfg.objective.beta,
+                      "ema": cfg.objective.ema},
         "history": history,
         "timings": {"train_s": sum(h["seconds"] for h in history),
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},

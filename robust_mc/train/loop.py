@@ -103,12 +103,14 @@ class Trainer:
     """
 
     def __init__(self, task: Task, optimizer: torch.optim.Optimizer, optim: OptimConfig,
-                 context: TrainingContext, position: Position | None = None) -> None:
+                 context: TrainingContext, position: Position | None = None,
+                 after_step: Callable[[], None] | None = None) -> None:
         self.task = task
         self.optimizer = optimizer
         self.optim = optim
         self.context = context
         self.position = position or Position()
+        self.after_step = after_step  # e.g. a weight average's update
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on the batch x (B, C, H, W) in [0, 1], y (B,): the loss value and
@@ -119,6 +121,8 @@ class Trainer:
         if math.isfinite(value):
             loss.backward()
             self.optimizer.step()
+            if self.after_step is not None:
+                self.after_step()
         return value, int(hits)
 
     def steps_per_epoch(self) -> int:
