@@ -321,6 +321,10 @@ class ObjectiveConfig:
     ema: float | None = setting(None, lo=0.0, hi=1.0,
                                 help="decay of an exponential moving average of the weights, "
                                      "per step, evaluated and saved as the endpoint")
+    awp: float | None = setting(None, lo=0.0,
+                                help="adversarial weight perturbation: its size relative to "
+                                     "each layer's weights (Wu et al. use 5e-3)")
+    awp_warmup: int = setting(0, lo=0, help="epochs before the weight perturbation starts")
 
 
 @dataclass(frozen=True)

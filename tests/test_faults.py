@@ -85,7 +85,8 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "weight-average"])
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"], ["--awp", "0.005"]],
+                         ids=["plain", "weight-average", "weight-perturbation"])
 def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, monkeypatch,
                                                                     extra):
     reference = tmp_path / "reference.pt"

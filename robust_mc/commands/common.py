@@ -132,7 +132,8 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
 def add_objective_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("objective"), TrainRunConfig, {
         "--objective": "objective.name", "--beta": "objective.beta",
-        "--ema": "objective.ema:DECAY"})
+        "--ema": "objective.ema:DECAY", "--awp": "objective.awp:GAMMA",
+        "--awp-warmup": "objective.awp_warmup"})
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:

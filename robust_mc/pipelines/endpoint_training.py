@@ -33,6 +33,7 @@ from robust_mc.run.resume import (
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seeded
+from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.ema import WeightAverage
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask
@@ -77,6 +78,10 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     anything else drawing from torch's global streams) is seeded with ``optim.seed`` for the
     run's duration; the caller's streams are restored afterwards."""
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
+    if cfg.objective.awp is not None and cfg.objective.name in ("trades", "clean"):
+        raise UserError(f"--awp perturbs the weights against labelled adversarial examples; "
+                        f"use it with --objective adversarial, madry or mart, not "
+                        f"{cfg.objective.name}")
     with seeded(cfg.optim.seed):
         return _train(cfg, runtime, reporter, run_record(argv), data, state_path, policy,
                       stop or StopSignals())
@@ -94,9 +99,11 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     optimizer = make_sgd(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
-    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream,
-                        cfg.objective.name, beta=cfg.objective.beta)
-    average = WeightAverage(model, cfg.objective.ema) if cfg.objective.ema is not None else None
+    obj = cfg.objective
+    perturbation = WeightPerturbation(model, obj.awp) if obj.awp is not None else None
+    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream, obj.name,
+                        perturbation, beta=obj.beta)
+    average = WeightAverage(model, obj.ema) if obj.ema is not None else None
     position, history = Position(), []
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -116,7 +123,14 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         reporter.print(f"resuming {state_path} at epoch {position.epoch + 1}, step "
                        f"{position.step}")
 
+    def after_step() -> None:  # the update lands on the unperturbed weights, then is averaged
+        if perturbation is not None:
+            perturbation.restore()
+        if average is not None:
+            average.update()
+
     def on_epoch(epoch: int, result: EpochResult) -> None:
+        task.perturbing = perturbation is not None and epoch + 1 >= obj.awp_warmup
         val = evaluate_model(model, on_device.val.take(MONITOR_IMAGES), monitor, runtime,
                              cfg.eval.batch_size)
         history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
@@ -136,8 +150,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
 
     context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
                               data.info, cfg.data.augment)
-    Trainer(task, optimizer, cfg.optim, context, position,
-            after_step=average.update if average is not None else None).fit(
+    task.perturbing = perturbation is not None and position.epoch >= obj.awp_warmup
+    Trainer(task, optimizer, cfg.optim, context, position, after_step=after_step).fit(
         "epoch", on_epoch, save,
         resume_hint=f"state saved in {state_path}; rerun the same command to continue")
     if average is not None:  # the endpoint is the average (BN statistics recomputed below)
@@ -153,8 +167,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         "dataset": cfg.data.dataset,
         "config": to_dict(cfg),
         "metrics": {"test": test.as_dict(), "eval_attack": cfg.eval.attack, "eps": a.eps},
-        "objective": {"name": cfg.objective.name, "beta": cfg.objective.beta,
-                      "ema": cfg.objective.ema},
+        "objective": {"name": obj.name, "beta": obj.beta, "ema": obj.ema, "awp": obj.awp,
+                      "awp_warmup": obj.awp_warmup},
         "history": history,
         "timings": {"train_s": sum(h["seconds"] for h in history),
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},

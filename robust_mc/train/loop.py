@@ -110,7 +110,7 @@ class Trainer:
         self.optim = optim
         self.context = context
         self.position = position or Position()
-        self.after_step = after_step  # e.g. a weight average's update
+        self.after_step = after_step  # after every batch, stepped or skipped: AWP, EMA
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on the batch x (B, C, H, W) in [0, 1], y (B,): the loss value and
@@ -121,8 +121,8 @@ class Trainer:
         if math.isfinite(value):
             loss.backward()
             self.optimizer.step()
-            if self.after_step is not None:
-                self.after_step()
+        if self.after_step is not None:
+            self.after_step()
         return value, int(hits)
 
     def steps_per_epoch(self) -> int:

@@ -23,6 +23,7 @@ from torch.func import functional_call
 from attacks.pgd import LossFn
 from robust_mc.config import AttackConfig, CurveConfig
 from robust_mc.run.runtime import Runtime
+from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.objectives import TrainedNetwork, create_objective
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -36,7 +37,7 @@ class EndpointTask:
 
     def __init__(self, model: nn.Module, forward: Logits, attack: AttackConfig, runtime: Runtime,
                  generator: torch.Generator | None = None, objective: str = "adversarial",
-                 **settings: float) -> None:
+                 perturbation: WeightPerturbation | None = None, **settings: float) -> None:
         self.model = model  # the module whose mode is switched for the attack
         self.forward = forward
         self.attack = attack.build()
@@ -44,6 +45,10 @@ class EndpointTask:
         self.generator = generator
         self.objective = create_objective(objective, **settings)
         self.network = TrainedNetwork(self.logits, self.adversarial)
+        # with AWP: the weights move once the batch's adversarial examples exist (the trainer
+        # restores them after the step); ``perturbing`` says whether it is on yet (warm-up)
+        self.perturbation = perturbation
+        self.perturbing = perturbation is not None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         self.model.train()
@@ -53,8 +58,12 @@ class EndpointTask:
     def adversarial(self, x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn
                     ) -> torch.Tensor:
         with self.runtime.autocast():
-            return self.attack(self.model, x, target, self.generator, forward=self.forward,
-                               loss_fn=loss_fn)
+            x_adv = self.attack(self.model, x, target, self.generator, forward=self.forward,
+                                loss_fn=loss_fn)
+        if self.perturbation is not None and self.perturbing:  # labels: checked by the config
+            with self.runtime.autocast():
+                self.perturbation.perturb(x_adv, target)
+        return x_adv
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.objective(self.network, x, y)
