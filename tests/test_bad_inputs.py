@@ -199,6 +199,7 @@ MATRIX = [
     # flags a command would ignore are not offered, nor accepted from its config
     (["connect", *PAIR, "--compile"], "unrecognized arguments: --compile"),
     (["eval", "{run}", "--compile"], "unrecognized arguments: --compile"),
+    (["ensemble", "{run}", "--normalization", "cifar10"], "unrecognized arguments"),
     (["connect", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
     (["align", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
     # malformed native checkpoints: every field missing or of the wrong type, every reader

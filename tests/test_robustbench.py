@@ -154,3 +154,17 @@ def test_two_zoo_entries_of_one_architecture_make_a_pair(tmp_path):
         load_pair(f"robustbench:cifar10/Linf/{names[0]}",
                   "robustbench:cifar10/Linf/Zhang2019Theoretically",
                   LoadOptions(model_dir=str(tmp_path)))
+
+
+def test_eval_reads_a_zoo_entry_from_the_model_dir(tmp_path, capsys):
+    arch = "robustbench:cifar10/Linf/Carmon2019Unlabeled"
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_channels=3, mean=[0.0], std=[1.0])
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}},
+               folder / "Carmon2019Unlabeled.pt")
+    assert cli.main(["eval", arch, "--model-dir", str(tmp_path), "--dataset", "synthetic:32",
+                     "--model-kwargs", "{num_classes: 10}", "--eval-attack", "none",
+                     "--eval-test-limit", "8", "--device", "cpu", "--json"]) == 2
+    assert "10 classes but synthetic has 4" in capsys.readouterr().err  # read, then checked

@@ -157,22 +157,26 @@ def add_output_flags(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
-def add_model_file_flags(p: argparse.ArgumentParser) -> None:
+def add_model_file_flags(p: argparse.ArgumentParser, foreign: bool = True) -> None:
     """How model files are read: the same flags, with the same meaning, on every command that
-    reads one."""
+    reads one. ``foreign``: the command reads model files other tools wrote (not only runs,
+    which record everything about their networks)."""
     g = p.add_argument_group("model files")
     g.add_argument("--arch", dest="load_arch", metavar="NAME|file.py:Class",
                    help="architecture of a plain state_dict; for a file that records an import "
                         "spec (file.py:Class, module:Class), naming the same spec allows it")
-    g.add_argument("--model-kwargs", metavar="YAML",
-                   help="more arguments of a plain state_dict's architecture, e.g. "
-                        "'{depth: 16, widen_factor: 1}'")
-    g.add_argument("--normalization", metavar="NAME|MEAN,..:STD,..",
-                   help="what a plain state_dict's model expects of its [0, 1] inputs: none "
-                        "(the default), cifar10, cifar100, imagenet, or per-channel values")
-    g.add_argument("--model-dir", metavar="DIR",
-                   help="where endpoints given as robustbench:<dataset>/<threat>/<Name> keep "
-                        "their weights (DIR/<dataset>/<threat>/<Name>.pt, RobustBench's layout)")
+    if foreign:
+        g.add_argument("--model-kwargs", metavar="YAML",
+                       help="more arguments of a plain state_dict's architecture, e.g. "
+                            "'{depth: 16, widen_factor: 1}'")
+        g.add_argument("--normalization", metavar="NAME|MEAN,..:STD,..",
+                       help="what a plain state_dict's model expects of its [0, 1] inputs: "
+                            "none (the default), cifar10, cifar100, imagenet, or per-channel "
+                            "values")
+        g.add_argument("--model-dir", metavar="DIR",
+                       help="where models given as robustbench:<dataset>/<threat>/<Name> keep "
+                            "their weights (DIR/<dataset>/<threat>/<Name>.pt, RobustBench's "
+                            "layout)")
     g.add_argument("--trust-code", action="store_true",
                    help="let files name any importable architecture (runs that code)")
     g.add_argument("--trust-checkpoint", action="store_true",
@@ -183,13 +187,13 @@ def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
     """What the user said about model files, from :func:`add_model_file_flags`; ``shape``
     gives a foreign file's arguments where the command knows them (info's flags)."""
     kwargs = dict(shape.pop("arch_kwargs", None) or {})
-    if args.model_kwargs:
+    if getattr(args, "model_kwargs", None):
         kwargs.update(parse_mapping(args.model_kwargs, "--model-kwargs"))
-    if args.normalization:
+    if getattr(args, "normalization", None):
         shape["normalization"] = parse_normalization(args.normalization)
     return LoadOptions(arch=args.load_arch, trust_code=args.trust_code,
                        unpickle=args.trust_checkpoint, arch_kwargs=kwargs or None,
-                       model_dir=args.model_dir, **shape)
+                       model_dir=getattr(args, "model_dir", None), **shape)
 
 
 def parse_mapping(text: str, flag: str) -> dict:

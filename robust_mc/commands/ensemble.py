@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_data_flags(p, ConnectRunConfig)
     common.add_path_flags(p)
     common.add_speed_flags(p, ConnectRunConfig)
-    common.add_model_file_flags(p)
+    common.add_model_file_flags(p, foreign=False)  # a run records its networks
     common.add_output_flags(p, "directory for ensemble.pt and ensemble.json "
                                "(default RUN/ensemble-k<K>-<combine>)")
 

@@ -20,9 +20,10 @@ from robust_mc.pipelines.pair import check_fits_data
 from robust_mc.report.path import show_path_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import (
-    LoadOptions,
+    Checkpoint,
     build_network,
     checkpoint_from_object,
+    load_checkpoint,
     read_checkpoint_file,
 )
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
@@ -51,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
     options = common.load_options(args)
+    if args.run_path.startswith("robustbench:"):  # a zoo entry, its weights in --model-dir
+        return evaluate_checkpoint(load_checkpoint(args.run_path, options), args)
     if source.is_file():  # a curve.pt, or a model or ensemble checkpoint: read once
         obj = read_checkpoint_file(source, options.unpickle)
         if not is_curve_state(obj):
-            return evaluate_checkpoint(source, obj, options, args)
+            ckpt = checkpoint_from_object(obj, source, options, allow_ensemble=True)
+            return evaluate_checkpoint(ckpt, args)
         saved = CurveRun.from_state(obj, curve_file, options)
     else:
         saved = CurveRun.read(curve_file, options)
@@ -69,11 +73,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_checkpoint(path: Path, obj: object, options: LoadOptions,
-                        args: argparse.Namespace) -> int:
-    """One model (or ensemble, attacked as one model) on the test split; ``obj`` is what the
-    file holds."""
-    ckpt = checkpoint_from_object(obj, path, options, allow_ensemble=True)
+def evaluate_checkpoint(ckpt: Checkpoint, args: argparse.Namespace) -> int:
+    """One model (or ensemble, attacked as one model) on the test split."""
+    path = ckpt.path
     base: dict = {"data": {"dataset": ckpt.dataset}} if ckpt.dataset else {}
     eps = (ckpt.meta.get("metrics") or {}).get("eps")
     if isinstance(eps, float):

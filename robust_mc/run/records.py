@@ -180,7 +180,8 @@ class CurveRun:
         if not path.is_file():
             raise UserError(f"{path} not found; give a run directory holding curve.pt, or "
                             "curve.pt")
-        return cls.from_state(read_torch_file(path), path, options)
+        options = options or LoadOptions()
+        return cls.from_state(read_torch_file(path, options.unpickle), path, options)
 
 
 def is_curve_state(obj: object) -> bool:
