@@ -4,7 +4,7 @@
 ``list_attacks()`` names the registered specs. Adding an attack touches one file.
 """
 
-from attacks import builtin, torchattacks_adapters  # noqa: F401  (registers the attacks)
+from attacks import builtin, reference, torchattacks_adapters  # noqa: F401  (registers them)
 from attacks.pgd import PGD, attack_mode, pgd
 from attacks.spec import Attack, build_attack, describe_attacks, list_attacks, parse_attack_spec
 from attacks.training import (

@@ -76,6 +76,17 @@ for _loss in ("ce", "dlr"):
                     eps=Param("pixel", None))(_apgd(_loss))
 
 
+@register_attack("apgd-t", "torchattacks APGD-T: targeted APGD with the DLR loss, against the "
+                 "9 (or num_classes - 1) most likely other classes in turn",
+                 steps=Param("int", 100), seed=Param("int", 0), eps=Param("pixel", None))
+def _apgd_targeted(eps: float, norm: str, num_classes: int, steps: int,
+                   seed: int) -> TorchattacksAttack:
+    import torchattacks
+
+    return TorchattacksAttack(torchattacks.APGDT, norm=_ta_norm(norm), eps=eps, steps=steps,
+                              n_classes=num_classes, seed=seed)
+
+
 @register_attack("autoattack", "standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square",
                  steps=Param("int", 100, "APGD iterations (reference: 100)"),
                  seed=Param("int", 0), eps=Param("pixel", None))
@@ -95,6 +106,17 @@ def _autoattack(eps: float, norm: str, num_classes: int, steps: int,
         ])
 
     return TorchattacksAttack(factory)
+
+
+@register_attack("square", "torchattacks Square: black-box random search, no gradients",
+                 queries=Param("int", 5000, "model queries per image (reference: 5000)"),
+                 seed=Param("int", 0), eps=Param("pixel", None))
+def _square(eps: float, norm: str, num_classes: int, queries: int,
+            seed: int) -> TorchattacksAttack:
+    import torchattacks
+
+    return TorchattacksAttack(torchattacks.Square, norm=_ta_norm(norm), eps=eps,
+                              n_queries=queries, seed=seed)
 
 
 @register_attack("cw", "torchattacks Carlini-Wagner L2 (not bounded by eps)",

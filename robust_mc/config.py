@@ -263,6 +263,23 @@ class PathConfig:
     compare_line: bool = setting(False, help="also evaluate the straight lines, aligned and not")
 
 
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Reference-strength evaluation of a path's chosen points (endpoints, best t, worst t)."""
+
+    enabled: bool = setting(False, may_change=True,
+                            help="after evaluating, verify the endpoints, the best t and the "
+                                 "worst t with AutoAttack and gradient-masking checks")
+    images: int = setting(500, lo=1, may_change=True,
+                          help="test images per verified point")
+    threshold: float = setting(1.5, lo=0, may_change=True,
+                               help="flag a point whose path-attack and AutoAttack robust "
+                                    "accuracies differ by more (points)")
+    square_queries: int = setting(1000, lo=1, may_change=True,
+                                  help="queries of the black-box Square check")
+    seed: int = setting(0, may_change=True)
+
+
 def _connect_attack() -> AttackConfig:
     return AttackConfig(steps=5)  # PGD-5 with step eps/4, as Tatro et al. train robust curves
 
@@ -283,6 +300,7 @@ class ConnectRunConfig:
     aligned: bool = setting(True, help="align b to a first (--no-align: as given)")
     pam: PamConfig = field(default_factory=PamConfig)
     path: PathConfig = field(default_factory=PathConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
@@ -378,6 +396,10 @@ class BenchConfig:
                                                    "cifar100, imagenet or MEAN,..:STD,..")
     model_dir: str | None = setting(None, help="where pairs given as robustbench:<dataset>/"
                                                "<threat>/<Name> keep their weights")
+    verify: bool = setting(False, may_change=True,
+                           help="verify every cell's endpoints, best and worst t with AutoAttack "
+                                "and gradient-masking checks (the connect section's verify "
+                                "settings); adds AutoAttack columns to the table")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_flag(p)
     common.add_data_flags(p, BenchRunConfig)
     common.add_settings(p.add_argument_group("grid"), BenchRunConfig, {
-        "--methods": "bench.methods:M,M", "--seeds": "bench.seeds:S,S"})
+        "--methods": "bench.methods:M,M", "--seeds": "bench.seeds:S,S",
+        "--verify": "bench.verify"})
     common.add_settings(p.add_argument_group("model files"), BenchRunConfig, {
         "--arch": "bench.arch:NAME|file.py:Class", "--trust-code": "bench.trust_code"})
     g = p.add_argument_group("resuming and faults (every cell and trained endpoint)")

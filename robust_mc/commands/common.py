@@ -129,6 +129,15 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
         "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 
 
+def add_verify_flags(p: argparse.ArgumentParser, switch: bool = True) -> None:
+    """AutoAttack and gradient-masking checks at a path's chosen points; ``switch`` offers
+    ``--verify`` (connect, eval), which ``robust-mc verify`` does not need."""
+    flags = {"--verify": "verify.enabled"} if switch else {}
+    flags.update({"--verify-images": "verify.images", "--verify-threshold": "verify.threshold",
+                  "--verify-queries": "verify.square_queries", "--verify-seed": "verify.seed"})
+    add_settings(p.add_argument_group("verification"), ConnectRunConfig, flags)
+
+
 def add_objective_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("objective"), TrainRunConfig, {
         "--objective": "objective.name", "--beta": "objective.beta",

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_align_flags(p, ConnectRunConfig)
     common.add_pam_flags(p)
     common.add_path_flags(p)
+    common.add_verify_flags(p)
     common.add_speed_flags(p, ConnectRunConfig)
     common.add_fault_flags(p, ConnectRunConfig)
     common.add_model_file_flags(p)

@@ -78,11 +78,45 @@ def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runt
     clean passes and on the attack are added to ``timings["clean"]`` and ``timings["attack"]``.
     With ``fold``, both run on a copy with batch norm folded into the convolutions (the same
     function in eval mode, fewer passes)."""
+    sums = torch.zeros(4, dtype=torch.float64, device=runtime.device)
+    for clean_logits, adv_logits, y in attacked_batches(model, split, attack, runtime,
+                                                        batch_size, timings, fold):
+        clean_loss = F.cross_entropy(clean_logits, y, reduction="none")
+        adv_loss = F.cross_entropy(adv_logits, y, reduction="none")
+        clean_ok = clean_logits.argmax(1) == y
+        robust_ok = clean_ok & (adv_logits.argmax(1) == y)
+        sums += torch.stack([clean_loss.sum(), clean_ok.sum(),
+                             torch.maximum(clean_loss, adv_loss).sum(), robust_ok.sum()
+                             ]).double()
+    count = len(split)
+    s = (sums / max(count, 1)).tolist()
+    return Metrics(s[0], 100 * s[1], s[2], 100 * s[3], count)
+
+
+def robust_flags(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
+                 batch_size: int, seed: int) -> torch.Tensor:
+    """Per image of ``split``: whether it is classified correctly clean and under ``attack``
+    (seeded as :func:`evaluate_seeded`), so that attacks can be compared image by image."""
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    flags = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for clean_logits, adv_logits, y in attacked_batches(model, split, attack, runtime,
+                                                            batch_size):
+            flags.append((clean_logits.argmax(1) == y) & (adv_logits.argmax(1) == y))
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+
+
+def attacked_batches(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
+                     batch_size: int, timings: dict[str, float] | None = None,
+                     fold: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]]:
+    """(clean logits, adversarial logits, labels) in float32 for each batch of ``split``, the
+    model in eval mode (restored afterwards)."""
     clock = Clock(runtime.device, timings)
     was_training = model.training
     model.eval()
     net = fold_batchnorm(model) if fold else model
-    sums = torch.zeros(4, dtype=torch.float64, device=runtime.device)
     try:
         for x, y in batches(split.to(runtime.device), batch_size):
             x = runtime.images(x)
@@ -94,15 +128,6 @@ def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runt
                 with torch.no_grad(), runtime.autocast():
                     adv_logits = net(runtime.images(x_adv)).float() if x_adv is not x \
                         else clean_logits
-            clean_loss = F.cross_entropy(clean_logits, y, reduction="none")
-            adv_loss = F.cross_entropy(adv_logits, y, reduction="none")
-            clean_ok = clean_logits.argmax(1) == y
-            robust_ok = clean_ok & (adv_logits.argmax(1) == y)
-            sums += torch.stack([clean_loss.sum(), clean_ok.sum(),
-                                 torch.maximum(clean_loss, adv_loss).sum(), robust_ok.sum()
-                                 ]).double()
+            yield clean_logits, adv_logits, y
     finally:
         model.train(was_training)
-    count = len(split)
-    s = (sums / max(count, 1)).tolist()
-    return Metrics(s[0], 100 * s[1], s[2], 100 * s[3], count)

@@ -12,6 +12,7 @@ trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the align
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,10 +27,12 @@ from robust_mc.config import (
 from robust_mc.core.barriers import PathStats
 from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
+from robust_mc.evaluation.verification import Verification
 from robust_mc.pipelines.connect import completed_run, run_connect
 from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import Pair, load_pair
 from robust_mc.pipelines.session import endpoint_digests
+from robust_mc.pipelines.verification import needs_verification
 from robust_mc.report.path import robust_accuracy_along_t
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import LoadOptions
@@ -41,6 +44,8 @@ from robust_mc.run.runtime import Runtime
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
            "clean_loss_barrier", "robust_loss_barrier", "clean_error_barrier",
            "robust_error_barrier")
+# with bench.verify: over each cell's verified points (endpoints, best t, worst t)
+VERIFY_METRICS = ("autoattack_acc_min", "gap_max", "flagged_points")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,20 @@ class CellResult:
     cached: bool
     barriers: PathStats  # test split
     robust_acc_along_t: list[tuple[float, float]] = field(default_factory=list)
+    verification: Verification | None = None
+
+    def value(self, metric: str) -> float:
+        """A barrier statistic, or a figure of the verification (NaN for a cell without)."""
+        if metric not in VERIFY_METRICS:
+            return float(getattr(self.barriers, metric))
+        if self.verification is None:
+            return math.nan
+        points = self.verification.points
+        if metric == "autoattack_acc_min":
+            return min(p.autoattack_figure for p in points)
+        if metric == "gap_max":
+            return max(p.gap for p in points)
+        return float(len(self.verification.flagged))
 
 
 @dataclass
@@ -78,6 +97,10 @@ class BenchResult:
     methods: list[Method]
     cells: list[CellResult]
     table: dict[str, dict[str, MetricStats]]  # method -> metric -> its statistics
+
+    @property
+    def verified(self) -> bool:
+        return any(c.verification is not None for c in self.cells)
 
     @property
     def computed(self) -> list[str]:
@@ -93,7 +116,8 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> Connec
     return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
-                   path=replace(base.path, compare_line=False))
+                   path=replace(base.path, compare_line=False),
+                   verify=replace(base.verify, enabled=base.verify.enabled or cfg.bench.verify))
 
 
 def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]:
@@ -186,14 +210,15 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
             cell_out = cell_out / f"seed{seed}"
         connect_cfg = cell_config(cfg, method, seed)
         summary = None if fresh else completed_run(cell_out, connect_cfg, pair_digests)
-        cached = summary is not None
-        if summary is None:
+        cached = summary is not None and not needs_verification(summary, connect_cfg)
+        if not cached:
             reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
                            + (f" seed {seed}" if seed is not None else ""))
             summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, policy,
                                   stop)
         cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
-                                summary.barriers["test"], robust_accuracy_along_t(cell_out)))
+                                summary.barriers["test"], robust_accuracy_along_t(cell_out),
+                                summary.verification))
     if any(c.cached for c in cells):
         reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
                        f"{out / 'cells'}")
@@ -215,8 +240,10 @@ class MetricStats:
 
 
 def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str, MetricStats]]:
-    """Per method, each metric's mean, sample std and count over pairs and seeds."""
-    return {method: {metric: MetricStats.of([getattr(c.barriers, metric) for c in cells
+    """Per method, each metric's mean, sample std and count over pairs and seeds (and the
+    verification's figures where cells were verified)."""
+    metrics = METRICS + (VERIFY_METRICS if any(c.verification for c in cells) else ())
+    return {method: {metric: MetricStats.of([c.value(metric) for c in cells
                                              if c.method == method])
-                     for metric in METRICS}
+                     for metric in metrics}
             for method in methods}

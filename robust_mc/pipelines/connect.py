@@ -26,6 +26,11 @@ from robust_mc.pipelines.path_evaluation import (
     write_best,
 )
 from robust_mc.pipelines.session import ConnectSession
+from robust_mc.pipelines.verification import (
+    needs_verification,
+    verify_finished_run,
+    verify_path,
+)
 from robust_mc.report.path import plot_paths, write_path_files
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import LoadOptions
@@ -151,6 +156,9 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
             (out / name).unlink(missing_ok=True)
     elif (finished := completed_run(out, cfg, session.digests)) is not None:
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
+        if needs_verification(finished, cfg):
+            return verify_finished_run(out, finished, cfg, runtime, reporter,
+                                       LoadOptions(named=(pair.a.arch,)))
         return finished
     saved = saved_run(session, policy)
     with seeded(cfg.optim.seed):  # what draws from torch's global streams (user modules)
@@ -181,6 +189,9 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
                           EvaluationProgress(out / PROGRESS_FILE, cfg, session.stop))
     result.seconds["align_and_train"] = train_s
     summary = summarize(result, cfg)
+    if cfg.verify.enabled:
+        summary.verification = verify_path(session, curve, endpoints, result.points,
+                                           summary.best.t if summary.best else None)
     summary.alignment, summary.pam, summary.training = (endpoints.alignment, endpoints.pam,
                                                         history)
     summary.record, summary.runtime = record, runtime.describe()

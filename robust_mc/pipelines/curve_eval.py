@@ -11,6 +11,7 @@ from robust_mc.pipelines.connect import write_outputs
 from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import ConnectSession
+from robust_mc.pipelines.verification import verify_path
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.provenance import run_record
@@ -28,8 +29,12 @@ def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runt
     out = ensure_out_dir(out)
     session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device))
     endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
-    result = evaluate_run(session, run.curve.to(runtime.device), endpoints)
+    curve = run.curve.to(runtime.device)
+    result = evaluate_run(session, curve, endpoints)
     summary = summarize(result, cfg)
+    if cfg.verify.enabled:
+        summary.verification = verify_path(session, curve, endpoints, result.points,
+                                           summary.best.t if summary.best else None)
     summary.source, summary.record = str(source), run_record(argv)
     summary.runtime = runtime.describe()
     summary.files = ["summary.json", *write_outputs(session, result, summary,

@@ -21,6 +21,13 @@ COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_
            ("robust acc min", "robust_acc_min", 1), ("robust acc mean", "robust_acc_mean", 1),
            ("clean loss barrier", "clean_loss_barrier", 3),
            ("robust loss barrier", "robust_loss_barrier", 3))
+VERIFY_COLUMNS = (("AutoAttack acc min", "autoattack_acc_min", 1),
+                  ("max gap path-AA", "gap_max", 1), ("flagged points", "flagged_points", 1))
+
+
+def columns(result: BenchResult) -> tuple[tuple[str, str, int], ...]:
+    """The table's columns: AutoAttack's beside the path's own where cells were verified."""
+    return COLUMNS + (VERIFY_COLUMNS if result.verified else ())
 
 
 def format_value(stat: MetricStats, digits: int) -> str:
@@ -33,22 +40,23 @@ def rich_table(result: BenchResult, title: str) -> Table:
     table = Table(title=title)
     table.add_column("method (test split)", no_wrap=True)
     table.add_column("n", justify="right")
-    for name, _, _ in COLUMNS:
+    for name, _, _ in columns(result):
         table.add_column(name, justify="right")
     for method, stats in result.table.items():
         table.add_row(method, str(stats[METRICS[0]].n),
-                      *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS))
+                      *(format_value(stats[metric], digits)
+                        for _, metric, digits in columns(result)))
     return table
 
 
 def markdown(result: BenchResult, title: str) -> str:
-    head = ["method", "n", *(name for name, _, _ in COLUMNS)]
+    head = ["method", "n", *(name for name, _, _ in columns(result))]
     lines = [f"# {title}", "", "Test split; mean ± std over endpoint pairs and curve seeds; "
              "accuracies in %, barriers of the loss.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, stats in result.table.items():
         cells = [method, str(stats[METRICS[0]].n),
-                 *(format_value(stats[metric], digits) for _, metric, digits in COLUMNS)]
+                 *(format_value(stats[metric], digits) for _, metric, digits in columns(result))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -56,10 +64,11 @@ def markdown(result: BenchResult, title: str) -> str:
 def csv_text(result: BenchResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "n", *(f"{m}_{k}" for m in METRICS for k in ("mean", "std"))])
+    metrics = list(next(iter(result.table.values()), {}))
+    writer.writerow(["method", "n", *(f"{m}_{k}" for m in metrics for k in ("mean", "std"))])
     for method, stats in result.table.items():
         writer.writerow([method, stats[METRICS[0]].n,
-                         *(v for m in METRICS for v in (stats[m].mean, stats[m].std))])
+                         *(v for m in metrics for v in (stats[m].mean, stats[m].std))])
     return buffer.getvalue()
 
 
@@ -77,7 +86,9 @@ def write_bench_files(out: Path, result: BenchResult, title: str, config: dict,
     if plot(out, result, title) is not None:
         files.append("bench.png")
     cells = [{"pair": c.pair, "method": c.method, "seed": c.seed, "out": str(c.out),
-              "cached": c.cached, "test": c.barriers.to_state()} for c in result.cells]
+              "cached": c.cached, "test": c.barriers.to_state(),
+              **({"verification": c.verification.to_state()} if c.verification else {})}
+             for c in result.cells]
     atomic_write_json(out / "bench.json", {"table": table_state(result), "cells": cells,
                                            "config": config, "record": record})
     return files

@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc.evaluation.path import PointResult
+from robust_mc.evaluation.robustness import Metrics
 from robust_mc.report.plot import figure
 from robust_mc.report.progress import Reporter
+from robust_mc.report.verification import print_verification
 from robust_mc.run.files import atomic_write_json, atomic_write_text, read_json
 from robust_mc.run.records import PathLabel, PathSummary
 
@@ -43,6 +45,17 @@ def robust_accuracy_along_t(out: Path) -> list[tuple[float, float]]:
     first = rows[0]["path"] if rows else None
     return [(r["t"], r["robust_acc"]) for r in rows
             if r["path"] == first and r["split"] == "test"]
+
+
+def path_points(out: Path) -> dict[str, list[PointResult]]:
+    """The points of each path in ``out/path.json`` (without their timings), by path label."""
+    rows = (read_json(out / "path.json") or {}).get("rows", [])
+    by_t: dict[str, dict[float, dict[str, Metrics]]] = {}
+    for row in rows:
+        metrics = Metrics(**{k: row[k] for k in COLUMNS[2:]})
+        by_t.setdefault(row["path"], {}).setdefault(row["t"], {})[row["split"]] = metrics
+    return {label: [PointResult(t, splits["val"], splits["test"]) for t, splits in
+                    sorted(points.items())] for label, points in by_t.items()}
 
 
 def plot_paths(out: Path, paths: dict[PathLabel, list[PointResult]], title: str
@@ -121,3 +134,5 @@ def print_summary(summary: PathSummary, title: str, console: Console | None = No
     per_t = summary.per_t
     console.print(f"seconds per evaluated t: {per_t.total:.2f} (BN {per_t.bn:.2f}, "
                   f"clean {per_t.clean:.2f}, attack {per_t.attack:.2f})")
+    if summary.verification is not None:
+        print_verification(summary.verification, console)

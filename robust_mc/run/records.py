@@ -26,6 +26,7 @@ from robust_mc.core.barriers import PathStats
 from robust_mc.core.curves import Curve
 from robust_mc.errors import UserError
 from robust_mc.evaluation.robustness import Metrics
+from robust_mc.evaluation.verification import Verification
 from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
@@ -273,6 +274,7 @@ class PathSummary:
     endpoint_digests: dict[str, str] | None = None
     files: list[str] = field(default_factory=list)
     source: str | None = None  # the curve re-evaluated (eval)
+    verification: Verification | None = None  # connect --verify, robust-mc verify
 
     @property
     def label(self) -> PathLabel:
@@ -299,6 +301,8 @@ class PathSummary:
                     "endpoint_digests": self.endpoint_digests, "files": self.files,
                     "source": self.source}
         state.update({k: v for k, v in optional.items() if v not in (None, [])})
+        if self.verification is not None:
+            state["verification"] = self.verification.to_state()
         return state
 
     def write(self, path: Path) -> Path:
@@ -321,7 +325,7 @@ class PathSummary:
                    timings, per_t, state.get("alignment"), PamHistory.from_state(state.get("pam")),
                    list(state.get("training") or []), state.get("record"), state.get("runtime"),
                    state.get("endpoint_digests"), list(state.get("files") or []),
-                   state.get("source"))
+                   state.get("source"), Verification.from_state(state.get("verification")))
 
     @classmethod
     def read(cls, path: Path) -> PathSummary | None:

@@ -1,0 +1,84 @@
+"""Verifying a connect run's chosen points: after connect (``--verify``), or later on a
+finished run (``robust-mc verify RUN_DIR``). The networks are rebuilt at each t exactly as the
+path evaluation built them (the same curve, the same recomputed batch-norm statistics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attacks.reference import reference_version
+from robust_mc.config import ConnectRunConfig, to_dict
+from robust_mc.core.curves import Curve
+from robust_mc.data import load_data
+from robust_mc.errors import UserError
+from robust_mc.evaluation.path import PointResult, network_at
+from robust_mc.evaluation.verification import (
+    Verification,
+    points_to_verify,
+    verification_settings,
+    verify_point,
+)
+from robust_mc.pipelines.pair import Endpoints, Pair, endpoints_from_run
+from robust_mc.pipelines.session import ConnectSession
+from robust_mc.report.path import path_points
+from robust_mc.report.progress import Reporter
+from robust_mc.run.checkpoint import LoadOptions
+from robust_mc.run.records import CurveRun, PathSummary
+from robust_mc.run.runtime import Runtime
+
+
+def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
+                points: list[PointResult], best_t: float | None) -> Verification:
+    """The endpoints, ``best_t`` and the t of the worst test robust loss among ``points``,
+    each verified on the first ``verify.images`` test images."""
+    cfg, data, runtime = session.cfg, session.data, session.runtime
+    chosen = points_to_verify([p.t for p in points], [p.test.robust_loss for p in points],
+                              best_t)
+    images = data.test.take(cfg.verify.images)
+    results = []
+    with session.reporter.task("verify points", len(chosen)) as step:
+        for t, roles in chosen.items():
+            model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
+            point = verify_point(model, t, roles, images, path_attack=cfg.path.attack,
+                                 eps=cfg.attack.eps, norm=cfg.attack.norm,
+                                 num_classes=data.info.num_classes, settings=cfg.verify,
+                                 runtime=runtime, batch_size=cfg.path.batch_size)
+            results.append(point)
+            step.advance(1, f"t={t:.2f} AutoAttack {point.autoattack_figure:.1f}%")
+    return Verification(results, verification_settings(cfg.verify), reference_version(),
+                        cfg.attack.eps)
+
+
+def needs_verification(summary: PathSummary, cfg: ConnectRunConfig) -> bool:
+    """Whether a finished run lacks the verification these settings ask for."""
+    done = summary.verification
+    return cfg.verify.enabled and (done is None or done.eps != cfg.attack.eps
+                                   or done.settings != verification_settings(cfg.verify))
+
+
+def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConfig,
+                        runtime: Runtime, reporter: Reporter,
+                        options: LoadOptions | None = None) -> PathSummary:
+    """Verify the path of a finished connect (or eval) run in ``run_dir`` and rewrite its
+    summary.json with the ``verification`` section."""
+    curve_file = run_dir / "curve.pt"
+    if not curve_file.is_file() and summary.source:  # an eval directory: its curve is elsewhere
+        curve_file = Path(summary.source)
+    if not curve_file.is_file():
+        raise UserError(f"{run_dir}: no curve.pt (nor the curve its summary names); give a "
+                        "connect run directory")
+    points = path_points(run_dir).get(str(summary.label))
+    if not points:
+        raise UserError(f"{run_dir}/path.json lacks the {summary.label} path; re-evaluate "
+                        f"the run with robust-mc eval {run_dir}")
+    run = CurveRun.read(curve_file, options)
+    pair = Pair(*run.checkpoints())
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    session = ConnectSession(pair, cfg, run_dir, runtime, reporter, data.to(runtime.device))
+    endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
+    summary.verification = verify_path(session, run.curve.to(runtime.device), endpoints, points,
+                                       summary.best.t if summary.best else None)
+    summary.config = {**summary.config, "verify": to_dict(cfg.verify)}
+    summary.write(run_dir / "summary.json")
+    return summary
