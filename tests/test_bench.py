@@ -102,3 +102,26 @@ def test_a_cell_whose_settings_changed_is_recomputed(digits_endpoints, tmp_path,
     assert len(again["computed"]) == 1
     rows = json.loads((out / "cells" / "pair0" / "line+align" / "path.json").read_text())["rows"]
     assert len({r["t"] for r in rows}) == 4
+
+
+def test_bench_verify_adds_autoattack_columns_to_finished_cells(digits_endpoints, tmp_path,
+                                                                capsys):
+    a, b = (str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+            enumerate(digits_endpoints))
+    config = write_config(tmp_path / "bench.yaml", pairs=[[a, b]], methods=["line"])
+    out = tmp_path / "bench"
+    plain = run_bench(config, out, capsys)
+    assert "autoattack_acc_min" not in plain["table"]["line"]
+    settings = yaml.safe_load(config.read_text())
+    settings["connect"]["verify"] = {"images": 4, "square_queries": 50}
+    config.write_text(yaml.safe_dump(settings))
+    assert cli.main(["bench", "--config", str(config), "--out", str(out), "--verify",
+                     "--json"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    line = verified["table"]["line"]
+    assert line["robust_loss_barrier"] == plain["table"]["line"]["robust_loss_barrier"]
+    assert 0 <= line["autoattack_acc_min"]["mean"] <= line["clean_acc_min"]["mean"]
+    assert line["flagged_points"]["n"] == 1
+    assert "AutoAttack acc min" in (out / "bench.md").read_text()
+    cell = json.loads((out / "bench.json").read_text())["cells"][0]
+    assert cell["verification"]["settings"]["images"] == 4

@@ -57,6 +57,11 @@ class PointVerification:
         return self.path_robust_acc - self.autoattack_figure
 
     @property
+    def strongest_attack(self) -> str:
+        """The single gradient attack of the checks with the lowest robust accuracy."""
+        return min(self.pgd.items(), key=lambda kv: kv[1])[0] if self.pgd else "apgd-ce"
+
+    @property
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.passed]
 
@@ -69,7 +74,8 @@ class PointVerification:
         hints = []
         if self.gap > self.threshold:
             hints.append(f"{self.path_attack} overstates robust accuracy by {self.gap:.1f} "
-                         "points: evaluate the path with --eval-attack apgd-ce (or autoattack)")
+                         f"points: evaluate the path with --eval-attack {self.strongest_attack} "
+                         "(the strongest single attack here) or autoattack")
         elif self.gap < -self.threshold:
             hints.append(f"AutoAttack found {-self.gap:.1f} points more robust accuracy than "
                          f"{self.path_attack}: the images or seeds differ; compare on more "

@@ -211,7 +211,7 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
         connect_cfg = cell_config(cfg, method, seed)
         summary = None if fresh else completed_run(cell_out, connect_cfg, pair_digests)
         cached = summary is not None and not needs_verification(summary, connect_cfg)
-        if not cached:
+        if summary is None or not cached:
             reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
                            + (f" seed {seed}" if seed is not None else ""))
             summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, policy,
