@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from robust_mc.errors import Interrupted, UserError
+from robust_mc.run import distributed
 from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
+DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble")  # what torchrun may launch
 EXIT_INTERRUPTED = 130
 
 
@@ -46,20 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     args.argv = ["robust-mc", *argv]
+    distributed.quiet_unless_main()
+    prefix = f"robust-mc {args.command}"
+    if distributed.launched():
+        prefix += f" (rank {os.environ.get('RANK', '?')})"
     try:
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+            raise UserError(f"{args.command} runs in one process; launch it without torchrun "
+                            f"(torchrun runs {', '.join(DISTRIBUTED_COMMANDS)}; a bench is "
+                            "shared by plain bench workers, see --shard)")
         with process_scope():  # the command sets up the process once its config is known
             return int(args.handler(args) or 0)
     except UserError as exc:
         if args.debug:
             raise
-        print(f"robust-mc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as exc:
-        print(f"robust-mc {args.command}: {exc.signal_name}: {exc}", file=sys.stderr)
+        print(f"{prefix}: {exc.signal_name}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"robust-mc {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -56,15 +56,39 @@ def attack_mode(model: nn.Module | None, mode: Mode) -> Iterator[None]:
         model.train(was_training)
 
 
-def _random_start(x: torch.Tensor, eps: float, norm: str,
-                  generator: torch.Generator | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class ShardDraws:
+    """Random starts for this process's rows of a global batch split over ``count`` processes:
+    drawn for the whole batch from ``generator`` (which every process holds in the same state),
+    of which rows ``index``/``count`` are kept. The draws, and so the run, are then those of
+    one process attacking the whole batch."""
+
+    generator: torch.Generator
+    index: int
+    count: int
+
+
+Draws = torch.Generator | ShardDraws | None
+
+
+def _draw(sample: Callable[..., torch.Tensor], shape: torch.Size | tuple[int, ...],
+          draws: Draws, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(draws, ShardDraws):
+        return sample(shape, generator=draws, device=x.device, dtype=x.dtype)
+    rows = shape[0]
+    whole = sample((rows * draws.count, *shape[1:]), generator=draws.generator,
+                   device=x.device, dtype=x.dtype)
+    return whole[draws.index * rows:(draws.index + 1) * rows]
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str, generator: Draws) -> torch.Tensor:
     if norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _draw(torch.rand, x.shape, generator, x)
         delta = noise.mul_(2 * eps).sub_(eps)
     else:
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = _draw(torch.randn, x.shape, generator, x)
         direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        radius = _draw(torch.rand, (x.shape[0],), generator, x)
         delta = direction * (radius * eps).view(-1, 1, 1, 1)
     return (x + _layout_of(delta, x)).clamp_(0, 1).sub_(x)
 
@@ -94,7 +118,7 @@ def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
         steps: int, norm: str = "linf", random_start: bool = True,
-        generator: torch.Generator | None = None,
+        generator: Draws = None,
         loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
     """Maximise ``loss_fn(forward(x + delta), y)`` (default: cross-entropy) over
     ``||delta|| <= eps``.
@@ -143,7 +167,7 @@ class PGD:
     mode: Mode = "eval"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None, *, forward: Forward | None = None,
+                 generator: Draws = None, *, forward: Forward | None = None,
                  loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
         """Attack ``model`` with its mode set to ``self.mode`` and restored afterwards.
 
@@ -155,7 +179,7 @@ class PGD:
             return self.run(forward or model, x, y, generator, loss_fn=loss_fn)
 
     def run(self, forward: Forward, x: torch.Tensor, y: torch.Tensor,
-            generator: torch.Generator | None = None, *,
+            generator: Draws = None, *,
             loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor:
         """Attack ``forward`` as it is (the caller has set the network's mode)."""
         def attempt() -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
-from attacks.pgd import PGD, Forward, LossFn, Mode, cross_entropy_sum
+from attacks.pgd import PGD, Draws, Forward, LossFn, Mode, cross_entropy_sum
 from robust_mc.registry import Registry
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class TrainingAttack(Protocol):
     def mode(self) -> Mode: ...
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None, *, forward: Forward | None = None,
+                 generator: Draws = None, *, forward: Forward | None = None,
                  loss_fn: LossFn = cross_entropy_sum) -> torch.Tensor: ...
 
 

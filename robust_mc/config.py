@@ -228,6 +228,9 @@ class CurveConfig:
                                   "TRADES, or clean images")
     trades_beta: float = setting(6.0, lo=0.0,
                                  help="the robust term's weight (objectives trades, mart)")
+    t_per_rank: bool = setting(False, help="on several processes (torchrun), each trains its "
+                                           "rows at a t of its own (lower-variance steps); off: "
+                                           "one t per step, the one-process computation")
 
 
 @dataclass(frozen=True)

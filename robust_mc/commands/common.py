@@ -111,7 +111,7 @@ def add_align_flags(p: argparse.ArgumentParser, config: type) -> None:
 def add_curve_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("curve"), ConnectRunConfig, {
         "--curve": "curve.kind", "--bends": "curve.bends", "--objective": "curve.objective",
-        "--trades-beta": "curve.trades_beta"})
+        "--trades-beta": "curve.trades_beta", "--t-per-rank": "curve.t_per_rank"})
 
 
 def add_pam_flags(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
 from robust_mc.models import Classifier
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.runtime import Runtime
 
 
@@ -98,7 +99,8 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
                   after_point: Callable[[list[PointResult]], None] | None = None,
                   ) -> tuple[list[PointResult], Classifier | None]:
     """Evaluate ``path.points`` evenly spaced t; returns the results and, with ``keep_best``,
-    the interior network with the highest validation robust accuracy.
+    the interior network with the highest validation robust accuracy. On several processes the
+    t are shared out, each evaluated as one process would (the same seeds), and gathered.
 
     ``done`` holds the first points already evaluated (a resumed run); ``after_point`` sees the
     points so far after each new one (to save them, or to stop)."""
@@ -116,22 +118,32 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
 
     for point in results:
         consider(point, None)
+    group = distributed.group()  # several processes: each evaluates every world-th t
+
+    def evaluate_at(t: float) -> tuple[PointResult, Classifier]:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        model = network_at(curve, template, t, data, path, attack, runtime, timings)
+        val_metrics = evaluate_seeded(model, val, eval_attack, runtime, path.batch_size,
+                                      path.seed, timings)
+        test_metrics = evaluate_seeded(model, test, eval_attack, runtime, path.batch_size,
+                                       path.seed, timings)
+        timings["total"] = time.perf_counter() - start
+        return PointResult(t, val_metrics, test_metrics, timings), model
+
     with reporter.task(f"evaluate {label}", len(ts)) as step:
         step.advance(len(results))
-        for t in ts[len(results):]:
-            timings: dict[str, float] = {}
-            start = time.perf_counter()
-            model = network_at(curve, template, t, data, path, attack, runtime, timings)
-            val_metrics = evaluate_seeded(model, val, eval_attack, runtime, path.batch_size,
-                                          path.seed, timings)
-            test_metrics = evaluate_seeded(model, test, eval_attack, runtime, path.batch_size,
-                                           path.seed, timings)
-            timings["total"] = time.perf_counter() - start
-            results.append(PointResult(t, val_metrics, test_metrics, timings))
-            consider(results[-1], model)
-            step.advance(1, f"t={t:.2f} robust {test_metrics.robust_acc:.1f}%")
-            if after_point is not None:
-                after_point(results)
+        remaining = ts[len(results):]
+        for first in range(0, len(remaining), group.world):
+            round_ts = remaining[first:first + group.world]
+            mine = evaluate_at(round_ts[group.rank]) if group.rank < len(round_ts) else None
+            points = group.gather(mine[0] if mine else None)
+            for rank, point in enumerate(p for p in points if p is not None):
+                results.append(point)
+                consider(point, mine[1] if mine and rank == group.rank else None)
+                step.advance(1, f"t={point.t:.2f} robust {point.test.robust_acc:.1f}%")
+                if after_point is not None:
+                    after_point(results)
     if best is None:
         return results, None
     _, t_best, network = best

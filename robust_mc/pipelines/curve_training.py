@@ -8,12 +8,14 @@ from collections.abc import Callable
 
 import torch
 
+from attacks.pgd import ShardDraws
 from robust_mc.config import to_dict
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import permute_model, trace_permutation_spec
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints
 from robust_mc.pipelines.session import ConnectSession
+from robust_mc.run import distributed
 from robust_mc.run.checkpoint import weights_of
 from robust_mc.run.records import CurveRun, PamHistory
 from robust_mc.run.resume import attack_generator, restore_rng, rng_state
@@ -80,7 +82,11 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
         curve_run(session, curve, endpoints, history, optimizer, position,
                   rng_state(generator, attacks)).write(out)
 
-    task = CurveTask(template, curve, cfg.attack, cfg.curve, session.runtime, generator, attacks)
+    group = distributed.group()  # several processes: each trains its rows of every batch
+    draws = ShardDraws(attacks, group.rank, group.world) if group.active else attacks
+    t_rank = (group.rank, group.world) if group.active and cfg.curve.t_per_rank else None
+    task = CurveTask(template, curve, cfg.attack, cfg.curve, session.runtime, generator, draws,
+                     t_rank)
     Trainer(task, optimizer, cfg.optim, context, position).fit("curve epoch", on_epoch, save,
                                                                session.resume_hint())
     return history

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from attacks import build_attack, parse_attack_spec
+from attacks.pgd import ShardDraws
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, load_data
 from robust_mc.errors import UserError
@@ -14,6 +16,7 @@ from robust_mc.evaluation.path import recompute_batchnorm
 from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.models import Classifier, create_model
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
@@ -78,6 +81,9 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
     anything else drawing from torch's global streams) is seeded with ``optim.seed`` for the
     run's duration; the caller's streams are restored afterwards."""
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
+    if cfg.objective.awp is not None and distributed.group().active:
+        raise UserError("--awp runs in one process for now (its weight perturbation is not "
+                        "shared across processes); launch without torchrun")
     if cfg.objective.awp is not None and cfg.objective.name in ("trades", "clean"):
         raise UserError(f"--awp perturbs the weights against labelled adversarial examples; "
                         f"use it with --objective adversarial, madry or mart, not "
@@ -101,8 +107,13 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
     obj = cfg.objective
     perturbation = WeightPerturbation(model, obj.awp) if obj.awp is not None else None
-    task = EndpointTask(model, forward, cfg.attack, runtime, attack_stream, obj.name,
-                        perturbation, beta=obj.beta)
+    group = distributed.group()
+    # several processes: each trains on its rows of every global batch, through a DDP wrapper
+    # (the attack runs on the network itself), with the random starts the whole batch draws
+    draws = ShardDraws(attack_stream, group.rank, group.world) if group.active else attack_stream
+    wrapper = DistributedDataParallel(model) if group.active else None
+    task = EndpointTask(model, forward, cfg.attack, runtime, draws, obj.name, perturbation,
+                        train_forward=wrapper, beta=obj.beta)
     average = WeightAverage(model, obj.ema) if obj.ema is not None else None
     position, history = Position(), []
     if saved is not None:
@@ -151,7 +162,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
                               data.info, cfg.data.augment)
     task.perturbing = perturbation is not None and position.epoch >= obj.awp_warmup
-    Trainer(task, optimizer, cfg.optim, context, position, after_step=after_step).fit(
+    Trainer(task, optimizer, cfg.optim, context, position, after_step=after_step,
+            reduced_by_wrapper=wrapper is not None).fit(
         "epoch", on_epoch, save,
         resume_hint=f"state saved in {state_path}; rerun the same command to continue")
     if average is not None:  # the endpoint is the average (BN statistics recomputed below)

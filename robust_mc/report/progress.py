@@ -15,13 +15,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from robust_mc.run import distributed
+
 
 class Reporter:
     """Where a run tells the user what it is doing."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
-        self.quiet = quiet
-        self.console = console or Console(stderr=True)
+        main = distributed.main_process()  # of several processes, rank 0 alone reports
+        self.quiet = quiet or not main
+        self.console = console or Console(stderr=True, quiet=not main)
 
     def print(self, *args, **kwargs) -> None:
         if not self.quiet:

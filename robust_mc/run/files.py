@@ -16,10 +16,13 @@ from typing import IO, Any
 import torch
 
 from robust_mc.errors import UserError
+from robust_mc.run import distributed
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
+    if not distributed.writes_files():  # one of several processes: rank 0 writes
+        return path
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory; give a file path")
     parent = path.parent

@@ -1,6 +1,8 @@
-"""Clean interrupts: the first SIGINT (Ctrl-C) or SIGTERM asks the run to stop after the current
-step, so that it can save its state; a second one ends the process at once. Every file is written
-atomically, so even that leaves no torn file behind."""
+"""Clean interrupts: the first SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (what clusters send before a
+time limit, e.g. Slurm's ``--signal``) asks the run to stop after the current step, so that it
+can save its state; a second one ends the process at once. Every file is written atomically, so
+even that leaves no torn file behind. On several processes a signal that reaches any of them
+stops all of them at the same step."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from robust_mc.run import distributed
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopSignals:
@@ -23,6 +27,13 @@ class StopSignals:
 
     @property
     def requested(self) -> bool:
+        """Whether to stop now; on several processes, whether any of them was signalled (every
+        process asks at the same points of the run)."""
+        g = distributed.group()
+        if g.active:
+            signum = g.maximum(self.signum or 0)
+            if signum and self.signum is None:
+                self.signum = signum
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -24,6 +24,7 @@ from robust_mc.config import (
     settings_that_may_change,
 )
 from robust_mc.errors import UserError
+from robust_mc.run import distributed
 
 # settings that may change between a run and its continuation (marked ``may_change`` where they
 # are defined): where it runs, how its work is batched and laid out in memory, and how often it
@@ -122,6 +123,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def remove_stale_temps(folder: Path) -> None:
-    """Temp files left by a process killed mid-write (the targets themselves are never torn)."""
+    """Temp files left by a process killed mid-write (the targets themselves are never torn);
+    only by the process that writes (rank 0 of several)."""
+    if not distributed.writes_files():
+        return
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)

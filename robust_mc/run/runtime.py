@@ -14,6 +14,7 @@ from torch import nn
 
 from robust_mc.config import SpeedConfig
 from robust_mc.errors import UserError
+from robust_mc.run import distributed
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -185,6 +186,7 @@ def start_runtime(device: str, speed: SpeedConfig | None = None, compiles: bool 
     (:meth:`Runtime.for_device`): every command calls it once its configuration is resolved,
     and the benchmarks do as the commands do."""
     speed = speed or SpeedConfig()
-    runtime = Runtime.for_device(device, speed, compiles)
+    distributed.start(device)  # joins torchrun's process group, if it started this process
+    runtime = Runtime.for_device(distributed.device_name(device), speed, compiles)
     configure_process(speed)
     return runtime

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from attacks.pgd import Draws
 from robust_mc.config import OptimConfig
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
 from robust_mc.report.progress import Reporter, Step
+from robust_mc.run import distributed
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.schedule import lr_factor
@@ -81,7 +83,7 @@ class TrainingContext:
     reporter: Reporter = field(default_factory=lambda: Reporter(quiet=True))
     stop: StopSignals = field(default_factory=StopSignals)
     generator: torch.Generator = field(default_factory=torch.Generator)  # shuffles, crops (CPU)
-    attack_generator: torch.Generator | None = None  # the attack's random starts (device)
+    attack_generator: Draws = None  # the attack's random starts (device)
     train: Split | None = None
     info: DatasetInfo | None = None
     augment: bool = False
@@ -104,26 +106,46 @@ class Trainer:
 
     def __init__(self, task: Task, optimizer: torch.optim.Optimizer, optim: OptimConfig,
                  context: TrainingContext, position: Position | None = None,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None,
+                 reduced_by_wrapper: bool = False) -> None:
         self.task = task
         self.optimizer = optimizer
         self.optim = optim
         self.context = context
         self.position = position or Position()
         self.after_step = after_step  # after every batch, stepped or skipped: AWP, EMA
+        # on several processes: a DistributedDataParallel wrapper already averages the
+        # gradients; otherwise the trainer averages those of what it trains
+        self.reduced_by_wrapper = reduced_by_wrapper
+        self.group = distributed.group()
+        if self.group.active and optim.batch_size % self.group.world:
+            raise UserError(f"--batch-size {optim.batch_size} is the global batch and must split "
+                            f"evenly over the {self.group.world} processes; give a multiple of "
+                            f"{self.group.world}")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on the batch x (B, C, H, W) in [0, 1], y (B,): the loss value and
-        the correct predictions. A non-finite loss takes no step (the value says so)."""
-        loss, hits = self.task(self.context.runtime.images(x), y)
+        the correct predictions. A non-finite loss takes no step (the value says so).
+
+        On several processes the batch is the global one: each process trains on its rows and
+        the gradients are averaged, so the step is the one process's step on the whole batch
+        (for networks without batch norm, whose statistics are per process)."""
+        g = self.group
+        loss, hits = self.task(self.context.runtime.images(g.rows(x)), g.rows(y))
         self.optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
+        value, count = loss.item(), int(hits)
+        if g.active:  # every process agrees on the value, so all step or none does
+            total, count_sum = g.sum([value, count], loss.device)
+            value, count = total / g.world, int(count_sum)
         if math.isfinite(value):
             loss.backward()
+            if g.active and not self.reduced_by_wrapper:
+                g.average_gradients([p for group in self.optimizer.param_groups
+                                     for p in group["params"]])
             self.optimizer.step()
         if self.after_step is not None:
             self.after_step()
-        return value, int(hits)
+        return value, count
 
     def steps_per_epoch(self) -> int:
         assert self.context.train is not None, "the context holds no training data"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from attacks.pgd import LossFn
+from attacks.pgd import Draws, LossFn
 from robust_mc.config import AttackConfig, CurveConfig
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.awp import WeightPerturbation
@@ -33,13 +33,17 @@ class EndpointTask:
     """One network's weights under an objective (Madry's adversarial cross-entropy by default;
     ``attack.steps == 0`` trains on clean inputs through the same path). ``forward`` computes
     the logits when that is not ``model`` itself (its compiled version); ``generator`` draws the
-    attack's random starts (on the device)."""
+    attack's random starts (on the device). ``train_forward`` computes the logits that are
+    trained through when that is not ``forward`` (a DistributedDataParallel wrapper, whose
+    gradient reduction the attack's input-only passes must not enter)."""
 
     def __init__(self, model: nn.Module, forward: Logits, attack: AttackConfig, runtime: Runtime,
-                 generator: torch.Generator | None = None, objective: str = "adversarial",
-                 perturbation: WeightPerturbation | None = None, **settings: float) -> None:
+                 generator: Draws = None, objective: str = "adversarial",
+                 perturbation: WeightPerturbation | None = None,
+                 train_forward: Logits | None = None, **settings: float) -> None:
         self.model = model  # the module whose mode is switched for the attack
         self.forward = forward
+        self.train_forward = train_forward or forward
         self.attack = attack.build()
         self.runtime = runtime
         self.generator = generator
@@ -53,7 +57,7 @@ class EndpointTask:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         self.model.train()
         with self.runtime.autocast():
-            return self.forward(x)
+            return self.train_forward(x)
 
     def adversarial(self, x: torch.Tensor, target: torch.Tensor, loss_fn: LossFn
                     ) -> torch.Tensor:
@@ -82,8 +86,10 @@ class CurveTask:
 
     def __init__(self, module: nn.Module, curve: WeightsAlongT, attack: AttackConfig,
                  curve_cfg: CurveConfig, runtime: Runtime, generator: torch.Generator,
-                 attack_generator: torch.Generator | None = None) -> None:
-        """``generator`` draws t (CPU); ``attack_generator`` the attack's random starts."""
+                 attack_generator: Draws = None, t_rank: tuple[int, int] | None = None) -> None:
+        """``generator`` draws t (CPU); ``attack_generator`` the attack's random starts;
+        ``t_rank`` = (rank, processes): each process draws every process's t and trains at its
+        own (the generator stays the same on all of them), instead of one t per step."""
         self.module = module
         self.attacked = copy.deepcopy(module)  # holds the detached weights at t for the attack
         self.attacked.requires_grad_(False)
@@ -94,6 +100,7 @@ class CurveTask:
         self.objective = create_objective(curve_cfg.objective, beta=curve_cfg.trades_beta)
         self.runtime = runtime
         self.generator = generator
+        self.t_rank = t_rank
 
     def network_at(self, params: dict[str, torch.Tensor]) -> TrainedNetwork:
         """The network with ``params`` (differentiable in the bends), as an objective sees it."""
@@ -114,6 +121,10 @@ class CurveTask:
         return TrainedNetwork(logits, adversarial)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = float(torch.rand((), generator=self.generator))
+        if self.t_rank is None:
+            t = float(torch.rand((), generator=self.generator))
+        else:
+            rank, count = self.t_rank
+            t = float(torch.rand((count,), generator=self.generator)[rank])
         params = self.curve.weights_at(t)  # built once per step, differentiable in the bends
         return self.objective(self.network_at(params), x, y)
