@@ -13,6 +13,7 @@ from robust_mc.run.runtime import process_scope
 EXIT_BAD_INPUT = 2
 DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble")  # what torchrun may launch
 EXIT_INTERRUPTED = 130
+EXIT_LOST_PROCESS = 1
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        if args.debug or not distributed.launched():
+            raise
+        # a collective failed: another process of the run died or was stopped
+        reason = str(exc).splitlines()[0].split("] ")[-1].split(". ")[0]
+        print(f"{prefix}: error: another process of the run ended ({reason}); the last saved "
+              "state is kept: rerun the same torchrun command to continue", file=sys.stderr)
+        return EXIT_LOST_PROCESS
     finally:
         distributed.stop()
 

@@ -11,7 +11,8 @@ from rich.console import Console
 from robust_mc.commands import common
 from robust_mc.config import BenchRunConfig, to_dict
 from robust_mc.errors import UserError
-from robust_mc.pipelines.bench import load_bench_config, run_bench
+from robust_mc.pipelines.bench import Shard, load_bench_config, run_bench
+from robust_mc.pipelines.bench_commands import missing_work
 from robust_mc.report.bench import rich_table, table_state, write_bench_files
 from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
@@ -41,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_settings(p, BenchRunConfig, {"--device": "device:auto|cpu|cuda"})
     p.add_argument("--fresh", action="store_true",
                    help="recompute every cell and endpoint instead of reading them back")
+    g = p.add_argument_group("many workers (one --out on a shared file system)")
+    g.add_argument("--shard", metavar="I/N",
+                   help="take every N-th cell from the I-th (0-based) and do not wait for the "
+                        "others; without it, plain bench workers on one --out share all cells")
+    g.add_argument("--print-commands", action="store_true",
+                   help="print one robust-mc train/connect line per missing endpoint and cell "
+                        "(for job arrays) instead of running them")
     common.add_output_flags(p, "bench directory (default runs/bench-<config name>)")
 
 
@@ -49,11 +57,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("bench needs --config FILE (e.g. --config bench-digits)")
     cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
+    if args.print_commands:
+        for line in missing_work(cfg, out):
+            print(line)
+        return 0
+    shard = Shard.parse(args.shard) if args.shard else None
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.connect.speed)
     with StopSignals() as stop:
-        result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop)
+        result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop, shard)
     title = f"robust-mc bench: {Path(args.config).stem} ({cfg.data.dataset})"
+    if not result.complete:
+        if args.json:
+            print(json.dumps({"out": str(out), "computed": result.computed,
+                              "missing": [str(m) for m in result.missing]}, indent=2))
+        else:
+            reporter.print(f"{len(result.missing)} cells are not finished yet (other shards); "
+                           "the table is written once every cell is: rerun bench then")
+        return 0
     files = write_bench_files(out, result, title, to_dict(cfg), run_record(args.argv))
     if args.json:
         print(json.dumps({"out": str(out), "table": table_state(result),

@@ -20,6 +20,7 @@ from pathlib import Path
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
+    TrainRunConfig,
     build_config,
     find_preset,
     load_yaml,
@@ -36,8 +37,10 @@ from robust_mc.pipelines.verification import needs_verification
 from robust_mc.report.path import robust_accuracy_along_t
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import LoadOptions
+from robust_mc.run.claims import holding, try_claim, wait_for
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.records import PathSummary
 from robust_mc.run.resume import ResumePolicy, remove_stale_temps
 from robust_mc.run.runtime import Runtime
 
@@ -97,6 +100,11 @@ class BenchResult:
     methods: list[Method]
     cells: list[CellResult]
     table: dict[str, dict[str, MetricStats]]  # method -> metric -> its statistics
+    missing: list[Path] = field(default_factory=list)  # cells no worker has finished yet
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
     @property
     def verified(self) -> bool:
@@ -156,25 +164,39 @@ def endpoint_pairs(cfg: BenchRunConfig, given: list[tuple[str, Pair]], out: Path
                    runtime: Runtime, reporter: Reporter, argv: list[str] | None,
                    policy: ResumePolicy,
                    stop: StopSignals) -> list[tuple[str, Pair]]:
-    """The pairs to connect: the given checkpoints, then those trained from seed pairs."""
+    """The pairs to connect: the given checkpoints, then those trained from seed pairs (each
+    trained once by whichever worker claims it first; the others wait for it)."""
     pairs = list(given)
     if cfg.bench.endpoint_seeds:
-        train = replace(cfg.train, data=cfg.data, device=cfg.device)
+        train = endpoint_config(cfg)
         data = load_data(train.data)
         trained: dict[int, str] = {}
         for seeds in cfg.bench.endpoint_seeds:
             for seed in seeds:
                 if seed not in trained:
-                    path = out / "endpoints" / f"seed{seed}.pt"
+                    path = endpoint_path(out, seed)
                     reporter.print(f"[bold]endpoint[/] seed {seed}: {path}")
                     seeded = replace(train, optim=replace(train.optim, seed=seed))
-                    trained_endpoint(seeded, path, runtime, reporter, data=data, argv=argv,
-                                     policy=policy, stop=stop)
+                    while (claim := try_claim(path)) is None:
+                        reporter.print(f"  another worker trains {path}; waiting for it")
+                        wait_for(path, path.is_file)
+                    with holding(claim):
+                        trained_endpoint(seeded, path, runtime, reporter, data=data, argv=argv,
+                                         policy=policy, stop=stop)
                     trained[seed] = str(path)
             pairs.append((f"seeds{seeds[0]}-{seeds[1]}",
                           load_pair(trained[seeds[0]], trained[seeds[1]],
                                     LoadOptions(named=(train.model.arch,)))))
     return pairs
+
+
+def endpoint_config(cfg: BenchRunConfig) -> TrainRunConfig:
+    """The train settings of the bench's endpoints (before each one's seed)."""
+    return replace(cfg.train, data=cfg.data, device=cfg.device)
+
+
+def endpoint_path(out: Path, seed: int) -> Path:
+    return out / "endpoints" / f"seed{seed}.pt"
 
 
 def load_bench_config(yaml_file: str, overrides: dict) -> BenchRunConfig:
@@ -188,41 +210,138 @@ def load_bench_config(yaml_file: str, overrides: dict) -> BenchRunConfig:
     return build_config(BenchRunConfig, yaml_file, overrides, base=base)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """``--shard i/n``: this worker takes every n-th cell of the grid, from the i-th (0-based)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, _, count = text.partition("/")
+        try:
+            shard = cls(int(index), int(count))
+        except ValueError:
+            shard = cls(-1, 0)
+        if not 0 <= shard.index < shard.count:
+            raise UserError(f"--shard {text!r}: give i/n with 0 <= i < n, e.g. 0/4")
+        return shard
+
+    def takes(self, number: int) -> bool:
+        return number % self.count == self.index
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One connect run of the grid: its pair, method, curve seed, directory and settings."""
+
+    pair_id: str
+    pair: Pair
+    digests: dict[str, str]
+    method: Method
+    seed: int | None
+    out: Path
+    cfg: ConnectRunConfig
+
+    def finished(self) -> PathSummary | None:
+        """The cell's summary if it is complete with these settings (and verified if asked)."""
+        summary = completed_run(self.out, self.cfg, self.digests)
+        return summary if summary is not None and not needs_verification(summary, self.cfg) \
+            else None
+
+    def is_done(self) -> bool:
+        return self.finished() is not None
+
+    def result(self, summary: PathSummary, cached: bool) -> CellResult:
+        return CellResult(self.pair_id, self.method.name, self.seed, self.out, cached,
+                          summary.barriers["test"], robust_accuracy_along_t(self.out),
+                          summary.verification)
+
+
+def grid(cfg: BenchRunConfig, methods: list[Method], pairs: list[tuple[str, Pair]],
+         out: Path) -> list[Cell]:
+    """Every cell, in a fixed order (pairs, then methods, then curve seeds)."""
+    cells = []
+    for pair_id, pair in pairs:
+        digests = endpoint_digests(pair)
+        for method in methods:
+            for seed in curve_seeds(cfg, method):
+                cells.append(Cell(pair_id, pair, digests, method, seed,
+                                  cell_dir(out, pair_id, method, seed),
+                                  cell_config(cfg, method, seed)))
+    return cells
+
+
+def curve_seeds(cfg: BenchRunConfig, method: Method) -> list[int | None]:
+    """A curve method runs once per curve seed; a line once."""
+    return list(cfg.bench.seeds) if method.curve else [None]
+
+
+def cell_dir(out: Path, pair_id: str, method: Method, seed: int | None) -> Path:
+    cell = out / "cells" / pair_id / method.name
+    return cell / f"seed{seed}" if seed is not None else cell
+
+
 def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Reporter,
               argv: list[str] | None = None, fresh: bool = False,
-              stop: StopSignals | None = None) -> BenchResult:
-    """Every cell of the grid, then the aggregated table. The grid is checked before ``out`` is
-    created; finished cells are read back, interrupted ones continued, and cells whose settings
-    changed started over (all recomputed with ``fresh``)."""
+              stop: StopSignals | None = None, shard: Shard | None = None) -> BenchResult:
+    """Every cell of the grid (this worker's share with ``shard``), then the aggregated table.
+    The grid is checked before ``out`` is created; finished cells are read back, interrupted ones
+    continued, and cells whose settings changed started over (all recomputed with ``fresh``).
+    Several workers may fill one ``out`` at once: each cell is claimed by one of them, and a
+    worker without a shard waits for the cells others hold, so that it ends with the table."""
     stop = stop or StopSignals()
     methods, given = validate(cfg)
     out = ensure_out_dir(out)
     remove_stale_temps(out)
     policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
     pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, policy, stop)
-    digests = {pair_id: endpoint_digests(pair) for pair_id, pair in pairs}
-    plan = [(pair_id, pair, digests[pair_id], method, seed) for pair_id, pair in pairs
-            for method in methods for seed in (cfg.bench.seeds if method.curve else [None])]
-    cells = []
-    for number, (pair_id, pair, pair_digests, method, seed) in enumerate(plan, start=1):
-        cell_out = out / "cells" / pair_id / method.name
-        if seed is not None:
-            cell_out = cell_out / f"seed{seed}"
-        connect_cfg = cell_config(cfg, method, seed)
-        summary = None if fresh else completed_run(cell_out, connect_cfg, pair_digests)
-        cached = summary is not None and not needs_verification(summary, connect_cfg)
-        if summary is None or not cached:
-            reporter.print(f"[bold]cell {number}/{len(plan)}[/]: {pair_id} {method.name}"
-                           + (f" seed {seed}" if seed is not None else ""))
-            summary = run_connect(pair, connect_cfg, cell_out, runtime, reporter, argv, policy,
-                                  stop)
-        cells.append(CellResult(pair_id, method.name, seed, cell_out, cached,
-                                summary.barriers["test"], robust_accuracy_along_t(cell_out),
-                                summary.verification))
-    if any(c.cached for c in cells):
-        reporter.print(f"{sum(c.cached for c in cells)} of {len(cells)} cells read back from "
-                       f"{out / 'cells'}")
-    return BenchResult(methods, cells, aggregate(cells, [m.name for m in methods]))
+    cells = grid(cfg, methods, pairs, out)
+    mine = [cell for number, cell in enumerate(cells) if shard is None or shard.takes(number)]
+    results: dict[Path, CellResult] = {}
+    held_elsewhere = []
+    for number, cell in enumerate(mine, start=1):
+        summary = None if fresh else cell.finished()
+        if summary is not None:
+            results[cell.out] = cell.result(summary, cached=True)
+        elif (claim := try_claim(cell.out)) is None:
+            held_elsewhere.append(cell)
+        else:
+            results[cell.out] = compute(cell, claim, number, len(mine), runtime, reporter,
+                                        argv, policy, stop)
+    for cell in held_elsewhere:
+        reporter.print(f"waiting for {cell.out}, which another worker computes")
+        while not wait_for(cell.out, cell.is_done):
+            if (claim := try_claim(cell.out)) is not None:  # its worker left it unfinished
+                results[cell.out] = compute(cell, claim, 0, len(mine), runtime, reporter,
+                                            argv, policy, stop)
+                break
+        else:
+            summary = cell.finished()
+            assert summary is not None
+            results[cell.out] = cell.result(summary, cached=True)
+    for cell in cells:  # other shards' cells that are already done
+        if cell.out not in results and (summary := cell.finished()) is not None:
+            results[cell.out] = cell.result(summary, cached=True)
+    done = [results[c.out] for c in cells if c.out in results]
+    missing = [c.out for c in cells if c.out not in results]
+    cached = sum(c.cached for c in done)
+    if cached:
+        reporter.print(f"{cached} of {len(cells)} cells read back from {out / 'cells'}")
+    return BenchResult(methods, done, aggregate(done, [m.name for m in methods]), missing)
+
+
+def compute(cell: Cell, claim: Path, number: int, total: int, runtime: Runtime,
+            reporter: Reporter, argv: list[str] | None, policy: ResumePolicy,
+            stop: StopSignals) -> CellResult:
+    """Run one claimed cell, holding its claim."""
+    reporter.print(f"[bold]cell {number}/{total}[/]: {cell.pair_id} {cell.method.name}"
+                   + (f" seed {cell.seed}" if cell.seed is not None else ""))
+    with holding(claim):
+        summary = run_connect(cell.pair, cell.cfg, cell.out, runtime, reporter, argv, policy,
+                              stop)
+    return cell.result(summary, cached=False)
 
 
 @dataclass(frozen=True)

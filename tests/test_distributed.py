@@ -1,0 +1,140 @@
+"""Runs on several processes with torchrun (Gloo, 2 CPU processes, one thread each): the same
+figures as one process, rank 0 alone writing, a lost process ending the job; and bench workers
+sharing one grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from distributed_train_worker import SETTINGS
+
+import cli
+from robust_mc.config import TrainRunConfig, build_config
+from robust_mc.pipelines.endpoint_training import train_endpoint
+from robust_mc.report.progress import Reporter
+from robust_mc.run.runtime import Runtime
+
+pytestmark = pytest.mark.distributed
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+MLP_TRAIN = ["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--eps", "0.1",
+             "--attack-steps", "2", "--eval-attack", "none", "--device", "cpu"]
+CONNECT = ["--epochs", "1", "--points", "5", "--eval-attack", "pgd:steps=3", "--batch-size",
+           "64", "--bn-images", "300", "--align-samples", "300", "--eval-test-limit", "200",
+           "--device", "cpu"]
+
+
+def torchrun(*argv: str, module: bool = True) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]
+    target = ["-m", "robust_mc"] if module else []
+    return subprocess.Popen([*launcher, *target, *argv], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=600)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def mlp_endpoints(tmp_path_factory) -> list[str]:
+    """Two PGD-trained MLPs (no batch norm: one process's computation is reproduced exactly)."""
+    root = tmp_path_factory.mktemp("mlp")
+    paths = [str(root / f"m{seed}.pt") for seed in (0, 1)]
+    for seed, path in enumerate(paths):
+        assert cli.main([*MLP_TRAIN, "--seed", str(seed), "--out", path]) == 0
+    return paths
+
+
+def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
+    worker = str(ROOT / "tests" / "distributed_train_worker.py")
+    code, _, err = finished(torchrun(worker, str(tmp_path), module=False))
+    assert code == 0, err
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    cfg = build_config(TrainRunConfig, None, SETTINGS)  # the same run, in this one process
+    one = train_endpoint(cfg, Runtime.for_device("cpu"), Reporter(quiet=True)).state_dict
+    assert max((one[k] - ranks[0][k]).abs().max().item() for k in one) < 1e-6
+
+
+def test_a_two_rank_connect_and_eval_give_the_figures_of_one_process(mlp_endpoints, tmp_path,
+                                                                     capsys):
+    two, one = tmp_path / "two", tmp_path / "one"
+    code, out, err = finished(torchrun("connect", *mlp_endpoints, *CONNECT, "--out", str(two)))
+    assert code == 0, err
+    assert (out + err).count("wrote ") == 1  # rank 0 alone reports
+    assert cli.main(["connect", *mlp_endpoints, *CONNECT, "--out", str(one)]) == 0
+    rows = [json.loads((run / "path.json").read_text())["rows"] for run in (one, two)]
+    assert len(rows[0]) == len(rows[1]) == 10
+    for a, b in zip(*rows, strict=True):
+        assert a["t"] == b["t"] and a["split"] == b["split"]
+        for key in ("clean_loss", "robust_loss", "clean_acc", "robust_acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+    again = [run / "again" for run in (one, two)]
+    code, _, err = finished(torchrun("eval", str(one), "--points", "4", "--out", str(again[1])))
+    assert code == 0, err
+    assert cli.main(["eval", str(one), "--points", "4", "--out", str(again[0])]) == 0
+    capsys.readouterr()
+    assert (again[0] / "path.json").read_text() != ""
+    shared = [json.loads((run / "path.json").read_text())["rows"] for run in again]
+    assert shared[0] == shared[1]
+
+
+def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
+    out = tmp_path / "k.pt"
+    state = tmp_path / "k.state.pt"
+    process = torchrun(*MLP_TRAIN[:-4], "--arch", "cnn", "--epochs", "50", "--attack-steps",
+                       "5", "--device", "cpu", "--out", str(out))
+    while not state.exists():  # the run has saved a first epoch
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    os.kill(int(children[-1]), signal.SIGKILL)
+    code, _, err = finished(process)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.startswith("robust-mc train (rank")]
+    assert lines and "another process of the run ended" in lines[0], err[-2000:]
+    assert state.exists() and not out.exists()  # the saved state is kept for a rerun
+
+
+FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},
+                "optim": {"epochs": 1, "batch_size": 64, "lr": 0.05},
+                "align": {"samples": 300},
+                "path": {"points": 3, "attack": "pgd:steps=2", "bn_images": 300,
+                         "val_limit": 100, "test_limit": 200}}
+
+
+def test_two_bench_workers_fill_one_grid_each_cell_once(mlp_endpoints, tmp_path, capsys):
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"dataset": "digits"}, "device": "cpu", "connect": FAST_CONNECT,
+        "bench": {"pairs": [mlp_endpoints], "methods": ["line", "line+align", "curve"],
+                  "seeds": [0, 1]}}))
+    shared = tmp_path / "shared"
+    argv = ["bench", "--config", str(config), "--out", str(shared), "--json"]
+    workers = [subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    results = []
+    for worker in workers:
+        code, out, err = finished(worker)
+        assert code == 0, err
+        results.append(json.loads(out))
+    computed = [c for r in results for c in r["computed"]]
+    assert len(computed) == len(set(computed)) == 4  # every cell, each by one worker
+    assert results[0]["table"] == results[1]["table"]
+
+    assert cli.main([*argv[:-3], "--out", str(tmp_path / "serial"), "--json"]) == 0
+    serial = json.loads(capsys.readouterr().out)
+    assert serial["table"] == results[0]["table"]
