@@ -11,7 +11,7 @@ from robust_mc.run import distributed
 from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
-DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble")  # what torchrun may launch
+DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers")  # what torchrun may launch
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
 

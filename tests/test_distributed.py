@@ -91,6 +91,31 @@ def test_a_two_rank_connect_and_eval_give_the_figures_of_one_process(mlp_endpoin
     assert shared[0] == shared[1]
 
 
+def test_two_rank_ensemble_and_layers_share_their_work_and_agree(mlp_endpoints, tmp_path,
+                                                                 capsys):
+    run = tmp_path / "run"
+    line = [*CONNECT, "--curve", "line", "--out", str(run)]
+    assert cli.main(["connect", *mlp_endpoints, *line]) == 0
+    outputs = {}
+    for name, argv, result in (
+            ("ensemble", ["ensemble", str(run), "-k", "2"], "ensemble.json"),
+            ("layers", ["layers", *mlp_endpoints, "--samples", "200", "--points", "3",
+                        "--device", "cpu"], "layers.json")):
+        one, two = tmp_path / f"{name}1", tmp_path / f"{name}2"
+        code, _, err = finished(torchrun(*argv, "--out", str(two)))
+        assert code == 0, err
+        assert cli.main([*argv, "--out", str(one)]) == 0
+        outputs[name] = [json.loads((d / result).read_text()) for d in (one, two)]
+    capsys.readouterr()
+    single, shared = outputs["ensemble"]
+    assert single["members_t"] == shared["members_t"] and single["test"] == shared["test"]
+    single, shared = outputs["layers"]
+    groups = [report["aligned"]["groups"] for report in (single, shared)]
+    assert [g["group"] for g in groups[0]] == [g["group"] for g in groups[1]]
+    for a, b in zip(*groups, strict=True):  # threads differ: float rounding only
+        assert a == pytest.approx(b, abs=1e-6)
+
+
 def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
     out = tmp_path / "k.pt"
     state = tmp_path / "k.state.pt"

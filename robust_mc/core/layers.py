@@ -40,6 +40,7 @@ from robust_mc.config import LayersRunConfig
 from robust_mc.core.permutation import trace_graph
 from robust_mc.data import Data
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.runtime import Runtime
 
 Params = dict[str, torch.Tensor]
@@ -231,27 +232,29 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
     params_b = {n: p.detach() for n, p in model_b.named_parameters()}
     groups = parameter_groups(model_a, cfg.layers.groups)
     groups["(whole network)"] = list(params_a)
-    results = []
+    def group_result(item: tuple[str, list[str]]) -> GroupResult:
+        name, names = item
+        clean, robust = measure_group(template, state_a, state_b, names, ts, measure)
+        # the far end of this group's segment: a with the group taken from b
+        far = copy.deepcopy(template)
+        far.load_state_dict(interpolated(state_a, state_b, names, 1.0))
+        recompute_batchnorm(far, data.train, images=cfg.path.bn_images,
+                            data=cfg.path.bn_data, attack=a, runtime=runtime,
+                            seed=cfg.path.seed)
+        far_params = {**params_a, **{n: params_b[n] for n in names}}
+        result = GroupResult(name.removeprefix("net."),
+                             sum(params_a[n].numel() for n in names), ts, clean, robust)
+        for kind, fixed in (("clean", (clean_batches, clean_batches)),
+                            ("robust", (adversarial_a, adversarial(far)))):
+            loss = functional_loss(template, {"a": fixed[0], "b": fixed[1]})
+            setattr(result, f"predicted_{kind}",
+                    predicted_barrier(loss, params_a, far_params, names))
+        return result
+
     with reporter.task("layer-wise barriers", len(groups)) as step:
-        for name, names in groups.items():
-            clean, robust = measure_group(template, state_a, state_b, names, ts, measure)
-            # the far end of this group's segment: a with the group taken from b
-            far = copy.deepcopy(template)
-            far.load_state_dict(interpolated(state_a, state_b, names, 1.0))
-            recompute_batchnorm(far, data.train, images=cfg.path.bn_images,
-                                data=cfg.path.bn_data, attack=a, runtime=runtime,
-                                seed=cfg.path.seed)
-            far_params = {**params_a, **{n: params_b[n] for n in names}}
-            result = GroupResult(name.removeprefix("net."),
-                                 sum(params_a[n].numel() for n in names), ts, clean, robust)
-            for kind, fixed in (("clean", (clean_batches, clean_batches)),
-                                ("robust", (adversarial_a, adversarial(far)))):
-                loss = functional_loss(template, {"a": fixed[0], "b": fixed[1]})
-                setattr(result, f"predicted_{kind}",
-                        predicted_barrier(loss, params_a, far_params, names))
-            results.append(result)
-            step.advance(1, name)
-    return results
+        # on several processes the groups are shared out and gathered
+        return distributed.group().map(group_result, list(groups.items()),
+                                       lambda _, result: step.advance(1, result.name))
 
 
 def rank_agreement(results: list[GroupResult]) -> dict[str, float]:

@@ -17,6 +17,7 @@ from robust_mc.data import Split
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Combine, Ensemble
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.runtime import Runtime
 
 
@@ -39,11 +40,15 @@ def greedy_select(candidates: Sequence[nn.Module], k: int, val: Split, attack: A
     rounds: list[dict] = []
     for round_index in range(k):
         best: tuple[tuple[float, float], int, Metrics] | None = None
-        for i, _ in enumerate(candidates):
-            if i in chosen:
-                continue
+        remaining = [i for i in range(len(candidates)) if i not in chosen]
+
+        def with_candidate(i: int) -> Metrics:
             ensemble = Ensemble([candidates[j] for j in (*chosen, i)], combine)
-            metrics = evaluate_seeded(ensemble, val, attack, runtime, batch_size, seed)
+            return evaluate_seeded(ensemble, val, attack, runtime, batch_size, seed)
+
+        # on several processes the candidates are shared out (the same seeds: the same choice)
+        for i, metrics in zip(remaining, distributed.group().map(with_candidate, remaining),
+                              strict=True):
             score = (metrics.robust_acc, metrics.clean_acc)
             if best is None or score > best[0]:
                 best = (score, i, metrics)

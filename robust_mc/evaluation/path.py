@@ -118,9 +118,9 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
 
     for point in results:
         consider(point, None)
-    group = distributed.group()  # several processes: each evaluates every world-th t
+    networks: dict[float, Classifier] = {}  # those this process built: the best one is kept
 
-    def evaluate_at(t: float) -> tuple[PointResult, Classifier]:
+    def evaluate_at(t: float) -> PointResult:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         model = network_at(curve, template, t, data, path, attack, runtime, timings)
@@ -129,21 +129,21 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
         test_metrics = evaluate_seeded(model, test, eval_attack, runtime, path.batch_size,
                                        path.seed, timings)
         timings["total"] = time.perf_counter() - start
-        return PointResult(t, val_metrics, test_metrics, timings), model
+        networks[t] = model
+        return PointResult(t, val_metrics, test_metrics, timings)
 
     with reporter.task(f"evaluate {label}", len(ts)) as step:
         step.advance(len(results))
-        remaining = ts[len(results):]
-        for first in range(0, len(remaining), group.world):
-            round_ts = remaining[first:first + group.world]
-            mine = evaluate_at(round_ts[group.rank]) if group.rank < len(round_ts) else None
-            points = group.gather(mine[0] if mine else None)
-            for rank, point in enumerate(p for p in points if p is not None):
-                results.append(point)
-                consider(point, mine[1] if mine and rank == group.rank else None)
-                step.advance(1, f"t={point.t:.2f} robust {point.test.robust_acc:.1f}%")
-                if after_point is not None:
-                    after_point(results)
+
+        def record(_: int, point: PointResult) -> None:
+            results.append(point)
+            consider(point, networks.pop(point.t, None))  # built here, or None
+            step.advance(1, f"t={point.t:.2f} robust {point.test.robust_acc:.1f}%")
+            if after_point is not None:
+                after_point(results)
+
+        # on several processes the t are shared out, each evaluated as one process would
+        distributed.group().map(evaluate_at, ts[len(results):], record)
     if best is None:
         return results, None
     _, t_best, network = best

@@ -17,6 +17,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
@@ -66,10 +67,11 @@ def run_ensemble(run: CurveRun, source: Path, cfg: ConnectRunConfig, choice: Ens
     contenders = dict(zip(CONTENDERS, (
         Ensemble(chosen, choice.combine), endpoints.a, endpoints.b,
         Ensemble([endpoints.a, endpoints.b], choice.combine)), strict=True))
-    result = EnsembleResult(
-        [ts[i] for i in selection.indices], selection.rounds,
-        {name: evaluate_seeded(model, test, attack, runtime, path.batch_size, path.seed)
-         for name, model in contenders.items()})
+    figures = distributed.group().map(  # shared out on several processes
+        lambda model: evaluate_seeded(model, test, attack, runtime, path.batch_size, path.seed),
+        list(contenders.values()))
+    result = EnsembleResult([ts[i] for i in selection.indices], selection.rounds,
+                            dict(zip(contenders, figures, strict=True)))
     out = ensure_out_dir(out)
     save_checkpoint(ensemble_checkpoint(pair, chosen, result, cfg, choice, source),
                     out / "ensemble.pt")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from robust_mc.errors import UserError
 
 T = TypeVar("T")
+R = TypeVar("R")
 TIMEOUT = timedelta(minutes=30)  # a rank that waits longer than this for the others gives up
 
 
@@ -71,6 +72,21 @@ class Group:
         values: list[Any] = [None] * self.world
         dist.all_gather_object(values, value)
         return values
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T],
+            done: Callable[[int, R], None] | None = None) -> list[R]:
+        """``[fn(item) for item in items]``, the items shared out over ranks in rounds of
+        ``world`` (item i on rank i % world), every result on every rank in order. ``done(i,
+        result)`` runs on every rank after each round, in order (progress, saving)."""
+        results: list[R] = []
+        for first in range(0, len(items), self.world):
+            index = first + self.rank
+            mine = fn(items[index]) if index < len(items) else None
+            for result in self.gather(mine)[:len(items) - first]:
+                results.append(result)  # type: ignore[arg-type]
+                if done is not None:
+                    done(len(results) - 1, result)  # type: ignore[arg-type]
+        return results
 
     def broadcast(self, value: T) -> T:
         """Rank 0's ``value`` on every rank."""
