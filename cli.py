@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as exc:
-        print(f"{prefix}: {exc.signal_name}: {exc}", file=sys.stderr)
+        if distributed.main_process():  # every rank stopped at the same step: one says so
+            print(f"{prefix}: {exc.signal_name}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -135,6 +135,30 @@ def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
     assert state.exists() and not out.exists()  # the saved state is kept for a rerun
 
 
+def test_a_signal_to_one_rank_stops_all_at_one_step_and_one_process_resumes(mlp_endpoints,
+                                                                           tmp_path):
+    argv = ["connect", *mlp_endpoints, *CONNECT, "--epochs", "20", "--batch-size", "32",
+            "--attack-steps", "5"]
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    process = torchrun(*argv, "--out", str(run))
+    while not (run / "curve.pt").exists():  # a first epoch is saved
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.01)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGUSR1)
+    code, _, err = finished(process)
+    assert code != 0
+    stopped = [line for line in err.splitlines() if ": SIGUSR1: stopped " in line]
+    assert len(stopped) == 1 and "(rank 0)" in stopped[0], err[-2000:]
+    assert not (run / "summary.json").exists()
+    assert cli.main([*argv, "--out", str(run)]) == 0  # resumed by one process
+    assert cli.main([*argv, "--out", str(straight)]) == 0
+    rows = [json.loads((d / "path.json").read_text())["rows"] for d in (run, straight)]
+    for a, b in zip(*rows, strict=True):
+        for key in ("clean_loss", "robust_loss", "clean_acc", "robust_acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
 FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},
                 "optim": {"epochs": 1, "batch_size": 64, "lr": 0.05},
                 "align": {"samples": 300},
