@@ -11,7 +11,8 @@ from robust_mc.run import distributed
 from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
-DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers")  # what torchrun may launch
+# what torchrun may launch (the others run in one process)
+DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers")
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
 

@@ -13,6 +13,7 @@ from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import PointResult, network_at
 from robust_mc.evaluation.verification import (
+    PointVerification,
     Verification,
     points_to_verify,
     verification_settings,
@@ -22,6 +23,7 @@ from robust_mc.pipelines.pair import Endpoints, Pair, endpoints_from_run
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.report.path import path_points
 from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.records import CurveRun, PathSummary
 from robust_mc.run.runtime import Runtime
@@ -35,16 +37,20 @@ def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     chosen = points_to_verify([p.t for p in points], [p.test.robust_loss for p in points],
                               best_t)
     images = data.test.take(cfg.verify.images)
-    results = []
+
+    def verify(item: tuple[float, list[str]]) -> PointVerification:
+        t, roles = item
+        model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
+        return verify_point(model, t, roles, images, path_attack=cfg.path.attack,
+                            eps=cfg.attack.eps, norm=cfg.attack.norm,
+                            num_classes=data.info.num_classes, settings=cfg.verify,
+                            runtime=runtime, batch_size=cfg.path.batch_size)
+
     with session.reporter.task("verify points", len(chosen)) as step:
-        for t, roles in chosen.items():
-            model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
-            point = verify_point(model, t, roles, images, path_attack=cfg.path.attack,
-                                 eps=cfg.attack.eps, norm=cfg.attack.norm,
-                                 num_classes=data.info.num_classes, settings=cfg.verify,
-                                 runtime=runtime, batch_size=cfg.path.batch_size)
-            results.append(point)
-            step.advance(1, f"t={t:.2f} AutoAttack {point.autoattack_figure:.1f}%")
+        # on several processes the points are shared out and gathered
+        results = distributed.group().map(
+            verify, list(chosen.items()),
+            lambda _, p: step.advance(1, f"t={p.t:.2f} AutoAttack {p.autoattack_figure:.1f}%"))
     return Verification(results, verification_settings(cfg.verify), reference_version(),
                         cfg.attack.eps)
 
