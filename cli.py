@@ -12,7 +12,7 @@ from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
 # what torchrun may launch (the others run in one process)
-DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers")
+DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers", "plane")
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
 

@@ -177,7 +177,8 @@ class SpeedConfig:
     channels_last: bool = setting(True, help="NHWC memory layout",
                                   may_change=True)
     precision: Literal["auto", "float32", "bfloat16"] = setting(
-        "float32", help="autocast dtype; auto = bfloat16 on a CUDA device that supports it")
+        "float32", help="autocast dtype; auto = bfloat16 where the hardware makes it fast (a "
+                        "CUDA device that supports it, a CPU with AMX tiles), else float32")
     compile: bool = setting(False, help="torch.compile the network for its training passes",
                             may_change=True)
     threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)",
@@ -281,6 +282,17 @@ class VerifyConfig:
     square_queries: int = setting(1000, lo=1, may_change=True,
                                   help="queries of the black-box Square check")
     seed: int = setting(0, may_change=True)
+
+
+@dataclass(frozen=True)
+class PlaneConfig:
+    """The plane through a curve's endpoints and bend, evaluated on a grid."""
+
+    grid: int = setting(7, lo=2, help="grid points per side (grid x grid networks)")
+    margin: float = setting(0.2, lo=0, help="border around the endpoints and bend, as a "
+                                            "fraction of their extent")
+    images: int = setting(500, lo=1, help="test images evaluated at each grid point")
+    bend: int = setting(0, lo=0, help="which bend spans the plane (polychain/bezier with more)")
 
 
 def _connect_attack() -> AttackConfig:

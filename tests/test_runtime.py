@@ -48,3 +48,15 @@ def test_runs_leave_the_global_random_streams_as_they_found_them(tiny_endpoint, 
     with seeded(5):
         assert torch.equal(torch.rand(3), expected)
     assert torch.equal(torch.get_rng_state(), state) and ckpt.meta["metrics"]
+
+
+@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_takes_bfloat16_on_a_cpu_with_amx_tiles_only(monkeypatch, amx, expected):
+    from robust_mc.run import runtime as rt
+
+    monkeypatch.setattr(rt, "cpu_features", lambda: {"amx": amx, "avx512_bf16": True,
+                                                     "capability": "AVX512"})
+    chosen = rt.Runtime(torch.device("cpu"), SpeedConfig(precision="auto"))
+    assert chosen.dtype == expected
+    assert ("AMX tiles" in chosen.summary()) and (("no AMX" in chosen.summary()) != amx)
+    assert chosen.describe()["precision"] == str(expected or torch.float32)

@@ -79,9 +79,17 @@ def network_at(curve: Curve, template: Classifier, t: float, data: Data, path: P
                attack: AttackConfig, runtime: Runtime, timings: dict | None = None) -> Classifier:
     """A standalone copy of ``template`` with the curve's weights at t and BN statistics
     recomputed as ``path`` says."""
+    return network_with(template, curve.weights_at(t), data, path, attack, runtime, timings)
+
+
+def network_with(template: Classifier, weights: dict[str, torch.Tensor], data: Data,
+                 path: PathConfig, attack: AttackConfig, runtime: Runtime,
+                 timings: dict | None = None) -> Classifier:
+    """A standalone copy of ``template`` with ``weights`` (name -> tensor, any point of the
+    weight space) and BN statistics recomputed as ``path`` says."""
     model = copy.deepcopy(template)
     with torch.no_grad():
-        for name, value in curve.weights_at(t).items():
+        for name, value in weights.items():
             model.get_parameter(name).copy_(value)
     with Clock(runtime.device, timings)("bn"):
         recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,

@@ -172,7 +172,7 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
     session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
                            f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
-                           f"output {out}")
+                           f"output {out}; {runtime.summary()}")
     for line in pair.describe():
         session.reporter.print(line)
     start = time.perf_counter()

@@ -129,7 +129,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     monitor = a.build()
     reporter.print(f"[bold]train[/] {cfg.model.arch} on {data.info.name}: {len(data.train)} train "
                    f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
-                   f"eps {a.eps * 255:.3g}/255, {runtime.describe()}")
+                   f"eps {a.eps * 255:.3g}/255; {runtime.summary()}")
     if saved is not None:
         reporter.print(f"resuming {state_path} at epoch {position.epoch + 1}, step "
                        f"{position.step}")
@@ -182,6 +182,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         "objective": {"name": obj.name, "beta": obj.beta, "ema": obj.ema, "awp": obj.awp,
                       "awp_warmup": obj.awp_warmup},
         "history": history,
+        "runtime": runtime.describe(),
         "timings": {"train_s": sum(h["seconds"] for h in history),
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
         "record": record,

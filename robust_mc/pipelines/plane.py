@@ -1,0 +1,110 @@
+"""`robust-mc plane RUN_DIR`: clean and robust loss and accuracy over the plane through a
+curve's endpoints and bend, each grid point a network with its own recomputed batch-norm
+statistics, evaluated like a point of the path (resumable per grid point, shared out over
+torchrun processes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robust_mc.config import ConnectRunConfig, PlaneConfig, to_dict
+from robust_mc.core.plane import Plane
+from robust_mc.data import load_data
+from robust_mc.errors import UserError
+from robust_mc.evaluation.path import network_with, path_attack
+from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
+from robust_mc.pipelines.pair import Pair, endpoints_from_run
+from robust_mc.report.progress import Reporter
+from robust_mc.run import distributed
+from robust_mc.run.files import atomic_write_json, ensure_out_dir, read_json
+from robust_mc.run.records import CurveRun
+from robust_mc.run.resume import ResumePolicy, continues
+from robust_mc.run.runtime import Runtime
+
+PROGRESS_FILE = "plane-progress.json"
+CURVE_SAMPLES = 41  # points of the curve drawn over the plane
+
+
+@dataclass
+class PlaneResult:
+    """The grid's test figures (row-major: y outer, x inner), the anchors' (a, b, the bend) at
+    their exact coordinates, and the curve's projection."""
+
+    xs: list[float]
+    ys: list[float]
+    grid: list[Metrics]
+    anchors: dict[str, tuple[float, float, Metrics]]
+    curve: list[tuple[float, float]]
+    settings: dict = field(default_factory=dict)
+
+    def to_state(self) -> dict:
+        return {"format": "robust-mc-plane/1", "xs": self.xs, "ys": self.ys,
+                "grid": [m.as_dict() for m in self.grid],
+                "anchors": {name: {"x": x, "y": y, **m.as_dict()}
+                            for name, (x, y, m) in self.anchors.items()},
+                "curve": [list(p) for p in self.curve], "config": self.settings}
+
+
+def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out: Path,
+              runtime: Runtime, reporter: Reporter) -> PlaneResult:
+    """Evaluate the grid (continuing a saved one with the same settings) and write
+    plane.json; the caller draws the figures."""
+    pair = Pair(*run.checkpoints())
+    data = load_data(cfg.data)
+    pair.check_data(data)
+    curve = run.curve.to(runtime.device)
+    if plane_cfg.bend >= max(curve.num_bends, 1):
+        raise UserError(f"--bend {plane_cfg.bend}: the curve has {curve.num_bends} bend(s)")
+    try:
+        plane = Plane.of(curve, plane_cfg.bend)
+    except ValueError as exc:
+        raise UserError(f"{exc}") from None
+    out = ensure_out_dir(out)
+    on_device = data.to(runtime.device)
+    template = endpoints_from_run(run, runtime, data.train.images[:2].float()).a
+    test = on_device.test.take(plane_cfg.images)
+    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+
+    def evaluate(point: tuple[float, float]) -> Metrics:
+        weights = curve.unflatten(plane.weights_at(*point).to(runtime.device))
+        model = network_with(template, weights, on_device, cfg.path, cfg.attack, runtime)
+        return evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
+
+    anchor_weights = {"a": curve.start, "b": curve.end, "bend": curve.bends[plane_cfg.bend]}
+    anchors = {name: plane.coordinates(w) for name, w in anchor_weights.items()}
+    xs, ys = plane.grid(list(anchors.values()), plane_cfg.grid, plane_cfg.margin)
+    points = [*anchors.values(), *((x, y) for y in ys for x in xs)]
+    settings = {"plane": to_dict(plane_cfg), "path": to_dict(cfg.path),
+                "attack": to_dict(cfg.attack)}
+    done = saved_points(out / PROGRESS_FILE, settings)
+
+    def record(_: int, metrics: Metrics) -> None:
+        done.append(metrics)
+        step.advance(1, f"robust {metrics.robust_acc:.1f}%")
+        atomic_write_json(out / PROGRESS_FILE, {"config": settings,
+                                                "points": [m.as_dict() for m in done]})
+
+    with reporter.task(f"plane {plane_cfg.grid}x{plane_cfg.grid}", len(points)) as step:
+        step.advance(len(done))
+        distributed.group().map(evaluate, points[len(done):], record)
+    ts = torch.linspace(0, 1, CURVE_SAMPLES).tolist()
+    with torch.no_grad():
+        projected = [plane.coordinates(curve.flat_at(t)) for t in ts]
+    result = PlaneResult(xs, ys, done[len(anchors):],
+                         {name: (*anchors[name], done[i]) for i, name in enumerate(anchors)},
+                         projected, settings)
+    atomic_write_json(out / "plane.json", result.to_state())
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    return result
+
+
+def saved_points(path: Path, settings: dict) -> list[Metrics]:
+    """The grid points an interrupted run with the same settings evaluated."""
+    saved = read_json(path) if path.is_file() else None
+    if not isinstance(saved, dict) or not continues(ResumePolicy.REPLACE, path,
+                                                    saved.get("config") or {}, settings):
+        return []
+    return [Metrics(**m) for m in saved.get("points", [])]
