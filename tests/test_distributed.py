@@ -99,7 +99,7 @@ def test_two_rank_ensemble_and_layers_share_their_work_and_agree(mlp_endpoints, 
     outputs = {}
     for name, argv, result in (
             ("ensemble", ["ensemble", str(run), "-k", "2"], "ensemble.json"),
-            ("layers", ["layers", *mlp_endpoints, "--samples", "200", "--points", "3",
+            ("layers", ["layers", *mlp_endpoints, "--samples", "100", "--points", "3",
                         "--device", "cpu"], "layers.json")):
         one, two = tmp_path / f"{name}1", tmp_path / f"{name}2"
         code, _, err = finished(torchrun(*argv, "--out", str(two)))
