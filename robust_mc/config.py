@@ -265,6 +265,12 @@ class PathConfig:
     test_limit: int | None = setting(None, lo=1, help="test images evaluated (all)")
     seed: int = setting(0)
     compare_line: bool = setting(False, help="also evaluate the straight lines, aligned and not")
+    similarity: bool = setting(False, may_change=True,
+                               help="per layer and t, the mean correlation of the network's units "
+                                    "with their matches in each endpoint, clean and adversarial "
+                                    "(eval only)")
+    similarity_images: int = setting(500, lo=1, may_change=True,
+                                     help="test images for the activation similarity")
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,11 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
         "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 
 
+def add_similarity_flags(p: argparse.ArgumentParser) -> None:
+    add_settings(p.add_argument_group("activations along the path"), ConnectRunConfig, {
+        "--similarity": "path.similarity", "--similarity-images": "path.similarity_images"})
+
+
 def add_verify_flags(p: argparse.ArgumentParser, switch: bool = True) -> None:
     """AutoAttack and gradient-masking checks at a path's chosen points; ``switch`` offers
     ``--verify`` (connect, eval), which ``robust-mc verify`` does not need."""

@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", dest="attack.eps", metavar="EPS", help="radius (default: the run's)")
     common.add_path_flags(p)
     common.add_verify_flags(p)
+    common.add_similarity_flags(p)
     common.add_speed_flags(p, ConnectRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for the new results (default RUN/eval-<attack>)")

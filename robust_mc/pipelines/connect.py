@@ -33,6 +33,7 @@ from robust_mc.pipelines.verification import (
 )
 from robust_mc.report.path import plot_paths, write_path_files
 from robust_mc.report.progress import Reporter
+from robust_mc.report.similarity import plot_similarity
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
@@ -45,9 +46,13 @@ RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json",
              "path.png")
 
 
-def preflight(cfg: ConnectRunConfig) -> None:
-    """Checks that fail in seconds rather than after hours of training."""
+def preflight(cfg: ConnectRunConfig, re_evaluation: bool = False) -> None:
+    """Checks that fail in seconds rather than after hours of training; ``re_evaluation``:
+    for eval, which also measures the activation similarity."""
     parse_attack_spec(cfg.path.attack)
+    if cfg.path.similarity and not re_evaluation:
+        raise UserError("path.similarity is measured by robust-mc eval RUN --similarity, not by "
+                        "connect; remove it from the configuration")
     if cfg.curve.kind != "line" and cfg.curve.bends < 1:
         raise UserError("--bends must be at least 1 for bezier and polychain curves")
     if cfg.pam.enabled and cfg.curve.kind == "line":
@@ -61,7 +66,7 @@ def preflight(cfg: ConnectRunConfig) -> None:
 def config_from_run(run: CurveRun, overrides: dict) -> ConnectRunConfig:
     """The saved run's configuration with the user's overrides on top, validated."""
     cfg = build_config(ConnectRunConfig, None, {**flatten(run.config), **overrides})
-    preflight(cfg)
+    preflight(cfg, re_evaluation=True)
     return cfg
 
 
@@ -108,10 +113,16 @@ def saved_run(session: ConnectSession, policy: ResumePolicy) -> CurveRun | None:
 
 def write_outputs(session: ConnectSession, run: PathRun, summary: PathSummary,
                   title: str) -> list[str]:
-    """path.json, path.csv, best.pt and path.png; the names of those written."""
+    """path.json, path.csv, best.pt and path.png (and the similarity heatmaps); the names of
+    those written."""
     out = session.out
-    write_path_files(out, run.paths)
+    extra = {}
     files = ["path.json", "path.csv"]
+    if run.similarity:
+        extra["similarity"] = {label: [row.as_dict() for row in rows]
+                               for label, rows in run.similarity.items()}
+        files += plot_similarity(out, run.similarity)
+    write_path_files(out, run.paths, extra)
     if write_best(run, session.pair, summary, session.cfg, out) is not None:
         files.append("best.pt")
     if plot_paths(out, run.paths, title) is not None:

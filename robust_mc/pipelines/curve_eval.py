@@ -11,6 +11,7 @@ from robust_mc.pipelines.connect import write_outputs
 from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import ConnectSession
+from robust_mc.pipelines.similarity import similarity_along
 from robust_mc.pipelines.verification import verify_path
 from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
@@ -31,6 +32,8 @@ def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runt
     endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
     curve = run.curve.to(runtime.device)
     result = evaluate_run(session, curve, endpoints)
+    if cfg.path.similarity:
+        result.similarity = similarity_along(session, curve, endpoints, result.paths)
     summary = summarize(result, cfg)
     if cfg.verify.enabled:
         summary.verification = verify_path(session, curve, endpoints, result.points,

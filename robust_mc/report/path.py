@@ -25,13 +25,15 @@ def path_rows(points: list[PointResult], label: PathLabel) -> list[dict]:
     return [{"path": str(label), **p.row(split)} for p in points for split in ("val", "test")]
 
 
-def write_path_files(out: Path, paths: dict[PathLabel, list[PointResult]]) -> None:
-    """path.json (rows and seconds per t of the first path) and path.csv: one row per path, t
-    and split."""
+def write_path_files(out: Path, paths: dict[PathLabel, list[PointResult]],
+                     extra: dict | None = None) -> None:
+    """path.json (rows and seconds per t of the first path, and ``extra`` sections) and
+    path.csv: one row per path, t and split."""
     rows = [row for label, points in paths.items() for row in path_rows(points, label)]
     atomic_write_json(out / "path.json", {"rows": rows,
                                           "seconds_per_t": [p.seconds for p in
-                                                            next(iter(paths.values()))]})
+                                                            next(iter(paths.values()))],
+                                          **(extra or {})})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=("path", *COLUMNS))
     writer.writeheader()

@@ -1,0 +1,40 @@
+"""Heatmaps of the activation similarity along each path: one PNG per path, layers x t, four
+panels (clean / adversarial inputs, against endpoint a / b)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from robust_mc.evaluation.similarity import LayerSimilarity
+from robust_mc.report.plot import figure
+
+
+def file_name(label: str) -> str:
+    return "similarity-" + label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".png"
+
+
+def plot_similarity(out: Path, similarity: dict[str, list[LayerSimilarity]]) -> list[str]:
+    """similarity-<path>.png per path; the names written (none without matplotlib)."""
+    written = []
+    for label, rows in similarity.items():
+        ts = sorted({r.t for r in rows})
+        layers = list(rows[0].layers) if rows else []
+        name = file_name(label)
+        with figure(out / name, 2, 2, size=(10, 1.5 + 0.35 * len(layers) * 2)) as (fig, axes):
+            if fig is None:
+                return []
+            for ax, (inputs, end) in zip(axes.flat, [(i, e) for i in ("clean", "adversarial")
+                                                     for e in ("a", "b")], strict=True):
+                table = {r.t: r.layers for r in rows if r.inputs == inputs and r.reference == end}
+                values = [[table[t][layer] for t in ts] for layer in layers]
+                shown = [[v if not math.isnan(v) else 0.0 for v in row] for row in values]
+                image = ax.imshow(shown, vmin=0, vmax=1, aspect="auto", cmap="magma")
+                ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts], fontsize=7)
+                ax.set_yticks(range(len(layers)), layers, fontsize=7)
+                ax.set_title(f"{inputs} inputs, against {end}", fontsize=9)
+                ax.set_xlabel("t")
+                fig.colorbar(image, ax=ax, label="matched correlation")
+            fig.suptitle(label)
+        written.append(name)
+    return written
