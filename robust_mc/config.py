@@ -424,6 +424,27 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class SpawnConfig:
+    epochs: list[int] = setting([0, 1, 2, 4], help="parent epochs at which two children fork")
+    child_seeds: list[int] = setting([101, 102], help="the two children's seeds: their data "
+                                                      "order and random starts")
+
+
+@dataclass(frozen=True)
+class SpawnRunConfig:
+    """`robust-mc spawn`: one parent run, two children forked at each spawn epoch and trained to
+    the parent's last epoch, the straight line between them measured (Landscaping Linear Mode
+    Connectivity, 2024, with robust training)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    spawn: SpawnConfig = field(default_factory=SpawnConfig)
+    train: TrainRunConfig = field(default_factory=TrainRunConfig)
+    connect: ConnectRunConfig = field(default_factory=ConnectRunConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
+
+
+@dataclass(frozen=True)
 class BenchRunConfig:
     """`robust-mc bench`: a grid of connect runs. ``data`` and ``device`` apply to every cell
     and every trained endpoint."""

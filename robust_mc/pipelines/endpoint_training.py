@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,13 +74,16 @@ def state_path_for(out: str | Path) -> Path:
 def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                    argv: list[str] | None = None, data: Data | None = None,
                    state_path: Path | None = None, policy: ResumePolicy = ResumePolicy.AUTO,
-                   stop: StopSignals | None = None) -> Checkpoint:
+                   stop: StopSignals | None = None,
+                   snapshot: Callable[[int, dict], None] | None = None) -> Checkpoint:
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
 
     With ``state_path`` the run saves a resumable state there (see ``Trainer.fit``) and
     continues or replaces the one it finds, as ``policy`` decides. Weight initialisation (and
     anything else drawing from torch's global streams) is seeded with ``optim.seed`` for the
-    run's duration; the caller's streams are restored afterwards."""
+    run's duration; the caller's streams are restored afterwards. ``snapshot(epochs_done,
+    state)`` sees the resumable state before the first epoch of a fresh run and at every
+    save (forks of the run start from it: ``spawn``)."""
     parse_attack_spec(cfg.eval.attack)  # a typo fails now, not after hours of training
     if cfg.objective.awp is not None and distributed.group().active:
         raise UserError("--awp runs in one process for now (its weight perturbation is not "
@@ -90,12 +94,12 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                         f"{cfg.objective.name}")
     with seeded(cfg.optim.seed):
         return _train(cfg, runtime, reporter, run_record(argv), data, state_path, policy,
-                      stop or StopSignals())
+                      stop or StopSignals(), snapshot)
 
 
 def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: dict,
            data: Data | None, state_path: Path | None, policy: ResumePolicy,
-           stop: StopSignals) -> Checkpoint:
+           stop: StopSignals, snapshot: Callable[[int, dict], None] | None) -> Checkpoint:
     saved = load_train_state(state_path, cfg, policy)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)
@@ -150,14 +154,23 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
                        f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
 
+    def state() -> dict:
+        return {"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "position": position.state(), "history": history,
+                "rng": rng_state(generator, attack_stream), "record": record,
+                "ema": average.state() if average is not None else None}
+
     def save() -> None:
-        if state_path is not None:
-            atomic_torch_save({"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
-                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "position": position.state(), "history": history,
-                               "rng": rng_state(generator, attack_stream), "record": record,
-                               "ema": average.state() if average is not None else None},
-                              state_path)
+        if state_path is not None or snapshot is not None:
+            current = state()
+            if state_path is not None:
+                atomic_torch_save(current, state_path)
+            if snapshot is not None:
+                snapshot(position.epoch, current)
+
+    if saved is None and snapshot is not None:
+        snapshot(0, state())
 
     context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
                               data.info, cfg.data.augment)
