@@ -32,7 +32,6 @@ from robust_mc.evaluation.verification import Verification
 from robust_mc.pipelines.connect import completed_run, run_connect
 from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import Pair, load_pair
-from robust_mc.pipelines.session import endpoint_digests
 from robust_mc.pipelines.verification import needs_verification
 from robust_mc.report.path import robust_accuracy_along_t
 from robust_mc.report.progress import Reporter
@@ -264,7 +263,7 @@ def grid(cfg: BenchRunConfig, methods: list[Method], pairs: list[tuple[str, Pair
     """Every cell, in a fixed order (pairs, then methods, then curve seeds)."""
     cells = []
     for pair_id, pair in pairs:
-        digests = endpoint_digests(pair)
+        digests = pair.digests
         for method in methods:
             for seed in curve_seeds(cfg, method):
                 cells.append(Cell(pair_id, pair, digests, method, seed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -18,7 +19,13 @@ from robust_mc.errors import UserError
 from robust_mc.models import Classifier
 from robust_mc.models.robustbench import is_robustbench
 from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import Checkpoint, LoadOptions, build_model, load_checkpoint
+from robust_mc.run.checkpoint import (
+    Checkpoint,
+    LoadOptions,
+    build_model,
+    load_checkpoint,
+    state_digest,
+)
 from robust_mc.run.records import CurveRun, PamHistory
 from robust_mc.run.runtime import Runtime
 
@@ -27,6 +34,12 @@ from robust_mc.run.runtime import Runtime
 class Pair:
     a: Checkpoint
     b: Checkpoint
+
+    @cached_property
+    def digests(self) -> dict[str, str]:
+        """The endpoints' weight digests, computed once: a saved run continues, and a finished
+        one is read back, only between the same weights."""
+        return {"a": state_digest(self.a.state_dict), "b": state_digest(self.b.state_dict)}
 
     def models(self) -> tuple[Classifier, Classifier]:
         return build_model(self.a), build_model(self.b)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 from robust_mc.config import ConnectRunConfig
 from robust_mc.data import Data
 from robust_mc.pipelines.pair import Pair
 from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import state_digest
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import Runtime
 
@@ -28,14 +26,11 @@ class ConnectSession:
     data: Data
     stop: StopSignals = field(default_factory=StopSignals)
 
-    @cached_property
+    @property
     def digests(self) -> dict[str, str]:
         """The endpoints' weight digests: a saved run continues only between the same ones."""
-        return endpoint_digests(self.pair)
+        return self.pair.digests
 
     def resume_hint(self) -> str:
         return f"state saved in {self.out}; rerun the same command to continue"
 
-
-def endpoint_digests(pair: Pair) -> dict[str, str]:
-    return {"a": state_digest(pair.a.state_dict), "b": state_digest(pair.b.state_dict)}
