@@ -12,7 +12,7 @@ from robust_mc.errors import UserError
 from robust_mc.pipelines.endpoint_training import state_path_for, train_endpoint
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import save_checkpoint
-from robust_mc.run.files import check_writable_file
+from robust_mc.run.files import check_writable_file, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.runtime import start_runtime
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt = train_endpoint(cfg, runtime, reporter, argv=args.argv, state_path=state,
                               policy=policy, stop=stop)
         path = save_checkpoint(ckpt, out)
-        state.unlink(missing_ok=True)
+        remove(state)
     reporter.print(f"wrote {path}")
     if args.json:
         print(json.dumps({"checkpoint": str(path), **ckpt.meta["metrics"],

@@ -35,7 +35,7 @@ from robust_mc.report.path import plot_paths, write_path_files
 from robust_mc.report.progress import Reporter
 from robust_mc.report.similarity import plot_similarity
 from robust_mc.run.checkpoint import LoadOptions
-from robust_mc.run.files import ensure_out_dir
+from robust_mc.run.files import ensure_out_dir, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, PathSummary
@@ -164,7 +164,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                              stop or StopSignals())
     if policy is ResumePolicy.FRESH:
         for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+            remove(out / name)
     elif (finished := completed_run(out, cfg, session.digests)) is not None:
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         if needs_verification(finished, cfg):
@@ -210,5 +210,5 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     title = f"{Path(pair.a.path or 'a').name} -> {Path(pair.b.path or 'b').name}"
     summary.files = ["curve.pt", "summary.json", *write_outputs(session, result, summary, title)]
     summary.write(out / "summary.json")  # last: it marks the run complete
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    remove(out / PROGRESS_FILE)
     return summary

@@ -26,7 +26,7 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     save_checkpoint,
 )
-from robust_mc.run.files import atomic_torch_save
+from robust_mc.run.files import atomic_torch_save, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.resume import (
@@ -219,7 +219,7 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
     ckpt = train_endpoint(cfg, runtime, reporter, argv=argv, data=data, state_path=state,
                           policy=policy, stop=stop)
     ckpt.path = str(save_checkpoint(ckpt, path))
-    state.unlink(missing_ok=True)
+    remove(state)
     return ckpt
 
 

@@ -19,7 +19,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.files import atomic_write_json, ensure_out_dir, read_json
+from robust_mc.run.files import atomic_write_json, ensure_out_dir, read_json, remove
 from robust_mc.run.records import CurveRun
 from robust_mc.run.resume import ResumePolicy, continues
 from robust_mc.run.runtime import Runtime
@@ -97,7 +97,7 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
                          {name: (*anchors[name], done[i]) for i, name in enumerate(anchors)},
                          projected, settings)
     atomic_write_json(out / "plane.json", result.to_state())
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    remove(out / PROGRESS_FILE)
     return result
 
 

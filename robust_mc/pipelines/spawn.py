@@ -35,7 +35,7 @@ from robust_mc.pipelines.layers import run_layers
 from robust_mc.pipelines.pair import Pair, load_pair
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import LoadOptions, save_checkpoint
-from robust_mc.run.files import atomic_torch_save, ensure_out_dir, read_json
+from robust_mc.run.files import atomic_torch_save, ensure_out_dir, read_json, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.records import PathLabel
 from robust_mc.run.resume import ResumePolicy, attack_generator, continues, rng_state
@@ -99,7 +99,7 @@ def train_parent(cfg: SpawnRunConfig, epochs: list[int], out: Path, runtime: Run
     ckpt = train_endpoint(parent, runtime, reporter, state_path=state_path_for(path),
                           stop=stop, snapshot=keep)
     save_checkpoint(ckpt, path)
-    state_path_for(path).unlink(missing_ok=True)
+    remove(state_path_for(path))
 
 
 def fork(out: Path, epoch: int, child: TrainRunConfig, path: Path, device: torch.device) -> None:

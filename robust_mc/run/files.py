@@ -86,6 +86,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def remove(path: str | Path) -> None:
+    """Delete a file of the run if it is there; of several processes, rank 0 alone does, once
+    the others have passed this point (none still needs it)."""
+    distributed.group().barrier()
+    if distributed.writes_files():
+        Path(path).unlink(missing_ok=True)
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's value, or None when it is missing or not JSON."""
     try:
