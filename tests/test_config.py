@@ -3,7 +3,13 @@ from importlib import resources
 import pytest
 
 import cli
-from robust_mc.config import ConnectRunConfig, TrainRunConfig, build_config, parse_pixel_value
+from robust_mc.config import (
+    ConnectRunConfig,
+    SpawnRunConfig,
+    TrainRunConfig,
+    build_config,
+    parse_pixel_value,
+)
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import load_bench_config, parse_method
 
@@ -58,7 +64,12 @@ def test_presets_resolve_by_name():
 @pytest.mark.parametrize("name", sorted(p.name[:-5] for p in resources.files("configs").iterdir()
                                         if p.name.endswith(".yaml")))
 def test_every_shipped_preset_builds_its_command_config(name):
-    """Each preset is a valid configuration of the command it is for (bench-*: bench)."""
+    """Each preset is a valid configuration of the command it is for (bench-*: bench, spawn-*:
+    spawn)."""
+    if name.startswith("spawn-"):
+        cfg = build_config(SpawnRunConfig, name)
+        assert max(cfg.spawn.epochs) < cfg.train.optim.epochs
+        return
     if name.startswith("bench-"):
         cfg = load_bench_config(name, {})
         assert cfg.bench.endpoint_seeds or cfg.bench.pairs
