@@ -15,6 +15,7 @@ EXIT_BAD_INPUT = 2
 DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers", "plane")
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
+CHANNELS_LAST_VIEW = "view size is not compatible with input tensor's size and stride"
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as exc:
-        if args.debug or not distributed.launched():
+        if args.debug:
+            raise
+        if CHANNELS_LAST_VIEW in str(exc):  # a user's module reshapes with .view
+            print(f"{prefix}: error: the network (or code it calls) reshapes a tensor with "
+                  ".view(), which the channels-last layout does not allow; pass "
+                  "--no-channels-last (or use .reshape() or .flatten() there)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if not distributed.launched():
             raise
         # a collective failed: another process of the run died or was stopped
         reason = str(exc).splitlines()[0].split("] ")[-1].split(". ")[0]

@@ -83,7 +83,9 @@ class ReferenceAutoAttack:
                                         device=x.device, seed=self.seed)
         try:
             with _warnings_into(self.warnings):
-                x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=self.batch_size)
+                # the reference reshapes with .view(): it needs the plain (NCHW) layout
+                x_adv, _ = attack.run_standard_evaluation(x.contiguous(), y,
+                                                          batch_size=self.batch_size)
         finally:
             model.train(was_training)
         return x_adv.detach()

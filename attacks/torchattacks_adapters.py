@@ -32,7 +32,7 @@ class TorchattacksAttack:
         was_training = model.training
         model.eval()
         try:
-            return attack(x, y).detach()
+            return attack(x.contiguous(), y).detach()  # torchattacks assumes NCHW memory
         finally:
             model.train(was_training)
 

@@ -107,3 +107,16 @@ def test_spec_typos_are_clear_errors(spec, message):
 
 def test_registry_lists_the_documented_attacks():
     assert {"pgd", "fgsm", "apgd-ce", "apgd-dlr", "autoattack", "cw", "none"} <= set(list_attacks())
+
+
+@pytest.mark.parametrize("spec", ["apgd-ce:steps=3", "square:queries=20", "pyautoattack"])
+def test_library_attacks_run_on_channels_last_colour_batches(spec):
+    """torchattacks and the reference AutoAttack reshape with .view(): they get NCHW memory."""
+    torch.manual_seed(0)
+    model = create_model("tinyten", num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                         std=(0.25,) * 3).to(memory_format=torch.channels_last).eval()
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image starts correctly classified: all are attacked
+    adv = build_attack(spec, eps=8 / 255, num_classes=10)(model, x, y)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 8 / 255 + 1e-6
