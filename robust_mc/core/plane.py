@@ -41,11 +41,11 @@ class Plane:
 
     def coordinates(self, flat: torch.Tensor) -> tuple[float, float]:
         """(x, y) of the weight vector's projection onto the plane."""
-        offset = flat.detach().double() - self.origin
+        offset = flat.detach().to(self.origin.device, torch.float64) - self.origin
         return float(offset @ self.e1), float(offset @ self.e2)
 
     def weights_at(self, x: float, y: float) -> torch.Tensor:
-        """(P,) float32 weights at plane point (x, y)."""
+        """(P,) float32 weights at plane point (x, y), on the plane's device."""
         return (self.origin + x * self.e1 + y * self.e2).float()
 
     def grid(self, anchors: list[tuple[float, float]], size: int, margin: float

@@ -24,7 +24,7 @@ from torch import nn
 
 from attacks import build_attack
 from robust_mc.data import Split, batches
-from robust_mc.evaluation.robustness import robust_flags
+from robust_mc.evaluation.robustness import attack_outcomes
 from robust_mc.run.runtime import Runtime
 
 SWEEP = (0.5, 1.0, 2.0, 4.0)  # radii of the eps sweep, as multiples of eps
@@ -79,12 +79,18 @@ class Probe:
         comparison between two attacks on the same images."""
         return max(0.5, 100.0 / max(self.count, 1))
 
-    def robust_flags(self, spec: str, eps: float | None = None) -> torch.Tensor:
-        """Per image: still classified correctly under the attack ``spec`` (at ``eps``)."""
+    def outcomes(self, spec: str, eps: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: classified correctly clean, and also under the attack ``spec`` (at
+        ``eps``)."""
         attack = build_attack(spec, eps=self.eps if eps is None else eps, norm=self.norm,
                               num_classes=self.num_classes)
-        return robust_flags(self.model, self.images, attack, self.runtime, self.batch_size,
-                            self.seed)
+        return attack_outcomes(self.model, self.images, attack, self.runtime, self.batch_size,
+                               self.seed)
+
+    def robust_flags(self, spec: str, eps: float | None = None) -> torch.Tensor:
+        """Per image: still classified correctly under the attack ``spec`` (at ``eps``)."""
+        return self.outcomes(spec, eps)[1]
 
     def robust_acc(self, spec: str, eps: float | None = None) -> float:
         return percent(self.robust_flags(spec, eps))

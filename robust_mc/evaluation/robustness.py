@@ -93,18 +93,23 @@ def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runt
     return Metrics(s[0], 100 * s[1], s[2], 100 * s[3], count)
 
 
-def robust_flags(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
-                 batch_size: int, seed: int) -> torch.Tensor:
-    """Per image of ``split``: whether it is classified correctly clean and under ``attack``
-    (seeded as :func:`evaluate_seeded`), so that attacks can be compared image by image."""
+def attack_outcomes(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
+                    batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of ``split``: whether it is classified correctly clean, and whether it is
+    both clean and under ``attack`` (seeded as :func:`evaluate_seeded`), so that attacks can be
+    compared image by image."""
     devices = [runtime.device] if runtime.device.type == "cuda" else []
-    flags = []
+    clean, robust = [], []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for clean_logits, adv_logits, y in attacked_batches(model, split, attack, runtime,
                                                             batch_size):
-            flags.append((clean_logits.argmax(1) == y) & (adv_logits.argmax(1) == y))
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+            clean.append(clean_logits.argmax(1) == y)
+            robust.append(clean[-1] & (adv_logits.argmax(1) == y))
+    if not clean:
+        empty = torch.zeros(0, dtype=torch.bool)
+        return empty, empty
+    return torch.cat(clean), torch.cat(robust)
 
 
 def attacked_batches(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from attacks import build_attack
 from attacks.reference import INSTALL_HINT, ReferenceAutoAttack, reference_version
 from robust_mc.config import VerifyConfig, to_dict
 from robust_mc.data import Split
-from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks
+from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks, percent
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.run.runtime import Runtime
 
@@ -150,9 +149,8 @@ def verify_point(model: nn.Module, t: float, roles: list[str], images: Split, *,
     start = time.perf_counter()
     exact = Runtime(runtime.device)  # float32, the default layout: reference conditions
     probe = Probe(model, images, eps, norm, num_classes, exact, batch_size, settings.seed)
-    attack = build_attack(path_attack, eps=eps, norm=norm, num_classes=num_classes)
-    on_path = evaluate_seeded(model, images, attack, exact, batch_size, settings.seed)
-    path_flags = probe.robust_flags(path_attack)
+    clean_ok, path_flags = probe.outcomes(path_attack)  # the path's attack, once
+    clean_acc = percent(clean_ok)
     reference: float | None = None
     warnings: list[str] = []
     if reference_version() is not None:
@@ -161,10 +159,10 @@ def verify_point(model: nn.Module, t: float, roles: list[str], images: Split, *,
                                     settings.seed).robust_acc
         warnings = ref.warnings
     ta = probe.robust_acc(f"{TORCHATTACKS_AUTOATTACK}:seed={settings.seed}")
-    checks, pgd = masking_checks(probe, on_path.clean_acc, {path_attack: path_flags},
+    checks, pgd = masking_checks(probe, clean_acc, {path_attack: path_flags},
                                  settings.square_queries)
-    return PointVerification(t, roles, len(images), on_path.clean_acc, path_attack,
-                             on_path.robust_acc, reference, ta, pgd, checks, warnings,
+    return PointVerification(t, roles, len(images), clean_acc, path_attack,
+                             percent(path_flags), reference, ta, pgd, checks, warnings,
                              settings.threshold, time.perf_counter() - start)
 
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_mc.config import ConnectRunConfig
-from robust_mc.data import load_data
 from robust_mc.pipelines.connect import write_outputs
-from robust_mc.pipelines.pair import Pair, endpoints_from_run
 from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
-from robust_mc.pipelines.session import ConnectSession
+from robust_mc.pipelines.session import open_saved_run
 from robust_mc.pipelines.similarity import similarity_along
 from robust_mc.pipelines.verification import verify_path
 from robust_mc.report.progress import Reporter
-from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, PathSummary
 from robust_mc.run.runtime import Runtime
@@ -24,13 +21,8 @@ def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runt
              reporter: Reporter, argv: list[str] | None = None) -> PathSummary:
     """Evaluate ``run``'s curve (read from ``source``) as ``cfg.path`` says; write path.json,
     path.csv, best.pt, path.png and summary.json into ``out``."""
-    pair = Pair(*run.checkpoints())
-    data = load_data(cfg.data)
-    pair.check_data(data)
-    out = ensure_out_dir(out)
-    session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device))
-    endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
-    curve = run.curve.to(runtime.device)
+    saved = open_saved_run(run, cfg, out, runtime, reporter)
+    session, endpoints, curve = saved.session, saved.endpoints, saved.curve
     result = evaluate_run(session, curve, endpoints)
     if cfg.path.similarity:
         result.similarity = similarity_along(session, curve, endpoints, result.paths)
@@ -42,5 +34,5 @@ def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runt
     summary.runtime = runtime.describe()
     summary.files = ["summary.json", *write_outputs(session, result, summary,
                                                     f"{source} ({cfg.path.attack})")]
-    summary.write(out / "summary.json")
+    summary.write(session.out / "summary.json")
     return summary

@@ -10,16 +10,16 @@ from pathlib import Path
 import torch
 
 from robust_mc.config import ConnectRunConfig, EnsembleConfig, to_dict
-from robust_mc.data import load_data
 from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.path import network_at, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
-from robust_mc.pipelines.pair import Pair, endpoints_from_run
+from robust_mc.pipelines.pair import Pair
+from robust_mc.pipelines.session import open_saved_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
 from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
-from robust_mc.run.files import atomic_write_json, ensure_out_dir
+from robust_mc.run.files import atomic_write_json
 from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun
 from robust_mc.run.runtime import Runtime
@@ -46,13 +46,10 @@ def run_ensemble(run: CurveRun, source: Path, cfg: ConnectRunConfig, choice: Ens
                  argv: list[str] | None = None) -> EnsembleResult:
     """Choose ``choice.k`` of the path's ``cfg.path.points`` points, write ``ensemble.pt`` and
     ``ensemble.json`` into ``out``."""
-    pair = Pair(*run.checkpoints())
-    data = load_data(cfg.data)
-    pair.check_data(data)
-    endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
-    on_device = data.to(runtime.device)
-    curve = run.curve.to(runtime.device)
-    path, attack = cfg.path, path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    saved = open_saved_run(run, cfg, out, runtime, reporter)
+    pair, on_device = saved.session.pair, saved.session.data
+    endpoints, curve = saved.endpoints, saved.curve
+    path, attack = cfg.path, path_attack(cfg.path, cfg.attack, on_device.info.num_classes)
     ts = torch.linspace(0, 1, path.points).tolist()
     reporter.print(f"[bold]ensemble[/] of {choice.k} from {len(ts)} points on {source} "
                    f"({choice.combine}), selected on validation robust accuracy ({path.attack})")
@@ -72,7 +69,7 @@ def run_ensemble(run: CurveRun, source: Path, cfg: ConnectRunConfig, choice: Ens
         list(contenders.values()))
     result = EnsembleResult([ts[i] for i in selection.indices], selection.rounds,
                             dict(zip(contenders, figures, strict=True)))
-    out = ensure_out_dir(out)
+    out = saved.session.out
     save_checkpoint(ensemble_checkpoint(pair, chosen, result, cfg, choice, source),
                     out / "ensemble.pt")
     atomic_write_json(out / "ensemble.json", {

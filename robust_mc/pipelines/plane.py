@@ -12,14 +12,13 @@ import torch
 
 from robust_mc.config import ConnectRunConfig, PlaneConfig, to_dict
 from robust_mc.core.plane import Plane
-from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import network_with, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
-from robust_mc.pipelines.pair import Pair, endpoints_from_run
+from robust_mc.pipelines.session import open_saved_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.files import atomic_write_json, ensure_out_dir, read_json, remove
+from robust_mc.run.files import atomic_write_json, read_json, remove
 from robust_mc.run.records import CurveRun
 from robust_mc.run.resume import ResumePolicy, continues
 from robust_mc.run.runtime import Runtime
@@ -52,21 +51,17 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
               runtime: Runtime, reporter: Reporter) -> PlaneResult:
     """Evaluate the grid (continuing a saved one with the same settings) and write
     plane.json; the caller draws the figures."""
-    pair = Pair(*run.checkpoints())
-    data = load_data(cfg.data)
-    pair.check_data(data)
-    curve = run.curve.to(runtime.device)
+    curve = run.curve  # the plane's geometry on the CPU; networks on the run's device
     if plane_cfg.bend >= max(curve.num_bends, 1):
         raise UserError(f"--bend {plane_cfg.bend}: the curve has {curve.num_bends} bend(s)")
     try:
         plane = Plane.of(curve, plane_cfg.bend)
     except ValueError as exc:
         raise UserError(f"{exc}") from None
-    out = ensure_out_dir(out)
-    on_device = data.to(runtime.device)
-    template = endpoints_from_run(run, runtime, data.train.images[:2].float()).a
+    saved = open_saved_run(run, cfg, out, runtime, reporter)
+    out, on_device, template = saved.session.out, saved.session.data, saved.endpoints.a
     test = on_device.test.take(plane_cfg.images)
-    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    attack = path_attack(cfg.path, cfg.attack, on_device.info.num_classes)
 
     def evaluate(point: tuple[float, float]) -> Metrics:
         weights = curve.unflatten(plane.weights_at(*point).to(runtime.device))

@@ -9,7 +9,6 @@ from pathlib import Path
 from attacks.reference import reference_version
 from robust_mc.config import ConnectRunConfig, to_dict
 from robust_mc.core.curves import Curve
-from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import PointResult, network_at
 from robust_mc.evaluation.verification import (
@@ -19,8 +18,8 @@ from robust_mc.evaluation.verification import (
     verification_settings,
     verify_point,
 )
-from robust_mc.pipelines.pair import Endpoints, Pair, endpoints_from_run
-from robust_mc.pipelines.session import ConnectSession
+from robust_mc.pipelines.pair import Endpoints
+from robust_mc.pipelines.session import ConnectSession, open_saved_run
 from robust_mc.report.path import path_points
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
@@ -77,13 +76,8 @@ def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConf
     if not points:
         raise UserError(f"{run_dir}/path.json lacks the {summary.label} path; re-evaluate "
                         f"the run with robust-mc eval {run_dir}")
-    run = CurveRun.read(curve_file, options)
-    pair = Pair(*run.checkpoints())
-    data = load_data(cfg.data)
-    pair.check_data(data)
-    session = ConnectSession(pair, cfg, run_dir, runtime, reporter, data.to(runtime.device))
-    endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
-    summary.verification = verify_path(session, run.curve.to(runtime.device), endpoints, points,
+    saved = open_saved_run(CurveRun.read(curve_file, options), cfg, run_dir, runtime, reporter)
+    summary.verification = verify_path(saved.session, saved.curve, saved.endpoints, points,
                                        summary.best.t if summary.best else None)
     summary.config = {**summary.config, "verify": to_dict(cfg.verify)}
     summary.write(run_dir / "summary.json")

@@ -88,14 +88,6 @@ class Group:
                     done(len(results) - 1, result)  # type: ignore[arg-type]
         return results
 
-    def broadcast(self, value: T) -> T:
-        """Rank 0's ``value`` on every rank."""
-        if not self.active:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
