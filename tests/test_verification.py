@@ -156,3 +156,22 @@ def test_verify_refuses_a_directory_without_a_finished_run(tmp_path, capsys):
     assert cli.main(["verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no finished run" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--verify-images", "8"], "--verify-images sets how --verify measures; add --verify"),
+    (["--t-per-rank"], "--t-per-rank gives each torchrun process its own t"),
+])
+def test_connect_refuses_flags_that_would_not_take_effect(tiny_endpoint_files, tmp_path, capsys,
+                                                          argv, message):
+    out = tmp_path / "r"
+    assert cli.main(["connect", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]),
+                     *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_eval_of_one_model_refuses_path_measurements(tiny_endpoint_files, capsys):
+    assert cli.main(["eval", str(tiny_endpoint_files["a"]), "--verify"]) == 2
+    assert "give a connect run directory" in capsys.readouterr().err

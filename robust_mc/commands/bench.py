@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
     if args.print_commands:
+        if args.shard or args.fresh:
+            raise UserError("--print-commands lists every missing endpoint and cell (it runs "
+                            "nothing); drop --shard and --fresh")
         for line in missing_work(cfg, out):
             print(line)
         return 0

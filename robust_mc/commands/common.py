@@ -130,17 +130,31 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_similarity_flags(p: argparse.ArgumentParser) -> None:
-    add_settings(p.add_argument_group("activations along the path"), ConnectRunConfig, {
-        "--similarity": "path.similarity", "--similarity-images": "path.similarity_images"})
+    add_settings(p.add_argument_group("activations along the path"), ConnectRunConfig,
+                 {"--similarity": "path.similarity", **SIMILARITY_DETAILS})
+
+
+VERIFY_DETAILS = {"--verify-images": "verify.images", "--verify-threshold": "verify.threshold",
+                  "--verify-queries": "verify.square_queries", "--verify-seed": "verify.seed"}
+SIMILARITY_DETAILS = {"--similarity-images": "path.similarity_images"}
 
 
 def add_verify_flags(p: argparse.ArgumentParser, switch: bool = True) -> None:
     """AutoAttack and gradient-masking checks at a path's chosen points; ``switch`` offers
     ``--verify`` (connect, eval), which ``robust-mc verify`` does not need."""
     flags = {"--verify": "verify.enabled"} if switch else {}
-    flags.update({"--verify-images": "verify.images", "--verify-threshold": "verify.threshold",
-                  "--verify-queries": "verify.square_queries", "--verify-seed": "verify.seed"})
-    add_settings(p.add_argument_group("verification"), ConnectRunConfig, flags)
+    add_settings(p.add_argument_group("verification"), ConnectRunConfig,
+                 {**flags, **VERIFY_DETAILS})
+
+
+def check_switches(args: argparse.Namespace, cfg: ConnectRunConfig) -> None:
+    """A flag that tunes --verify or --similarity takes effect only with its switch: without
+    it, it is refused rather than ignored."""
+    for switch, on, details in (("--verify", cfg.verify.enabled, VERIFY_DETAILS),
+                                ("--similarity", cfg.path.similarity, SIMILARITY_DETAILS)):
+        given = [flag for flag, key in details.items() if getattr(args, key, None) is not None]
+        if given and not on:
+            raise UserError(f"{given[0]} sets how {switch} measures; add {switch}")
 
 
 def add_objective_flags(p: argparse.ArgumentParser) -> None:

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(ConnectRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
     preflight(cfg)
+    common.check_switches(args, cfg)
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)

@@ -12,6 +12,7 @@ from rich.console import Console
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.data import load_data
+from robust_mc.errors import UserError
 from robust_mc.evaluation.path import path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.pipelines.connect import config_from_run, preflight
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         saved = CurveRun.read(curve_file, options)
     cfg = config_from_run(saved, common.overrides(args))
+    common.check_switches(args, cfg)
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
     tag = cfg.path.attack.replace(":", "-").replace(",", "-").replace("/", "_").replace("=", "")
@@ -83,7 +85,11 @@ def evaluate_checkpoint(ckpt: Checkpoint, args: argparse.Namespace) -> int:
     if isinstance(eps, float):
         base["attack"] = {"eps": eps}
     cfg = build_config(ConnectRunConfig, None, common.overrides(args), base=base)
-    preflight(cfg)
+    preflight(cfg, re_evaluation=True)
+    if cfg.verify.enabled or cfg.path.similarity:
+        raise UserError("--verify and --similarity measure points of a path; give a connect "
+                        "run directory (robust-mc verify RUN_DIR), not one model")
+    common.check_switches(args, cfg)
     runtime = start_runtime(cfg.device, cfg.speed)
     data = load_data(cfg.data)
     check_fits_data(ckpt, data)

@@ -34,6 +34,7 @@ from robust_mc.pipelines.verification import (
 from robust_mc.report.path import plot_paths, write_path_files
 from robust_mc.report.progress import Reporter
 from robust_mc.report.similarity import plot_similarity
+from robust_mc.run import distributed
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.files import ensure_out_dir, remove
 from robust_mc.run.interrupt import StopSignals
@@ -50,6 +51,9 @@ def preflight(cfg: ConnectRunConfig, re_evaluation: bool = False) -> None:
     """Checks that fail in seconds rather than after hours of training; ``re_evaluation``:
     for eval, which also measures the activation similarity."""
     parse_attack_spec(cfg.path.attack)
+    if cfg.curve.t_per_rank and not re_evaluation and not distributed.launched():
+        raise UserError("--t-per-rank gives each torchrun process its own t; one process has "
+                        "one t per step anyway: launch with torchrun, or drop it")
     if cfg.path.similarity and not re_evaluation:
         raise UserError("path.similarity is measured by robust-mc eval RUN --similarity, not by "
                         "connect; remove it from the configuration")
