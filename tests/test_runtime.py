@@ -60,3 +60,32 @@ def test_auto_precision_takes_bfloat16_on_a_cpu_with_amx_tiles_only(monkeypatch,
     assert chosen.dtype == expected
     assert ("AMX tiles" in chosen.summary()) and (("no AMX" in chosen.summary()) != amx)
     assert chosen.describe()["precision"] == str(expected or torch.float32)
+
+
+def test_bfloat16_finds_the_attacks_and_float32_scores_them(digits_endpoints, digits):
+    """Under --precision bfloat16 the BN statistics and both logits are those of float32: the
+    clean figures and the recomputed statistics are identical, only the adversarial images may
+    differ (and robust accuracy stays at most clean accuracy)."""
+    from attacks import build_attack
+    from robust_mc.config import AttackConfig
+    from robust_mc.evaluation.path import recompute_batchnorm
+    from robust_mc.evaluation.robustness import evaluate_seeded
+    from robust_mc.run.checkpoint import build_model
+    from robust_mc.run.runtime import Runtime
+
+    model = build_model(digits_endpoints[0])
+    pgd = build_attack("pgd:steps=3", eps=0.1)
+    figures, statistics = {}, {}
+    for precision in ("float32", "bfloat16"):
+        runtime = Runtime(torch.device("cpu"), SpeedConfig(precision=precision))
+        recompute_batchnorm(model, digits.train, images=500, data="clean",
+                            attack=AttackConfig(eps=0.1, steps=2), runtime=runtime)
+        statistics[precision] = [b.clone() for name, b in model.named_buffers()
+                                 if name.endswith("running_mean")]
+        figures[precision] = evaluate_seeded(model, digits.test, pgd, runtime, 128, seed=0)
+    assert statistics["float32"] and all(
+        torch.equal(a, b) for a, b in zip(statistics["float32"], statistics["bfloat16"],
+                                          strict=True))
+    fp32, bf16 = figures["float32"], figures["bfloat16"]
+    assert (bf16.clean_loss, bf16.clean_acc) == (fp32.clean_loss, fp32.clean_acc)
+    assert bf16.robust_acc <= bf16.clean_acc and abs(bf16.robust_acc - fp32.robust_acc) < 5

@@ -50,7 +50,8 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
     over batches of the first ``images`` training images, clean or adversarial (PGD against the
     network itself in train mode, running statistics untouched by the attack, random starts drawn
     from ``seed``): a deterministic function of the weights, so an endpoint whose statistics were
-    made this way is reproduced exactly at its end of a path."""
+    made this way is reproduced exactly at its end of a path. The attack runs in the runtime's
+    precision, the statistics pass in float32."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -67,8 +68,8 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
             if data == "adversarial":
                 with runtime.autocast():
                     x = pgd(model, x, y, generator)
-            with torch.no_grad(), runtime.autocast():
-                model(x)
+            with torch.no_grad():
+                model(x)  # float32: the statistics define the network at t
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

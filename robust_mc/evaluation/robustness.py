@@ -116,8 +116,10 @@ def attacked_batches(model: nn.Module, split: Split, attack: Attack, runtime: Ru
                      batch_size: int, timings: dict[str, float] | None = None,
                      fold: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor,
                                                            torch.Tensor]]:
-    """(clean logits, adversarial logits, labels) in float32 for each batch of ``split``, the
-    model in eval mode (restored afterwards)."""
+    """(clean logits, adversarial logits, labels) for each batch of ``split``, the model in eval
+    mode (restored afterwards). The attack runs in the runtime's precision (bfloat16 where it
+    pays); both logits are computed in float32, so a figure does not depend on the precision
+    the adversarial images were found in."""
     clock = Clock(runtime.device, timings)
     was_training = model.training
     model.eval()
@@ -125,12 +127,12 @@ def attacked_batches(model: nn.Module, split: Split, attack: Attack, runtime: Ru
     try:
         for x, y in batches(split.to(runtime.device), batch_size):
             x = runtime.images(x)
-            with clock("clean"), torch.no_grad(), runtime.autocast():
+            with clock("clean"), torch.no_grad():
                 clean_logits = net(x).float()
             with clock("attack"):
                 with runtime.autocast():
                     x_adv = attack(net, x, y)
-                with torch.no_grad(), runtime.autocast():
+                with torch.no_grad():
                     adv_logits = net(runtime.images(x_adv)).float() if x_adv is not x \
                         else clean_logits
             yield clean_logits, adv_logits, y
