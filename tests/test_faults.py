@@ -317,3 +317,20 @@ def test_stale_temp_files_of_a_killed_write_are_cleared(tmp_path):
     (tmp_path / "curve.pt").write_bytes(b"whole")
     remove_stale_temps(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["curve.pt"]
+
+
+def test_a_resumed_epoch_counts_each_step_once_on_the_progress_bar():
+    split = Split(torch.rand(25 * 4, 1, 4, 4), torch.zeros(25 * 4, dtype=torch.long))
+    task, optimizer = nan_on(set())
+    position = Position(step=7)  # an epoch interrupted after step 7
+    trainer = Trainer(task, optimizer, OptimConfig(epochs=1, batch_size=4),
+                      TrainingContext(Runtime.for_device("cpu"), train=split), position)
+
+    class CountingStep(Step):
+        count = 7  # what the bar showed when the epoch resumed
+
+        def advance(self, amount: int = 1, status: str | None = None) -> None:
+            CountingStep.count += amount
+
+    assert trainer.train_one_epoch(CountingStep(None, None)) is not None
+    assert CountingStep.count == 25

@@ -165,6 +165,7 @@ class Trainer:
         if position.order is None:
             position.order = torch.randperm(len(split), generator=ctx.generator)
         start = time.perf_counter() - position.seconds
+        shown = position.step  # steps the progress bar already counts
         for i, (x, y) in enumerate(batches(split, optim.batch_size, generator=ctx.generator,
                                            info=ctx.info, augment=ctx.augment, drop_last=True,
                                            order=position.order, start=position.step),
@@ -189,9 +190,10 @@ class Trainer:
             position.seconds = time.perf_counter() - start
             if i % 10 == 9 or i == steps - 1:
                 seen = max(position.seen, 1)
-                step.advance(min(10, i % 10 + 1), f"loss {position.loss_sum / seen:.3f}  "
+                step.advance(i + 1 - shown, f"loss {position.loss_sum / seen:.3f}  "
                              f"acc {100 * position.correct / seen:.1f}%  "
                              f"{position.seen / position.seconds:.0f} img/s")
+                shown = i + 1
             if ctx.stop.requested and position.step < steps:
                 return None
         seen = max(position.seen, 1)
