@@ -14,6 +14,7 @@ from torch import nn
 from attacks import Attack, build_attack
 from robust_mc.config import AttackConfig, PathConfig
 from robust_mc.core.curves import Curve
+from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
 from robust_mc.models import Classifier
@@ -133,10 +134,11 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
         timings: dict[str, float] = {}
         start = time.perf_counter()
         model = network_at(curve, template, t, data, path, attack, runtime, timings)
-        val_metrics = evaluate_seeded(model, val, eval_attack, runtime, path.batch_size,
-                                      path.seed, timings)
-        test_metrics = evaluate_seeded(model, test, eval_attack, runtime, path.batch_size,
-                                       path.seed, timings)
+        folded = fold_batchnorm(model)  # one eval-mode copy for both splits
+        val_metrics = evaluate_seeded(folded, val, eval_attack, runtime, path.batch_size,
+                                      path.seed, timings, fold=False)
+        test_metrics = evaluate_seeded(folded, test, eval_attack, runtime, path.batch_size,
+                                       path.seed, timings, fold=False)
         timings["total"] = time.perf_counter() - start
         networks[t] = model
         return PointResult(t, val_metrics, test_metrics, timings)

@@ -59,8 +59,8 @@ class Metrics:
 
 
 def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
-                    batch_size: int, seed: int, timings: dict[str, float] | None = None
-                    ) -> Metrics:
+                    batch_size: int, seed: int, timings: dict[str, float] | None = None,
+                    fold: bool = True) -> Metrics:
     """``evaluate_model`` with the global generator seeded for its duration: the one way a model,
     an ensemble or a point of a path is measured, so the same model always gets the same attack
     (evaluation attacks from other libraries draw from the global generator). The global
@@ -68,7 +68,7 @@ def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Run
     devices = [runtime.device] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return evaluate_model(model, split, attack, runtime, batch_size, timings)
+        return evaluate_model(model, split, attack, runtime, batch_size, timings, fold)
 
 
 def evaluate_model(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,
