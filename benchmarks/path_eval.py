@@ -50,33 +50,32 @@ def reference_seconds(data: Data, ts: list[float], bn_data: str, bn_images: int
     return {k: statistics.mean(r[k] for r in runs) for k in KEYS}
 
 
-def robust_mc_seconds(data: Data, ts: int, bn_data: str, bn_images: int, test_images: int,
-                      precision: str, device: str, arch: str) -> dict[str, float]:
+def robust_mc_seconds(data: Data, points: int, bn_data: str, bn_images: int, test_images: int,
+                      precision: str, device: str) -> dict[str, float]:
     runtime = start_runtime(device, SpeedConfig(precision=precision))
     on_device = data.to(runtime.device)
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(runtime.prepare(create_model(arch, num_classes=10, in_channels=3,
+        models.append(runtime.prepare(create_model("tinyten", num_classes=10, in_channels=3,
                                                    mean=data.info.mean, std=data.info.std)))
     curve = Curve.between("line", models[0], models[0].state_dict(), models[1].state_dict()
                           ).to(runtime.device)
-    path = PathConfig(points=ts, bn_images=bn_images, attack="pgd:steps=5", val_limit=1,
+    path = PathConfig(points=points, bn_images=bn_images, attack="pgd:steps=5", val_limit=1,
                       test_limit=test_images, bn_data=bn_data)
     attack = AttackConfig(eps=8 / 255, steps=5)
     warm = replace(path, points=2, bn_images=250, test_limit=250)  # untimed: set-up costs
     evaluate_path(curve, models[0], on_device, warm, attack, runtime, Reporter(quiet=True),
                   "warm-up", keep_best=False)
-    points, _ = evaluate_path(curve, models[0], on_device, path, attack, runtime,
-                              Reporter(quiet=True), "bench", keep_best=False)
-    return {k: statistics.mean(p.seconds.get(k, 0.0) for p in points) for k in KEYS}
+    results, _ = evaluate_path(curve, models[0], on_device, path, attack, runtime,
+                               Reporter(quiet=True), "bench", keep_best=False)
+    return {k: statistics.mean(p.seconds.get(k, 0.0) for p in results) for k in KEYS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="imagefolder:PATH (default: random images)")
-    parser.add_argument("--arch", default="tinyten")
     parser.add_argument("--points", type=int, default=3)
     parser.add_argument("--bn-images", type=int, default=2000)
     parser.add_argument("--test-images", type=int, default=1000)
@@ -93,12 +92,12 @@ def main() -> None:
     print(f"  reference: {ref['total']:.2f} s per t", flush=True)
     for precision in args.precisions:
         ours = robust_mc_seconds(data, args.points, args.bn_data, args.bn_images,
-                                 args.test_images, precision, args.device, args.arch)
+                                 args.test_images, precision, args.device)
         rows.append([f"robust-mc {precision}", *(f"{ours[k]:.2f}" for k in KEYS),
                      f"{ours['total'] / ref['total']:.2f}x"])
         print(f"  robust-mc {precision}: {ours['total']:.2f} s per t", flush=True)
     features = cpu_features()
-    print_table(f"{args.arch}, seconds per t: BN from {args.bn_images} {args.bn_data} images, "
+    print_table(f"tinyten, seconds per t: BN from {args.bn_images} {args.bn_data} images, "
                 f"{args.test_images} test images clean and under PGD-5; {args.device}, "
                 f"{torch.get_num_threads()} threads, CPU features {features}",
                 ["procedure", "total", "BN", "clean", "attack", "of reference"], rows)
