@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 
 import cli
@@ -125,3 +126,35 @@ def test_bench_verify_adds_autoattack_columns_to_finished_cells(digits_endpoints
     assert "AutoAttack acc min" in (out / "bench.md").read_text()
     cell = json.loads((out / "bench.json").read_text())["cells"][0]
     assert cell["verification"]["settings"]["images"] == 4
+
+
+def test_an_endpoint_shared_by_cells_is_verified_once(digits_endpoints, tmp_path, capsys,
+                                                      monkeypatch):
+    from robust_mc.evaluation.verification import PointVerification
+    from robust_mc.pipelines import verification
+
+    attacked = []
+
+    def clean_only(model, t, roles, images, **settings):  # the attacks are tested elsewhere
+        attacked.append(t)
+        with torch.no_grad():
+            acc = 100 * (model(images.images.float()).argmax(1) == images.labels).float().mean()
+        return PointVerification(t, roles, len(images), float(acc), settings["path_attack"],
+                                 float(acc), None, float(acc))
+
+    monkeypatch.setattr(verification, "verify_point", clean_only)
+    a, b = (str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
+            enumerate(digits_endpoints))
+    config = write_config(tmp_path / "bench.yaml", pairs=[[a, b]],
+                          methods=["line", "line+align"])
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--config", str(config), "--out", str(out), "--verify",
+                     "--json"]) == 0
+    cells = json.loads((out / "bench.json").read_text())["cells"]
+    points = [p for c in cells for p in c["verification"]["points"]]
+    # endpoint a is one network in both cells: verified once, read back in the other cell
+    assert len(attacked) == len(points) - 1
+    at_a = [p for p in points if "a" in p["roles"]]
+    assert len(at_a) == 2 and at_a[0]["t"] == at_a[1]["t"] == 0
+    assert at_a[0]["clean_acc"] == at_a[1]["clean_acc"]
+    assert len(list((out / "verified").glob("*.json"))) == len(attacked)

@@ -42,6 +42,7 @@ from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.records import PathSummary
 from robust_mc.run.resume import ResumePolicy, remove_stale_temps
 from robust_mc.run.runtime import Runtime
+from robust_mc.run.verified_points import VerifiedPoints
 
 METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
            "clean_loss_barrier", "robust_loss_barrier", "clean_error_barrier",
@@ -297,6 +298,7 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
     policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
     pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, policy, stop)
     cells = grid(cfg, methods, pairs, out)
+    kept = VerifiedPoints(out / "verified")  # an endpoint is the same network in every cell
     mine = [cell for number, cell in enumerate(cells) if shard is None or shard.takes(number)]
     results: dict[Path, CellResult] = {}
     held_elsewhere = []
@@ -308,13 +310,13 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
             held_elsewhere.append(cell)
         else:
             results[cell.out] = compute(cell, claim, number, len(mine), runtime, reporter,
-                                        argv, policy, stop)
+                                        argv, policy, stop, kept)
     for cell in held_elsewhere:
         reporter.print(f"waiting for {cell.out}, which another worker computes")
         while not wait_for(cell.out, cell.is_done):
             if (claim := try_claim(cell.out)) is not None:  # its worker left it unfinished
                 results[cell.out] = compute(cell, claim, 0, len(mine), runtime, reporter,
-                                            argv, policy, stop)
+                                            argv, policy, stop, kept)
                 break
         else:
             summary = cell.finished()
@@ -333,13 +335,14 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
 
 def compute(cell: Cell, claim: Path, number: int, total: int, runtime: Runtime,
             reporter: Reporter, argv: list[str] | None, policy: ResumePolicy,
-            stop: StopSignals) -> CellResult:
-    """Run one claimed cell, holding its claim."""
+            stop: StopSignals, kept: VerifiedPoints) -> CellResult:
+    """Run one claimed cell, holding its claim; its verified points are read back from (and
+    added to) ``kept``, shared by every cell."""
     reporter.print(f"[bold]cell {number}/{total}[/]: {cell.pair_id} {cell.method.name}"
                    + (f" seed {cell.seed}" if cell.seed is not None else ""))
     with holding(claim):
         summary = run_connect(cell.pair, cell.cfg, cell.out, runtime, reporter, argv, policy,
-                              stop)
+                              stop, kept)
     return cell.result(summary, cached=False)
 
 

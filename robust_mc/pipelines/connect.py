@@ -42,6 +42,7 @@ from robust_mc.run.provenance import run_record
 from robust_mc.run.records import CurveRun, PathSummary
 from robust_mc.run.resume import ResumePolicy, continues, remove_stale_temps
 from robust_mc.run.runtime import Runtime, seeded
+from robust_mc.run.verified_points import VerifiedPoints
 
 RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
              "path.png")
@@ -136,8 +137,8 @@ def write_outputs(session: ConnectSession, run: PathRun, summary: PathSummary,
 
 def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                 reporter: Reporter, argv: list[str] | None = None,
-                policy: ResumePolicy = ResumePolicy.AUTO, stop: StopSignals | None = None
-                ) -> PathSummary:
+                policy: ResumePolicy = ResumePolicy.AUTO, stop: StopSignals | None = None,
+                kept: VerifiedPoints | None = None) -> PathSummary:
     """The whole of `robust-mc connect`: align, train, evaluate, write every output file.
 
     Args:
@@ -148,6 +149,8 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
             or is replaced, as ``policy`` says.
         runtime, reporter, argv, stop: where it runs, where it reports, the command line to
             record, the signals that stop it after saving.
+        kept: verified points to read back (and add to) with ``cfg.verify``: a bench shares
+            them between its cells, whose endpoints are the same networks.
 
     Returns:
         The run's summary (also in ``out/summary.json``).
@@ -173,15 +176,15 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         if needs_verification(finished, cfg):
             return verify_finished_run(out, finished, cfg, runtime, reporter,
-                                       LoadOptions(named=(pair.a.arch,)))
+                                       LoadOptions(named=(pair.a.arch,)), kept)
         return finished
     saved = saved_run(session, policy)
     with seeded(cfg.optim.seed):  # what draws from torch's global streams (user modules)
-        return align_train_evaluate(session, saved, run_record(argv))
+        return align_train_evaluate(session, saved, run_record(argv), kept)
 
 
-def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record: dict
-                         ) -> PathSummary:
+def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record: dict,
+                         kept: VerifiedPoints | None = None) -> PathSummary:
     """Align (or take the saved run's endpoints), train the curve from where ``saved`` stopped,
     evaluate along it and write every output file; summary.json last."""
     pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
@@ -206,7 +209,7 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     summary = summarize(result, cfg)
     if cfg.verify.enabled:
         summary.verification = verify_path(session, curve, endpoints, result.points,
-                                           summary.best.t if summary.best else None)
+                                           summary.best.t if summary.best else None, kept)
     summary.alignment, summary.pam, summary.training = (endpoints.alignment, endpoints.pam,
                                                         history)
     summary.record, summary.runtime = record, runtime.describe()

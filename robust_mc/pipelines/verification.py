@@ -26,32 +26,46 @@ from robust_mc.run import distributed
 from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.records import CurveRun, PathSummary
 from robust_mc.run.runtime import Runtime
+from robust_mc.run.verified_points import VerifiedPoints
 
 
 def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
-                points: list[PointResult], best_t: float | None) -> Verification:
+                points: list[PointResult], best_t: float | None,
+                kept: VerifiedPoints | None = None) -> Verification:
     """The endpoints, ``best_t`` and the t of the worst test robust loss among ``points``,
-    each verified on the first ``verify.images`` test images."""
+    each verified on the first ``verify.images`` test images; a point ``kept`` already holds
+    (the same network, images and settings) is read back instead."""
     cfg, data, runtime = session.cfg, session.data, session.runtime
     chosen = points_to_verify([p.t for p in points], [p.test.robust_loss for p in points],
                               best_t)
     images = data.test.take(cfg.verify.images)
+    settings = {"path_attack": cfg.path.attack, "eps": cfg.attack.eps, "norm": cfg.attack.norm,
+                "verify": verification_settings(cfg.verify), "batch_size": cfg.path.batch_size,
+                "reference": reference_version()}
 
-    def verify(item: tuple[float, list[str]]) -> PointVerification:
+    def verify(item: tuple[float, list[str]]) -> tuple[str, PointVerification, bool]:
         t, roles = item
         model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
-        return verify_point(model, t, roles, images, path_attack=cfg.path.attack,
-                            eps=cfg.attack.eps, norm=cfg.attack.norm,
-                            num_classes=data.info.num_classes, settings=cfg.verify,
-                            runtime=runtime, batch_size=cfg.path.batch_size)
+        key = VerifiedPoints.key(model, images, settings)
+        if kept is not None and (point := kept.get(key, t, roles)) is not None:
+            return key, point, True
+        return key, verify_point(model, t, roles, images, path_attack=cfg.path.attack,
+                                 eps=cfg.attack.eps, norm=cfg.attack.norm,
+                                 num_classes=data.info.num_classes, settings=cfg.verify,
+                                 runtime=runtime, batch_size=cfg.path.batch_size), False
+
+    def done(key: str, point: PointVerification, read_back: bool) -> str:
+        if kept is not None and not read_back and distributed.writes_files():
+            kept.put(key, point)
+        return (f"t={point.t:.2f} AutoAttack {point.autoattack_figure:.1f}%"
+                + (" (verified before)" if read_back else ""))
 
     with session.reporter.task("verify points", len(chosen)) as step:
         # on several processes the points are shared out and gathered
-        results = distributed.group().map(
-            verify, list(chosen.items()),
-            lambda _, p: step.advance(1, f"t={p.t:.2f} AutoAttack {p.autoattack_figure:.1f}%"))
-    return Verification(results, verification_settings(cfg.verify), reference_version(),
-                        cfg.attack.eps)
+        results = distributed.group().map(verify, list(chosen.items()),
+                                          lambda _, r: step.advance(1, done(*r)))
+    return Verification([point for _, point, _ in results], verification_settings(cfg.verify),
+                        reference_version(), cfg.attack.eps)
 
 
 def needs_verification(summary: PathSummary, cfg: ConnectRunConfig) -> bool:
@@ -63,9 +77,10 @@ def needs_verification(summary: PathSummary, cfg: ConnectRunConfig) -> bool:
 
 def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConfig,
                         runtime: Runtime, reporter: Reporter,
-                        options: LoadOptions | None = None) -> PathSummary:
-    """Verify the path of a finished connect (or eval) run in ``run_dir`` and rewrite its
-    summary.json with the ``verification`` section."""
+                        options: LoadOptions | None = None,
+                        kept: VerifiedPoints | None = None) -> PathSummary:
+    """Verify the path of a finished connect (or eval) run in ``run_dir`` (reading back the
+    points ``kept`` holds) and rewrite its summary.json with the ``verification`` section."""
     curve_file = run_dir / "curve.pt"
     if not curve_file.is_file() and summary.source:  # an eval directory: its curve is elsewhere
         curve_file = Path(summary.source)
@@ -78,7 +93,7 @@ def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConf
                         f"the run with robust-mc eval {run_dir}")
     saved = open_saved_run(CurveRun.read(curve_file, options), cfg, run_dir, runtime, reporter)
     summary.verification = verify_path(saved.session, saved.curve, saved.endpoints, points,
-                                       summary.best.t if summary.best else None)
+                                       summary.best.t if summary.best else None, kept)
     summary.config = {**summary.config, "verify": to_dict(cfg.verify)}
     summary.write(run_dir / "summary.json")
     return summary
