@@ -11,7 +11,7 @@ missing, and an interrupted training continues.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,22 @@ WHOLE = "(whole network)"
 
 
 @dataclass(frozen=True)
+class LayerFigures:
+    """The whole network's midpoint barriers between two children (aligned), measured and
+    predicted to second order, and the layer group with the largest measured robust barrier."""
+
+    measured_clean: float
+    predicted_clean: float
+    measured_robust: float
+    predicted_robust: float
+    worst_group: str
+    worst_group_robust_barrier: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SpawnPoint:
     """The two children of spawn epoch k: the test-split statistics of the straight line
     between them, unaligned and aligned, and the whole network's layer-wise figures
@@ -53,11 +69,11 @@ class SpawnPoint:
     epoch: int
     unaligned: PathStats
     aligned: PathStats
-    layers: dict[str, float | str]  # measured/predicted midpoint barriers, the worst group
+    layers: LayerFigures
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "unaligned": self.unaligned.to_state(),
-                "aligned": self.aligned.to_state(), "layers": self.layers}
+                "aligned": self.aligned.to_state(), "layers": self.layers.as_dict()}
 
 
 def validate(cfg: SpawnRunConfig) -> list[int]:
@@ -159,7 +175,7 @@ def measure(cfg: SpawnRunConfig, epoch: int, children: list[str], out: Path, run
 
 
 def layer_figures(pair: Pair, cfg: LayersRunConfig, out: Path, runtime: Runtime,
-                  reporter: Reporter, argv: list[str] | None) -> dict[str, float | str]:
+                  reporter: Reporter, argv: list[str] | None) -> LayerFigures:
     """The whole network's measured and predicted midpoint barriers (aligned), and the layer
     group with the largest measured robust barrier; read back when computed with ``cfg``."""
     saved = read_json(out / "layers.json")
@@ -172,9 +188,6 @@ def layer_figures(pair: Pair, cfg: LayersRunConfig, out: Path, runtime: Runtime,
     whole = next(r for r in rows if r["group"] == WHOLE)
     groups = [r for r in rows if r["group"] != WHOLE]
     worst = max(groups, key=lambda r: r["measured_robust_barrier"]) if groups else whole
-    return {"measured_clean": whole["measured_clean_midpoint"],
-            "predicted_clean": whole["predicted_clean_barrier"],
-            "measured_robust": whole["measured_robust_midpoint"],
-            "predicted_robust": whole["predicted_robust_barrier"],
-            "worst_group_robust_barrier": worst["measured_robust_barrier"],
-            "worst_group": worst["group"]}
+    return LayerFigures(whole["measured_clean_midpoint"], whole["predicted_clean_barrier"],
+                        whole["measured_robust_midpoint"], whole["predicted_robust_barrier"],
+                        worst["group"], worst["measured_robust_barrier"])

@@ -23,8 +23,8 @@ def cells(point: SpawnPoint) -> list[str]:
     layers = point.layers
     return [str(point.epoch), *(f"{v:.3f}" if "barrier" in k else f"{v:.1f}"
                                 for v, (k, _, _) in zip(values, COLUMNS, strict=True)),
-            f"{layers['measured_robust']:.3f} / {layers['predicted_robust']:.3f}",
-            f"{layers['worst_group']} ({layers['worst_group_robust_barrier']:.3f})"]
+            f"{layers.measured_robust:.3f} / {layers.predicted_robust:.3f}",
+            f"{layers.worst_group} ({layers.worst_group_robust_barrier:.3f})"]
 
 
 HEADER = ["spawn epoch", *(c[0] for c in COLUMNS), "robust midpoint measured / predicted",
