@@ -39,14 +39,15 @@ def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     chosen = points_to_verify([p.t for p in points], [p.test.robust_loss for p in points],
                               best_t)
     images = data.test.take(cfg.verify.images)
-    settings = {"path_attack": cfg.path.attack, "eps": cfg.attack.eps, "norm": cfg.attack.norm,
-                "verify": verification_settings(cfg.verify), "batch_size": cfg.path.batch_size,
-                "reference": reference_version()}
+    context = None if kept is None else kept.context(images, {
+        "path_attack": cfg.path.attack, "eps": cfg.attack.eps, "norm": cfg.attack.norm,
+        "verify": verification_settings(cfg.verify), "batch_size": cfg.path.batch_size,
+        "reference": reference_version()})
 
     def verify(item: tuple[float, list[str]]) -> tuple[str, PointVerification, bool]:
         t, roles = item
         model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
-        key = VerifiedPoints.key(model, images, settings)
+        key = "" if context is None else VerifiedPoints.key(model, context)
         if kept is not None and (point := kept.get(key, t, roles)) is not None:
             return key, point, True
         return key, verify_point(model, t, roles, images, path_attack=cfg.path.attack,

@@ -26,13 +26,19 @@ class VerifiedPoints:
         self.directory = Path(directory)
 
     @staticmethod
-    def key(model: nn.Module, images: Split, settings: dict) -> str:
-        """What a verification depends on: the network as evaluated, the images and the
-        settings (attacks, eps, reference version; JSON-serializable)."""
+    def context(images: Split, settings: dict) -> str:
+        """What every point of one verification shares: the images and the settings (attacks,
+        eps, reference version; JSON-serializable). Computed once per path."""
         digest = hashlib.sha256()
-        digest.update(state_digest(model.state_dict()).encode())
         digest.update(state_digest({"images": images.images, "labels": images.labels}).encode())
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+    @staticmethod
+    def key(model: nn.Module, context: str) -> str:
+        """The key of ``model`` (as evaluated) verified in ``context``."""
+        digest = hashlib.sha256(context.encode())
+        digest.update(state_digest(model.state_dict()).encode())
         return digest.hexdigest()[:24]
 
     def get(self, key: str, t: float, roles: list[str]) -> PointVerification | None:
