@@ -116,7 +116,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = setting("tinyten", help="zoo name, path/file.py:Class or package.module:Class")
+    arch: str = setting("auto", help="zoo name, path/file.py:Class or package.module:Class; "
+                                     "auto: tinyten, or cnn for images under 9x9 (the digits)")
     width: float = setting(1.0, lo=0.01, help="width multiplier")
     kwargs: dict = setting({}, help="the architecture's own keyword arguments, e.g. "
                                     "'{depth: 16}' (a user class gets its own width here)")

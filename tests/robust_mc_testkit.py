@@ -52,3 +52,33 @@ class StopAfter(StopSignals):
         if self.checks <= 0:
             self.signum = self.pending
         return self.signum is not None
+
+
+# How far a unit's correlation with itself must beat its best other match before a test may
+# expect alignment to recover a permutation exactly. A correlation computed in float32 over a few
+# thousand samples carries rounding of order 1e-6 to 1e-5, which changes with the CPU's kernels
+# and reduction order; a margin of 1e-3 is two orders above it, so the assignment comes out the
+# same on every machine, while ties and near-ties (too few samples per unit: 512 units seen at
+# 512 positions tied at 1e-8) fail here, naming the space, instead of being decided by rounding.
+SEPARATION_MARGIN = 1e-3
+
+
+def assert_units_separable(model, spec, batches, runtime) -> None:
+    """Every unit of ``model`` that varies on ``batches`` correlates with itself better than
+    with any other unit of its space, by :data:`SEPARATION_MARGIN`."""
+    import copy
+
+    from robust_mc.core.align import unit_statistics
+
+    stats = unit_statistics(model, copy.deepcopy(model), spec, batches, runtime)
+    for name, corr in stats.corr.items():
+        live = ~stats.silent[name][0]  # silent units are matched by their weights instead
+        if int(live.sum()) < 2:
+            continue
+        rows = corr[live][:, live]
+        own = rows.diagonal()
+        others = rows.masked_fill(torch.eye(len(rows), dtype=torch.bool), float("-inf"))
+        gap = float((own - others.max(dim=1).values).min())
+        assert gap >= SEPARATION_MARGIN, (
+            f"{name}: a unit's own match wins by only {gap:.2g} on {stats.samples} images "
+            f"({len(rows)} live units): use more or more varied inputs")

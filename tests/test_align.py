@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
+from robust_mc_testkit import assert_units_separable
 from torch import nn
 
 import cli
@@ -30,6 +31,7 @@ def test_aligning_a_permuted_copy_recovers_it_exactly(digits_endpoints, digits, 
     spec = trace_permutation_spec(model, digits.train.images[:2])
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(5)))
+    assert_units_separable(model, spec, list(batches(digits.train, 256)), runtime)
     from attacks import PGD
 
     result = align(model, shuffled, list(batches(digits.train, 256)), method=method,
@@ -54,6 +56,7 @@ def test_a_permuted_copy_with_dead_units_is_recovered_exactly(digits_endpoints, 
     spec = trace_permutation_spec(model, digits.train.images[:2])
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(7)))
+    assert_units_separable(model, spec, list(batches(digits.train, 256)), runtime)
     result = align(model, shuffled, list(batches(digits.train, 256)), spec=spec,
                    runtime=runtime)
     assert sum(space.no_signal for space in result.spaces) >= 10

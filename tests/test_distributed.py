@@ -31,6 +31,7 @@ MLP_TRAIN = ["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "
 CONNECT = ["--epochs", "1", "--points", "5", "--eval-attack", "pgd:steps=3", "--batch-size",
            "64", "--bn-images", "300", "--align-samples", "300", "--eval-test-limit", "200",
            "--device", "cpu"]
+ONE_IMAGE = 100 / 143 + 1e-9  # accuracy (%) of one of the digits' 143 validation images
 
 
 def torchrun(*argv: str, module: bool = True) -> subprocess.Popen:
@@ -154,9 +155,17 @@ def test_a_signal_to_one_rank_stops_all_at_one_step_and_one_process_resumes(mlp_
     assert cli.main([*argv, "--out", str(run)]) == 0  # resumed by one process
     assert cli.main([*argv, "--out", str(straight)]) == 0
     rows = [json.loads((d / "path.json").read_text())["rows"] for d in (run, straight)]
+    # The first epoch ran on two processes, whose all-reduce sums the gradients in another
+    # order than one process does: the weights differ by float32 rounding (about 1e-7
+    # relative) from then on, and the remaining steps carry it into the losses (1e-5
+    # absolute, 5e-6 relative, seen on an AVX2 CPU), twenty times below the tolerance. A resume
+    # that lost, repeated or reseeded a step changes the training itself, not its rounding; so
+    # losses agree to 1e-4 relative, and accuracies to one image of the smaller split.
     for a, b in zip(*rows, strict=True):
-        for key in ("clean_loss", "robust_loss", "clean_acc", "robust_acc"):
-            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+        for key in ("clean_loss", "robust_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        for key in ("clean_acc", "robust_acc"):
+            assert a[key] == pytest.approx(b[key], abs=ONE_IMAGE), key
 
 
 FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},

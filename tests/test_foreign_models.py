@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from robust_mc_testkit import assert_units_separable
 
 import cli
 from robust_mc.core.align import align
@@ -92,6 +93,7 @@ def test_a_permuted_copy_of_a_user_class_is_recovered_exactly(user_net, user_end
     spec = trace_permutation_spec(model, digits.train.images[:2])
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(3)))
+    assert_units_separable(model, spec, list(batches(digits.train, 256)), runtime)
     result = align(model, shuffled, list(batches(digits.train, 256)), spec=spec,
                    runtime=runtime)
     assert any(space.no_signal for space in result.spaces)

@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from robust_mc_testkit import assert_units_separable
 from torch import nn
 
 from robust_mc.core.align import align
@@ -131,6 +132,7 @@ def test_robust_architecture_traces_permutes_and_is_recovered(name, runtime):
     with torch.no_grad():
         torch.testing.assert_close(shuffled(x), model(x), atol=1e-4, rtol=1e-4)
     labels = torch.zeros(16, dtype=torch.long)
+    assert_units_separable(model, spec, [(x, labels)], runtime)
     result = align(model, shuffled, [(x, labels)], spec=spec, runtime=runtime)
     permute_model(shuffled, spec, result.perm)
     for key, value in model.state_dict().items():

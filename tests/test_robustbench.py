@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from robust_mc_testkit import assert_units_separable
 
 import cli
 from robust_mc.core.align import align
@@ -46,14 +47,17 @@ def build(arch: str, kwargs: dict) -> torch.nn.Module:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_family_traces_permutes_and_is_recovered(family, runtime):
     model = build(*FAMILIES[family])
-    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    # 64 images: PreActResNet18's last block has 512 units on 4x4 positions, and 32 images (512
+    # samples) left some of them tied with others
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(64, dtype=torch.long)
     spec = trace_permutation_spec(model, x)
+    assert_units_separable(model, spec, [(x, labels)], runtime)
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(2)))
     with torch.no_grad():
         torch.testing.assert_close(shuffled(x), model(x), atol=1e-4, rtol=1e-4)
-    result = align(model, shuffled, [(x, torch.zeros(32, dtype=torch.long))], spec=spec,
-                   runtime=runtime)
+    result = align(model, shuffled, [(x, labels)], spec=spec, runtime=runtime)
     permute_model(shuffled, spec, result.perm)
     for key, value in model.state_dict().items():
         assert torch.equal(shuffled.state_dict()[key], value), key
@@ -97,6 +101,7 @@ def test_a_zoo_entry_as_an_endpoint_needs_the_model_dir(capsys):
 ROBUSTBENCH_LOAD = """
 import sys, json, torch
 from robust_mc.models.robustbench import import_robustbench
+from robust_mc_testkit import assert_units_separable
 module = import_robustbench("robustbench.model_zoo.architectures.wide_resnet")
 record = json.load(open(sys.argv[1] + ".json"))
 model = module.WideResNet(num_classes=4, **record["model_kwargs"])

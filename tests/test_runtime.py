@@ -89,3 +89,21 @@ def test_bfloat16_finds_the_attacks_and_float32_scores_them(digits_endpoints, di
     fp32, bf16 = figures["float32"], figures["bfloat16"]
     assert (bf16.clean_loss, bf16.clean_acc) == (fp32.clean_loss, fp32.clean_acc)
     assert bf16.robust_acc <= bf16.clean_acc and abs(bf16.robust_acc - fp32.robust_acc) < 5
+
+
+@pytest.mark.parametrize("features, precision, noted", [
+    ({"amx": False, "avx512_bf16": False}, "bfloat16", True),   # AVX2 only: emulated
+    ({"amx": False, "avx512_bf16": True}, "bfloat16", False),   # native bfloat16 instructions
+    ({"amx": True, "avx512_bf16": True}, "bfloat16", False),
+    ({"amx": False, "avx512_bf16": False}, "float32", False),
+])
+def test_asking_for_bfloat16_on_a_cpu_that_emulates_it_says_so(monkeypatch, features,
+                                                                precision, noted):
+    from robust_mc.run import runtime as rt
+
+    monkeypatch.setattr(rt, "cpu_features", lambda: {**features, "capability": "AVX2"})
+    chosen = rt.Runtime(torch.device("cpu"), SpeedConfig(precision=precision))
+    note = rt.emulated_bfloat16_note(chosen.device, chosen.dtype)
+    assert (note is not None) == noted
+    if noted:
+        assert "--precision auto" in note and "slower" in note

@@ -11,11 +11,12 @@ from torch.nn.parallel import DistributedDataParallel
 from attacks import build_attack, parse_attack_spec
 from attacks.pgd import ShardDraws
 from robust_mc.config import TrainRunConfig, to_dict
-from robust_mc.data import Data, load_data
+from robust_mc.data import Data, DatasetInfo, as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import recompute_batchnorm
 from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.models import Classifier, create_model
+from robust_mc.models.small import TINYTEN_MIN_IMAGE_SIZE
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
 from robust_mc.run.checkpoint import (
@@ -54,12 +55,34 @@ def arch_kwargs_for(data: Data, width: float) -> dict:
             "image_size": info.image_size}
 
 
+def endpoint_arch(cfg: TrainRunConfig, info: DatasetInfo) -> str:
+    """The architecture ``cfg`` names; ``auto`` follows the data: TinyTen, built for 32x32
+    images, needs at least 9x9 (two stride-2 convolutions, then an unpadded 3x3), so smaller
+    images (the 8x8 digits) get the small ``cnn``."""
+    if cfg.model.arch != "auto":
+        return cfg.model.arch
+    return "tinyten" if info.image_size >= TINYTEN_MIN_IMAGE_SIZE else "cnn"
+
+
 def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
-    info = data.info
-    return create_model(cfg.model.arch, num_classes=info.num_classes,
-                        in_channels=info.in_channels, mean=info.mean, std=info.std,
-                        width=cfg.model.width, image_size=info.image_size,
-                        kwargs=cfg.model.kwargs)
+    """The network ``cfg`` trains on ``data``, checked on one image of it: an architecture that
+    cannot take the data's images is refused in one line."""
+    info, arch = data.info, endpoint_arch(cfg, data.info)
+    model = create_model(arch, num_classes=info.num_classes,
+                         in_channels=info.in_channels, mean=info.mean, std=info.std,
+                         width=cfg.model.width, image_size=info.image_size,
+                         kwargs=cfg.model.kwargs)
+    probe = as_float(data.train.images[:1])
+    try:
+        with torch.no_grad(), seeded(0):
+            model.eval()(probe)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--arch {arch} cannot take {data.info.name}'s "
+                        f"{info.in_channels}x{info.image_size}x{info.image_size} images "
+                        f"({first}); choose an architecture for this image size (e.g. --arch "
+                        "auto)") from exc
+    return model.train()
 
 
 TRAIN_STATE_FORMAT = "robust-mc-train-state/1"
@@ -131,7 +154,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
             average.load(saved["ema"])
     a = cfg.attack
     monitor = a.build()
-    reporter.print(f"[bold]train[/] {cfg.model.arch} on {data.info.name}: {len(data.train)} train "
+    reporter.print(f"[bold]train[/] {endpoint_arch(cfg, data.info)} on {data.info.name}: "
+                   f"{len(data.train)} train "
                    f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
                    f"eps {a.eps * 255:.3g}/255; {runtime.summary()}")
     if saved is not None:
@@ -200,8 +224,9 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
         "record": record,
     }
-    return checkpoint_from_model(model, cfg.model.arch, arch_kwargs_for(data, cfg.model.width),
-                                 meta, model_kwargs=cfg.model.kwargs)
+    return checkpoint_from_model(model, endpoint_arch(cfg, data.info),
+                                 arch_kwargs_for(data, cfg.model.width), meta,
+                                 model_kwargs=cfg.model.kwargs)
 
 
 def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter: Reporter, *,
