@@ -82,3 +82,22 @@ def assert_units_separable(model, spec, batches, runtime) -> None:
         assert gap >= SEPARATION_MARGIN, (
             f"{name}: a unit's own match wins by only {gap:.2g} on {stats.samples} images "
             f"({len(rows)} live units): use more or more varied inputs")
+
+
+class CleanOnlyVerification:
+    """Stands in for ``verify_point`` in tests of the commands that verify (the attacks and
+    checks themselves are tested in test_verification.py on their own): each point's figures
+    are its clean accuracy, and the points it was asked for are kept in ``attacked``."""
+
+    def __init__(self) -> None:
+        self.attacked: list[float] = []
+
+    def __call__(self, model, t, roles, images, **settings):
+        from robust_mc.evaluation.verification import PointVerification
+
+        self.attacked.append(t)
+        with torch.no_grad():
+            hits = model(images.images.float()).argmax(1) == images.labels
+        acc = 100 * float(hits.float().mean())
+        return PointVerification(t, roles, len(images), acc, settings["path_attack"], acc,
+                                 None, acc)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from robust_mc_testkit import CleanOnlyVerification
 from torch import nn
 
 import cli
@@ -83,17 +84,24 @@ def test_a_masked_model_fails_the_checks_that_see_its_mask(honest, digits, runti
 
 
 def test_verify_point_measures_on_the_same_images_and_keeps_robust_below_clean(
-        honest, digits, runtime, monkeypatch):
-    monkeypatch.setattr(verification, "reference_version", lambda: None)  # not installed
-    point = verify_point(honest, 0.5, ["best"], digits.test.take(32), path_attack="pgd:steps=5",
+        honest, digits, runtime):
+    installed = verification.reference_version() is not None  # the dev extra has it
+    point = verify_point(honest, 0.5, ["best"], digits.test.take(8), path_attack="pgd:steps=5",
                          eps=0.1, norm="linf", num_classes=10,
                          settings=VerifyConfig(square_queries=100), runtime=runtime,
                          batch_size=250)
-    assert point.autoattack is None and point.autoattack_figure == point.autoattack_torchattacks
-    assert point.images == 32
+    assert point.images == 8
     assert point.autoattack_torchattacks <= point.clean_acc
     assert point.path_robust_acc <= point.clean_acc
-    state = Verification([point], {}, None, 0.1).to_state()
+    assert {c.name for c in point.checks} >= {"gradients", "black-box"}
+    assert (point.autoattack is not None) == installed
+    assert point.autoattack_figure <= point.clean_acc
+
+
+def test_without_the_reference_the_torchattacks_figure_stands_and_is_said():
+    alone = PointVerification(0.5, ["best"], 8, 80.0, "pgd:steps=5", 60.0, None, 55.0)
+    assert alone.autoattack_figure == 55.0
+    state = Verification([alone], {}, None, 0.1).to_state()
     assert state["reference"].startswith("not installed")
     assert Verification.from_state(json.loads(json.dumps(state))).points[0].t == 0.5
 
@@ -123,7 +131,11 @@ def test_a_point_is_flagged_by_its_gap_or_a_failed_check_and_round_trips():
 
 
 def test_connect_verify_writes_the_section_and_verify_redoes_it_without_retraining(
-        tiny_endpoint_files, tmp_path, capsys):
+        tiny_endpoint_files, tmp_path, capsys, monkeypatch):
+    from robust_mc.pipelines import verification as pipeline
+
+    stub = CleanOnlyVerification()  # the attacks at a point are tested above
+    monkeypatch.setattr(pipeline, "verify_point", stub)
     run = tmp_path / "run"
     base = ["connect", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), "--out",
             str(run), "--epochs", "1", "--attack-steps", "1", "--points", "2", "--eval-attack",
@@ -142,13 +154,12 @@ def test_connect_verify_writes_the_section_and_verify_redoes_it_without_retraini
     roles = sorted(r for p in section["points"] for r in p["roles"])
     assert {"a", "b", "worst"} == set(roles) and len(section["points"]) == 2  # no interior t
     assert section["reference"].startswith("pyautoattack")
-    assert all(p["images"] == 8 and p["autoattack"] is not None for p in section["points"])
-    assert {c["name"] for c in section["points"][0]["checks"]} >= {"gradients", "black-box"}
+    assert all(p["images"] == 8 for p in section["points"]) and stub.attacked == [0.0, 1.0]
 
     assert cli.main(["verify", str(run), "--verify-images", "4", "--verify-queries", "50",
                      "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert all(p["images"] == 4 for p in printed["points"])
+    assert all(p["images"] == 4 for p in printed["points"]) and len(stub.attacked) == 4
     assert json.loads((run / "summary.json").read_text())["verification"] == printed
 
 
