@@ -12,6 +12,7 @@ Values in pixel units (eps, step sizes) are fractions of the [0, 1] image range 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import yaml
 
 from robust_mc.errors import UserError
+from robust_mc.limits import check_bounded, check_regular_file
 
 if TYPE_CHECKING:
     from attacks.training import TrainingAttack
@@ -51,7 +53,10 @@ def parse_pixel_value(raw: Any, key: str = "value") -> float:
     if isinstance(raw, bool):
         raise UserError(f"{key}: expected a number such as 8/255 or 0.031, got {raw!r}")
     if isinstance(raw, (int, float)):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:
+            value = float("inf")
     else:
         text = str(raw).strip()
         try:
@@ -62,7 +67,7 @@ def parse_pixel_value(raw: Any, key: str = "value") -> float:
                 value = float(Fraction(num.strip()) / Fraction(den.strip()))
             else:
                 value = float(text)
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise UserError(f"{key}: {text!r} is not a number; write e.g. 8/255 or 0.031") from None
     if value != value or value < 0:
         raise UserError(f"{key}: {raw!r} must be a non-negative number in [0, 1] pixel units")
@@ -118,7 +123,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = setting("auto", help="zoo name, path/file.py:Class or package.module:Class; "
                                      "auto: tinyten, or cnn for images under 9x9 (the digits)")
-    width: float = setting(1.0, lo=0.01, help="width multiplier")
+    width: float = setting(1.0, lo=0.01, hi=64, help="width multiplier")
     kwargs: dict = setting({}, help="the architecture's own keyword arguments, e.g. "
                                     "'{depth: 16}' (a user class gets its own width here)")
 
@@ -182,7 +187,7 @@ class SpeedConfig:
                         "CUDA device that supports it, a CPU with AMX tiles), else float32")
     compile: bool = setting(False, help="torch.compile the network for its training passes",
                             may_change=True)
-    threads: int | None = setting(None, lo=1, help="CPU threads (default: all cores)",
+    threads: int | None = setting(None, lo=1, hi=1024, help="CPU threads (default: all cores)",
                                   may_change=True)
     deterministic: bool = setting(False, help="torch's deterministic algorithms and every seed "
                                               "set (slower on GPU)")
@@ -254,7 +259,7 @@ class PamConfig:
 class PathConfig:
     """Evaluation along the path."""
 
-    points: int = setting(11, lo=2, help="values of t, both endpoints included")
+    points: int = setting(11, lo=2, hi=1001, help="values of t, both endpoints included")
     bn_data: Literal["clean", "adversarial"] = setting(
         "clean", help="images used to recompute batch-norm statistics at each t: clean, or PGD "
                       "examples against the network at t (2-3x slower per t)")
@@ -295,7 +300,7 @@ class VerifyConfig:
 class PlaneConfig:
     """The plane through a curve's endpoints and bend, evaluated on a grid."""
 
-    grid: int = setting(7, lo=2, help="grid points per side (grid x grid networks)")
+    grid: int = setting(7, lo=2, hi=101, help="grid points per side (grid x grid networks)")
     margin: float = setting(0.2, lo=0, help="border around the endpoints and bend, as a "
                                             "fraction of their extent")
     images: int = setting(500, lo=1, help="test images evaluated at each grid point")
@@ -331,7 +336,8 @@ class ConnectRunConfig:
 class LayersConfig:
     groups: Literal["modules", "blocks"] = setting(
         "modules", help="modules: each conv/linear with its BN; blocks: whole residual blocks")
-    points: int = setting(5, lo=3, help="values of t per group, endpoints and 0.5 included")
+    points: int = setting(5, lo=3, hi=1001,
+                          help="values of t per group, endpoints and 0.5 included")
     samples: int = setting(1000, lo=1, help="training images for losses and derivatives")
     batch_size: int = setting(250, lo=1)
     compare_align: bool = setting(False, help="report aligned and unaligned side by side")
@@ -488,21 +494,22 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise UserError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
         try:
-            return int(str(value))
+            number = value if isinstance(value, int) else int(str(value))
         except ValueError:
             raise UserError(f"{key}: expected an integer, got {value!r}") from None
+        if not -2**63 <= number < 2**63:  # seeds and counts are 64-bit integers in torch
+            raise UserError(f"{key}: {value!r} does not fit in 64 bits")
+        return number
     if tp is float:
         if isinstance(value, bool):
             raise UserError(f"{key}: expected a number, got {value!r}")
         try:
             out = float(Fraction(str(value))) if isinstance(value, str) else float(value)
-        except (ValueError, ZeroDivisionError, TypeError):
-            raise UserError(f"{key}: expected a number, got {value!r}") from None
-        if out != out:
-            raise UserError(f"{key}: expected a number, got NaN")
+        except (ValueError, ZeroDivisionError, TypeError, OverflowError):
+            raise UserError(f"{key}: expected a finite number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
         return out
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -603,13 +610,18 @@ def find_preset(name: str) -> Path:
 
 def load_yaml(path: str | Path) -> dict:
     try:
-        text = Path(path).read_text()
+        text = check_regular_file(path, f"config {path}").read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {path} is not UTF-8 text; save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = check_bounded(yaml.safe_load(text), f"config {path}")
     except yaml.YAMLError as exc:
         raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UserError(f"config {path} nests deeper than Python can read; a configuration "
+                        "has sections and settings, two or three levels deep") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

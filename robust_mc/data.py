@@ -12,6 +12,7 @@ digits, the embedded default) and ``synthetic`` (tiny generated data for tests).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from robust_mc.config import DataConfig
 from robust_mc.errors import UserError
+from robust_mc.limits import check_regular_file
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -46,10 +48,10 @@ def parse_normalization(text: str) -> dict[str, list[float]]:
         values = [[float(v) for v in part.split(",")] for part in (means, stds)]
     except ValueError:
         values = []
-    if not sep or len(values) != 2 or len(values[0]) != len(values[1]) or any(
-            s <= 0 for s in values[1]):
+    if not sep or len(values) != 2 or len(values[0]) != len(values[1]) or not all(
+            math.isfinite(v) for v in values[0] + values[1]) or any(s <= 0 for s in values[1]):
         raise UserError(f"--normalization {text!r}: give {', '.join(NORMALIZATIONS)} or "
-                        "MEAN,...:STD,... (positive stds, one per channel)")
+                        "MEAN,...:STD,... (finite numbers, positive stds, one per channel)")
     return {"mean": values[0], "std": values[1]}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -216,7 +218,9 @@ def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
     sample = images[:: max(1, len(images) // 10000)]  # spread over classes, which come in order
     flat = as_float(sample).transpose(0, 1).reshape(channels, -1)
     mean = tuple(round(v, 4) for v in flat.mean(1).tolist())
-    std = tuple(round(v, 4) for v in flat.std(1).tolist())
+    # a channel that never varies (a constant colour) has nothing to scale: dividing by its
+    # zero std would make every input infinite, so it is only centred
+    std = tuple(round(v, 4) if v >= 1 / 255 else 1.0 for v in flat.std(1).tolist())
     info = DatasetInfo(f"imagefolder:{root}", len(classes), channels, size, mean, std,
                        max(size // 8, 1), True)
     return info, train, test
@@ -238,6 +242,8 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
         if not class_dir.is_dir():
             raise UserError(f"{folder} lacks the class folder {name!r} that train/ has")
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for path in found:  # a FIFO or device under an image's name would block the decoder
+            check_regular_file(path, f"image {path}")
         files += found
         labels += [index] * len(found)
     if not files:
@@ -247,8 +253,12 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
-            return Split(saved["images"], saved["labels"])
-        except Exception:  # a stale or torn cache is rebuilt, never trusted
+            cached = Split(saved["images"], saved["labels"])
+            if (cached.images.dtype == torch.uint8 and cached.images.dim() == 4
+                    and cached.images.shape[0] == len(files)
+                    and torch.equal(cached.labels, torch.tensor(labels, dtype=torch.int64))):
+                return cached
+        except Exception:  # a stale, torn or foreign cache is rebuilt, never trusted
             pass
 
     def decode(path: Path) -> torch.Tensor:  # (C, H, W) uint8

@@ -4,6 +4,7 @@ fix where there is one), exit code 2, no traceback, and no output written."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import pickle
 from pathlib import Path
@@ -94,7 +95,7 @@ MALFORMED = {
     "no_num_classes": (_set("arch_kwargs", "num_classes", None),
                        "arch_kwargs lacks 'num_classes'"),
     "str_in_channels": (_set("arch_kwargs", "in_channels", "1"),
-                        "arch_kwargs 'in_channels' must be a positive integer"),
+                        "arch_kwargs 'in_channels' must be an integer from 1 to 64"),
     "str_width": (_set("arch_kwargs", "width", "wide"), "arch_kwargs 'width'"),
     "no_state_dict": (_set("state_dict", None), "'state_dict' must map parameter names"),
     "list_state_dict": (_set("state_dict", [1, 2]), "'state_dict' must map parameter names"),
@@ -109,6 +110,12 @@ MALFORMED = {
     "list_meta_config": (_set("meta", "config", [1]), "meta 'config' must be dict, not list"),
     "int_meta_dataset": (_set("meta", "dataset", 7), "meta 'dataset' must be str or None, not int"),
     "no_members": (_set("format", "robust-mc-ensemble/1"), "'members' must be a non-empty"),
+    # values of the right type that no machine can build, or no training leaves
+    "huge_width": (_set("arch_kwargs", "width", 1e308), "'width' must be a number in (0, 64]"),
+    "wide_1000": (_set("arch_kwargs", "width", 1000), "'width' must be a number in (0, 64]"),
+    "negative_in_channels": (_set("arch_kwargs", "in_channels", -3), "from 1 to 64"),
+    "nan_weights": (lambda obj: obj["state_dict"][next(iter(obj["state_dict"]))].fill_(math.nan),
+                    "holds NaN or infinite values"),
 }
 
 PAIR = ["{a}", "{b}"]

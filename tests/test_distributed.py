@@ -68,6 +68,7 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
     assert max((one[k] - ranks[0][k]).abs().max().item() for k in one) < 1e-6
 
 
+@pytest.mark.slow  # 30 s on a 2-core CPU: CI runs it in its end-to-end step
 def test_a_two_rank_connect_and_eval_give_the_figures_of_one_process(mlp_endpoints, tmp_path,
                                                                      capsys):
     two, one = tmp_path / "two", tmp_path / "one"
@@ -92,6 +93,7 @@ def test_a_two_rank_connect_and_eval_give_the_figures_of_one_process(mlp_endpoin
     assert shared[0] == shared[1]
 
 
+@pytest.mark.slow  # 30 s on a 2-core CPU: CI runs it in its end-to-end step
 def test_two_rank_ensemble_and_layers_share_their_work_and_agree(mlp_endpoints, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
@@ -138,7 +140,8 @@ def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
 
 def test_a_signal_to_one_rank_stops_all_at_one_step_and_one_process_resumes(mlp_endpoints,
                                                                            tmp_path):
-    argv = ["connect", *mlp_endpoints, *CONNECT, "--epochs", "20", "--batch-size", "32",
+    # six epochs: the signal comes once the first is saved, five before the run could end
+    argv = ["connect", *mlp_endpoints, *CONNECT, "--epochs", "6", "--batch-size", "32",
             "--attack-steps", "5"]
     run, straight = tmp_path / "run", tmp_path / "straight"
     process = torchrun(*argv, "--out", str(run))

@@ -45,6 +45,14 @@ def describe(path: str, args: argparse.Namespace) -> dict:
     return info
 
 
+def shown(value: object, spec: str) -> str:
+    """A recorded figure as text: formatted when it is a number, else as it was written (the
+    metadata of a file is not trusted to hold numbers)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return repr(value)[:40]
+
+
 def run(args: argparse.Namespace) -> int:
     info = describe(args.checkpoint, args)
     if args.json:
@@ -63,15 +71,17 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(info["objective"], dict):
         table.add_row("objective", ", ".join(f"{k} {v}" for k, v in info["objective"].items()))
     if "members" in info:
+        members_t = info.get("members_t")
         table.add_row("members", f"{info['members']} ({info['combine']} averaged)"
-                      + (f" at t = {', '.join(f'{t:.2f}' for t in info['members_t'])}"
-                         if info.get("members_t") else ""))
-    for split, values in info["metrics"].items():
+                      + (f" at t = {', '.join(shown(t, '.2f') for t in members_t)}"
+                         if isinstance(members_t, list) and members_t else ""))
+    metrics = info["metrics"] if isinstance(info["metrics"], dict) else {}
+    for split, values in metrics.items():
         if isinstance(values, dict):
             table.add_row(f"{split} clean / robust acc",
-                          f"{values.get('clean_acc', float('nan')):.2f}% / "
-                          f"{values.get('robust_acc', float('nan')):.2f}%")
+                          f"{shown(values.get('clean_acc'), '.2f')}% / "
+                          f"{shown(values.get('robust_acc'), '.2f')}%")
         else:
-            table.add_row(split, str(values))
+            table.add_row(str(split), str(values)[:200])
     Console().print(table)
     return 0

@@ -135,8 +135,31 @@ class Curve(nn.Module):
 
     @classmethod
     def from_state(cls, state: dict) -> Curve:
-        curve = cls(state["kind"], state["names"], [tuple(s) for s in state["shapes"]],
-                    state["start"], state["end"], max(int(state["bends"].shape[0]), 1))
+        """The curve :meth:`state` describes; ValueError naming what does not fit (names and
+        shapes that do not lay out the vectors, bends of another length, values that are not
+        finite)."""
+        names, shapes = state["names"], state["shapes"]
+        if not (isinstance(names, list) and isinstance(shapes, list)
+                and len(names) == len(shapes) == len(set(names))
+                and all(isinstance(n, str) for n in names)
+                and all(isinstance(s, (list, tuple)) and all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in s)
+                        for s in shapes)):
+            raise ValueError("names and shapes must be equally long lists of distinct names "
+                             "and lists of sizes")
+        size = sum(math.prod(s) for s in shapes)
+        vectors = {"start": state["start"], "end": state["end"]}
+        for key, vector in vectors.items():
+            if not (isinstance(vector, torch.Tensor) and vector.shape == (size,)):
+                raise ValueError(f"{key} must be a vector of the {size} parameters the shapes "
+                                 "lay out")
+        bends = state["bends"]
+        if not (isinstance(bends, torch.Tensor) and bends.dim() == 2 and bends.shape[1] == size):
+            raise ValueError(f"bends must be a (K, {size}) matrix")
+        if not all(bool(torch.isfinite(v).all()) for v in (*vectors.values(), bends)):
+            raise ValueError("start, end and bends must be finite")
+        curve = cls(state["kind"], names, [tuple(s) for s in shapes],
+                    state["start"], state["end"], max(int(bends.shape[0]), 1))
         if state["kind"] != "line":
             with torch.no_grad():
                 curve.bends.copy_(state["bends"])

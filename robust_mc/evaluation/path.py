@@ -39,7 +39,14 @@ class PointResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> PointResult:
-        return cls(d["t"], Metrics(**d["val"]), Metrics(**d["test"]), dict(d["seconds"]))
+        """The point :meth:`as_dict` wrote; ValueError for anything else."""
+        t = d["t"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"t must be a number in [0, 1], not {t!r}")
+        seconds = dict(d["seconds"])
+        if not all(isinstance(v, (int, float)) for v in seconds.values()):
+            raise ValueError("seconds must be numbers")
+        return cls(float(t), Metrics.from_state(d["val"]), Metrics.from_state(d["test"]), seconds)
 
 
 BN_BATCH_SIZE = 250  # fixed, so that the same weights always get the same statistics

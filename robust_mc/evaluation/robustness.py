@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,22 @@ class Metrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Any) -> Metrics:
+        """The figures :meth:`as_dict` wrote; ValueError for anything else (losses are numbers,
+        accuracies percentages, the count of images a non-negative integer)."""
+        if not isinstance(state, dict) or set(state) != {f.name for f in fields(cls)}:
+            raise ValueError("metrics are clean_loss, clean_acc, robust_loss, robust_acc, count")
+        numbers = [state[k] for k in ("clean_loss", "clean_acc", "robust_loss", "robust_acc")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ValueError("losses and accuracies must be numbers")
+        count = state["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("count must be a number of images")
+        if not all(0 <= state[k] <= 100 for k in ("clean_acc", "robust_acc")):
+            raise ValueError("accuracies must be percentages")
+        return cls(**state)
 
 
 def evaluate_seeded(model: nn.Module, split: Split, attack: Attack, runtime: Runtime,

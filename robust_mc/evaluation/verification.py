@@ -10,6 +10,7 @@ Everything is measured in float32, whatever precision the run's attacks used.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,22 @@ class PointVerification:
 
     @classmethod
     def from_state(cls, state: dict) -> PointVerification:
+        """The point :meth:`to_state` wrote; ValueError for a field of another type or range
+        (accuracies are percentages, t is in [0, 1])."""
+        def number(key: str, lo: float = -math.inf, hi: float = math.inf) -> bool:
+            value = state[key]
+            return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and lo <= value <= hi)
+
+        accuracies = ["clean_acc", "path_robust_acc", "autoattack_torchattacks"]
+        if state.get("autoattack") is not None:
+            accuracies.append("autoattack")
+        if not (number("t", 0, 1) and all(number(k, 0, 100) for k in accuracies)
+                and number("images", 0) and isinstance(state["path_attack"], str)
+                and isinstance(state["roles"], list)
+                and all(isinstance(r, str) for r in state["roles"])):
+            raise ValueError("a verified point holds t in [0, 1], accuracies in percent, its "
+                             "image count, the path's attack and its roles")
         return cls(state["t"], list(state["roles"]), state["images"], state["clean_acc"],
                    state["path_attack"], state["path_robust_acc"], state["autoattack"],
                    state["autoattack_torchattacks"], dict(state.get("pgd") or {}),

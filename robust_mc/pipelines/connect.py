@@ -165,7 +165,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         continues(policy, out, None, {})  # refused before anything is loaded or written
     data = load_data(cfg.data)
     pair.check_data(data)
-    out = ensure_out_dir(out)  # only once the inputs are known to be good
+    out = ensure_out_dir(out, RUN_FILES)  # only once the inputs are known to be good
     remove_stale_temps(out)
     session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device),
                              stop or StopSignals())

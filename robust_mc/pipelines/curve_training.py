@@ -18,7 +18,13 @@ from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run import distributed
 from robust_mc.run.checkpoint import weights_of
 from robust_mc.run.records import CurveRun, PamHistory
-from robust_mc.run.resume import attack_generator, restore_rng, rng_state
+from robust_mc.run.resume import (
+    attack_generator,
+    load_optimizer_state,
+    restore_rng,
+    restoring,
+    rng_state,
+)
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import CurveTask
 
@@ -57,10 +63,11 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     position = Position()
     if saved is not None:
         position = saved.position or position
-        if saved.optimizer is not None:
-            optimizer.load_state_dict(saved.optimizer)
-        if saved.rng is not None:
-            restore_rng(saved.rng, generator, attacks)
+        with restoring(out):
+            if saved.optimizer is not None:
+                load_optimizer_state(optimizer, saved.optimizer)
+            if saved.rng is not None:
+                restore_rng(saved.rng, generator, attacks)
     a = cfg.attack
     reporter.print(f"[bold]train[/] {cfg.curve.kind} curve ({curve.num_bends} bend(s)), "
                    f"{cfg.curve.objective} objective, PGD-{a.steps} eps {a.eps * 255:.3g}/255 "

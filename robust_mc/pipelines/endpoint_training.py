@@ -34,7 +34,9 @@ from robust_mc.run.resume import (
     ResumePolicy,
     attack_generator,
     continues,
+    load_optimizer_state,
     restore_rng,
+    restoring,
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seeded
@@ -144,14 +146,15 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     average = WeightAverage(model, obj.ema) if obj.ema is not None else None
     position, history = Position(), []
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        position = Position.from_state(saved["position"])
-        history = list(saved["history"])
-        record = saved["record"]
-        restore_rng(saved["rng"], generator, attack_stream)
-        if average is not None and saved.get("ema") is not None:
-            average.load(saved["ema"])
+        with restoring(state_path or "the saved training state"):
+            model.load_state_dict(saved["model"])
+            load_optimizer_state(optimizer, saved["optimizer"])
+            position = Position.from_state(saved["position"])
+            history = list(saved["history"])
+            record = saved["record"]
+            restore_rng(saved["rng"], generator, attack_stream)
+            if average is not None and saved.get("ema") is not None:
+                average.load(saved["ema"])
     a = cfg.attack
     monitor = a.build()
     reporter.print(f"[bold]train[/] {endpoint_arch(cfg, data.info)} on {data.info.name}: "

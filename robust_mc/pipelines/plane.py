@@ -18,7 +18,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.session import open_saved_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.files import atomic_write_json, read_json, remove
+from robust_mc.run.files import at_most, atomic_write_json, parsed, read_json, remove
 from robust_mc.run.records import CurveRun
 from robust_mc.run.resume import ResumePolicy, continues
 from robust_mc.run.runtime import Runtime
@@ -74,7 +74,7 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
     points = [*anchors.values(), *((x, y) for y in ys for x in xs)]
     settings = {"plane": to_dict(plane_cfg), "path": to_dict(cfg.path),
                 "attack": to_dict(cfg.attack)}
-    done = saved_points(out / PROGRESS_FILE, settings)
+    done = saved_points(out / PROGRESS_FILE, settings, len(points))
 
     def record(_: int, metrics: Metrics) -> None:
         done.append(metrics)
@@ -96,10 +96,12 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
     return result
 
 
-def saved_points(path: Path, settings: dict) -> list[Metrics]:
-    """The grid points an interrupted run with the same settings evaluated."""
+def saved_points(path: Path, settings: dict, count: int) -> list[Metrics]:
+    """The grid points (of ``count``) an interrupted run with the same settings evaluated."""
     saved = read_json(path) if path.is_file() else None
     if not isinstance(saved, dict) or not continues(ResumePolicy.REPLACE, path,
                                                     saved.get("config") or {}, settings):
         return []
-    return [Metrics(**m) for m in saved.get("points", [])]
+    return parsed(path, lambda: [Metrics.from_state(m) for m in
+                                 at_most(saved.get("points") or [], count)],
+                  "delete it to evaluate the plane from its first point")

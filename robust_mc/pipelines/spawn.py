@@ -27,6 +27,7 @@ from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import run_connect
 from robust_mc.pipelines.endpoint_training import (
+    TRAIN_STATE_FORMAT,
     state_path_for,
     train_endpoint,
     trained_endpoint,
@@ -34,7 +35,7 @@ from robust_mc.pipelines.endpoint_training import (
 from robust_mc.pipelines.layers import run_layers
 from robust_mc.pipelines.pair import Pair, load_pair
 from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import LoadOptions, save_checkpoint
+from robust_mc.run.checkpoint import LoadOptions, read_torch_file, save_checkpoint
 from robust_mc.run.files import atomic_torch_save, ensure_out_dir, read_json, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.records import PathLabel
@@ -124,7 +125,11 @@ def fork(out: Path, epoch: int, child: TrainRunConfig, path: Path, device: torch
     state_file = state_path_for(path)
     if path.is_file() or state_file.is_file():
         return  # trained, or training (it continues)
-    state = torch.load(snapshot_path(out, epoch), map_location="cpu", weights_only=True)
+    snapshot = snapshot_path(out, epoch)
+    state = read_torch_file(snapshot) if snapshot.is_file() else None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise UserError(f"{snapshot} is not the parent's training state at epoch {epoch}; "
+                        "delete it (the parent is retrained to that epoch)")
     seed = child.optim.seed
     state.update(config=to_dict(child), rng=rng_state(torch.Generator().manual_seed(seed),
                                                       attack_generator(seed, device)))

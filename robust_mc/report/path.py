@@ -15,7 +15,7 @@ from robust_mc.evaluation.robustness import Metrics
 from robust_mc.report.plot import figure
 from robust_mc.report.progress import Reporter
 from robust_mc.report.verification import print_verification
-from robust_mc.run.files import atomic_write_json, atomic_write_text, read_json
+from robust_mc.run.files import atomic_write_json, atomic_write_text, parsed, read_json
 from robust_mc.run.records import PathLabel, PathSummary
 
 COLUMNS = ("t", "split", "clean_loss", "clean_acc", "robust_loss", "robust_acc", "count")
@@ -43,21 +43,32 @@ def write_path_files(out: Path, paths: dict[PathLabel, list[PointResult]],
 
 def robust_accuracy_along_t(out: Path) -> list[tuple[float, float]]:
     """(t, test robust accuracy) of the first path in ``out/path.json``."""
-    rows = (read_json(out / "path.json") or {}).get("rows", [])
-    first = rows[0]["path"] if rows else None
-    return [(r["t"], r["robust_acc"]) for r in rows
-            if r["path"] == first and r["split"] == "test"]
+    points = path_points(out)
+    first = next(iter(points.values()), [])
+    return [(p.t, p.test.robust_acc) for p in first]
 
 
 def path_points(out: Path) -> dict[str, list[PointResult]]:
-    """The points of each path in ``out/path.json`` (without their timings), by path label."""
-    rows = (read_json(out / "path.json") or {}).get("rows", [])
-    by_t: dict[str, dict[float, dict[str, Metrics]]] = {}
-    for row in rows:
-        metrics = Metrics(**{k: row[k] for k in COLUMNS[2:]})
-        by_t.setdefault(row["path"], {}).setdefault(row["t"], {})[row["split"]] = metrics
-    return {label: [PointResult(t, splits["val"], splits["test"]) for t, splits in
-                    sorted(points.items())] for label, points in by_t.items()}
+    """The points of each path in ``out/path.json`` (without their timings), by path label, in
+    the order the file lists the paths; a file robust-mc did not write is refused in one
+    line."""
+    path = out / "path.json"
+    state = read_json(path) or {}
+
+    def points() -> dict[str, list[PointResult]]:
+        if not isinstance(state, dict) or not isinstance(state.get("rows", []), list):
+            raise ValueError("path.json holds its rows as a list")
+        by_t: dict[str, dict[float, dict[str, Metrics]]] = {}
+        for row in state.get("rows", []):
+            metrics = Metrics.from_state({k: row[k] for k in COLUMNS[2:]})
+            t, split = row["t"], row["split"]
+            if not (isinstance(t, (int, float)) and 0 <= t <= 1 and split in ("val", "test")):
+                raise ValueError("each row holds t in [0, 1] and the split, val or test")
+            by_t.setdefault(str(row["path"]), {}).setdefault(float(t), {})[split] = metrics
+        return {label: [PointResult(t, splits["val"], splits["test"]) for t, splits in
+                        sorted(points.items())] for label, points in by_t.items()}
+
+    return parsed(path, points, "evaluate the run again (robust-mc eval RUN --out DIR)")
 
 
 def plot_paths(out: Path, paths: dict[PathLabel, list[PointResult]], title: str

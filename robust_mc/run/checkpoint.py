@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from robust_mc.errors import UserError
+from robust_mc.limits import check_bounded, check_regular_file
 from robust_mc.models import Classifier, create_model
 from robust_mc.models._registry import is_registered
 from robust_mc.models.ensemble import Ensemble
@@ -215,6 +216,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
 def read_torch_file(path: Path, trust: bool = False) -> Any:
     """``torch.load`` with weights only (unless ``trust``), every failure a one-line UserError;
     a safetensors file is read as such (safe by construction)."""
+    check_regular_file(path)
     if is_safetensors(path):
         return read_safetensors(path)
     with open(path, "rb") as handle:
@@ -228,7 +230,7 @@ def read_torch_file(path: Path, trust: bool = False) -> Any:
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=not trust)
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()]
         reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])
@@ -242,6 +244,7 @@ def read_torch_file(path: Path, trust: bool = False) -> Any:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
                         f"{first[:160]})") from None
+    return check_bounded(obj, path)
 
 
 def load_checkpoint(path: str | Path, options: LoadOptions | None = None, *,
@@ -351,15 +354,16 @@ def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
     kwargs = obj.get("arch_kwargs")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise malformed(source, "'arch_kwargs' must be a mapping of argument names to values")
-    for key in ("num_classes", "in_channels", "image_size"):
+    for key, most in ARCH_KWARG_BOUNDS.items():
         if key not in kwargs and key != "image_size":
             raise malformed(source, f"arch_kwargs lacks {key!r} (a positive integer)")
-        if key in kwargs and not _positive_int(kwargs[key]):
-            raise malformed(source, f"arch_kwargs {key!r} must be a positive integer, not "
-                                    f"{kwargs[key]!r}")
+        if key in kwargs and not (_positive_int(kwargs[key]) and kwargs[key] <= most):
+            raise malformed(source, f"arch_kwargs {key!r} must be an integer from 1 to {most}, "
+                                    f"not {kwargs[key]!r}")
     width = kwargs.get("width", 1.0)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise malformed(source, f"arch_kwargs 'width' must be a positive number, not {width!r}")
+    if not (_number(width) and 0 < width <= MAX_WIDTH):
+        raise malformed(source, f"arch_kwargs 'width' must be a number in (0, {MAX_WIDTH}], not "
+                                f"{width!r}")
     norm = obj.get("normalization")
     if not isinstance(norm, dict):
         raise malformed(source, "'normalization' must hold 'mean' and 'std' lists")
@@ -379,10 +383,15 @@ def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
 
 
 def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """A non-empty mapping of parameter names to tensors, or a one-line error naming ``key``."""
+    """A non-empty mapping of parameter names to finite tensors, or a one-line error naming
+    ``key``."""
     if not isinstance(value, dict) or not value or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
         raise malformed(source, f"{key!r} must map parameter names to tensors")
+    for name, tensor in value.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise malformed(source, f"{key} {name!r} holds NaN or infinite values (a diverged "
+                                    "run?); use a checkpoint of finite weights")
     return value
 
 
@@ -402,6 +411,12 @@ def checked_meta(value: Any, source: str | Path) -> dict:
             raise malformed(source, f"meta {key!r} must be {expected}, not "
                                     f"{type(value[key]).__name__}")
     return value
+
+
+# the largest standard architecture arguments a file may record: beyond them a network does not
+# fit a machine (a zoo network at width 1000 asks for a 73 GB convolution)
+ARCH_KWARG_BOUNDS = {"num_classes": 100_000, "in_channels": 64, "image_size": 4096}
+MAX_WIDTH = 64
 
 
 def _positive_int(value: Any) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 HEARTBEAT = 30.0  # seconds between touches of a claim while its work runs
 STALE_AFTER = 600.0  # seconds without a touch after which another host's claim is stale
 POLL = 1.0  # seconds between looks at work another worker holds
+MAX_PID = 2**22  # the largest process id Linux gives (pid_max's ceiling)
 
 
 def claim_path(target: Path) -> Path:
@@ -31,6 +32,21 @@ def claim_path(target: Path) -> Path:
 
 def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+
+
+def _owner_of(path: Path) -> dict | None:
+    """The host and process a claim names, or None when it names none that can exist (not
+    JSON, half-written, a pid that is not a process id)."""
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(owner, dict) or not isinstance(owner.get("host"), str):
+        return None
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        return None
+    return owner
 
 
 def _alive(pid: int) -> bool:
@@ -44,14 +60,19 @@ def _alive(pid: int) -> bool:
 
 
 def is_stale(path: Path) -> bool:
-    """Whether the claim at ``path`` belongs to a worker that is gone."""
+    """Whether the claim at ``path`` belongs to a worker that is gone: a process of this host
+    that has ended; another host's claim not touched for ``STALE_AFTER``; a claim that names no
+    process that can exist (a worker killed between creating and writing it, or not a claim)
+    once a heartbeat has passed without anyone writing it."""
     try:
-        owner = json.loads(path.read_text())
         touched = path.stat().st_mtime
-    except (OSError, ValueError):
-        return not path.exists()  # half-written by a worker killed at once: judged by age
-    if owner.get("host") == socket.gethostname():
-        return not _alive(int(owner.get("pid", -1)))
+    except OSError:
+        return True
+    owner = _owner_of(path)
+    if owner is None:
+        return time.time() - touched > HEARTBEAT
+    if owner["host"] == socket.gethostname():
+        return not _alive(owner["pid"])
     return time.time() - touched > STALE_AFTER
 
 

@@ -11,12 +11,15 @@ import tempfile
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 
 from robust_mc.errors import UserError
+from robust_mc.limits import check_regular_file
 from robust_mc.run import distributed
+
+T = TypeVar("T")
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -95,19 +98,47 @@ def remove(path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """A JSON file's value, or None when it is missing or not JSON."""
+    """A JSON file's value, or None when it is missing or not JSON (a FIFO or device in its
+    place is refused in one line: reading it would block)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return json.loads(check_regular_file(path).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
 
 
-def ensure_out_dir(path: str | Path) -> Path:
+def parsed(path: str | Path, parse: Callable[[], T], fix: str) -> T:
+    """``parse()`` of what was read from ``path``; a field of the wrong type, shape or range
+    (KeyError, TypeError, ValueError, ...) ends in one line naming the file and ``fix``."""
+    try:
+        return parse()
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"{path} is not what robust-mc writes ({detail[:160]}); {fix}") from None
+
+
+def at_most(items: Any, count: int) -> list:
+    """``items`` as a list of at most ``count`` entries; ValueError when it is no list or
+    longer (a progress file of more points than the run has)."""
+    if not isinstance(items, list) or len(items) > count:
+        raise ValueError(f"expected a list of at most {count} entries")
+    return items
+
+
+def ensure_out_dir(path: str | Path, files: tuple[str, ...] = ()) -> Path:
     """Create an output directory, or explain in one line why it cannot be used (before creating
-    anything)."""
+    anything): ``files`` are the names the command writes there, each of which must be a file
+    where it already exists (a directory or FIFO in its place would fail only after the
+    work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file; give a directory path")
+    for name in files:
+        target = path / name
+        if target.exists() and not target.is_file():
+            raise UserError(f"{target} is not a file, but the run writes its {name} there; move "
+                            "it away or choose another --out")
     _check_can_create(path, f"--out {path}")
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from robust_mc.core.curves import Curve
 from robust_mc.errors import UserError
 from robust_mc.evaluation.robustness import Metrics
 from robust_mc.evaluation.verification import Verification
+from robust_mc.limits import check_regular_file
 from robust_mc.run.checkpoint import (
     Checkpoint,
     LoadOptions,
@@ -37,7 +38,7 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     recorded_architecture,
 )
-from robust_mc.run.files import atomic_torch_save, atomic_write_json, read_json
+from robust_mc.run.files import atomic_torch_save, atomic_write_json, parsed, read_json
 from robust_mc.train.loop import Position
 
 CURVE_FORMAT = "robust-mc-curve/1"
@@ -84,6 +85,8 @@ class PamHistory:
     def from_state(cls, state: dict[str, Any] | None) -> PamHistory | None:
         if state is None:
             return None
+        if not isinstance(state, dict) or not isinstance(state.get("updates") or [], list):
+            raise ValueError("pam must be a mapping with a list of updates")
         return cls(state.get("start"), list(state.get("updates") or []),
                    state.get("moved_from_start"))
 
@@ -157,23 +160,36 @@ class CurveRun:
             raise malformed(source, "'config' must be the run's configuration (a mapping)")
         permutation = obj.get("permutation")
         if permutation is not None and not (isinstance(permutation, dict) and all(
-                isinstance(v, list) and all(isinstance(i, int) for i in v)
-                for v in permutation.values())):
-            raise malformed(source, "'permutation' must map spaces to lists of unit indices")
+                isinstance(v, list) and all(type(i) is int for i in v)
+                and sorted(v) == list(range(len(v))) for v in permutation.values())):
+            raise malformed(source, "'permutation' must map spaces to permutations of their "
+                                    "units (each index once)")
+        for key, kind in (("optimizer", dict), ("rng", dict), ("alignment", dict),
+                          ("pam", dict), ("history", list), ("endpoint_digests", dict)):
+            if obj.get(key) is not None and not isinstance(obj[key], kind):
+                raise malformed(source, f"{key!r} must be a {kind.__name__} or absent")
+        endpoint_states = {end: checked_state_dict(states.get(end), source,
+                                                   f"endpoint_states.{end}") for end in ENDS}
         try:
             curve = Curve.from_state(obj.get("curve"))  # type: ignore[arg-type]
             position = (Position.from_state(obj["position"]) if obj.get("position") is not None
                         else None)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError):
-            raise malformed(source, "'curve' or 'position' is not what robust-mc wrote") from None
+            pam = PamHistory.from_state(obj.get("pam"))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            reason = f" ({exc})" if isinstance(exc, ValueError) else ""
+            raise malformed(source, f"'curve', 'position' or 'pam' is not what robust-mc "
+                                    f"wrote{reason}") from None
+        for name, shape in zip(curve.names, curve.shapes, strict=True):
+            weights = endpoint_states["a"].get(name.removeprefix("net."))
+            if weights is None or tuple(weights.shape) != shape:
+                raise malformed(source, f"the curve's parameter {name} {list(shape)} is not one "
+                                        "of the endpoints' (names and shapes must agree)")
         return cls(curve, arch, arch_kwargs, checked_model_kwargs(obj, source), normalization,
-                   {end: checked_state_dict(states.get(end), source, f"endpoint_states.{end}")
-                    for end in ENDS},
-                   obj["config"], {end: metas.get(end) or {} for end in ENDS},
+                   endpoint_states, obj["config"], {end: metas.get(end) or {} for end in ENDS},
                    {end: p if isinstance(p := paths.get(end), str) else None for end in ENDS},
                    dict(obj.get("endpoint_digests") or {}), permutation, obj.get("alignment"),
-                   PamHistory.from_state(obj.get("pam")), position, obj.get("optimizer"),
-                   obj.get("rng"), list(obj.get("history") or []), options)
+                   pam, position, obj.get("optimizer"), obj.get("rng"),
+                   list(obj.get("history") or []), options)
 
     @classmethod
     def read(cls, path: Path, options: LoadOptions | None = None) -> CurveRun:
@@ -230,7 +246,7 @@ class BestPoint:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BestPoint:
-        return cls(state["t"], Metrics(**state["val"]), Metrics(**state["test"]))
+        return cls(state["t"], Metrics.from_state(state["val"]), Metrics.from_state(state["test"]))
 
 
 @dataclass(frozen=True)
@@ -248,8 +264,8 @@ class EndpointCheck:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EndpointCheck:
-        return cls(Metrics(**state["own"]), Metrics(**state["on_path"]), state["max_diff"],
-                   state["reproduced"])
+        return cls(Metrics.from_state(state["own"]), Metrics.from_state(state["on_path"]),
+                   float(state["max_diff"]), bool(state["reproduced"]))
 
 
 @dataclass
@@ -310,9 +326,21 @@ class PathSummary:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> PathSummary:
+        """The summary :meth:`to_state` wrote; ValueError (or KeyError, TypeError) for a file
+        of another format or a field of the wrong type."""
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        if state.get("format", SUMMARY_FORMAT) != SUMMARY_FORMAT:
+            raise ValueError(f"format {state['format']!r}, not {SUMMARY_FORMAT!r}")
         timings = dict(state.get("timings") or {})
         per_t = SecondsPerT(**timings.pop("per_t", {}))
         curve = state["curve"]
+        if not (isinstance(curve["kind"], str) and isinstance(curve["bends"], int)
+                and isinstance(curve["aligned"], bool)):
+            raise ValueError("curve must hold its kind, bends and aligned")
+        best = state.get("best")
+        if best and not (isinstance(best.get("t"), (int, float)) and 0 <= best["t"] <= 1):
+            raise ValueError("best t must be a number in [0, 1]")
         return cls(CurveInfo(curve["kind"], curve["bends"], curve["aligned"]),
                    {split: PathStats.from_state(s) for split, s in state["barriers"].items()},
                    state.get("config") or {},
@@ -329,11 +357,13 @@ class PathSummary:
 
     @classmethod
     def read(cls, path: Path) -> PathSummary | None:
-        """summary.json, or None where there is none or it is not one robust-mc wrote."""
+        """summary.json, or None where there is none; one that robust-mc did not write (another
+        format, a field of the wrong type, not JSON) is refused in one line, and left as it
+        is."""
+        if not check_regular_file(path).exists():
+            return None
         if not path.is_file():
-            return None
+            raise UserError(f"{path} is a directory, not a run's summary; move it away")
         state = read_json(path)
-        try:
-            return cls.from_state(state)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
+        return parsed(path, lambda: cls.from_state(state),
+                      "delete it to evaluate the run again, or restore the one it wrote")

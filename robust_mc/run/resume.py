@@ -8,9 +8,12 @@ made it: any difference that changes results is named, with the way out.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,48 @@ def rng_state(generator: torch.Generator, attack: torch.Generator | None = None
     if attack is not None:
         state["attack"] = attack.get_state()
     return state
+
+
+@contextlib.contextmanager
+def restoring(source: str | Path) -> Iterator[None]:
+    """Restore a saved state (weights, optimizer, random streams) read from ``source``: a field
+    of the wrong type or shape ends in one line naming the file, not deep in torch."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError,
+            OverflowError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:120]
+        raise UserError(f"{source} cannot be restored ({type(exc).__name__}: {first}); it is "
+                        "not a state robust-mc wrote: delete it or pass --fresh") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, and every per-parameter buffer it brings (momentum)
+    shaped as its parameter: torch checks only the counts, and a wrong shape would fail at the
+    first step, deep in the run. Raises ValueError (see :func:`restoring`)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for key, default in optimizer.defaults.items():  # lr, momentum, nesterov, ...
+            value = group.get(key)
+            if isinstance(default, bool) or default is None:
+                fits = value is None or isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                fits = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and math.isfinite(value))
+            else:
+                fits = True
+            if not fits:
+                raise ValueError(f"optimizer {key} {value!r}")
+        for param in group["params"]:
+            for name, buffer in optimizer.state.get(param, {}).items():
+                if buffer is None or (isinstance(buffer, torch.Tensor) and (
+                        buffer.dim() == 0 or buffer.shape == param.shape)
+                        and bool(torch.isfinite(buffer).all())):
+                    continue
+                raise ValueError(f"optimizer {name} is not a finite tensor shaped as its "
+                                 f"parameter {tuple(param.shape)}")
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from robust_mc.errors import UserError
+from robust_mc.limits import check_bounded
 
 METADATA_KEY = "robust-mc"
 SUFFIX = ".safetensors"
@@ -19,8 +20,11 @@ SUFFIX = ".safetensors"
 
 def is_safetensors(path: Path) -> bool:
     """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
@@ -38,17 +42,18 @@ def read_safetensors(path: Path) -> Any:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as exc:  # the library raises its own error types for a damaged file
+        first = (str(exc).splitlines() or [""])[0]
         raise UserError(f"{path} is not a readable safetensors file ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]})") from None
+                        f"{first[:160]})") from None
     if METADATA_KEY not in metadata:
         return tensors
     try:
         native = json.loads(metadata[METADATA_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UserError(f"{path}: its '{METADATA_KEY}' metadata is not JSON") from None
     if not isinstance(native, dict):
         raise UserError(f"{path}: its '{METADATA_KEY}' metadata is not a mapping")
-    return {**native, "state_dict": tensors}
+    return {**check_bounded(native, path), "state_dict": tensors}
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor], record: dict[str, Any]) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -57,7 +57,24 @@ class Position:
 
     @classmethod
     def from_state(cls, state: dict) -> Position:
-        return cls(**state)
+        """The position a saved state records; ValueError when a field is not what
+        :meth:`state` writes (counts are non-negative integers, an order is a 1-D tensor of
+        indices)."""
+        if not isinstance(state, dict) or not set(state) <= {f.name for f in fields(cls)}:
+            raise ValueError("a position is a mapping of Position's fields")
+        position = cls(**state)
+        counts = (position.epoch, position.step, position.correct, position.seen,
+                  position.skipped)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise ValueError("epoch, step, correct, seen and skipped must be counts")
+        if not all(isinstance(x, (int, float)) and math.isfinite(x)
+                   for x in (position.loss_sum, position.seconds)):
+            raise ValueError("loss_sum and seconds must be finite numbers")
+        order = position.order
+        if order is not None and not (isinstance(order, torch.Tensor) and order.dim() == 1
+                                      and not order.is_floating_point()):
+            raise ValueError("order must be a 1-D tensor of indices")
+        return position
 
     def next_epoch(self) -> None:
         self.epoch += 1
@@ -164,6 +181,9 @@ class Trainer:
         warmup = optim.warmup_epochs / optim.epochs
         if position.order is None:
             position.order = torch.randperm(len(split), generator=ctx.generator)
+        elif not torch.equal(position.order.sort().values, torch.arange(len(split))):
+            raise UserError(f"the saved state's shuffle is not one of the {len(split)} training "
+                            "images: it was saved for other data; pass --fresh")
         start = time.perf_counter() - position.seconds
         shown = position.step  # steps the progress bar already counts
         for i, (x, y) in enumerate(batches(split, optim.batch_size, generator=ctx.generator,
