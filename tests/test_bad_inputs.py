@@ -115,7 +115,7 @@ MALFORMED = {
     "wide_1000": (_set("arch_kwargs", "width", 1000), "'width' must be a number in (0, 64]"),
     "negative_in_channels": (_set("arch_kwargs", "in_channels", -3), "from 1 to 64"),
     "nan_weights": (lambda obj: obj["state_dict"][next(iter(obj["state_dict"]))].fill_(math.nan),
-                    "holds NaN or infinite values"),
+                    "non-finite values in"),
 }
 
 PAIR = ["{a}", "{b}"]
@@ -170,6 +170,14 @@ MATRIX = [
     (["connect", *PAIR, "--bends", "0"], "curve.bends: 0 is below the minimum 1"),
     (["connect", *PAIR, "--curve", "circle"], "invalid choice: 'circle'"),
     (["layers", *PAIR, "--points", "2"], "layers.points"),
+    # values that cannot fit the machine, refused before any work
+    (["connect", *PAIR, "--points", "1000000000"], "path.points: 1000000000 is above the "
+                                                   "maximum 1001"),
+    (["plane", "{run}", "--grid", "100000"], "grid: 100000 is above the maximum 101"),
+    (["train", "--threads", "100000"], "speed.threads: 100000 is above the maximum 1024"),
+    (["train", "--seed", str(10**19)], "does not fit in 64 bits"),
+    (["train", "--lr", "1e309"], "optim.lr: expected a finite number"),
+    (["train", "--width", "1000"], "model.width: 1000.0 is above the maximum 64"),
     # configuration files
     (["train", "--config", "{unknown_key}"], "unknown config key 'optim.lrr'"),
     (["connect", *PAIR, "--config", "{unknown_key}"], "unknown config key 'optim.lrr'"),

@@ -44,8 +44,8 @@ def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, ru
     summary = summarize(result, cfg)
     for split in ("val", "test"):
         for key, value in summary.barriers[split].to_state().items():
-            if key.endswith("barrier"):
-                assert abs(value) < 1e-4, (split, key, value)
+            if key.endswith("barrier"):  # the same network at every t: only the BN
+                assert abs(value) < 1e-4, (split, key, value)  # statistics' rounding differs
     first = result.points[0].test
     for point in result.points:
         assert point.test.robust_acc == first.robust_acc

@@ -80,3 +80,43 @@ def test_imagefolder_prefixes_sample_every_class(tmp_path, monkeypatch):
                                 train_limit=15, test_limit=15))
     assert set(data.train.labels.tolist()) == {0, 1, 2}
     assert set(data.test.labels.tolist()) == {0, 1, 2}
+
+
+def a_folder(root, colour=lambda index: (80 * index, 0, 0), classes=("a", "b"), count=4):
+    for split in ("train", "test"):
+        for index, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (4, 4), colour(index)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_channel_that_never_varies_is_centred_not_divided_by_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = a_folder(tmp_path / "imgs")  # green and blue are 0 everywhere
+    data = load_data(DataConfig(dataset=f"imagefolder:{root}", val_size=2))
+    assert data.info.std[0] > 0 and data.info.std[1:] == (1.0, 1.0)
+    from robust_mc.models import create_model
+
+    model = create_model("cnn", num_classes=2, in_channels=3, mean=data.info.mean,
+                         std=data.info.std)
+    assert torch.isfinite(model(as_float(data.train.images))).all()
+
+
+def test_a_fifo_among_the_images_is_refused_not_opened(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = a_folder(tmp_path / "imgs")
+    os.mkfifo(root / "train" / "a" / "blocks.png")  # opening it would wait for a writer
+    with pytest.raises(UserError, match="blocks.png is not a regular file"):
+        load_data(DataConfig(dataset=f"imagefolder:{root}"))
+
+
+@pytest.mark.parametrize("text", ["nan:nan", "0.5:inf", "0.5:0", "1e999:1"])
+def test_a_normalization_must_be_finite_with_positive_stds(text):
+    from robust_mc.data import parse_normalization
+
+    with pytest.raises(UserError, match="finite numbers, positive stds"):
+        parse_normalization(text)

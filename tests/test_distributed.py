@@ -57,6 +57,7 @@ def mlp_endpoints(tmp_path_factory) -> list[str]:
     return paths
 
 
+@pytest.mark.slow  # CI runs it in its end-to-end step
 def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
     worker = str(ROOT / "tests" / "distributed_train_worker.py")
     code, _, err = finished(torchrun(worker, str(tmp_path), module=False))
@@ -65,7 +66,9 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     cfg = build_config(TrainRunConfig, None, SETTINGS)  # the same run, in this one process
     one = train_endpoint(cfg, Runtime.for_device("cpu"), Reporter(quiet=True)).state_dict
-    assert max((one[k] - ranks[0][k]).abs().max().item() for k in one) < 1e-6
+    # two processes sum each gradient in two halves: float32 rounding (1e-7 relative a step)
+    # over two epochs of an MLP whose weights are of order 0.1
+    assert max((one[k] - ranks[0][k]).abs().max().item() for k in one) < 1e-5
 
 
 @pytest.mark.slow  # 30 s on a 2-core CPU: CI runs it in its end-to-end step
@@ -78,10 +81,12 @@ def test_a_two_rank_connect_and_eval_give_the_figures_of_one_process(mlp_endpoin
     assert cli.main(["connect", *mlp_endpoints, *CONNECT, "--out", str(one)]) == 0
     rows = [json.loads((run / "path.json").read_text())["rows"] for run in (one, two)]
     assert len(rows[0]) == len(rows[1]) == 10
-    for a, b in zip(*rows, strict=True):
-        assert a["t"] == b["t"] and a["split"] == b["split"]
-        for key in ("clean_loss", "robust_loss", "clean_acc", "robust_acc"):
-            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for a, b in zip(*rows, strict=True):  # the curve trained on two processes: as for a
+        assert a["t"] == b["t"] and a["split"] == b["split"]  # resumed run below
+        for key in ("clean_loss", "robust_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        for key in ("clean_acc", "robust_acc"):
+            assert a[key] == pytest.approx(b[key], abs=ONE_IMAGE), key
 
     again = [run / "again" for run in (one, two)]
     code, _, err = finished(torchrun("eval", str(one), "--points", "4", "--out", str(again[1])))
@@ -115,12 +120,13 @@ def test_two_rank_ensemble_and_layers_share_their_work_and_agree(mlp_endpoints, 
     single, shared = outputs["layers"]
     groups = [report["aligned"]["groups"] for report in (single, shared)]
     assert [g["group"] for g in groups[0]] == [g["group"] for g in groups[1]]
-    for a, b in zip(*groups, strict=True):  # threads differ: float rounding only
-        for key, value in a.items():
-            assert value == (b[key] if isinstance(value, str) else pytest.approx(b[key],
-                                                                                   abs=1e-6))
+    for a, b in zip(*groups, strict=True):  # threads differ: float rounding only, relative
+        for key, value in a.items():  # to the figure, with a floor for barriers near 0
+            assert value == (b[key] if isinstance(value, str) else pytest.approx(
+                b[key], rel=1e-5, abs=1e-6))
 
 
+@pytest.mark.slow  # CI runs it in its end-to-end step
 def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
     out = tmp_path / "k.pt"
     state = tmp_path / "k.state.pt"
@@ -178,6 +184,7 @@ FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},
                          "val_limit": 100, "test_limit": 200}}
 
 
+@pytest.mark.slow  # CI runs it in its end-to-end step
 def test_two_bench_workers_fill_one_grid_each_cell_once(mlp_endpoints, tmp_path, capsys):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({

@@ -130,6 +130,7 @@ def test_robust_architecture_traces_permutes_and_is_recovered(name, runtime):
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(2)))
     with torch.no_grad():
+        # the same sums in a permuted order, through a dozen layers: float32 rounding
         torch.testing.assert_close(shuffled(x), model(x), atol=1e-4, rtol=1e-4)
     labels = torch.zeros(16, dtype=torch.long)
     assert_units_separable(model, spec, [(x, labels)], runtime)

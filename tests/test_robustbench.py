@@ -56,6 +56,7 @@ def test_a_family_traces_permutes_and_is_recovered(family, runtime):
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(2)))
     with torch.no_grad():
+        # the same sums in a permuted order, through a deep network: float32 rounding
         torch.testing.assert_close(shuffled(x), model(x), atol=1e-4, rtol=1e-4)
     result = align(model, shuffled, [(x, labels)], spec=spec, runtime=runtime)
     permute_model(shuffled, spec, result.perm)
@@ -101,7 +102,6 @@ def test_a_zoo_entry_as_an_endpoint_needs_the_model_dir(capsys):
 ROBUSTBENCH_LOAD = """
 import sys, json, torch
 from robust_mc.models.robustbench import import_robustbench
-from robust_mc_testkit import assert_units_separable
 module = import_robustbench("robustbench.model_zoo.architectures.wide_resnet")
 record = json.load(open(sys.argv[1] + ".json"))
 model = module.WideResNet(num_classes=4, **record["model_kwargs"])

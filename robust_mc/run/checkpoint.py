@@ -383,15 +383,11 @@ def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
 
 
 def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """A non-empty mapping of parameter names to finite tensors, or a one-line error naming
-    ``key``."""
+    """A non-empty mapping of parameter names to tensors, or a one-line error naming ``key``
+    (their values are checked when a network is built from them)."""
     if not isinstance(value, dict) or not value or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
         raise malformed(source, f"{key!r} must map parameter names to tensors")
-    for name, tensor in value.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise malformed(source, f"{key} {name!r} holds NaN or infinite values (a diverged "
-                                    "run?); use a checkpoint of finite weights")
     return value
 
 
