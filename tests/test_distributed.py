@@ -146,8 +146,8 @@ def test_a_lost_rank_ends_the_job_with_one_line(tmp_path):
 
 def test_a_signal_to_one_rank_stops_all_at_one_step_and_one_process_resumes(mlp_endpoints,
                                                                            tmp_path):
-    # six epochs: the signal comes once the first is saved, five before the run could end
-    argv = ["connect", *mlp_endpoints, *CONNECT, "--epochs", "6", "--batch-size", "32",
+    # four epochs: the signal comes once the first is saved, three before the run could end
+    argv = ["connect", *mlp_endpoints, *CONNECT, "--epochs", "4", "--batch-size", "32",
             "--attack-steps", "5"]
     run, straight = tmp_path / "run", tmp_path / "straight"
     process = torchrun(*argv, "--out", str(run))

@@ -106,6 +106,7 @@ def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, mo
     assert not (tmp_path / "a.state.pt").exists()
 
 
+@pytest.mark.slow  # 15 s on a 2-core CPU: CI runs it in its end-to-end step
 def test_train_killed_with_sigkill_and_resumed_matches_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference.pt"
     assert cli.main([*TRAIN, "--out", str(reference)]) == 0
