@@ -95,15 +95,15 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def emulated_bfloat16_note(device: torch.device, dtype: torch.dtype | None) -> str | None:
     """One line when bfloat16 was asked for on a CPU that emulates it (neither AMX tiles nor
-    AVX-512 BF16): there a PGD step measured 10-11x slower than in float32 (a 2-core AVX2
-    EPYC), which ``auto`` would have avoided."""
+    AVX-512 BF16): there a PGD step measured 10-13x slower than in float32 (2-core AVX2
+    EPYCs; ``benchmarks.train_step``), which ``auto`` would have avoided."""
     if dtype != torch.bfloat16 or device.type != "cpu":
         return None
     features = cpu_features()
     if features["amx"] or features["avx512_bf16"]:
         return None
     return ("note: --precision bfloat16 on this CPU (no AMX tiles, no AVX-512 BF16) is "
-            "emulated: a PGD step measured about 10x slower than in float32; --precision auto "
+            "emulated: a PGD step measured 10-13x slower than in float32; --precision auto "
             "picks float32 here")
 
 
