@@ -12,7 +12,7 @@ from torch import nn
 
 import cli
 from robust_mc.config import AlignConfig, AttackConfig
-from robust_mc.core.align import align, align_models, unit_correlations
+from robust_mc.core.align import align, align_models, unit_statistics
 from robust_mc.core.permutation import (
     permute_model,
     random_permutation,
@@ -164,8 +164,8 @@ def test_statistics_are_those_of_the_unfolded_networks(runtime):
     spec = trace_permutation_spec(a, x[:2])
     assert any(len(space.taps) > 1 for space in spec)  # the conv -> BN space taps both
     labels = torch.zeros(24, dtype=torch.long)
-    corr, samples = unit_correlations(a, b, spec, [(x[:10], labels[:10]), (x[10:], labels[10:])],
-                                      runtime)
+    stats = unit_statistics(a, b, spec, [(x[:10], labels[:10]), (x[10:], labels[10:])], runtime)
+    corr, samples = stats.corr, stats.samples
     assert samples == 24
     reference = _reference_correlations(a, b, spec, x)
     assert not any(r.isnan().any() for r in reference.values()), "no unit may be dead here"
@@ -187,8 +187,8 @@ def test_a_train_mode_attack_sees_the_batch_norm_layers(digits_endpoints, digits
             return x
 
     spec = trace_permutation_spec(a, digits.train.images[:2])
-    unit_correlations(a, b, spec, list(batches(digits.train.take(64), 32)), runtime,
-                      Recording(mode))
+    unit_statistics(a, b, spec, list(batches(digits.train.take(64), 32)), runtime,
+                    Recording(mode))
     has_norm = [any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) for net in attacked]
     assert len(attacked) == 4
     assert all(has_norm) if mode == "train" else not any(has_norm)

@@ -14,7 +14,7 @@ from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.report.progress import Reporter
 from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
-from robust_mc.run.records import PathLabel
+from robust_mc.run.records import CurveRun, PathLabel
 
 
 def connect_config(**extra) -> ConnectRunConfig:
@@ -106,7 +106,8 @@ def test_resumable_curve_file_has_what_resume_needs(digits_endpoints, tmp_path, 
     pair = load_pair(str(paths[0]), str(paths[1]))
     cfg = connect_config(**{"optim.epochs": 1, "path.points": 2})
     pipeline.run_connect(pair, cfg, tmp_path / "run", runtime, Reporter(quiet=True))
-    run, again = pipeline.load_curve_run(tmp_path / "run" / "curve.pt")
+    run = CurveRun.read(tmp_path / "run" / "curve.pt")
+    again = Pair(*run.checkpoints())
     assert run.position is not None and run.position.epoch == 1 and run.optimizer is not None
     assert run.curve.kind == "bezier" and torch.isfinite(run.curve.bends).all()
     assert again.a.arch == pair.a.arch

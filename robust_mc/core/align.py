@@ -208,15 +208,6 @@ class UnitStatistics:
     samples: int
 
 
-def unit_correlations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
-                      batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
-                      attack: TrainingAttack | None = None, generator: torch.Generator | None = None
-                      ) -> tuple[dict[str, torch.Tensor], int]:
-    """Correlation matrix per space from one forward pass of each model over ``batches``."""
-    stats = unit_statistics(model_a, model_b, spec, batches, runtime, attack, generator)
-    return stats.corr, stats.samples
-
-
 def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
                     attack: TrainingAttack | None = None, generator: torch.Generator | None = None

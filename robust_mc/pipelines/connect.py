@@ -2,8 +2,9 @@
 
 connect = align b to a -> train a robust curve -> evaluate along it -> barriers and the best
 on-path robust model. eval = load a saved curve -> evaluate along it -> the same report. The
-stages live in ``endpoints.py``, ``curve_training.py`` and ``path_evaluation.py``; the files in
-``run/records.py``; this module only sequences them and decides what a saved run becomes.
+stages live in ``pair.py`` (the endpoints, aligned), ``curve_training.py`` and
+``path_evaluation.py``; the files in ``run/records.py``; this module only sequences them and
+decides what a saved run becomes.
 """
 
 from __future__ import annotations
@@ -73,12 +74,6 @@ def config_from_run(run: CurveRun, overrides: dict) -> ConnectRunConfig:
     cfg = build_config(ConnectRunConfig, None, {**flatten(run.config), **overrides})
     preflight(cfg, re_evaluation=True)
     return cfg
-
-
-def load_curve_run(path: Path, options: LoadOptions | None = None) -> tuple[CurveRun, Pair]:
-    """curve.pt and the endpoint pair it joins (b as connected)."""
-    run = CurveRun.read(path, options)
-    return run, Pair(*run.checkpoints())
 
 
 def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]
