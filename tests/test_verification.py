@@ -83,6 +83,7 @@ def test_a_masked_model_fails_the_checks_that_see_its_mask(honest, digits, runti
     assert all(c.hint for c in checks if not c.passed)
 
 
+@pytest.mark.slow  # both AutoAttacks in full, 17 s on a 2-core CPU: CI's end-to-end step
 def test_verify_point_measures_on_the_same_images_and_keeps_robust_below_clean(
         honest, digits, runtime):
     installed = verification.reference_version() is not None  # the dev extra has it
