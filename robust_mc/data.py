@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from robust_mc.config import DataConfig
 from robust_mc.errors import UserError
-from robust_mc.limits import check_regular_file
+from robust_mc.limits import checked_stat
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -242,13 +242,14 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
         if not class_dir.is_dir():
             raise UserError(f"{folder} lacks the class folder {name!r} that train/ has")
         found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in found:  # a FIFO or device under an image's name would block the decoder
-            check_regular_file(path, f"image {path}")
         files += found
         labels += [index] * len(found)
     if not files:
         raise UserError(f"{folder} holds no .jpg/.jpeg/.png images")
-    key = hashlib.sha256("\n".join(f"{p}:{p.stat().st_mtime_ns}" for p in files).encode())
+    # one stat per image: its time for the cache key, its kind refused if not a file (a FIFO
+    # under an image's name would block the decoder)
+    key = hashlib.sha256("\n".join(f"{p}:{checked_stat(p, f'image {p}').st_mtime_ns}"
+                                   for p in files).encode())
     cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
         try:

@@ -8,6 +8,7 @@ forever. Both are refused here in one line, before any code walks the value.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,19 @@ def check_regular_file(path: str | Path, what: str = "") -> Path:
     or device, which would block or never end, is refused."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
+        checked_stat(path, what)
     except OSError:
-        return path
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        pass
+    return path
+
+
+def checked_stat(path: Path, what: str = "") -> os.stat_result:
+    """``path``'s stat (OSError where there is none), one line for a FIFO, socket or device."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
         raise UserError(f"{what or path} is not a regular file (a FIFO, socket or device); give "
                         "a file")
-    return path
+    return info
 
 
 def check_bounded(value: Any, source: str | Path) -> Any:

@@ -17,12 +17,13 @@ from robust_mc.pipelines.pair import Endpoints
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run import distributed
 from robust_mc.run.checkpoint import weights_of
+from robust_mc.run.files import as_written
 from robust_mc.run.records import CurveRun, PamHistory
 from robust_mc.run.resume import (
+    RESTORE_FIX,
     attack_generator,
     load_optimizer_state,
     restore_rng,
-    restoring,
     rng_state,
 )
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
@@ -63,7 +64,7 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     position = Position()
     if saved is not None:
         position = saved.position or position
-        with restoring(out):
+        with as_written(out, RESTORE_FIX):
             if saved.optimizer is not None:
                 load_optimizer_state(optimizer, saved.optimizer)
             if saved.rng is not None:

@@ -27,16 +27,16 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     save_checkpoint,
 )
-from robust_mc.run.files import atomic_torch_save, remove
+from robust_mc.run.files import as_written, atomic_torch_save, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.provenance import run_record
 from robust_mc.run.resume import (
+    RESTORE_FIX,
     ResumePolicy,
     attack_generator,
     continues,
     load_optimizer_state,
     restore_rng,
-    restoring,
     rng_state,
 )
 from robust_mc.run.runtime import Runtime, seeded
@@ -146,7 +146,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     average = WeightAverage(model, obj.ema) if obj.ema is not None else None
     position, history = Position(), []
     if saved is not None:
-        with restoring(state_path or "the saved training state"):
+        with as_written(state_path or "the saved training state", RESTORE_FIX):
             model.load_state_dict(saved["model"])
             load_optimizer_state(optimizer, saved["optimizer"])
             position = Position.from_state(saved["position"])
@@ -157,7 +157,8 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
                 average.load(saved["ema"])
     a = cfg.attack
     monitor = a.build()
-    reporter.print(f"[bold]train[/] {endpoint_arch(cfg, data.info)} on {data.info.name}: "
+    arch = endpoint_arch(cfg, data.info)
+    reporter.print(f"[bold]train[/] {arch} on {data.info.name}: "
                    f"{len(data.train)} train "
                    f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
                    f"eps {a.eps * 255:.3g}/255; {runtime.summary()}")
@@ -227,8 +228,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
                     "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
         "record": record,
     }
-    return checkpoint_from_model(model, endpoint_arch(cfg, data.info),
-                                 arch_kwargs_for(data, cfg.model.width), meta,
+    return checkpoint_from_model(model, arch, arch_kwargs_for(data, cfg.model.width), meta,
                                  model_kwargs=cfg.model.kwargs)
 
 

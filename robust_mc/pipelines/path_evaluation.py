@@ -20,7 +20,7 @@ from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
-from robust_mc.run.files import at_most, atomic_write_json, parsed, read_json
+from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.records import (
     BestPoint,
@@ -67,11 +67,10 @@ class EvaluationProgress:
         saved = read_json(path) if path.is_file() else None
         if isinstance(saved, dict) and continues(ResumePolicy.REPLACE, path,
                                                  saved.get("config") or {}, self.config):
-            points = cfg.path.points
-            self.paths = parsed(path, lambda: {
-                str(label): [PointResult.from_dict(p) for p in at_most(pts, points)]
-                for label, pts in dict(saved.get("paths") or {}).items()},
-                "delete it to evaluate the path from its first t")
+            with as_written(path, "delete it to evaluate the path from its first t"):
+                self.paths = {
+                    str(label): [PointResult.from_dict(p) for p in at_most(pts, cfg.path.points)]
+                    for label, pts in dict(saved.get("paths") or {}).items()}
 
     def done(self, label: PathLabel) -> list[PointResult]:
         return self.paths.get(str(label), [])

@@ -18,7 +18,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.session import open_saved_run
 from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.files import at_most, atomic_write_json, parsed, read_json, remove
+from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json, remove
 from robust_mc.run.records import CurveRun
 from robust_mc.run.resume import ResumePolicy, continues
 from robust_mc.run.runtime import Runtime
@@ -102,6 +102,5 @@ def saved_points(path: Path, settings: dict, count: int) -> list[Metrics]:
     if not isinstance(saved, dict) or not continues(ResumePolicy.REPLACE, path,
                                                     saved.get("config") or {}, settings):
         return []
-    return parsed(path, lambda: [Metrics.from_state(m) for m in
-                                 at_most(saved.get("points") or [], count)],
-                  "delete it to evaluate the plane from its first point")
+    with as_written(path, "delete it to evaluate the plane from its first point"):
+        return [Metrics.from_state(m) for m in at_most(saved.get("points") or [], count)]

@@ -15,7 +15,7 @@ from robust_mc.evaluation.robustness import Metrics
 from robust_mc.report.plot import figure
 from robust_mc.report.progress import Reporter
 from robust_mc.report.verification import print_verification
-from robust_mc.run.files import atomic_write_json, atomic_write_text, parsed, read_json
+from robust_mc.run.files import as_written, atomic_write_json, atomic_write_text, read_json
 from robust_mc.run.records import PathLabel, PathSummary
 
 COLUMNS = ("t", "split", "clean_loss", "clean_acc", "robust_loss", "robust_acc", "count")
@@ -54,11 +54,10 @@ def path_points(out: Path) -> dict[str, list[PointResult]]:
     line."""
     path = out / "path.json"
     state = read_json(path) or {}
-
-    def points() -> dict[str, list[PointResult]]:
+    by_t: dict[str, dict[float, dict[str, Metrics]]] = {}
+    with as_written(path, "evaluate the run again (robust-mc eval RUN --out DIR)"):
         if not isinstance(state, dict) or not isinstance(state.get("rows", []), list):
             raise ValueError("path.json holds its rows as a list")
-        by_t: dict[str, dict[float, dict[str, Metrics]]] = {}
         for row in state.get("rows", []):
             metrics = Metrics.from_state({k: row[k] for k in COLUMNS[2:]})
             t, split = row["t"], row["split"]
@@ -67,8 +66,6 @@ def path_points(out: Path) -> dict[str, list[PointResult]]:
             by_t.setdefault(str(row["path"]), {}).setdefault(float(t), {})[split] = metrics
         return {label: [PointResult(t, splits["val"], splits["test"]) for t, splits in
                         sorted(points.items())] for label, points in by_t.items()}
-
-    return parsed(path, points, "evaluate the run again (robust-mc eval RUN --out DIR)")
 
 
 def plot_paths(out: Path, paths: dict[PathLabel, list[PointResult]], title: str

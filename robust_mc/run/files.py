@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import torch
 
 from robust_mc.errors import UserError
 from robust_mc.limits import check_regular_file
 from robust_mc.run import distributed
-
-T = TypeVar("T")
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -106,16 +104,20 @@ def read_json(path: str | Path) -> Any:
         return None
 
 
-def parsed(path: str | Path, parse: Callable[[], T], fix: str) -> T:
-    """``parse()`` of what was read from ``path``; a field of the wrong type, shape or range
-    (KeyError, TypeError, ValueError, ...) ends in one line naming the file and ``fix``."""
+@contextmanager
+def as_written(path: str | Path, fix: str) -> Iterator[None]:
+    """The block turns what was read from ``path`` into records (or restores a saved state
+    from it): a field of the wrong type, shape or range (KeyError, TypeError, ValueError, or
+    torch's RuntimeError) ends in one line naming the file and ``fix``, not deep in the code."""
     try:
-        return parse()
+        yield
     except UserError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-        raise UserError(f"{path} is not what robust-mc writes ({detail[:160]}); {fix}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError,
+            OverflowError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:160]
+        detail = first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"
+        raise UserError(f"{path} is not what robust-mc writes ({detail}); {fix}") from None
 
 
 def at_most(items: Any, count: int) -> list:

@@ -38,7 +38,7 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     recorded_architecture,
 )
-from robust_mc.run.files import atomic_torch_save, atomic_write_json, parsed, read_json
+from robust_mc.run.files import as_written, atomic_torch_save, atomic_write_json, read_json
 from robust_mc.train.loop import Position
 
 CURVE_FORMAT = "robust-mc-curve/1"
@@ -364,6 +364,6 @@ class PathSummary:
             return None
         if not path.is_file():
             raise UserError(f"{path} is a directory, not a run's summary; move it away")
-        state = read_json(path)
-        return parsed(path, lambda: cls.from_state(state),
-                      "delete it to evaluate the run again, or restore the one it wrote")
+        with as_written(path, "delete it to evaluate the run again, or restore the one it "
+                              "wrote"):
+            return cls.from_state(read_json(path))

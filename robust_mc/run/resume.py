@@ -8,12 +8,10 @@ made it: any difference that changes results is named, with the way out.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import math
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,25 +101,13 @@ def rng_state(generator: torch.Generator, attack: torch.Generator | None = None
     return state
 
 
-@contextlib.contextmanager
-def restoring(source: str | Path) -> Iterator[None]:
-    """Restore a saved state (weights, optimizer, random streams) read from ``source``: a field
-    of the wrong type or shape ends in one line naming the file, not deep in torch."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError,
-            OverflowError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:120]
-        raise UserError(f"{source} cannot be restored ({type(exc).__name__}: {first}); it is "
-                        "not a state robust-mc wrote: delete it or pass --fresh") from None
+RESTORE_FIX = "delete it or pass --fresh"  # what to do with a saved state that cannot be restored
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``optimizer.load_state_dict(state)``, and every per-parameter buffer it brings (momentum)
     shaped as its parameter: torch checks only the counts, and a wrong shape would fail at the
-    first step, deep in the run. Raises ValueError (see :func:`restoring`)."""
+    first step, deep in the run. Raises ValueError (see ``files.as_written``)."""
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         for key, default in optimizer.defaults.items():  # lr, momentum, nesterov, ...
