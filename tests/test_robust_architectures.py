@@ -14,7 +14,12 @@ from robust_mc_testkit import assert_units_separable
 from torch import nn
 
 from robust_mc.core.align import align
-from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
+from robust_mc.core.permutation import (
+    apply_permutation,
+    permute_model,
+    random_permutation,
+    trace_permutation_spec,
+)
 
 
 class _SwishFunction(torch.autograd.Function):
@@ -140,7 +145,7 @@ def test_robust_architecture_traces_permutes_and_is_recovered(name, runtime):
         assert torch.equal(shuffled.state_dict()[key], value), key
 
 
-def test_group_norm_over_groups_of_channels_is_left_as_it_is_and_said():
+def test_group_norm_groups_are_permuted_as_wholes():
     class Grouped(nn.Module):
         def __init__(self):
             super().__init__()
@@ -150,5 +155,15 @@ def test_group_norm_over_groups_of_channels_is_left_as_it_is_and_said():
         def forward(self, x):
             return self.fc(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
 
-    spec = trace_permutation_spec(Grouped().eval(), torch.rand(2, 3, 8, 8))
-    assert len(spec) == 0 and "GroupNorm with 2 groups" in spec.fixed[0]
+    model, x = Grouped().eval(), torch.rand(4, 3, 8, 8)
+    spec = trace_permutation_spec(model, x)
+    conv = spec.space("conv")
+    assert conv.blocks is not None and conv.blocks.size == 4 and not spec.fixed
+    groups = spec.space(conv.blocks.space)  # the two groups, permuted as wholes
+    perm = random_permutation(spec, torch.Generator().manual_seed(0))
+    perm[groups.name] = torch.tensor([1, 0])
+    perm[conv.name] = torch.tensor([5, 4, 7, 6, 1, 0, 3, 2])
+    permuted = Grouped().eval()
+    permuted.load_state_dict(apply_permutation(model.state_dict(), spec, perm))
+    with torch.no_grad():  # the same sums in another order: float32 rounding
+        assert torch.allclose(permuted(x), model(x), atol=1e-5, rtol=1e-5)

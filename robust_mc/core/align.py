@@ -21,23 +21,29 @@ from typing import Literal
 
 import torch
 import torch.fx
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from attacks import TrainingAttack
 from robust_mc.config import AlignConfig, AttackConfig
+from robust_mc.core.assignment import (
+    Group,
+    group_value,
+    groups_of,
+    solve_assignment,
+    solve_group,
+)
 from robust_mc.core.fold import fold_batchnorm_graph
 from robust_mc.core.permutation import (
     Axis,
     Permutation,
     PermutationSpec,
     Space,
-    axis_index,
     identity_permutation,
     permute_model,
     trace_graph,
     trace_permutation_spec,
 )
+from robust_mc.core.spec import permute_axis
 from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
 from robust_mc.registry import Registry
@@ -133,20 +139,19 @@ class _PairRunner:
                 env[node] = interp.run_node(node)
                 outs.append(env[node])
             if node.name in self.taps:
-                a, b = _as_samples(outs[0]), _as_samples(outs[1])
                 for tap in self.taps[node.name]:
-                    on_tap(tap, a, b)
+                    on_tap(tap, outs[0], outs[1])
             for env in envs:
                 for dead in last_uses.get(node, []):
                     env.pop(dead, None)
 
 
-def _as_samples(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, ...) -> (N * positions, C) float32: every position of every image is a sample.
-    A view where the layout allows it (channels-last), else one copy."""
+def _as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """(N, ..., C at ``axis``, ...) -> (samples, C) float32: every position (or token) of every
+    image is a sample. A view where the layout allows it (channels-last), else one copy."""
     t = t.detach().float()
-    if t.dim() > 2:
-        t = t.movedim(1, -1)
+    if axis != t.dim() - 1:
+        t = t.movedim(axis, -1)
     return t.reshape(-1, t.shape[-1])
 
 
@@ -217,16 +222,20 @@ def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
     with the same random start for both, drawn from ``generator``.
     """
     runner = _PairRunner(model_a, model_b, spec.tap_nodes)
-    moments = {space.name: _Moments(space.size) for space in spec}
-    by_tap: dict[str, list[tuple[_Moments, slice]]] = {}
+    moments = {space.name: _Moments(space.size) for space in spec if space.taps}
+    by_tap: dict[str, list[tuple[_Moments, int, slice]]] = {}
     for space in spec:  # tied spaces pool the samples of all their taps
         for tap in space.taps:
             by_tap.setdefault(tap.node, []).append(
-                (moments[space.name], slice(tap.offset, tap.offset + space.size)))
+                (moments[space.name], tap.axis, slice(tap.offset, tap.offset + space.size)))
 
     def on_tap(node: str, a: torch.Tensor, b: torch.Tensor) -> None:
-        for moment, cols in by_tap[node]:
-            moment.add(a[:, cols], b[:, cols])
+        samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for moment, axis, cols in by_tap[node]:
+            if axis not in samples:
+                samples[axis] = (_as_samples(a, axis), _as_samples(b, axis))
+            sa, sb = samples[axis]
+            moment.add(sa[:, cols], sb[:, cols])
 
     samples = 0
     for model in (model_a, model_b):
@@ -250,14 +259,6 @@ def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
                           {name: m.silent().cpu() for name, m in moments.items()}, samples)
 
 
-def solve_assignment(score: torch.Tensor) -> torch.Tensor:
-    """The permutation p maximising sum_i score[i, p[i]]."""
-    rows, cols = linear_sum_assignment(score.double().numpy(), maximize=True)
-    perm = torch.empty(score.shape[0], dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
-    return perm
-
-
 # --- weight matching ----------------------------------------------------------------------------
 
 def _unit_matrix(tensor: torch.Tensor, axis_spec: Axis, size: int) -> torch.Tensor:
@@ -268,21 +269,26 @@ def _unit_matrix(tensor: torch.Tensor, axis_spec: Axis, size: int) -> torch.Tens
 
 
 def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
-                    spec: PermutationSpec, max_sweeps: int = 100, seed: int = 0) -> Permutation:
-    """Git Re-Basin weight matching over parameters (running statistics are not weights)."""
-    perm = identity_permutation(spec)
-    by_tensor, a_cpu, b_cpu = _weight_tables(spec, state_a, state_b)
+                    spec: PermutationSpec, max_sweeps: int = 100, seed: int = 0,
+                    start: Permutation | None = None, only: list[Group] | None = None
+                    ) -> Permutation:
+    """Git Re-Basin weight matching over parameters (running statistics are not weights):
+    coordinate ascent over groups of spaces (``only``: just these, the rest as in ``start``),
+    each step an assignment (hierarchical for heads and groups) given the others."""
+    perm = {name: p.clone() for name, p in (start or identity_permutation(spec)).items()}
+    tables = _weight_tables(spec, state_a, state_b)
+    groups = only if only is not None else groups_of(spec)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(max_sweeps):
         changed = False
-        for index in torch.randperm(len(spec), generator=gen).tolist():
-            space = spec.spaces[index]
-            score = _weight_score(space, perm, a_cpu, b_cpu, by_tensor)
-            new = solve_assignment(score)
-            old_value = score[torch.arange(space.size), perm[space.name]].sum()
-            new_value = score[torch.arange(space.size), new].sum()
-            if new_value > old_value + 1e-9 * max(1.0, abs(float(old_value))):
-                perm[space.name] = new
+        for index in torch.randperm(len(groups), generator=gen).tolist():
+            group = groups[index]
+            scores = {s.name: _weight_score(s, perm, *tables) for s in group.spaces}
+            new = solve_group(group, scores)
+            old_value, new_value = group_value(group, scores, perm), group_value(group, scores,
+                                                                                  new)
+            if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
+                perm.update(new)
                 changed = True
         if not changed:
             break
@@ -346,6 +352,11 @@ def align(model_a: nn.Module, model_b: nn.Module,
         unmatched = silent_pairs(perm, stats.silent)
         perm = match_by_weights(perm, unmatched, model_a.state_dict(), model_b.state_dict(),
                                 spec)
+        # spaces no activation shows (inside nn.MultiheadAttention): matched by their weights
+        unseen = [g for g in groups_of(spec) if not any(s.name in stats.corr for s in g.members)]
+        if unseen:
+            perm = weight_matching(model_a.state_dict(), model_b.state_dict(), spec, start=perm,
+                                   only=unseen)
     seconds["assignment"] = time.perf_counter() - start
     reports = []
     for space in spec:
@@ -380,33 +391,41 @@ def match_by_weights(perm: Permutation, rows: dict[str, torch.Tensor],
     """Re-match, within each space, the ``rows`` of A and the units of B they were matched to by
     weight matching given the rest of the assignment (live units keep their match): units
     without a correlation signal (dead, or constant on the data) are paired by what they
-    compute, so a permuted copy is recovered exactly even where units are dead."""
+    compute, so a permuted copy is recovered exactly even where units are dead. In a grouped
+    space, units are re-matched within their matched blocks only."""
     if not rows:
         return perm
     perm = {name: p.clone() for name, p in perm.items()}
-    by_tensor, a_cpu, b_cpu = _weight_tables(spec, state_a, state_b)
+    tables = _weight_tables(spec, state_a, state_b)
     for _ in range(max_sweeps):
         changed = False
         for space in spec:
             if space.name not in rows:
                 continue
-            score = _weight_score(space, perm, a_cpu, b_cpu, by_tensor)
-            r = rows[space.name]
-            cols = perm[space.name][r]
-            sub = solve_assignment(score[r][:, cols])
-            new = cols[sub]
-            if not torch.equal(new, perm[space.name][r]):
-                perm[space.name][r] = new
-                changed = True
+            score = _weight_score(space, perm, *tables)
+            block = space.blocks.size if space.blocks is not None else space.size
+            for r in _by_block(rows[space.name], block):
+                cols = perm[space.name][r]
+                new = cols[solve_assignment(score[r][:, cols])]
+                if not torch.equal(new, perm[space.name][r]):
+                    perm[space.name][r] = new
+                    changed = True
         if not changed:
             break
     return perm
 
 
+def _by_block(rows: torch.Tensor, block: int) -> list[torch.Tensor]:
+    """``rows`` split by the block each lies in."""
+    return [rows[rows // block == b] for b in torch.unique(rows // block).tolist()]
+
+
+Tables = tuple[dict[str, list[tuple[Space, Axis]]], dict[str, torch.Tensor],
+               dict[str, torch.Tensor]]
+
+
 def _weight_tables(spec: PermutationSpec, state_a: dict[str, torch.Tensor],
-                   state_b: dict[str, torch.Tensor]
-                   ) -> tuple[dict[str, list[tuple[Space, Axis]]], dict[str, torch.Tensor],
-                              dict[str, torch.Tensor]]:
+                   state_b: dict[str, torch.Tensor]) -> Tables:
     """For weight matching: each tensor's (space, axis) pairs, and A's and B's parameters in
     float64 on the CPU (running statistics are not weights)."""
     by_tensor: dict[str, list[tuple[Space, Axis]]] = {}
@@ -418,21 +437,20 @@ def _weight_tables(spec: PermutationSpec, state_a: dict[str, torch.Tensor],
             {n: state_b[n].detach().cpu().double() for n in names})
 
 
-def _weight_score(space: Space, perm: Permutation, a_cpu: dict[str, torch.Tensor],
-                  b_cpu: dict[str, torch.Tensor],
-                  by_tensor: dict[str, list[tuple[Space, Axis]]]) -> torch.Tensor:
+def _weight_score(space: Space, perm: Permutation, by_tensor: dict[str, list[tuple[Space, Axis]]],
+                  a_cpu: dict[str, torch.Tensor], b_cpu: dict[str, torch.Tensor]
+                  ) -> torch.Tensor:
     """(units, units) inner products of A's and B's units over every tensor that moves with the
-    space, B's other axes permuted as matched so far (weight matching's objective)."""
+    space, B's other axes permuted as matched so far (weight matching's objective). A grouped
+    convolution's input axis, whose order differs per group, does not count."""
     score = torch.zeros(space.size, space.size, dtype=torch.float64)
     for axis in space.axes:
-        if axis.name not in a_cpu:
+        if axis.name not in a_cpu or axis.groups > 1:
             continue
         b = b_cpu[axis.name]
         for other, other_axis in by_tensor[axis.name]:
-            if other is space:
-                continue
-            idx = axis_index(other_axis, perm[other.name], b.shape[other_axis.axis])
-            b = b.index_select(other_axis.axis, idx)
+            if other is not space:
+                b = permute_axis(b, other_axis, perm[other.name])
         score += _unit_matrix(a_cpu[axis.name], axis, space.size) @ _unit_matrix(
             b, axis, space.size).T
     return score
@@ -472,7 +490,10 @@ def _by_correlation(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
                     corr: dict[str, torch.Tensor]) -> Permutation:
     """Tatro et al. (2020): per space, the assignment that maximises the summed correlation of
     matched units."""
-    return {name: solve_assignment(c) for name, c in corr.items()}
+    perm: Permutation = {}
+    for group in groups_of(spec):
+        perm.update(solve_group(group, corr))
+    return perm
 
 
 @register_alignment("weights")

@@ -1,0 +1,3 @@
+"""The permutation tracer: layouts of tensors (``layout``), spaces of units (``spaces``), the
+walk over the graph (``trace``), one rule per operation family (``rules``) and the resulting spec
+(``collect``)."""

@@ -1,0 +1,98 @@
+"""From a finished trace to a :class:`~robust_mc.core.spec.PermutationSpec`: one space per set of
+tied units that is neither fixed nor wild, the parameter axes recorded against it, its grouping
+into blocks, and the activations that define its units (taps)."""
+
+from __future__ import annotations
+
+import torch.fx
+
+from robust_mc.core.spec import Axis, Blocks, PermutationSpec, Space, Tap
+from robust_mc.core.tracing.layout import Units
+from robust_mc.core.tracing.trace import Trace
+
+
+def build_spec(trace: Trace) -> PermutationSpec:
+    table = trace.spaces
+    entries = table.entries
+    roots = [i for i, e in enumerate(entries) if e.parent == i and e.children is None]
+
+    def live(root: int) -> bool:
+        e = entries[root]
+        return not e.fixed and not e.wild and e.size >= 2
+
+    changed = True
+    while changed:  # a grouped space that stays keeps its groups in place
+        changed = False
+        for root in roots:
+            block = entries[root].block
+            if block is not None and not live(root) and not entries[table.find(block[0])].fixed:
+                entries[table.find(block[0])].fixed = changed = True
+
+    axes: dict[int, list[Axis]] = {}
+    for sid, record in trace.records:
+        offset = 0
+        for leaf in table.leaves(sid):
+            axis = Axis(record.name, record.axis, record.offset + offset * record.repeat,
+                        record.repeat, record.groups)
+            found = axes.setdefault(table.find(leaf), [])
+            if axis not in found:
+                found.append(axis)
+            offset += table.size(leaf)
+
+    block_spaces = {table.find(block[0]) for r in roots
+                    if (block := entries[r].block) is not None and live(r)}
+    names: dict[int, str] = {}
+    for root in roots:
+        if live(root) and (root in axes or root in block_spaces):
+            name = entries[root].producer
+            while name in names.values():
+                name += "'"
+            names[root] = name
+    spaces: dict[int, Space] = {}
+    for root, name in names.items():
+        block = entries[root].block
+        blocks = None
+        if block is not None:
+            block_root = table.find(block[0])
+            blocks = Blocks(block[1], names.get(block_root) if live(block_root) else None)
+        spaces[root] = Space(name, entries[root].size, axes.get(root, []), [], blocks)
+    _add_taps(trace, spaces)
+    order = _graph_order(trace.gm)
+    return PermutationSpec(sorted(spaces.values(), key=lambda s: order(s.name)),
+                           list(table.notes), list(trace.unsupported))
+
+
+def _add_taps(trace: Trace, spaces: dict[int, Space]) -> None:
+    """Post-activation outputs define a space's units; a space without any uses its layers'
+    outputs."""
+    for candidates in (trace.activations, trace.producers):
+        found: dict[int, list[Tap]] = {}
+        for node in candidates:
+            layout = trace.layouts.get(node)
+            for axis, dim in enumerate(layout or ()):
+                if not isinstance(dim, Units):
+                    continue
+                offset = 0
+                for seg in trace.resolve(dim).segs:  # type: ignore[union-attr]
+                    root = trace.spaces.find(seg.space)
+                    if root in spaces and seg.repeat == 1 and not spaces[root].taps:
+                        found.setdefault(root, []).append(Tap(node, offset, axis))
+                    offset += seg.size * seg.repeat
+        for root, taps in found.items():
+            spaces[root].taps = list(dict.fromkeys(taps))
+
+
+def _graph_order(gm: torch.fx.GraphModule):
+    position: dict[str, int] = {}
+    for k, node in enumerate(gm.graph.nodes):
+        position.setdefault(str(node.target), k)
+        position.setdefault(node.name, k)
+
+    def order(name: str) -> int:
+        base = name.split("#")[0].split("/")[0].rstrip("'")
+        for key in (base, base.rsplit(".", 1)[0]):
+            if key in position:
+                return position[key]
+        return len(position)
+
+    return order

@@ -1,0 +1,132 @@
+"""Linear and convolution layers: each opens a new space of hidden units (its outputs) and moves its
+input axis with the units it reads. A linear layer acts on the last axis of a tensor of any rank
+(tokens x features); on an axis that is never permuted (MLP-Mixer's token mixing) its input axis
+stays, and its outputs are still a hidden space. A grouped convolution groups its input and output
+units alike: groups are permuted as wholes, units within each group freely."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from robust_mc.core.tracing.layout import Free, Layout, Units
+from robust_mc.core.tracing.rules.registry import for_functions, for_modules
+
+if TYPE_CHECKING:
+    from robust_mc.core.tracing.trace import Trace
+
+
+def open_space(trace: Trace, node, weight: Layout, bias: Layout | None,
+               name: str | None = None) -> Units:
+    """The layer's outputs: the weight's first axis becomes a new hidden space, named after
+    the layer."""
+    out = trace.resolve(weight[0])
+    if not isinstance(out, Units):
+        raise trace.fail(node, "layer with a weight that is not a parameter:")
+    if name is None:
+        name = str(node.target) if node.op == "call_module" else node.name
+    for seg in out.segs:
+        trace.spaces.produce(seg.space, name)
+    if bias is not None:
+        trace.meet([out, bias[0]], f"'{node.name}'")
+    trace.producer(node)
+    return out
+
+
+def _linear(trace: Trace, node, x: Layout, weight: Layout, bias: Layout | None) -> Layout:
+    if len(weight) != 2 or not isinstance(weight[0], Units):
+        raise trace.fail(node, "linear layer with a weight of this shape:")
+    trace.meet([x[-1], weight[1]], f"'{node.name}'")
+    return (*x[:-1], open_space(trace, node, weight, bias))
+
+
+@for_modules(nn.Linear)
+def linear_module(trace: Trace, node):
+    weight = trace.module_parameter(node, "weight")
+    assert weight is not None
+    return _linear(trace, node, trace.tensor(node), weight, trace.module_parameter(node, "bias"))
+
+
+@for_functions(F.linear)
+def linear_function(trace: Trace, node):
+    weight = trace.layout(trace.arg(node, 1, "weight"))
+    bias = trace.layout(trace.arg(node, 2, "bias"))
+    return _linear(trace, node, trace.tensor(node), weight, bias)
+
+
+def _spatial(trace: Trace, node, x: Layout, channels) -> Layout:
+    shape = trace.shape(node)
+    assert shape is not None
+    for dim in x[2:]:
+        if not isinstance(dim, Free):
+            raise trace.fail(node, "convolution over a hidden axis:")
+    return (x[0], channels, *(Free(s) for s in shape[2:]))
+
+
+@for_modules(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv_module(trace: Trace, node):
+    conv = trace.module(node)
+    x = trace.tensor(node)
+    if conv.groups == 1:
+        weight = trace.module_parameter(node, "weight")
+        assert weight is not None
+        trace.meet([x[1], weight[1]], f"'{node.name}'")
+        out = open_space(trace, node, weight, trace.module_parameter(node, "bias"))
+        return _spatial(trace, node, x, out)
+    return _spatial(trace, node, x, _grouped(trace, node, conv, x[1]))
+
+
+def _grouped(trace: Trace, node, conv: Any, channels) -> Units | Free:
+    """Input units in ``groups`` blocks, each read by its own block of output units."""
+    name, groups = str(node.target), conv.groups
+    channels = trace.resolve(channels)
+    depthwise = conv.out_channels == conv.in_channels == groups
+    if isinstance(channels, Free):  # channels left in place: groups stay in place too
+        if depthwise:
+            return channels
+        group_space = None
+    elif isinstance(channels, Units) and len(channels.segs) == 1 \
+            and channels.segs[0].repeat == 1:
+        group_space = trace.spaces.block(channels.segs[0].space, groups, name)
+    else:
+        group_space = None
+    if group_space is None:  # the input stays as it is: so do the groups
+        trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
+    if depthwise and group_space is not None:
+        out = trace.resolve(channels)  # each output follows its input channel
+    else:
+        out = trace.new_units(conv.out_channels, name)
+        out_groups = trace.spaces.block(out.segs[0].space, groups, name)
+        if group_space is None or out_groups is None:
+            if out_groups is not None:
+                trace.spaces.fix(out_groups)
+        else:
+            trace.spaces.union(out_groups, group_space, f"'{node.name}'")
+        out = trace.resolve(out)
+        if conv.in_channels // groups > 1 and group_space is not None:
+            trace.record(channels, f"{name}.weight", 1, groups=groups)
+    assert isinstance(out, Units)
+    trace.record(out, f"{name}.weight", 0)
+    if conv.bias is not None:
+        trace.record(out, f"{name}.bias", 0)
+    trace.producer(node)
+    return out
+
+
+@for_functions(F.conv1d, F.conv2d, F.conv3d)
+def conv_function(trace: Trace, node):
+    x = trace.tensor(node)
+    weight = trace.layout(trace.arg(node, 1, "weight"))
+    bias = trace.layout(trace.arg(node, 2, "bias"))
+    groups = trace.arg(node, 6, "groups", 1)
+    if not isinstance(weight, tuple) or not isinstance(weight[0], Units):
+        raise trace.fail(node, "convolution with a weight that is not a parameter:")
+    if groups == 1:
+        trace.meet([x[1], weight[1]], f"'{node.name}'")
+        return _spatial(trace, node, x, open_space(trace, node, weight, bias))
+    if weight[0].size == x[1].size == groups:  # depthwise
+        trace.meet([x[1], weight[0], *(bias[:1] if bias else ())], f"'{node.name}'")
+        return _spatial(trace, node, x, trace.resolve(x[1]))
+    raise trace.fail(node, "functional grouped convolution")

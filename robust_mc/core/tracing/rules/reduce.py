@@ -1,0 +1,60 @@
+"""Reductions: a sum, mean, maximum or variance over a whole axis is unchanged by any permutation
+of the units on it (a LayerNorm written by hand as ``x - x.mean(1, keepdim=True)``); over
+spatial axes and tokens it is pooling. Summing over heads while keeping the units within each
+head would mix the heads' own orders: that is not followed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from robust_mc.core.tracing.layout import Dim, Free, Split
+from robust_mc.core.tracing.rules.registry import for_functions, for_methods
+
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std,
+              torch.logsumexp, torch.prod, torch.max, torch.min, torch.norm, torch.all,
+              torch.any, torch.argmax, torch.argmin, torch.var_mean, torch.std_mean,
+              torch.nansum, torch.nanmean)
+REDUCTION_METHODS = ("mean", "sum", "amax", "amin", "var", "std", "logsumexp", "prod", "max",
+                     "min", "norm", "all", "any", "argmax", "argmin", "nansum", "nanmean")
+
+if TYPE_CHECKING:
+    from robust_mc.core.tracing.trace import Trace
+
+
+@for_functions(*REDUCTIONS)
+@for_methods(*REDUCTION_METHODS)
+def reduction(trace: Trace, node):
+    layout = trace.tensor(node)
+    name = getattr(node.target, "__name__", str(node.target))
+    dim_at = 2 if name == "norm" else 1
+    dims = trace.arg(node, dim_at, "dim")
+    shape = trace.shape(node) or (trace.shapes(node) or [()])[0]
+    keepdim = len(shape) == len(layout)  # read from the result: argument orders differ
+    if dims is None:  # every axis: a scalar
+        axes = set(range(len(layout)))
+    else:
+        axes = {int(d) % len(layout) for d in ((dims,) if isinstance(dims, int) else dims)}
+    kept_inner = any(isinstance(d, Split) and d.role == "inner" for k, d in enumerate(layout)
+                     if k not in axes)
+    out: list[Dim] = []
+    for k, dim in enumerate(layout):
+        if k not in axes:
+            out.append(dim)
+            continue
+        if isinstance(dim, Split) and (dim.role == "part" or kept_inner):
+            raise trace.fail(node, "reduction over heads that keeps units within heads:")
+        if keepdim:
+            out.append(Free(1))
+    result = tuple(out)
+    if trace.shapes(node) and trace.shape(node) is None:  # (values, indices)
+        return tuple(result for _ in trace.shapes(node))
+    return result
+
+
+@for_functions(F.normalize)
+def normalize(trace: Trace, node):
+    """Each vector divided by its norm: unit-wise along the axis."""
+    return trace.tensor(node)

@@ -1,0 +1,57 @@
+"""Pooling, padding and resizing: they act on the spatial axes after the channel axis, which must
+hold no hidden units; the batch and channel axes pass through."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+from torch import nn
+
+from robust_mc.core.tracing.layout import Free
+from robust_mc.core.tracing.rules.registry import for_functions, for_modules
+
+POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+                nn.LPPool2d)
+PAD_MODULES = tuple(getattr(nn, name) for name in (
+    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
+    "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
+    "ReplicationPad2d", "ReplicationPad3d", "CircularPad2d") if hasattr(nn, name))
+POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+                  F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                  F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                  F.interpolate, F.upsample, F.lp_pool2d)
+
+if TYPE_CHECKING:
+    from robust_mc.core.tracing.trace import Trace
+
+
+@for_modules(*POOL_MODULES, *PAD_MODULES)
+@for_functions(*POOL_FUNCTIONS)
+def spatial(trace: Trace, node):
+    x = trace.tensor(node)
+    shape = trace.shape(node)
+    assert shape is not None
+    if any(not isinstance(d, Free) for d in x[2:]):
+        raise trace.fail(node, "pooling over a hidden axis:")
+    return (*x[:2], *(Free(s) for s in shape[2:]))
+
+
+@for_functions(F.pad)
+def pad(trace: Trace, node):
+    """Padding of the last ``len(pad) / 2`` axes: those padded must hold no hidden units."""
+    x = trace.tensor(node)
+    widths = trace.arg(node, 1, "pad", ())
+    shape = trace.shape(node)
+    assert shape is not None
+    out = list(x)
+    for i in range(len(widths) // 2):  # pairs from the last axis backwards
+        k = len(x) - 1 - i
+        if tuple(widths[2 * i:2 * i + 2]) == (0, 0):
+            continue
+        if not isinstance(x[k], Free):
+            raise trace.fail(node, "padding of a hidden axis:")
+        out[k] = Free(shape[k])
+    return tuple(out)

@@ -1,0 +1,384 @@
+"""The walk: follow every tensor of a traced network from the input to the logits, recording which
+parameter axes each space of hidden units moves.
+
+Rules (``rules/``) give each operation's output layout; this module holds what they share:
+layouts of nodes and parameters, ties between axes that meet, records of parameter axes, and the
+activations that define the units of a space (taps). An operation no rule covers stops the trace
+with a line naming it, or, with ``partial=True``, leaves every space it touches as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+from robust_mc.core.tracing.graph import node_args
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Units, is_moving, units
+from robust_mc.core.tracing.rules import registry
+from robust_mc.core.tracing.spaces import DOCS, SpaceTable
+from robust_mc.errors import UserError
+
+
+@dataclass(frozen=True)
+class Record:
+    """A parameter axis that a space moves: units at ``offset`` of axis ``axis`` of ``name``,
+    each ``repeat`` entries long; ``groups`` > 1: a grouped convolution's input axis, whose
+    order within each group follows the group of the row (``axis`` 0) it belongs to."""
+
+    name: str
+    axis: int
+    offset: int = 0
+    repeat: int = 1
+    groups: int = 1
+
+
+class Unsupported(Exception):
+    """An operation without a rule (or with inputs its rule cannot follow)."""
+
+
+@dataclass
+class Trace:
+    gm: torch.fx.GraphModule
+    partial: bool = False
+    spaces: SpaceTable = field(default_factory=SpaceTable)
+    layouts: dict[str, Any] = field(default_factory=dict)
+    records: list[tuple[int, Record]] = field(default_factory=list)
+    activations: list[str] = field(default_factory=list)  # post-activation outputs: taps
+    producers: list[str] = field(default_factory=list)  # layer outputs: fallback taps
+    unsupported: list[str] = field(default_factory=list)  # left alone (partial=True)
+
+    def __post_init__(self) -> None:
+        self.modules = dict(self.gm.named_modules())
+        self.state_names = set(self.gm.state_dict())
+
+    # --- what rules read
+    def shape(self, node: Any) -> tuple[int, ...] | None:
+        meta = getattr(node, "meta", {}).get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    def shapes(self, node: Any) -> list[tuple[int, ...]]:
+        """The shapes of a node whose value is a tuple of tensors."""
+        meta = getattr(node, "meta", {}).get("tensor_meta")
+        if meta is None or hasattr(meta, "shape"):  # TensorMetadata is a tuple too
+            return []
+        return [tuple(m.shape) for m in meta if hasattr(m, "shape")]
+
+    def layout(self, arg: Any) -> Any:
+        return self.layouts.get(arg.name) if isinstance(arg, torch.fx.Node) else None
+
+    def arg(self, node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+        if len(node.args) > index:
+            return node.args[index]
+        return node.kwargs.get(name, default)
+
+    def value(self, obj: Any) -> Any:
+        """``obj`` with graph nodes that computed sizes or numbers replaced by their values."""
+        if isinstance(obj, torch.fx.Node):
+            return obj.meta.get("value", obj)
+        if isinstance(obj, slice):
+            return slice(self.value(obj.start), self.value(obj.stop), self.value(obj.step))
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(self.value(o) for o in obj)
+        return obj
+
+    def tensor(self, node: torch.fx.Node, index: int = 0, name: str = "input") -> Layout:
+        layout = self.layout(self.arg(node, index, name))
+        if not isinstance(layout, tuple) or (layout and not _is_dim(layout[0])):
+            raise self.fail(node, "operation on a non-tensor")
+        return layout
+
+    def module(self, node: torch.fx.Node) -> Any:  # a layer: its attributes vary by kind
+        return self.modules[str(node.target)]
+
+    def fail(self, node: torch.fx.Node, what: str) -> Unsupported:
+        if node.op == "call_module":
+            where = f"module '{node.target}' ({type(self.module(node)).__name__})"
+        else:
+            where = getattr(node.target, "__name__", str(node.target))
+        return Unsupported(f"unsupported {what} {where} at node '{node.name}'")
+
+    # --- what rules do
+    def activation(self, node: torch.fx.Node) -> None:
+        self.activations.append(node.name)
+
+    def producer(self, node: torch.fx.Node) -> None:
+        self.producers.append(node.name)
+
+    def new_units(self, size: int, producer: str) -> Units:
+        return units(self.spaces.new(size, producer), size)
+
+    def resolve(self, dim: Dim) -> Dim:
+        """``dim`` with its spaces replaced by the parts they have been cut into."""
+        if not isinstance(dim, Units):
+            return dim
+        segs = tuple(Seg(leaf, self.spaces.size(leaf), seg.repeat)
+                     for seg in dim.segs for leaf in self.spaces.leaves(seg.space))
+        return Units(segs)
+
+    def record(self, dim: Dim, name: str, axis: int, groups: int = 1) -> None:
+        """Parameter ``name``'s axis ``axis`` holds the units of ``dim``."""
+        if isinstance(dim, Units):
+            offset = 0
+            for seg in dim.segs:
+                self.records.append((seg.space, Record(name, axis, offset, seg.repeat, groups)))
+                offset += seg.size * seg.repeat
+        elif isinstance(dim, Split) and dim.role == "block" and len(dim.parts) == 1:
+            block = self.block_space(dim.parts[0])
+            if block is not None:
+                self.records.append((block, Record(name, axis)))
+
+    def parameter(self, name: str, shape: tuple[int, ...]) -> Layout:
+        """A parameter or buffer as a tensor: each axis a wild space until it meets another."""
+        kept = name in self.state_names
+        dims: list[Dim] = []
+        for axis, size in enumerate(shape):
+            if size == 1:
+                dims.append(Free(1))
+                continue
+            space = self.spaces.new(size, name if kept else f"'{name}' (not in the state dict)",
+                                    wild=True, fixed=not kept)
+            dims.append(units(space, size))
+            if kept:
+                self.record(dims[-1], name, axis)
+        return tuple(dims)
+
+    def module_parameter(self, node: torch.fx.Node, attr: str) -> Layout | None:
+        tensor = getattr(self.module(node), attr, None)
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        return self.parameter(f"{node.target}.{attr}", tuple(tensor.shape))
+
+    def block_space(self, part: int) -> int | None:
+        block = self.spaces.entry(part).block
+        return block[0] if block is not None else None
+
+    def fix(self, dims: Any, why: str | None) -> None:
+        for dim in _dims(dims):
+            for space in _spaces_of(dim):
+                self.spaces.fix(space, why)
+
+    def meet(self, dims: list[Dim], where: str) -> Dim:
+        """The axis where ``dims`` meet element by element (broadcast: size-1 axes drop out):
+        their units are tied; a hidden axis meeting one that is never permuted is fixed."""
+        size = max(d.size for d in dims)
+        dims = [d for d in dims if d.size == size] if size > 1 else dims[:1]
+        free = [d for d in dims if not is_moving(d)]
+        moving = [self.resolve(d) for d in dims if is_moving(d)]
+        if not moving:
+            return free[0]
+        if free:
+            self.fix(moving, f"{where}: hidden units meet an axis that is not permuted")
+            return free[0]
+        first = moving[0]
+        for other in moving[1:]:
+            self.tie(first, other, where)
+        return self.resolve(first)
+
+    def tie(self, a: Dim, b: Dim, where: str) -> None:
+        if isinstance(a, Units) and isinstance(b, Units):
+            self._tie_units(a, b, where)
+        elif isinstance(a, Split) and isinstance(b, Split) and a.role == b.role \
+                and len(a.parts) == len(b.parts):
+            for pa, pb in zip(a.parts, b.parts, strict=True):
+                if a.role == "block":
+                    sa, sb = self.block_space(pa), self.block_space(pb)
+                    if sa is None or sb is None:
+                        self.fix([a, b], f"{where}: heads of a space without heads")
+                    else:
+                        self.spaces.union(sa, sb, where)
+                else:
+                    self.spaces.union(pa, pb, where)
+        else:
+            unit_side, split = (a, b) if isinstance(a, Units) else (b, a)
+            if isinstance(unit_side, Units) and isinstance(split, Split) \
+                    and split.role == "block" and len(split.parts) == 1 \
+                    and len(unit_side.segs) == 1 and unit_side.segs[0].repeat == 1:
+                block = self.block_space(split.parts[0])  # one value per head
+                if block is not None:
+                    self.spaces.union(unit_side.segs[0].space, block, where)
+                    return
+            self.fix([a, b], f"{where}: units of a head meet units of another kind")
+
+    def _tie_units(self, a: Units, b: Units, where: str) -> None:
+        a, b = self.resolve(a), self.resolve(b)  # type: ignore[assignment]
+        assert isinstance(a, Units) and isinstance(b, Units)
+        for wild, other in ((a, b), (b, a)):
+            if any(s.repeat > 1 for s in other.segs) and self._is_wild_axis(wild):
+                self._substitute(wild.segs[0].space, other)
+                return
+        bounds = sorted(set(_entry_bounds(a)) | set(_entry_bounds(b)))
+        for dim in (a, b):  # cut spaces so that both sides run through the same boundaries
+            start = 0
+            for seg in dim.segs:
+                end = start + seg.size * seg.repeat
+                inner = [x - start for x in bounds if start < x < end]
+                if any(x % seg.repeat for x in inner):
+                    raise UserError(f"permutation tracing: {where} meets units repeated "
+                                    f"differently; {DOCS}")
+                self.spaces.cut(seg.space, [x // seg.repeat for x in inner])
+                start = end
+        a, b = self.resolve(a), self.resolve(b)  # type: ignore[assignment]
+        assert isinstance(a, Units) and isinstance(b, Units)
+        for sa, sb in zip(a.segs, b.segs, strict=True):
+            if sa.repeat != sb.repeat:
+                raise UserError(f"permutation tracing: {where} meets units repeated "
+                                f"differently; {DOCS}")
+            self.spaces.union(sa.space, sb.space, where)
+
+    def _is_wild_axis(self, dim: Units) -> bool:
+        return (len(dim.segs) == 1 and dim.segs[0].repeat == 1
+                and self.spaces.entry(dim.segs[0].space).wild
+                and self.spaces.entry(dim.segs[0].space).children is None)
+
+    def _substitute(self, wild: int, dim: Units) -> None:
+        """A parameter axis meeting units repeated over positions (a linear layer after a
+        flatten): its records take the units' layout, repeats included."""
+        root = self.spaces.find(wild)
+        records = []
+        for space, record in self.records:
+            if self.spaces.find(space) != root:
+                records.append((space, record))
+                continue
+            offset = record.offset
+            for seg in dim.segs:
+                records.append((seg.space, Record(record.name, record.axis, offset, seg.repeat,
+                                                  record.groups)))
+                offset += seg.size * seg.repeat
+        self.records = records
+        self.spaces.entries[root].fixed = True  # dissolved into ``dim``'s spaces
+
+    def broadcast(self, layouts: list[Layout], rank: int, where: str) -> Layout:
+        """Element-wise meeting of tensors of ``layouts`` (aligned on their last axes)."""
+        out: list[Dim] = []
+        for axis in range(rank):
+            dims = [layout[len(layout) - rank + axis] for layout in layouts
+                    if len(layout) - rank + axis >= 0]
+            out.append(self.meet(dims, where))
+        return tuple(out)
+
+    # --- the walk
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            try:
+                self.layouts[node.name] = self.visit(node)
+            except Unsupported as exc:
+                if not self.partial:
+                    raise UserError(f"permutation tracing: {exc}; {DOCS} "
+                                    f"(--partial-alignment leaves it alone)") from None
+                self.layouts[node.name] = self.leave_alone(node, str(exc))
+
+    def leave_alone(self, node: torch.fx.Node, why: str) -> Any:
+        """``--partial-alignment``: every space ``node`` touches stays as it is."""
+        for arg in node_args((node.args, node.kwargs)):
+            self.fix(self.layout(arg), None)
+        self.unsupported.append(why)
+        shape = self.shape(node)
+        if shape is not None:
+            return tuple(Free(s) for s in shape)
+        return tuple(tuple(Free(s) for s in sh) for sh in self.shapes(node)) or None
+
+    def visit(self, node: torch.fx.Node) -> Any:
+        shape = self.shape(node)
+        if node.op == "placeholder":
+            if shape is None:
+                return None
+            dims: list[Dim] = [Free(s) for s in shape]
+            if len(shape) > 1:
+                dims[1] = units(self.spaces.new(shape[1], "input", fixed=True), shape[1])
+            return tuple(dims)
+        if node.op == "output":
+            for arg in node_args((node.args, node.kwargs)):
+                self.fix(self.layout(arg), None)
+            return None
+        if node.op == "get_attr":
+            return self.parameter(str(node.target), shape) if shape is not None else None
+        if shape is None and not self.shapes(node):
+            return None  # sizes, shapes and other non-tensor values
+        if node.op == "call_module":
+            module = self.module(node)
+            rule = registry.module_rule(module)
+            fallback = (lambda t: module(t))  # noqa: E731
+        elif node.op == "call_method":
+            rule = registry.METHOD_RULES.get(str(node.target))
+            fallback = self.call_of(node)
+        else:
+            rule = registry.FUNCTION_RULES.get(node.target)
+            fallback = self.call_of(node)
+        if rule is not None:
+            return rule(self, node)
+        if self.elementwise_alike(node, fallback):  # e.g. a custom activation
+            self.activation(node)
+            return self.tensor(node)
+        raise self.fail(node, "operation" if node.op != "call_module" else "layer")
+
+    def call_of(self, node: torch.fx.Node) -> Any:
+        """``node``'s operation as a function of its first argument (None if another argument
+        is a tensor of the graph)."""
+        rest = list(node.args[1:])
+        if node_args((rest, node.kwargs)):
+            return None
+        if node.op == "call_method":
+            return lambda t: getattr(t, str(node.target))(*rest, **node.kwargs)
+        return lambda t: node.target(t, *rest, **node.kwargs)  # type: ignore[operator]
+
+    def elementwise_alike(self, node: torch.fx.Node, fn: Any) -> bool:
+        """Whether ``fn`` (an operation without a rule, such as a custom ``autograd.Function``
+        activation) acts on every unit alike: its output keeps the input's shape and permuting
+        the input along each hidden axis permutes the output the same way (checked on a random
+        input)."""
+        arg = node.args[0] if node.args else None
+        in_shape, layout = self.shape(arg), self.layout(arg)
+        if fn is None or in_shape is None or self.shape(node) != in_shape \
+                or not isinstance(layout, tuple):
+            return False
+        generator = torch.Generator().manual_seed(0)
+        device = next(iter(self.gm.parameters()), torch.empty(0)).device
+        x = torch.randn(in_shape, generator=generator).to(device)
+        try:
+            with torch.no_grad():
+                out = fn(x)
+                for axis, dim in enumerate(layout):
+                    if not is_moving(dim) or dim.size < 2:
+                        continue
+                    order = torch.randperm(dim.size, generator=generator).to(device)
+                    shuffled = fn(x.index_select(axis, order))
+                    if not (isinstance(out, torch.Tensor) and torch.allclose(
+                            out.index_select(axis, order), shuffled, atol=1e-6, rtol=1e-5)):
+                        return False
+        except Exception:  # noqa: BLE001 - not callable on its own: not element-wise here
+            return False
+        return isinstance(out, torch.Tensor) and out.shape == x.shape
+
+
+def _is_dim(value: Any) -> bool:
+    return isinstance(value, (Free, Units, Split))
+
+
+def _dims(value: Any) -> list[Dim]:
+    if _is_dim(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [d for item in value for d in _dims(item)]
+    return []
+
+
+def _spaces_of(dim: Dim) -> list[int]:
+    if isinstance(dim, Units):
+        return [seg.space for seg in dim.segs]
+    if isinstance(dim, Split):
+        return list(dim.parts)
+    return []
+
+
+def _entry_bounds(dim: Units) -> list[int]:
+    out, start = [], 0
+    for seg in dim.segs:
+        start += seg.size * seg.repeat
+        out.append(start)
+    return out
+
+
+

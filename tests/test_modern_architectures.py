@@ -1,0 +1,132 @@
+"""Transformers and modern convnets: for each family (random weights, small inputs) the spec is
+traced, a random permutation leaves the function unchanged, and it moves every weight that can be
+moved. Models are built small (few blocks, narrow) where the family's constructor allows, so the
+whole file runs in seconds."""
+
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.convnext import CNBlockConfig
+from torchvision.models.resnet import Bottleneck
+
+from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
+from robust_mc.models import create_model
+
+timm = pytest.importorskip("timm")
+
+SHUFFLE = "the channel shuffle reorders units across the two branches"
+TOKENS = "token-mixing outputs are positions, added to the token axis"
+
+
+def _tv(factory, **kwargs):
+    return lambda: factory(num_classes=7, **kwargs)
+
+
+def _timm(name, **kwargs):
+    return lambda: timm.create_model(name, pretrained=False, num_classes=7, **kwargs)
+
+
+def _zoo(arch):
+    return lambda: create_model(arch, num_classes=7, in_channels=3, mean=(0.5,) * 3,
+                                std=(0.25,) * 3, width=0.5, image_size=32)
+
+
+# name -> (build, image side, share of parameter entries moved where some stay, why they stay);
+# elsewhere every parameter moves but the logits' bias
+FAMILIES = {
+    "torchvision:vit": (_tv(tvm.VisionTransformer, image_size=32, patch_size=8, num_layers=2,
+                            num_heads=2, hidden_dim=16, mlp_dim=32), 32, 1.0, None),
+    "torchvision:swin": (_tv(tvm.SwinTransformer, patch_size=[4, 4], embed_dim=8,
+                             depths=[2, 2], num_heads=[2, 2], window_size=[2, 2]),
+                         32, 1.0, None),
+    "torchvision:convnext": (_tv(tvm.ConvNeXt, block_setting=[CNBlockConfig(8, 16, 1),
+                                                              CNBlockConfig(16, None, 1)]),
+                             32, 1.0, None),
+    "torchvision:resnext": (_tv(tvm.ResNet, block=Bottleneck, layers=[1, 1, 1, 1], groups=4,
+                                width_per_group=2), 32, 1.0, None),
+    "torchvision:regnet": (_tv(tvm.regnet_y_400mf), 32, 1.0, None),
+    "torchvision:shufflenet": (_tv(tvm.shufflenet_v2_x0_5), 32, 0.9, SHUFFLE),
+    "torchvision:efficientnet": (_tv(tvm.efficientnet_b0), 32, 1.0, None),
+    "torchvision:mobilenet_v2": (_tv(tvm.mobilenet_v2, width_mult=0.25), 32, 1.0, None),
+    "torchvision:mobilenet_v3": (_tv(tvm.mobilenet_v3_small), 32, 1.0, None),
+    "torchvision:googlenet": (_tv(tvm.GoogLeNet, aux_logits=False, init_weights=False),
+                              32, 1.0, None),
+    "torchvision:densenet": (_tv(tvm.DenseNet, growth_rate=4, block_config=(2, 2),
+                                 num_init_features=8), 32, 1.0, None),
+    "timm:vit": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                       embed_dim=16, num_heads=2), 32, 1.0, None),
+    "timm:deit": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=2,
+                        embed_dim=16, num_heads=2), 32, 1.0, None),
+    "timm:mixer": (lambda: timm.models.mlp_mixer.MlpMixer(
+        num_classes=7, img_size=32, patch_size=8, num_blocks=2, embed_dim=16), 32, 0.99, TOKENS),
+    "timm:convnext": (_timm("convnext_atto", dims=(8, 16, 16, 16)), 32, 1.0, None),
+    "timm:regnetx": (_timm("regnetx_002"), 32, 1.0, None),
+    "timm:efficientnet": (_timm("efficientnet_b0"), 32, 1.0, None),
+    "timm:mobilenetv3": (_timm("mobilenetv3_small_050"), 32, 1.0, None),
+    "timm:resnet": (_timm("resnet10t"), 32, 1.0, None),
+    "timm:swin": (_timm("swin_tiny_patch4_window7_224", img_size=32, window_size=4,
+                        embed_dim=8, depths=(2, 2), num_heads=(2, 2)), 32, 1.0, None),
+    "zoo:vit_cifar": (_zoo("vit_cifar"), 32, 1.0, None),
+    "zoo:convnext_cifar": (_zoo("convnext_cifar"), 32, 1.0, None),
+}
+
+
+def randomized(model: nn.Module) -> nn.Module:
+    """Every parameter and buffer random (biases, norms and zero-initialised heads included), so
+    that a wrongly permuted tensor of any kind changes the outputs; float64, so that the
+    comparison measures permutation errors, not float32 rounding."""
+    generator = torch.Generator().manual_seed(0)
+    model = model.double().eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            if "running_var" in name:
+                tensor.copy_(noise.abs() + 0.5)
+            elif tensor.dim() > 1 and tensor.abs().max() > 0:
+                tensor.add_(0.1 * tensor.std() * noise)
+            else:
+                tensor.copy_(0.1 * noise + (1.0 if "weight" in name else 0.0))
+    return model
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_permutation_keeps_the_function(family):
+    build, side, share, why = FAMILIES[family]
+    torch.manual_seed(0)
+    model = randomized(build())
+    x = torch.rand(2, 3, side, side, dtype=torch.float64)
+    spec = trace_permutation_spec(model, x.float())
+    moved = {a.name for s in spec for a in s.axes}
+    if why is None:
+        assert spec.fixed == []
+        still = [n for n, p in model.named_parameters() if n not in moved]
+        assert all(model.get_parameter(n).shape == (7,) for n in still), still
+    else:
+        assert spec.fixed and spec.moved_share(model) >= share, f"{family}: {why}"
+    perm = random_permutation(spec, torch.Generator().manual_seed(1))
+    permuted = randomized(build())
+    permuted.load_state_dict(apply_permutation(model.state_dict(), spec, perm))
+    after = permuted.state_dict()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, after[k])]
+    assert len(changed) > len(spec) / 2  # the weights did move
+    with torch.no_grad():
+        reference = model(x)
+        error = (permuted(x) - reference).abs().max() / reference.abs().max()
+    # float64 sums in another order: relative rounding ~1e-15; a wrong permutation is O(1)
+    assert error < 1e-5, f"{family}: relative output change {error:.1e}"
+
+
+@pytest.mark.parametrize("family", ["timm:vit", "torchvision:swin", "zoo:vit_cifar"])
+def test_attention_heads_are_permuted_as_wholes(family):
+    build, side, _, _ = FAMILIES[family]
+    model = randomized(build())
+    spec = trace_permutation_spec(model, torch.rand(2, 3, side, side))
+    grouped = [s for s in spec if s.blocks is not None]
+    assert grouped and all(s.blocks.space is not None for s in grouped)
+    perm = random_permutation(spec, torch.Generator().manual_seed(3))
+    for space in grouped:  # whole heads move: each block maps onto one block
+        p = perm[space.name].view(-1, space.blocks.size) // space.blocks.size
+        assert (p == p[:, :1]).all()
