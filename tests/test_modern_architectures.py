@@ -130,3 +130,73 @@ def test_attention_heads_are_permuted_as_wholes(family):
     for space in grouped:  # whole heads move: each block maps onto one block
         p = perm[space.name].view(-1, space.blocks.size) // space.blocks.size
         assert (p == p[:, :1]).all()
+
+
+RESNEXT = '''
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+
+class SmallResNeXt(nn.Module):
+    """Two of torchvision's ResNeXt bottlenecks (4 groups), the second downsampling."""
+
+    def __init__(self, num_classes: int = 10, **_):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU())
+        down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.blocks = nn.Sequential(Bottleneck(16, 4, groups=4),
+                                    Bottleneck(16, 8, stride=2, downsample=down, groups=4))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+'''
+
+
+@pytest.fixture(scope="module")
+def resnext(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("resnext")
+    (folder / "resnext.py").write_text(RESNEXT)
+    return f"{folder / 'resnext.py'}:SmallResNeXt"
+
+
+@pytest.mark.parametrize("arch, kwargs", [("vit_cifar", "{width: 0.5}"),
+                                          ("convnext_cifar", "{width: 0.25}"),
+                                          ("resnext", "{}")])
+def test_a_permuted_copy_is_recovered_exactly_from_the_cli(arch, kwargs, resnext, tmp_path,
+                                                           runtime):
+    """Heads, units within heads, MLP units, convolution groups: all permuted at random, and
+    ``robust-mc align --align-method corr`` puts every weight back where it was."""
+    import yaml
+    from robust_mc_testkit import assert_units_separable
+
+    import cli
+    from robust_mc.config import DataConfig
+    from robust_mc.data import as_float, batches, load_data
+
+    arch = resnext if arch == "resnext" else arch
+    data = load_data(DataConfig(dataset="synthetic:32"))
+    torch.manual_seed(0)
+    model = randomized(create_model(arch, num_classes=data.info.num_classes, in_channels=3,
+                                    mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32,
+                                    kwargs=yaml.safe_load(kwargs))).float()
+    images = data.train.take(400)
+    spec = trace_permutation_spec(model, as_float(images.images[:2]))
+    assert_units_separable(model, spec, list(batches(images, 100)), runtime)
+    shuffled = {k: v.clone() for k, v in model.state_dict().items()}
+    shuffled = apply_permutation(shuffled, spec, random_permutation(
+        spec, torch.Generator().manual_seed(4)))
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for path, state in zip(paths, (model.state_dict(), shuffled), strict=True):
+        torch.save({k.removeprefix("net."): v for k, v in state.items()
+                    if k.startswith("net.")}, path)
+    out = tmp_path / "aligned.pt"
+    assert cli.main(["align", *map(str, paths), "--arch", arch, "--model-kwargs", kwargs,
+                     "--normalization", "0.5:0.25", "--dataset", "synthetic:32",
+                     "--align-method", "corr", "--align-samples", "400", "--out", str(out),
+                     "--device", "cpu", "--json"]) == 0
+    aligned = torch.load(out, weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        if key.startswith("net."):  # the network's own state (the input normalisation aside)
+            assert torch.equal(aligned[key.removeprefix("net.")], value), key
