@@ -161,8 +161,11 @@ class AttackConfig:
 class OptimConfig:
     epochs: int = setting(10, lo=1, help="training epochs")
     batch_size: int = setting(128, lo=1, help="images per step")
-    lr: float = setting(0.1, lo=0.0, help="peak learning rate (SGD with momentum)")
-    momentum: float = setting(0.9, lo=0.0, hi=1.0)
+    optimizer: Literal["sgd", "adamw"] = setting(
+        "sgd", help="sgd: SGD with momentum; adamw: AdamW (decoupled weight decay), which "
+                    "transformers such as vit_cifar train with")
+    lr: float = setting(0.1, lo=0.0, help="peak learning rate")
+    momentum: float = setting(0.9, lo=0.0, hi=1.0, help="SGD momentum; AdamW's beta1")
     weight_decay: float = setting(5e-4, lo=0.0, help="L2 weight decay")
     schedule: Literal["piecewise", "cosine", "constant"] = setting(
         "piecewise", help="learning-rate schedule")

@@ -77,7 +77,8 @@ def add_attack_flags(p: argparse.ArgumentParser, config: type, what: str = "trai
 
 def add_optim_flags(p: argparse.ArgumentParser, config: type) -> None:
     add_settings(p.add_argument_group("optimisation"), config, {
-        "--epochs": "optim.epochs", "--batch-size": "optim.batch_size", "--lr": "optim.lr:LR",
+        "--epochs": "optim.epochs", "--batch-size": "optim.batch_size",
+        "--optimizer": "optim.optimizer", "--lr": "optim.lr:LR",
         "--weight-decay": "optim.weight_decay:WD", "--schedule": "optim.schedule",
         "--seed": "optim.seed"})
 

@@ -27,6 +27,7 @@ differentiating.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,13 +153,24 @@ def measure_group(template: nn.Module, state_a: Params, state_b: Params, names: 
 
 # --- the second-order prediction ----------------------------------------------------------------
 
+def _twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """``scaled_dot_product_attention`` by its plain formula: the fused CPU kernels have no
+    second derivative (a transformer's Hessian-vector products need one)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: one kernel, differentiable twice
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def gradient_and_hvp(loss_fn: LossFn, params: Params, names: Sequence[str], vector: Params,
                      which: str) -> tuple[Params, Params]:
     """Gradient of the loss in the ``names`` parameters, and the Hessian-vector product H v,
     by double backward (H is never formed)."""
     leaves = {n: params[n].detach().clone().requires_grad_(True) for n in names}
-    loss = loss_fn({**params, **leaves}, which)
-    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    with _twice_differentiable_attention():
+        loss = loss_fn({**params, **leaves}, which)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
     dot = torch.stack([(g * vector[n]).sum() for g, n in zip(grads, names, strict=True)]).sum()
     hv = torch.autograd.grad(dot, list(leaves.values()))
     return ({n: g.detach() for n, g in zip(names, grads, strict=True)},

@@ -52,6 +52,10 @@ class PointResult:
 BN_BATCH_SIZE = 250  # fixed, so that the same weights always get the same statistics
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: str,
                         attack: AttackConfig, runtime: Runtime, seed: int = 0) -> None:
     """Reset every BN layer's running statistics and re-estimate them as an equal-weight average
@@ -60,8 +64,8 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
     from ``seed``): a deterministic function of the weights, so an endpoint whose statistics were
     made this way is reproduced exactly at its end of a path. The attack runs in the runtime's
     precision, the statistics pass in float32."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    norms = batchnorm_layers(model)
+    if not norms:  # LayerNorm and GroupNorm normalise each input themselves
         return
     momenta = [m.momentum for m in norms]
     for m in norms:

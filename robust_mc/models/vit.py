@@ -61,10 +61,6 @@ class ViT(nn.Module):
         self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x):  # (B, C, H, W) normalized -> (B, classes)
         x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, D)

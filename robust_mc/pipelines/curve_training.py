@@ -26,7 +26,7 @@ from robust_mc.run.resume import (
     restore_rng,
     rng_state,
 )
-from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
+from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_optimizer
 from robust_mc.train.tasks import CurveTask
 
 
@@ -56,7 +56,7 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
         if saved is None:
             curve_run(session, curve, endpoints, history).write(out)
         return history
-    optimizer = make_sgd([curve.bends], cfg.optim)
+    optimizer = make_optimizer([curve.bends], cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attacks = attack_generator(cfg.optim.seed, session.runtime.device)
     context = TrainingContext(session.runtime, reporter, session.stop, generator, attacks,

@@ -42,7 +42,7 @@ from robust_mc.run.resume import (
 from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.ema import WeightAverage
-from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_sgd
+from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_optimizer
 from robust_mc.train.tasks import EndpointTask
 
 MONITOR_IMAGES = 1000  # validation images attacked after each epoch
@@ -131,7 +131,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     runtime.prepare(model)
     forward = torch.compile(model) if cfg.speed.compile else model
     on_device = data.to(runtime.device)
-    optimizer = make_sgd(model.parameters(), cfg.optim)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(cfg.optim.seed)
     attack_stream = attack_generator(cfg.optim.seed, runtime.device)
     obj = cfg.objective

@@ -13,7 +13,7 @@ from robust_mc.config import ConnectRunConfig, to_dict
 from robust_mc.core.barriers import path_summary
 from robust_mc.core.curves import Curve
 from robust_mc.errors import Interrupted
-from robust_mc.evaluation.path import PointResult, evaluate_path, path_attack
+from robust_mc.evaluation.path import PointResult, batchnorm_layers, evaluate_path, path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.evaluation.similarity import LayerSimilarity
 from robust_mc.models import Classifier
@@ -117,6 +117,9 @@ def evaluate_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     cfg, runtime, reporter, data = session.cfg, session.runtime, session.reporter, session.data
     start = time.perf_counter()
     label = PathLabel(cfg.curve.kind, cfg.aligned)
+    if not batchnorm_layers(endpoints.a):
+        reporter.print("no batch norm layers: the statistics step at each t has nothing to "
+                       "recompute (LayerNorm and GroupNorm normalise each input themselves)")
 
     def resumable(name: PathLabel) -> dict:
         if progress is None:

@@ -86,7 +86,11 @@ class NonFiniteLoss(UserError):
     """A NaN or inf loss beyond what --skip-nonfinite tolerates."""
 
 
-def make_sgd(params, optim: OptimConfig) -> torch.optim.SGD:
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    """``optim.optimizer`` over ``params``: SGD with momentum and L2 weight decay, or AdamW."""
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.momentum, 0.999),
+                                 weight_decay=optim.weight_decay)
     return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
                            weight_decay=optim.weight_decay)
 
@@ -116,7 +120,7 @@ class Trainer:
     Example::
 
         trainer = Trainer(EndpointTask(model, model, AttackConfig(), runtime),
-                          make_sgd(model.parameters(), optim), optim,
+                          make_optimizer(model.parameters(), optim), optim,
                           TrainingContext(runtime, train=data.train, info=data.info))
         trainer.fit("epoch", on_epoch=lambda epoch, result: None, save=lambda: None)
     """
