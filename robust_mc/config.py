@@ -216,6 +216,10 @@ class AlignConfig:
     samples: int = setting(5000, lo=1, help="training images used for alignment")
     batch_size: int = setting(250, lo=1, may_change=True)
     seed: int = setting(0, help="seed of the random starts of adversarial alignment inputs")
+    partial: bool = setting(False, help="where an operation has no tracing rule, leave the "
+                                        "units it touches as they are and align the rest "
+                                        "(the share left unaligned is printed), instead of "
+                                        "stopping")
 
 
 @dataclass(frozen=True)

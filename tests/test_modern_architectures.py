@@ -3,6 +3,8 @@ traced, a random permutation leaves the function unchanged, and it moves every w
 moved. Models are built small (few blocks, narrow) where the family's constructor allows, so the
 whole file runs in seconds."""
 
+import json
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -200,3 +202,49 @@ def test_a_permuted_copy_is_recovered_exactly_from_the_cli(arch, kwargs, resnext
     for key, value in model.state_dict().items():
         if key.startswith("net."):  # the network's own state (the input normalisation aside)
             assert torch.equal(aligned[key.removeprefix("net.")], value), key
+
+
+ROLLED = '''
+import torch
+from torch import nn
+
+
+class Rolled(nn.Module):
+    """Channels rolled by one between two convolutions: no permutation commutes with that."""
+
+    def __init__(self, num_classes: int = 10, **_):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = torch.roll(torch.relu(self.b(torch.relu(self.a(x)))), 1, 1)
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+'''
+
+
+def test_partial_alignment_leaves_what_it_cannot_follow_and_says_so(tmp_path, capsys):
+    import cli
+
+    (tmp_path / "rolled.py").write_text(ROLLED)
+    arch = f"{tmp_path / 'rolled.py'}:Rolled"
+    torch.manual_seed(0)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=4, in_channels=3, mean=(0.5,) * 3,
+                             std=(0.25,) * 3)
+        paths.append(str(tmp_path / f"{seed}.pt"))
+        torch.save({k.removeprefix("net."): v for k, v in model.state_dict().items()
+                    if k.startswith("net.")}, paths[-1])
+    common = [*paths, "--arch", arch, "--normalization", "0.5:0.25", "--dataset", "synthetic",
+              "--align-samples", "100", "--device", "cpu", "--out", str(tmp_path / "x.pt")]
+    assert cli.main(["align", *common]) == 2  # stops by default, naming the operation and flag
+    err = capsys.readouterr().err
+    assert "roll" in err and "--partial-alignment" in err and "Traceback" not in err
+    assert cli.main(["align", *common, "--partial-alignment", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert any("roll" in op for op in report["left_alone"])
+    assert report["function_error"] < 1e-5  # what is aligned still computes the same function
+    moved = {space["name"] for space in report["spaces"]}
+    assert "net.a" in moved and "net.b" not in moved and "net.c" in moved

@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
                    f"{cfg.align.inputs} inputs, {min(cfg.align.samples, len(data.train))} images")
     result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
     summary = {**result.alignment.as_dict(), "function_error": result.function_error,
-               "a": args.a, "b": args.b}
+               "a": args.a, "b": args.b, "left_alone": result.spec.unsupported}
+    if (note := result.spec.left_alone(model_a)) is not None:
+        reporter.print(note)
     meta = {**pair.b.meta, "alignment": {
         **summary, "config": to_dict(cfg), "record": run_record(args.argv),
         "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()}}}

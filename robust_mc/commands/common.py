@@ -103,7 +103,8 @@ def resume_policy(args: argparse.Namespace) -> ResumePolicy:
 
 def add_align_flags(p: argparse.ArgumentParser, config: type) -> None:
     flags = {"--align-method": "align.method", "--align-inputs": "align.inputs",
-             "--align-samples": "align.samples", "--align-seed": "align.seed"}
+             "--align-samples": "align.samples", "--align-seed": "align.seed",
+             "--partial-alignment": "align.partial"}
     if "aligned" in {f.name for f in dataclasses.fields(config)}:
         flags["--align"] = "aligned"  # --align / --no-align
     add_settings(p.add_argument_group("alignment"), config, flags)

@@ -471,7 +471,7 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
     subset = train.take(config.samples).to(runtime.device)
     example = as_float(subset.images[:2])
-    spec = trace_permutation_spec(model_a, example)
+    spec = trace_permutation_spec(model_a, example, partial=config.partial)
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
                    inputs=config.inputs, attack=attack_config.build(), spec=spec, runtime=runtime,
                    generator=torch.Generator().manual_seed(config.seed))

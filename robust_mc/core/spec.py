@@ -82,6 +82,15 @@ class PermutationSpec:
         """The spaces whose blocks space ``name`` permutes."""
         return [s for s in self.spaces if s.blocks is not None and s.blocks.space == name]
 
+    def left_alone(self, model: nn.Module) -> str | None:
+        """With partial alignment: the share of weights no permutation moves and the
+        operations responsible (None when every operation was followed)."""
+        if not self.unsupported:
+            return None
+        return (f"partial alignment: {100 * (1 - self.moved_share(model)):.1f}% of the weights "
+                f"left unaligned, where the tracer has no rule for: "
+                f"{'; '.join(self.unsupported)}")
+
     def moved_share(self, model: nn.Module) -> float:
         """The share of ``model``'s parameter entries that some permutation moves."""
         params = dict(model.named_parameters())

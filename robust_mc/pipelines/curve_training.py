@@ -113,7 +113,7 @@ def pam_updater(session: ConnectSession, curve: Curve, template: Classifier,
     epochs, outer = cfg.optim.epochs, cfg.pam.outer
     after = [round(k * epochs / (outer + 1)) for k in range(1, outer + 1)]
     example = session.runtime.images(session.data.train.images[:2].float())
-    spec = trace_permutation_spec(endpoints.a, example)
+    spec = trace_permutation_spec(endpoints.a, example, partial=cfg.align.partial)
     if endpoints.pam is None:
         endpoints.pam = PamHistory(endpoints.permutation)
     history = endpoints.pam

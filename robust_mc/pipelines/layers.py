@@ -29,6 +29,8 @@ def run_layers(pair: Pair, cfg: LayersRunConfig, runtime: Runtime, reporter: Rep
     variants = {}
     if cfg.aligned or cfg.layers.compare_align:
         aligned = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
+        if (note := aligned.spec.left_alone(model_a)) is not None:
+            reporter.print(note)
         variants["aligned"] = aligned.model_b
     if not cfg.aligned or cfg.layers.compare_align:
         variants["unaligned"] = model_b

@@ -130,6 +130,8 @@ def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Ru
         return Endpoints(model_a, model_b, model_b)
     result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
     report = result.alignment.as_dict()
+    if (note := result.spec.left_alone(model_a)) is not None:
+        reporter.print(note)
     reporter.print(f"aligned b to a ({cfg.align.method}, {cfg.align.inputs} inputs): mean unit "
                    f"correlation {report['mean_corr_before']:.3f} -> "
                    f"{report['mean_corr_after']:.3f}, function error "
@@ -152,7 +154,7 @@ def undo_alignment(model_a: Classifier, model_b: Classifier, example: torch.Tens
     if not permutation:
         return model_b
     original = copy.deepcopy(model_b)
-    spec = trace_permutation_spec(model_a, example)
+    spec = trace_permutation_spec(model_a, example, partial=True)  # as recorded: any spec
     permute_model(original, spec, inverse({k: torch.tensor(v) for k, v in permutation.items()}))
     return original
 

@@ -22,7 +22,8 @@ def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints
     """Path label -> per t, inputs and end: the matched-unit correlation of every layer."""
     cfg, data, runtime = session.cfg, session.data, session.runtime
     images = data.test.take(cfg.path.similarity_images)
-    spec = trace_permutation_spec(endpoints.a, runtime.images(as_float(images.images[:2])))
+    spec = trace_permutation_spec(endpoints.a, runtime.images(as_float(images.images[:2])),
+                                  partial=True)  # unit similarity wherever units are followed
     attack = cfg.attack.build(mode="eval")
     out: dict[str, list[LayerSimilarity]] = {}
     for label, points in paths.items():
