@@ -79,7 +79,7 @@ def trace_permutation_spec(model: nn.Module, example: torch.Tensor, *,
     was_training = model.training
     model.eval()
     try:
-        gm = trace_graph(model)
+        gm = trace_graph(model, example[:2])
         reference = next(iter(model.parameters()), example.float())
         with torch.no_grad():
             _ValueProp(gm).propagate(example[:2].detach().to(reference.device, reference.dtype))

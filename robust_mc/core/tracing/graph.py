@@ -1,10 +1,17 @@
 """The graph the tracer walks: ``torch.fx`` symbolic tracing, with robust-mc's input
-normalisation kept whole."""
+normalisation kept whole; where symbolic tracing fails (control flow on tensor values, iteration
+over a split: timm's Swin, ResNeSt), TorchDynamo's export of one forward pass on an example
+input, its parameters renamed to the model's own names. The exported graph of an architecture is
+kept for later calls on models of the same architecture (the second model of a pair, the folded
+copy of the statistics pass)."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
+import torch
 import torch.fx
 from torch import nn
 
@@ -12,19 +19,60 @@ from robust_mc.core.tracing.spaces import DOCS
 from robust_mc.errors import UserError
 from robust_mc.models.normalize import Normalize
 
+_EXPORTED: dict[tuple, torch.fx.Graph] = {}  # architecture -> its exported graph
+
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, Normalize) or super().is_leaf_module(m, qualname)
 
 
-def trace_graph(model: nn.Module) -> torch.fx.GraphModule:
+def trace_graph(model: nn.Module, example: torch.Tensor | None = None) -> torch.fx.GraphModule:
+    """``model``'s graph: symbolic tracing, else an export on ``example`` (or the export made
+    earlier for this architecture)."""
     try:
-        graph = _Tracer().trace(model)
+        return torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # fx raises many types for untraceable code
-        raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: "
+        symbolic = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    key = _architecture(model)
+    if key not in _EXPORTED and example is not None:
+        _EXPORTED[key] = _export(model, example, symbolic)
+    if key not in _EXPORTED:
+        raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({symbolic}); {DOCS}")
+    return torch.fx.GraphModule(model, copy.deepcopy(_EXPORTED[key]))
+
+
+def _architecture(model: nn.Module) -> tuple:
+    return (type(model), tuple((n, tuple(t.shape)) for n, t in model.state_dict().items()))
+
+
+def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> torch.fx.Graph:
+    import torch._dynamo
+    from torch.export import Dim
+
+    batch = getattr(Dim, "AUTO", None) or Dim("batch")  # AUTO: dynamic wherever it can be
+    try:
+        with torch.no_grad():
+            gm, _ = torch._dynamo.export(model, dynamic_shapes=({0: batch},))(example)
+            gm(example[:1].expand(3, *example.shape[1:]))  # any batch size, not only 2
+    except Exception as exc:  # noqa: BLE001 - dynamo raises many types
+        raise UserError(f"cannot trace {type(model).__name__}: torch.fx failed ({symbolic}) and "
+                        f"so did TorchDynamo's export ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]}); {DOCS}") from None
-    return torch.fx.GraphModule(model, graph)
+    own = {id(t): n for n, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                model.named_buffers(remove_duplicate=False))}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            tensor: Any = gm
+            for part in str(node.target).split("."):
+                tensor = getattr(tensor, part)
+            name = own.get(id(tensor))
+            if name is None:
+                raise UserError(f"cannot trace {type(model).__name__}: its exported graph uses "
+                                f"a tensor '{node.target}' that is none of its parameters or "
+                                f"buffers; {DOCS}")
+            node.target = name
+    return gm.graph
 
 
 def node_args(obj: Any) -> list[torch.fx.Node]:

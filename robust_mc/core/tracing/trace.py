@@ -70,9 +70,11 @@ class Trace:
         return self.layouts.get(arg.name) if isinstance(arg, torch.fx.Node) else None
 
     def arg(self, node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+        """Argument ``index`` (or keyword ``name``) of ``node``; sizes and numbers computed in
+        the graph are given as their values."""
         if len(node.args) > index:
-            return node.args[index]
-        return node.kwargs.get(name, default)
+            return self.value(node.args[index])
+        return self.value(node.kwargs.get(name, default))
 
     def value(self, obj: Any) -> Any:
         """``obj`` with graph nodes that computed sizes or numbers replaced by their values."""
@@ -294,7 +296,11 @@ class Trace:
                 self.fix(self.layout(arg), None)
             return None
         if node.op == "get_attr":
-            return self.parameter(str(node.target), shape) if shape is not None else None
+            if shape is None:
+                return None
+            if not node.meta["tensor_meta"].dtype.is_floating_point:  # an index, not weights
+                return tuple(Free(s) for s in shape)
+            return self.parameter(str(node.target), shape)
         if shape is None and not self.shapes(node):
             return None  # sizes, shapes and other non-tensor values
         if node.op == "call_module":
@@ -308,7 +314,12 @@ class Trace:
             rule = registry.FUNCTION_RULES.get(node.target)
             fallback = self.call_of(node)
         if rule is not None:
-            return rule(self, node)
+            try:
+                return rule(self, node)
+            except (Unsupported, UserError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - arguments in a form the rule does not know
+                raise self.fail(node, f"arguments ({type(exc).__name__}: {exc}) of") from None
         if self.elementwise_alike(node, fallback):  # e.g. a custom activation
             self.activation(node)
             return self.tensor(node)

@@ -6,7 +6,7 @@ units alike: groups are permuted as wholes, units within each group freely."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import nn
@@ -75,14 +75,18 @@ def conv_module(trace: Trace, node):
         trace.meet([x[1], weight[1]], f"'{node.name}'")
         out = open_space(trace, node, weight, trace.module_parameter(node, "bias"))
         return _spatial(trace, node, x, out)
-    return _spatial(trace, node, x, _grouped(trace, node, conv, x[1]))
+    bias = f"{node.target}.bias" if conv.bias is not None else None
+    return _spatial(trace, node, x, _grouped(trace, node, x[1], conv.groups, conv.out_channels,
+                                             f"{node.target}.weight", bias))
 
 
-def _grouped(trace: Trace, node, conv: Any, channels) -> Units | Free:
-    """Input units in ``groups`` blocks, each read by its own block of output units."""
-    name, groups = str(node.target), conv.groups
+def _grouped(trace: Trace, node, channels, groups: int, out_channels: int, weight: str,
+             bias: str | None) -> Units | Free:
+    """Input units in ``groups`` blocks, each read by its own block of output units; the
+    parameters are ``weight`` (out, in / groups, ...) and ``bias``."""
+    name = weight.removesuffix(".weight")
     channels = trace.resolve(channels)
-    depthwise = conv.out_channels == conv.in_channels == groups
+    depthwise = out_channels == channels.size == groups
     if isinstance(channels, Free):  # channels left in place: groups stay in place too
         if depthwise:
             return channels
@@ -97,7 +101,7 @@ def _grouped(trace: Trace, node, conv: Any, channels) -> Units | Free:
     if depthwise and group_space is not None:
         out = trace.resolve(channels)  # each output follows its input channel
     else:
-        out = trace.new_units(conv.out_channels, name)
+        out = trace.new_units(out_channels, name)
         out_groups = trace.spaces.block(out.segs[0].space, groups, name)
         if group_space is None or out_groups is None:
             if out_groups is not None:
@@ -105,12 +109,12 @@ def _grouped(trace: Trace, node, conv: Any, channels) -> Units | Free:
         else:
             trace.spaces.union(out_groups, group_space, f"'{node.name}'")
         out = trace.resolve(out)
-        if conv.in_channels // groups > 1 and group_space is not None:
-            trace.record(channels, f"{name}.weight", 1, groups=groups)
+        if channels.size // groups > 1 and group_space is not None:
+            trace.record(channels, weight, 1, groups=groups)
     assert isinstance(out, Units)
-    trace.record(out, f"{name}.weight", 0)
-    if conv.bias is not None:
-        trace.record(out, f"{name}.bias", 0)
+    trace.record(out, weight, 0)
+    if bias is not None:
+        trace.record(out, bias, 0)
     trace.producer(node)
     return out
 
@@ -126,7 +130,11 @@ def conv_function(trace: Trace, node):
     if groups == 1:
         trace.meet([x[1], weight[1]], f"'{node.name}'")
         return _spatial(trace, node, x, open_space(trace, node, weight, bias))
-    if weight[0].size == x[1].size == groups:  # depthwise
-        trace.meet([x[1], weight[0], *(bias[:1] if bias else ())], f"'{node.name}'")
-        return _spatial(trace, node, x, trace.resolve(x[1]))
-    raise trace.fail(node, "functional grouped convolution")
+    names = [trace.arg(node, 1, "weight"), trace.arg(node, 2, "bias")]
+    if getattr(names[0], "op", None) != "get_attr":
+        raise trace.fail(node, "grouped convolution with a computed weight:")
+    for layout in (weight, bias):  # recorded below, on the units themselves
+        trace.fix(layout, None)
+    bias_name = str(names[1].target) if getattr(names[1], "op", None) == "get_attr" else None
+    return _spatial(trace, node, x, _grouped(trace, node, x[1], groups, weight[0].size,
+                                             str(names[0].target), bias_name))

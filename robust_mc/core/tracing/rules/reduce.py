@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from robust_mc.core.tracing.layout import Dim, Free, Split
+from robust_mc.core.tracing.rules.elementwise import arithmetic
 from robust_mc.core.tracing.rules.registry import for_functions, for_methods
 
 REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std,
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 @for_functions(*REDUCTIONS)
 @for_methods(*REDUCTION_METHODS)
 def reduction(trace: Trace, node):
+    if isinstance(trace.layout(trace.arg(node, 1, "other")), tuple):
+        return arithmetic(trace, node)  # torch.max(a, b): entry by entry
     layout = trace.tensor(node)
     name = getattr(node.target, "__name__", str(node.target))
     dim_at = 2 if name == "norm" else 1
