@@ -248,3 +248,38 @@ def test_partial_alignment_leaves_what_it_cannot_follow_and_says_so(tmp_path, ca
     assert report["function_error"] < 1e-5  # what is aligned still computes the same function
     moved = {space["name"] for space in report["spaces"]}
     assert "net.a" in moved and "net.b" not in moved and "net.c" in moved
+
+
+VIT_TRAIN = ["--dataset", "synthetic", "--epochs", "2", "--attack-steps", "2", "--eps", "0.05",
+             "--optimizer", "adamw", "--lr", "0.002", "--eval-attack", "pgd:steps=2",
+             "--device", "cpu", "--json"]
+CONNECT = ["--epochs", "1", "--points", "3", "--attack-steps", "1", "--eval-attack", "none",
+           "--align-samples", "200", "--optimizer", "adamw", "--lr", "0.001", "--device", "cpu",
+           "--json"]
+TIMM_VIT = ["--arch", "timm:vit_tiny_patch16_224", "--model-kwargs",
+            "{img_size: 12, patch_size: 4, depth: 2, embed_dim: 32, num_heads: 2}"]
+
+
+@pytest.mark.slow
+def test_connect_between_two_pgd_trained_vits(tmp_path, capsys):
+    """Two small ViTs trained by ``robust-mc train`` (PGD), then connected: the zoo's vit_cifar
+    from its checkpoints, and timm's ViT from bare state dicts."""
+    import cli
+
+    for name, arch in (("zoo", ["--arch", "vit_cifar", "--width", "0.5"]), ("timm", TIMM_VIT)):
+        paths = [tmp_path / f"{name}{seed}.pt" for seed in (0, 1)]
+        for seed, path in enumerate(paths):
+            assert cli.main(["train", *arch, "--seed", str(seed), "--out", str(path),
+                             *VIT_TRAIN]) == 0
+        capsys.readouterr()
+        given: list[str] = []
+        if name == "timm":  # as another codebase would save them: the network's state alone
+            for path in paths:
+                torch.save(torch.load(path, weights_only=True)["state_dict"], path)
+            given = [*TIMM_VIT, "--normalization", "0.5:0.25", "--dataset", "synthetic"]
+        out = tmp_path / f"run-{name}"
+        assert cli.main(["connect", *map(str, paths), *given, *CONNECT, "--out", str(out)]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["alignment"]["function_error"] < 1e-4
+        for file in ("curve.pt", "summary.json", "path.json", "path.csv", "best.pt"):
+            assert (out / file).is_file(), file

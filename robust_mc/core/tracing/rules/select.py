@@ -101,7 +101,7 @@ def getitem(trace: Trace, node):
     index = node.args[1]
     if isinstance(source, tuple) and source and not isinstance(source[0], (Free, Units,
                                                                               Split)):
-        return source[index] if isinstance(index, int) else source[index]  # a tuple's items
+        return source[index]  # an item of a tuple (of unbind, chunk, an attention module)
     return _index(trace, node, trace.tensor(node), index)
 
 
@@ -140,18 +140,7 @@ def _index(trace: Trace, node, layout: Layout, index) -> Layout:
             raise trace.fail(node, f"index {item!r} in")
     if len(out) != len(shape):
         raise trace.fail(node, "indexing")
-    # the remaining axes of a picked part follow it
-    out = [_after_pick(layout, d) for d in out]
     return tuple(Free(s) if isinstance(d, Free) else d for d, s in zip(out, shape, strict=True))
-
-
-def _after_pick(layout: Layout, dim: Dim) -> Dim:
-    if isinstance(dim, Split):
-        for d in layout:
-            if isinstance(d, Split) and (d.blocks, d.block_size) == (dim.blocks, dim.block_size) \
-                    and set(d.parts) <= set(dim.parts):
-                return dim.with_parts(d.parts)
-    return dim
 
 
 def _sliced(trace: Trace, node, dim: Dim, item: slice) -> Dim:
