@@ -153,7 +153,7 @@ class SpaceTable:
                 return entry.block[0]
             self.fix(leaves[0], f"{producer}: groups of {units} and {entry.block[1]} units")
             return None
-        space = self.new(blocks, f"{producer}/groups", fixed=entry.fixed, wild=entry.wild)
+        space = self.new(blocks, f"{entry.producer}/groups", fixed=entry.fixed, wild=entry.wild)
         if units == 1:  # blocks of one unit: the block space is the space itself
             self.union(space, leaves[0], producer)
             return space
