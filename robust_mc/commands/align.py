@@ -68,11 +68,16 @@ def run(args: argparse.Namespace) -> int:
     for column in ("space", "units", "corr before", "corr after", "re-matched", "no signal"):
         table.add_column(column, justify="left" if column == "space" else "right")
     for s in result.alignment.spaces:
-        table.add_row(s.name.removeprefix("net."), str(s.units), f"{s.corr_before:.3f}",
-                      f"{s.corr_after:.3f}", f"{100 * s.moved:.0f}%", str(s.no_signal))
+        table.add_row(s.name.removeprefix("net."), str(s.units), _corr(s.corr_before),
+                      _corr(s.corr_after), f"{100 * s.moved:.0f}%", str(s.no_signal))
     table.add_row("[bold]mean", "", f"{summary['mean_corr_before']:.3f}",
                   f"{summary['mean_corr_after']:.3f}", "", "")
     Console().print(table)
     reporter.print(f"function preserved: max |logit difference| {result.function_error:.2e}; "
                    f"wrote {path}")
     return 0
+
+
+def _corr(value: float) -> str:
+    """A correlation, or "-" for a space no activation shows (heads, matched by their units)."""
+    return "-" if value != value else f"{value:.3f}"

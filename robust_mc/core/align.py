@@ -88,7 +88,8 @@ class Alignment:
     def as_dict(self) -> dict:
         return {"method": self.method, "inputs": self.inputs, "samples": self.samples,
                 "seconds": self.seconds,
-                "spaces": [vars(s) for s in self.spaces],
+                "spaces": [{k: None if isinstance(v, float) and v != v else v  # no statistics
+                            for k, v in vars(s).items()} for s in self.spaces],
                 "mean_corr_before": _mean([s.corr_before for s in self.spaces]),
                 "mean_corr_after": _mean([s.corr_after for s in self.spaces])}
 
