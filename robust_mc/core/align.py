@@ -27,10 +27,12 @@ from attacks import TrainingAttack
 from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.core.assignment import (
     Group,
+    given_order,
     group_value,
     groups_of,
     solve_assignment,
     solve_group,
+    solve_groups,
 )
 from robust_mc.core.fold import fold_batchnorm_graph
 from robust_mc.core.permutation import (
@@ -285,7 +287,7 @@ def weight_matching(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.T
         for index in torch.randperm(len(groups), generator=gen).tolist():
             group = groups[index]
             scores = {s.name: _weight_score(s, perm, *tables) for s in group.spaces}
-            new = solve_group(group, scores)
+            new = solve_group(group, scores, given_order(group, perm))
             old_value, new_value = group_value(group, scores, perm), group_value(group, scores,
                                                                                   new)
             if new_value > old_value + 1e-9 * max(1.0, abs(old_value)):
@@ -491,10 +493,7 @@ def _by_correlation(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
                     corr: dict[str, torch.Tensor]) -> Permutation:
     """Tatro et al. (2020): per space, the assignment that maximises the summed correlation of
     matched units."""
-    perm: Permutation = {}
-    for group in groups_of(spec):
-        perm.update(solve_group(group, corr))
-    return perm
+    return solve_groups(spec, corr)
 
 
 @register_alignment("weights")

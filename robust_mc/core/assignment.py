@@ -36,7 +36,9 @@ class Group:
 
 
 def groups_of(spec: PermutationSpec) -> list[Group]:
-    """Every space of ``spec`` in exactly one group."""
+    """Every space of ``spec`` as a member of one group; a grouped space that itself groups
+    others (a grouped convolution's outputs read by a depthwise one) also leads a group of its
+    own, listed after the group it belongs to."""
     out = []
     for space in spec:
         members = spec.members(space.name)
@@ -44,13 +46,30 @@ def groups_of(spec: PermutationSpec) -> list[Group]:
             out.append(Group(space, members))
         elif space.blocks is None or space.blocks.space is None:
             out.append(Group(None, [space]))
-    return out
+    nested = [g for g in out if g.blocks is not None and g.blocks.blocks is not None]
+    return [g for g in out if g not in nested] + nested
 
 
-def solve_group(group: Group, scores: dict[str, torch.Tensor]) -> Permutation:
+def solve_groups(spec: PermutationSpec, scores: dict[str, torch.Tensor]) -> Permutation:
+    """Every group solved in turn; a nested group keeps the block order its leader was given."""
+    perm: Permutation = {}
+    for group in groups_of(spec):
+        perm.update(solve_group(group, scores, given_order(group, perm)))
+    return perm
+
+
+def given_order(group: Group, perm: Permutation) -> torch.Tensor | None:
+    """A nested group's block order: its leader's permutation as decided so far."""
+    if group.blocks is not None and group.blocks.blocks is not None:
+        return perm.get(group.blocks.name)
+    return None
+
+
+def solve_group(group: Group, scores: dict[str, torch.Tensor],
+                order: torch.Tensor | None = None) -> Permutation:
     """The permutations of ``group``'s spaces maximising the summed ``scores`` ((units, units)
     per space, A's units by B's; a space without scores keeps its units within the blocks
-    matched for the others)."""
+    matched for the others); ``order``: the block order, already decided."""
     if group.blocks is None and group.members[0].blocks is None:
         space = group.members[0]
         score = scores.get(space.name)
@@ -76,8 +95,9 @@ def solve_group(group: Group, scores: dict[str, torch.Tensor]) -> Permutation:
                 orders[g, h] = solve_assignment(blocks[g, h])
                 block_score[g, h] += blocks[g, h][torch.arange(size), orders[g, h]].sum()
         within[member.name] = orders
-    order = (solve_assignment(block_score) if group.blocks is not None
-             else torch.arange(count))
+    if order is None:
+        order = (solve_assignment(block_score) if group.blocks is not None
+                 else torch.arange(count))
     out: Permutation = {}
     if group.blocks is not None:
         out[group.blocks.name] = order

@@ -148,15 +148,14 @@ class SpaceTable:
             return None
         entry = self.entries[leaves[0]]
         units = size // blocks
+        if units == 1:  # blocks of one unit: the space itself permutes them
+            return leaves[0]
         if entry.block is not None:
             if entry.block[1] == units:
                 return entry.block[0]
             self.fix(leaves[0], f"{producer}: groups of {units} and {entry.block[1]} units")
             return None
         space = self.new(blocks, f"{entry.producer}/groups", fixed=entry.fixed, wild=entry.wild)
-        if units == 1:  # blocks of one unit: the block space is the space itself
-            self.union(space, leaves[0], producer)
-            return space
         entry.block = (space, units)
         return space
 

@@ -225,3 +225,10 @@ def like(trace: Trace, node):
     """A tensor of the input's shape whose entries do not depend on the units: any permutation
     leaves it as it is, so it takes the input's layout."""
     return trace.tensor(node)
+
+
+@for_functions(torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.ones, torch.full,
+               torch.empty, torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint)
+def created(trace: Trace, node):
+    """A tensor made in the forward pass from numbers (an index, a mask): no units."""
+    return tuple(Free(s) for s in trace.shape(node) or ())

@@ -1,0 +1,199 @@
+"""One small network per tracing rule family: the spec is traced, a random permutation leaves the
+function unchanged (float64), and what the rule should permute is permuted. A new rule adds its
+network here."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
+
+
+class Transposed(nn.Module):
+    """permute/transpose: channels moved to the last axis and back (channels-last MLP)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(3, 6, 3), nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.fc(self.conv(x).permute(0, 2, 3, 1)).transpose(1, 3)  # (B, 5, W, H)
+        return self.out(torch.relu(y).mean((2, 3)))
+
+
+class HandNorm(nn.Module):
+    """reductions over channels with keepdim: a LayerNorm written by hand; abs as an activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3), nn.Linear(6, 2)
+        self.weight, self.bias = nn.Parameter(torch.rand(6)), nn.Parameter(torch.rand(6))
+
+    def forward(self, x):
+        x = self.conv(x)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + 1e-5)
+        x = self.weight[:, None, None] * x + self.bias[:, None, None]
+        return self.fc(x.abs().mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """A packed q/k/v split by reshape and unbind, q @ k^T, softmax, @ v, heads merged back."""
+
+    def __init__(self, dim=8, heads=2, fused=False):
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.embed, self.qkv, self.proj = nn.Conv2d(3, dim, 2, 2), nn.Linear(dim, 3 * dim), \
+            nn.Linear(dim, dim)
+        self.cls = nn.Parameter(torch.rand(1, 1, dim))
+        self.pos = nn.Parameter(torch.rand(1, 17, dim))
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, D)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = torch.einsum("bhls,bhsv->bhlv", (q @ k.transpose(-2, -1)).softmax(-1), v)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return self.head(x[:, 0])
+
+
+class Chunked(nn.Module):
+    """chunk of a packed projection into q/k/v, a per-head bias, stack and a gather."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.qkv = nn.Linear(12, dim), nn.Linear(dim, 3 * dim)
+        self.bias = nn.Parameter(torch.rand(heads, 1, 1))
+        self.out = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(2))  # (B, 3, D): 3 tokens of 12 pixels
+        b, n, d = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        attn = (q @ k.transpose(-2, -1) + self.bias).softmax(-1)
+        y = (attn @ v).transpose(1, 2).flatten(2)
+        return self.out(torch.stack([y, x]).sum(0)[:, torch.tensor([0, 2])].mean(1))
+
+
+class MHA(nn.Module):
+    """nn.MultiheadAttention with its packed in_proj_weight."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.embed, self.attn = nn.Linear(12, dim), nn.MultiheadAttention(dim, 2,
+                                                                          batch_first=True)
+        self.out = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(2))
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.out(x.mean(1))
+
+
+class Grouped(nn.Module):
+    """grouped convolutions, a depth multiplier, GroupNorm by groups, functional batch norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.c, self.norm = nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.GroupNorm(8, 16)
+        self.mean, self.var = nn.Parameter(torch.rand(16)), nn.Parameter(torch.rand(16) + 1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        x = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        x = F.batch_norm(self.norm(x), self.mean, self.var)
+        return self.fc(F.gelu(x).amax((2, 3)))
+
+
+class Shuffle(nn.Module):
+    """a channel shuffle: units merged back in another order stay, and say so."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0),
+            "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
+            "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
+            "shuffle": (Shuffle, 0)}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_each_rule_keeps_the_function(name):
+    build, grouped = NETWORKS[name]
+    torch.manual_seed(0)
+    model = build().double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) if name not in ("chunk", "multihead") \
+        else torch.rand(2, 3, 3, 4, dtype=torch.float64)
+    spec = trace_permutation_spec(model, x)
+    assert sum(s.blocks is not None for s in spec) >= grouped
+    assert (name == "shuffle") == bool(spec.fixed), spec.fixed
+    permuted = build().double().eval()
+    permuted.load_state_dict(apply_permutation(model.state_dict(), spec, random_permutation(
+        spec, torch.Generator().manual_seed(1))))
+    changed = [k for k, v in model.state_dict().items()
+               if not torch.equal(v, permuted.state_dict()[k])]
+    assert changed
+    with torch.no_grad():  # float64 sums in another order: ~1e-15; a wrong permutation is O(1)
+        assert torch.allclose(permuted(x), model(x), rtol=1e-9, atol=1e-12)
+
+
+def test_per_head_parameters_follow_their_heads():
+    model = Chunked()
+    spec = trace_permutation_spec(model, torch.rand(2, 3, 3, 4))
+    heads = next(s for s in spec if spec.members(s.name))
+    assert ("bias", 0) in {(a.name, a.axis) for a in heads.axes}
+
+
+@pytest.mark.parametrize("name", ["attention", "grouped", "multihead"])
+@pytest.mark.parametrize("method", ["corr", "weights"])
+def test_heads_and_groups_are_matched_back_hierarchically(name, method):
+    """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:
+    correlation matching where activations show the units (MultiheadAttention's query, key and
+    value are matched by their weights), weight matching from the weights alone."""
+    from robust_mc.core.align import align
+    from robust_mc.core.permutation import permute_model
+
+    build, _ = NETWORKS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(256, 3, 8, 8) if name != "multihead" else torch.rand(256, 3, 3, 4)
+    spec = trace_permutation_spec(model, x)
+    shuffled = build().eval()
+    shuffled.load_state_dict(apply_permutation(model.state_dict(), spec, random_permutation(
+        spec, torch.Generator().manual_seed(2))))
+    data = [(x, torch.zeros(len(x), dtype=torch.long))]
+    if method == "corr":  # exact recovery from statistics needs each unit's own match to win
+        from robust_mc_testkit import assert_units_separable
+
+        from robust_mc.run.runtime import Runtime
+
+        assert_units_separable(model, spec, data, Runtime(torch.device("cpu")))
+    result = align(model, shuffled, data, method=method, spec=spec)
+    permute_model(shuffled, spec, result.perm)
+    for key, value in model.state_dict().items():
+        assert torch.equal(shuffled.state_dict()[key], value), key
