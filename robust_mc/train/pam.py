@@ -1,5 +1,6 @@
 """PAM: proximal alternating minimization of a robust curve over its bends and the permutation of
-b's units (Tatro et al. 2020).
+b's units (Tatro et al. 2020). Spaces grouped into heads or convolution groups keep their
+alignment: a doubly stochastic relaxation does not respect blocks.
 
 The curve's bends are trained with the permutation fixed (ordinary curve training); between
 phases the bends are fixed and each space's permutation is relaxed to a doubly stochastic matrix
@@ -110,7 +111,8 @@ def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec,
     """One permutation update: the permutation of b (relative to b now) that the relaxed,
     proximal problem rounds to."""
     device = curve.start.device
-    relaxed = {s.name: torch.eye(s.size, device=device).requires_grad_() for s in spec}
+    relaxed = {s.name: torch.eye(s.size, device=device).requires_grad_() for s in spec
+               if s.blocks is None and not spec.members(s.name)}  # grouped spaces stay
     task = CurveTask(template, PermutedEnd(curve, spec, relaxed), attack, curve_cfg,
                      context.runtime, context.generator, context.attack_generator)
     optimizer = ProximalBirkhoff(list(relaxed.values()), lr=pam.lr, prox=pam.prox,
@@ -128,7 +130,7 @@ def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec,
 def compose(first: dict[str, list[int]] | None, then: Permutation) -> dict[str, list[int]]:
     """The permutation that applies ``first`` and then ``then`` (new i = original
     first[then[i]])."""
-    out = {}
+    out = dict(first or {})  # spaces ``then`` leaves alone keep their order
     for name, p in then.items():
         base = torch.tensor(first[name]) if first and name in first else torch.arange(len(p))
         out[name] = base[p.cpu()].tolist()
