@@ -58,6 +58,8 @@ FAMILIES = {
                                  num_init_features=8), 32, 1.0, None),
     "timm:vit": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
                        embed_dim=16, num_heads=2), 32, 1.0, None),
+    "timm:vit_qk_norm": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                               embed_dim=16, num_heads=2, qk_norm=True), 32, 1.0, None),
     "timm:deit": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=2,
                         embed_dim=16, num_heads=2), 32, 1.0, None),
     "timm:mixer": (lambda: timm.models.mlp_mixer.MlpMixer(
@@ -121,7 +123,8 @@ def test_a_permutation_keeps_the_function(family):
     assert error < 1e-5, f"{family}: relative output change {error:.1e}"
 
 
-@pytest.mark.parametrize("family", ["timm:vit", "torchvision:swin", "zoo:vit_cifar"])
+@pytest.mark.parametrize("family", ["timm:vit", "timm:vit_qk_norm", "torchvision:swin",
+                                    "zoo:vit_cifar"])
 def test_attention_heads_are_permuted_as_wholes(family):
     build, side, _, _ = FAMILIES[family]
     model = randomized(build())

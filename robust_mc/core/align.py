@@ -403,8 +403,8 @@ def match_by_weights(perm: Permutation, rows: dict[str, torch.Tensor],
     for _ in range(max_sweeps):
         changed = False
         for space in spec:
-            if space.name not in rows:
-                continue
+            if space.name not in rows or (space.blocks is not None and space.blocks.shared):
+                continue  # (a shared order within heads is re-solved only as a whole)
             score = _weight_score(space, perm, *tables)
             block = space.blocks.size if space.blocks is not None else space.size
             for r in _by_block(rows[space.name], block):
@@ -448,7 +448,7 @@ def _weight_score(space: Space, perm: Permutation, by_tensor: dict[str, list[tup
     convolution's input axis, whose order differs per group, does not count."""
     score = torch.zeros(space.size, space.size, dtype=torch.float64)
     for axis in space.axes:
-        if axis.name not in a_cpu or axis.groups > 1:
+        if axis.name not in a_cpu or axis.groups > 1 or axis.within:
             continue
         b = b_cpu[axis.name]
         for other, other_axis in by_tensor[axis.name]:

@@ -103,7 +103,12 @@ def solve_group(group: Group, scores: dict[str, torch.Tensor],
         out[group.blocks.name] = order
     for member in group.members:
         assert member.blocks is not None
-        if member.name in within:
+        score = scores.get(member.name)
+        if member.blocks.shared and score is not None:  # one order for every block pair
+            size = member.blocks.size
+            blocks = score.double().reshape(count, size, count, size).permute(0, 2, 1, 3)
+            inner = solve_assignment(blocks[torch.arange(count), order].sum(0)).expand(count, -1)
+        elif member.name in within:
             inner = within[member.name][torch.arange(count), order]
         else:
             inner = torch.arange(member.blocks.size).expand(count, -1)

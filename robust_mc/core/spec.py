@@ -32,6 +32,7 @@ class Axis:
     offset: int = 0
     repeat: int = 1
     groups: int = 1
+    within: int = 0  # > 0: shared by every block of this many units, ordered as within one
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Tap:
 class Blocks:
     size: int  # units per block
     space: str | None  # the space permuting the blocks; None: they stay in place
+    shared: bool = False  # every block orders its units alike (a per-dimension q/k norm)
 
 
 @dataclass
@@ -122,6 +124,9 @@ def axis_index(axis: Axis, perm: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def permute_axis(tensor: torch.Tensor, axis: Axis, perm: torch.Tensor) -> torch.Tensor:
+    if axis.within:  # the order within a block, the same for every block
+        order = perm[:axis.within] - block_order(perm, axis.within)[0] * axis.within
+        return tensor.index_select(axis.axis, order.to(tensor.device))
     if axis.groups == 1:
         index = axis_index(axis, perm, tensor.shape[axis.axis]).to(tensor.device)
         return tensor.index_select(axis.axis, index)
@@ -184,7 +189,8 @@ def random_permutation(spec: PermutationSpec, generator: torch.Generator | None 
             order = (draw(spec.space(space.blocks.space)) if space.blocks.space is not None
                      else torch.arange(blocks))
             within = torch.stack([torch.randperm(space.blocks.size, generator=generator)
-                                  for _ in range(blocks)])
+                                  for _ in range(1 if space.blocks.shared else blocks)])
+            within = within.expand(blocks, -1)
             out[space.name] = compose_blocks(order, within)
         return out[space.name]
 

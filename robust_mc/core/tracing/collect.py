@@ -33,7 +33,7 @@ def build_spec(trace: Trace) -> PermutationSpec:
         offset = 0
         for leaf in table.leaves(sid):
             axis = Axis(record.name, record.axis, record.offset + offset * record.repeat,
-                        record.repeat, record.groups)
+                        record.repeat, record.groups, record.within)
             found = axes.setdefault(table.find(leaf), [])
             if axis not in found:
                 found.append(axis)
@@ -54,7 +54,8 @@ def build_spec(trace: Trace) -> PermutationSpec:
         blocks = None
         if block is not None:
             block_root = table.find(block[0])
-            blocks = Blocks(block[1], names.get(block_root) if live(block_root) else None)
+            blocks = Blocks(block[1], names.get(block_root) if live(block_root) else None,
+                            entries[root].shared)
         spaces[root] = Space(name, entries[root].size, axes.get(root, []), [], blocks)
     _add_taps(trace, spaces)
     order = _graph_order(trace.gm)

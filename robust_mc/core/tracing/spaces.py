@@ -30,6 +30,7 @@ class _Entry:
     wild: bool = False
     children: list[int] | None = None  # a space cut into consecutive parts
     block: tuple[int, int] | None = None  # (block space, units per block)
+    shared: bool = False  # every block orders its units alike
 
 
 class SpaceTable:
@@ -126,6 +127,7 @@ class SpaceTable:
         dropped.parent = keep
         kept.fixed = kept.fixed or dropped.fixed
         kept.wild = kept.wild and dropped.wild
+        kept.shared = kept.shared or dropped.shared
         if kept.block is None:
             kept.block = dropped.block
         elif dropped.block is not None:

@@ -26,13 +26,16 @@ from robust_mc.errors import UserError
 class Record:
     """A parameter axis that a space moves: units at ``offset`` of axis ``axis`` of ``name``,
     each ``repeat`` entries long; ``groups`` > 1: a grouped convolution's input axis, whose
-    order within each group follows the group of the row (``axis`` 0) it belongs to."""
+    order within each group follows the group of the row (``axis`` 0) it belongs to;
+    ``within`` > 0: a parameter shared by every head (a per-dimension query/key norm), ordered
+    as the units within each head."""
 
     name: str
     axis: int
     offset: int = 0
     repeat: int = 1
     groups: int = 1
+    within: int = 0
 
 
 class Unsupported(Exception):
@@ -202,6 +205,10 @@ class Trace:
                 if block is not None:
                     self.spaces.union(unit_side.segs[0].space, block, where)
                     return
+            if isinstance(unit_side, Units) and isinstance(split, Split) \
+                    and split.role == "inner" and self._is_wild_axis(unit_side):
+                self._share_within(unit_side.segs[0].space, split)  # one value per unit
+                return
             self.fix([a, b], f"{where}: units of a head meet units of another kind")
 
     def _tie_units(self, a: Units, b: Units, where: str) -> None:
@@ -251,6 +258,22 @@ class Trace:
                 offset += seg.size * seg.repeat
         self.records = records
         self.spaces.entries[root].fixed = True  # dissolved into ``dim``'s spaces
+
+    def _share_within(self, wild: int, split: Split) -> None:
+        """A parameter broadcast over heads along the units within each head (a per-dimension
+        query/key norm): every head's units take one order, which the parameter follows."""
+        root = self.spaces.find(wild)
+        records = []
+        for space, record in self.records:
+            if self.spaces.find(space) != root:
+                records.append((space, record))
+                continue
+            for part in split.parts:
+                records.append((part, Record(record.name, record.axis, within=split.block_size)))
+        self.records = records
+        self.spaces.entries[root].fixed = True  # dissolved into the heads' units
+        for part in split.parts:
+            self.spaces.entry(part).shared = True
 
     def broadcast(self, layouts: list[Layout], rank: int, where: str) -> Layout:
         """Element-wise meeting of tensors of ``layouts`` (aligned on their last axes)."""
