@@ -9,6 +9,7 @@ with a line naming it, or, with ``partial=True``, leaves every space it touches 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,35 +246,35 @@ class Trace:
     def _substitute(self, wild: int, dim: Units) -> None:
         """A parameter axis meeting units repeated over positions (a linear layer after a
         flatten): its records take the units' layout, repeats included."""
-        root = self.spaces.find(wild)
-        records = []
-        for space, record in self.records:
-            if self.spaces.find(space) != root:
-                records.append((space, record))
-                continue
-            offset = record.offset
+        def moved(record: Record) -> list[tuple[int, Record]]:
+            out, offset = [], record.offset
             for seg in dim.segs:
-                records.append((seg.space, Record(record.name, record.axis, offset, seg.repeat,
-                                                  record.groups)))
+                out.append((seg.space, Record(record.name, record.axis, offset, seg.repeat,
+                                              record.groups)))
                 offset += seg.size * seg.repeat
-        self.records = records
-        self.spaces.entries[root].fixed = True  # dissolved into ``dim``'s spaces
+            return out
+
+        self._dissolve(wild, moved)
 
     def _share_within(self, wild: int, split: Split) -> None:
         """A parameter broadcast over heads along the units within each head (a per-dimension
         query/key norm): every head's units take one order, which the parameter follows."""
+        self._dissolve(wild, lambda record: [
+            (part, Record(record.name, record.axis, within=split.block_size))
+            for part in split.parts])
+        for part in split.parts:
+            self.spaces.entry(part).shared = True
+
+    def _dissolve(self, wild: int, moved: Callable[[Record], list[tuple[int, Record]]]) -> None:
+        """The records of wild space ``wild`` replaced by ``moved(record)``; the wild space
+        itself is left behind."""
         root = self.spaces.find(wild)
         records = []
         for space, record in self.records:
-            if self.spaces.find(space) != root:
-                records.append((space, record))
-                continue
-            for part in split.parts:
-                records.append((part, Record(record.name, record.axis, within=split.block_size)))
+            records.extend(moved(record) if self.spaces.find(space) == root
+                           else [(space, record)])
         self.records = records
-        self.spaces.entries[root].fixed = True  # dissolved into the heads' units
-        for part in split.parts:
-            self.spaces.entry(part).shared = True
+        self.spaces.entries[root].fixed = True
 
     def broadcast(self, layouts: list[Layout], rank: int, where: str) -> Layout:
         """Element-wise meeting of tensors of ``layouts`` (aligned on their last axes)."""

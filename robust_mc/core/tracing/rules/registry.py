@@ -18,28 +18,27 @@ FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
 
-def for_modules(*types: type) -> Callable[[Rule], Rule]:
+def _register(table: dict, keys: tuple) -> Callable[[Rule], Rule]:
     def register(rule: Rule) -> Rule:
-        for t in types:
-            MODULE_RULES[t] = rule
+        for key in keys:
+            table[key] = rule
         return rule
     return register
+
+
+def for_modules(*types: type) -> Callable[[Rule], Rule]:
+    """The rule of these module classes (and their subclasses)."""
+    return _register(MODULE_RULES, types)
 
 
 def for_functions(*functions: Any) -> Callable[[Rule], Rule]:
-    def register(rule: Rule) -> Rule:
-        for f in functions:
-            FUNCTION_RULES[f] = rule
-        return rule
-    return register
+    """The rule of these functions (``torch.*``, ``F.*``, operators)."""
+    return _register(FUNCTION_RULES, functions)
 
 
 def for_methods(*names: str) -> Callable[[Rule], Rule]:
-    def register(rule: Rule) -> Rule:
-        for name in names:
-            METHOD_RULES[name] = rule
-        return rule
-    return register
+    """The rule of these tensor methods."""
+    return _register(METHOD_RULES, names)
 
 
 def module_rule(module: Any) -> Rule | None:

@@ -180,10 +180,7 @@ def narrow(trace: Trace, node):
 
 @for_functions(torch.cat, torch.concat, torch.concatenate)
 def cat(trace: Trace, node):
-    tensors = trace.arg(node, 0, "tensors")
-    layouts = [trace.layout(t) for t in tensors]
-    if not all(isinstance(layout, tuple) for layout in layouts):
-        raise trace.fail(node, "concatenation of non-tensors:")
+    layouts = _tensors(trace, node, "concatenation")
     rank = len(layouts[0])
     axis = int(trace.arg(node, 1, "dim", 0)) % rank
     out: list[Dim] = []
@@ -203,10 +200,7 @@ def cat(trace: Trace, node):
 
 @for_functions(torch.stack)
 def stack(trace: Trace, node):
-    tensors = trace.arg(node, 0, "tensors")
-    layouts = [trace.layout(t) for t in tensors]
-    if not all(isinstance(layout, tuple) for layout in layouts):
-        raise trace.fail(node, "stack of non-tensors:")
+    layouts = _tensors(trace, node, "stack")
     rank = len(layouts[0])
     axis = int(trace.arg(node, 1, "dim", 0)) % (rank + 1)
     out = [trace.meet([layout[k] for layout in layouts], f"'{node.name}'") for k in range(rank)]
@@ -225,3 +219,10 @@ def index_select(trace: Trace, node):
     layout[axis] = Free(shape[axis])
     return tuple(layout)
 
+
+def _tensors(trace: Trace, node, what: str) -> list[Layout]:
+    """The layouts of a sequence of tensors (``cat``'s and ``stack``'s first argument)."""
+    layouts = [trace.layout(t) for t in trace.arg(node, 0, "tensors")]
+    if not layouts or not all(isinstance(layout, tuple) for layout in layouts):
+        raise trace.fail(node, f"{what} of non-tensors:")
+    return layouts

@@ -194,28 +194,26 @@ def _split(trace: Trace, node, dim: Dim, sizes: list[int]) -> list[Dim]:
 @for_methods("expand", "expand_as", "broadcast_to")
 @for_functions(torch.broadcast_to)
 def expand(trace: Trace, node):
-    layout, shape = trace.tensor(node), trace.shape(node)
-    assert shape is not None
-    lead = len(shape) - len(layout)
-    dims: list[Dim] = [Free(s) for s in shape[:lead]]
-    for dim, size in zip(layout, shape[lead:], strict=True):
-        dims.append(dim if dim.size == size else Free(size))
-    return tuple(dims)
+    """Size-1 axes broadcast: what they hold does not change."""
+    return _resized(trace, node, None)
 
 
 @for_methods("repeat", "tile")
 @for_functions(torch.tile)
 def repeat(trace: Trace, node):
+    """Axes tiled: tiled positions stay positions; tiled units are left as they are."""
+    return _resized(trace, node, f"'{node.name}': hidden units tiled")
+
+
+def _resized(trace: Trace, node, tiled: str | None) -> Layout:
     layout, shape = trace.tensor(node), trace.shape(node)
     assert shape is not None
     lead = len(shape) - len(layout)
     dims: list[Dim] = [Free(s) for s in shape[:lead]]
     for dim, size in zip(layout, shape[lead:], strict=True):
-        if dim.size == size:
-            dims.append(dim)
-        else:
-            trace.fix([dim], f"'{node.name}': hidden units tiled")
-            dims.append(Free(size))
+        if dim.size != size and tiled is not None:
+            trace.fix([dim], tiled)
+        dims.append(dim if dim.size == size else Free(size))
     return tuple(dims)
 
 
