@@ -82,13 +82,15 @@ def solve_group(group: Group, scores: dict[str, torch.Tensor],
     if group.blocks is not None and group.blocks.name in scores:
         block_score += scores[group.blocks.name].double()
     within: dict[str, torch.Tensor] = {}  # (count, count, units) best order per block pair
+    pairs: dict[str, torch.Tensor] = {}  # (count, count, units, units) scores per block pair
     for member in group.members:
         score = scores.get(member.name)
         if score is None:
             continue
         assert member.blocks is not None
         size = member.blocks.size
-        blocks = score.double().reshape(count, size, count, size).permute(0, 2, 1, 3)
+        blocks = pairs[member.name] = score.double().reshape(count, size, count, size).permute(
+            0, 2, 1, 3)
         orders = torch.empty(count, count, size, dtype=torch.long)
         for g in range(count):
             for h in range(count):
@@ -103,11 +105,9 @@ def solve_group(group: Group, scores: dict[str, torch.Tensor],
         out[group.blocks.name] = order
     for member in group.members:
         assert member.blocks is not None
-        score = scores.get(member.name)
-        if member.blocks.shared and score is not None:  # one order for every block pair
-            size = member.blocks.size
-            blocks = score.double().reshape(count, size, count, size).permute(0, 2, 1, 3)
-            inner = solve_assignment(blocks[torch.arange(count), order].sum(0)).expand(count, -1)
+        if member.blocks.shared and member.name in pairs:  # one order for every block pair
+            matched = pairs[member.name][torch.arange(count), order].sum(0)
+            inner = solve_assignment(matched).expand(count, -1)
         elif member.name in within:
             inner = within[member.name][torch.arange(count), order]
         else:

@@ -116,6 +116,20 @@ class Trace:
     def new_units(self, size: int, producer: str) -> Units:
         return units(self.spaces.new(size, producer), size)
 
+    def cut_at(self, dim: Units, bounds: list[int]) -> Units:
+        """``dim`` with its spaces cut so that each entry offset in ``bounds`` falls between
+        whole spaces. Raises ValueError where an offset splits a repeated unit."""
+        dim = self.resolve(dim)  # type: ignore[assignment]
+        start = 0
+        for seg in dim.segs:
+            end = start + seg.size * seg.repeat
+            inner = [x - start for x in bounds if start < x < end]
+            if any(x % seg.repeat for x in inner):
+                raise ValueError("an offset through a repeated unit")
+            self.spaces.cut(seg.space, [x // seg.repeat for x in inner])
+            start = end
+        return self.resolve(dim)  # type: ignore[return-value]
+
     def resolve(self, dim: Dim) -> Dim:
         """``dim`` with its spaces replaced by the parts they have been cut into."""
         if not isinstance(dim, Units):
@@ -131,10 +145,6 @@ class Trace:
             for seg in dim.segs:
                 self.records.append((seg.space, Record(name, axis, offset, seg.repeat, groups)))
                 offset += seg.size * seg.repeat
-        elif isinstance(dim, Split) and dim.role == "block" and len(dim.parts) == 1:
-            block = self.block_space(dim.parts[0])
-            if block is not None:
-                self.records.append((block, Record(name, axis)))
 
     def parameter(self, name: str, shape: tuple[int, ...]) -> Layout:
         """A parameter or buffer as a tensor: each axis a wild space until it meets another."""
@@ -220,16 +230,11 @@ class Trace:
                 self._substitute(wild.segs[0].space, other)
                 return
         bounds = sorted(set(_entry_bounds(a)) | set(_entry_bounds(b)))
-        for dim in (a, b):  # cut spaces so that both sides run through the same boundaries
-            start = 0
-            for seg in dim.segs:
-                end = start + seg.size * seg.repeat
-                inner = [x - start for x in bounds if start < x < end]
-                if any(x % seg.repeat for x in inner):
-                    raise UserError(f"permutation tracing: {where} meets units repeated "
-                                    f"differently; {DOCS}")
-                self.spaces.cut(seg.space, [x // seg.repeat for x in inner])
-                start = end
+        try:  # both sides run through the same boundaries
+            a, b = self.cut_at(a, bounds), self.cut_at(b, bounds)
+        except ValueError:
+            raise UserError(f"permutation tracing: {where} meets units repeated "
+                            f"differently; {DOCS}") from None
         a, b = self.resolve(a), self.resolve(b)  # type: ignore[assignment]
         assert isinstance(a, Units) and isinstance(b, Units)
         for sa, sb in zip(a.segs, b.segs, strict=True):

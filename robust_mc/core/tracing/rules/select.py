@@ -19,17 +19,9 @@ if TYPE_CHECKING:
 
 
 def slice_units(trace: Trace, dim: Units, start: int, stop: int) -> Units:
-    """Entries ``[start, stop)`` of a hidden axis, its spaces cut at both ends."""
-    dim = trace.resolve(dim)  # type: ignore[assignment]
-    offset = 0
-    for seg in dim.segs:
-        length = seg.size * seg.repeat
-        cuts = [x - offset for x in (start, stop) if offset < x < offset + length]
-        if any(c % seg.repeat for c in cuts):
-            raise ValueError("a slice through a repeated unit")
-        trace.spaces.cut(seg.space, [c // seg.repeat for c in cuts])
-        offset += length
-    dim = trace.resolve(dim)  # type: ignore[assignment]
+    """Entries ``[start, stop)`` of a hidden axis, its spaces cut at both ends (ValueError
+    where an end splits a repeated unit)."""
+    dim = trace.cut_at(dim, [start, stop])
     out, offset = [], 0
     for seg in dim.segs:
         if start <= offset and offset + seg.size * seg.repeat <= stop:
