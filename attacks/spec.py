@@ -10,8 +10,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from robust_mc.config import parse_pixel_value
 from robust_mc.errors import UserError
+from robust_mc.registry import Registry
+from robust_mc.settings import parse_pixel_value
 
 
 class Attack(Protocol):
@@ -28,33 +29,18 @@ class Param:
     help: str = ""
 
 
-@dataclass(frozen=True)
-class AttackEntry:
-    name: str
-    build: Callable[..., Attack]
-    params: dict[str, Param]
-    doc: str
-
-
-_ATTACKS: dict[str, AttackEntry] = {}
+EVAL_ATTACKS = Registry[Callable[..., Attack]]("attack")
+list_attacks = EVAL_ATTACKS.names
 
 
 def register_attack(name: str, doc: str, **params: Param) -> Callable:
-    """Register ``build(eps, norm, num_classes, **params) -> Attack`` under ``name``."""
-
-    def wrap(build: Callable[..., Attack]) -> Callable[..., Attack]:
-        _ATTACKS[name] = AttackEntry(name, build, params, doc)
-        return build
-
-    return wrap
-
-
-def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+    """Register ``build(eps, norm, num_classes, **params) -> Attack`` under ``name``, with a
+    one-line ``doc`` and the options its spec string may set."""
+    return EVAL_ATTACKS.register(name, doc=doc, params=params)
 
 
 def describe_attacks() -> dict[str, str]:
-    return {name: entry.doc for name, entry in sorted(_ATTACKS.items())}
+    return {entry.name: entry.meta["doc"] for entry in EVAL_ATTACKS.entries()}
 
 
 def _convert(name: str, key: str, raw: str, param: Param) -> Any:
@@ -84,12 +70,7 @@ def parse_attack_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split and validate a spec; unknown names and keys are errors with a suggestion."""
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
-    if name not in _ATTACKS:
-        close = difflib.get_close_matches(name, _ATTACKS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        known = ", ".join(list_attacks())
-        raise UserError(f"unknown attack {name!r}; {hint}known attacks: {known}")
-    entry = _ATTACKS[name]
+    params: dict[str, Param] = EVAL_ATTACKS.entry(name).meta["params"]
     values: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, raw = item.partition("=")
@@ -97,21 +78,21 @@ def parse_attack_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if not eq:
             raise UserError(f"attack spec {spec!r}: {item!r} is not key=value "
                             f"(e.g. {name}:steps=20)")
-        if key not in entry.params:
-            close = difflib.get_close_matches(key, entry.params, n=1)
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            known = ", ".join(entry.params) or "none"
+            known = ", ".join(params) or "none"
             raise UserError(f"attack {name} has no option {key!r}; {hint}options: {known}")
-        values[key] = _convert(name, key, raw.strip(), entry.params[key])
+        values[key] = _convert(name, key, raw.strip(), params[key])
     return name, values
 
 
 def build_attack(spec: str, *, eps: float, norm: str = "linf", num_classes: int = 10) -> Attack:
     """Build the evaluation attack described by ``spec`` at radius ``eps`` ([0, 1] pixel units)."""
     name, values = parse_attack_spec(spec)
-    entry = _ATTACKS[name]
-    kwargs = {key: param.default for key, param in entry.params.items()}
+    entry = EVAL_ATTACKS.entry(name)
+    kwargs = {key: param.default for key, param in entry.meta["params"].items()}
     kwargs.update(values)
     override = kwargs.pop("eps", None)
     eps = eps if override is None else override
-    return entry.build(eps=eps, norm=norm, num_classes=num_classes, **kwargs)
+    return entry.item(eps=eps, norm=norm, num_classes=num_classes, **kwargs)

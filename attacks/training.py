@@ -11,16 +11,15 @@ the ones it cannot use, so that no flag is accepted and ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
 from attacks.pgd import PGD, Draws, Forward, LossFn, Mode, cross_entropy_sum
 from robust_mc.registry import Registry
-
-if TYPE_CHECKING:
-    from robust_mc.config import AttackConfig
+from robust_mc.settings import setting
 
 
 class TrainingAttack(Protocol):
@@ -40,6 +39,33 @@ Builder = Callable[["AttackConfig", Mode], TrainingAttack]
 TRAINING_ATTACKS = Registry[Builder]("training attack")
 register_training_attack = TRAINING_ATTACKS.register
 list_training_attacks = TRAINING_ATTACKS.names
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The attack used inside training loops (and wherever a procedure needs adversarial
+    inputs of the training strength)."""
+
+    method: str = setting("pgd", choices=TRAINING_ATTACKS,
+                          help="the training attack (a registered one)")
+    norm: Literal["linf", "l2"] = setting("linf", help="threat model: L-inf or L2 ball")
+    eps: float = setting(8 / 255, pixel=True, help="radius in [0,1] pixel units")
+    step_size: float | None = setting(None, pixel=True, help="default eps/4")
+    steps: int = setting(7, lo=0, help="PGD iterations; 0 trains on clean inputs")
+    random_start: bool = setting(True)
+    mode: Literal["train", "eval"] = setting(
+        "train", help="network mode while attacking: train = batch statistics (running "
+                      "statistics untouched), eval = running statistics")
+
+    @property
+    def resolved_step_size(self) -> float:
+        return self.eps / 4 if self.step_size is None else self.step_size
+
+    def build(self, mode: Mode | None = None) -> TrainingAttack:
+        """The attack these settings describe, every field honoured: the one way a training
+        attack is made. ``mode`` replaces ``self.mode`` where a procedure defines the network's
+        mode itself (BN recomputation attacks in train mode)."""
+        return build_training_attack(self, mode)
 
 
 def build_training_attack(config: AttackConfig, mode: Mode | None = None) -> TrainingAttack:

@@ -35,8 +35,8 @@ def worker(args: argparse.Namespace) -> None:
     from robust_mc.core.curves import Curve
     from robust_mc.evaluation.path import evaluate_path
     from robust_mc.models import create_model
-    from robust_mc.report.progress import Reporter
     from robust_mc.run import distributed
+    from robust_mc.run.progress import Reporter
     from robust_mc.run.runtime import start_runtime
     from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
     from robust_mc.train.tasks import CurveTask

@@ -28,7 +28,7 @@ from robust_mc.core.curves import Curve
 from robust_mc.data import Data, as_float
 from robust_mc.evaluation.path import evaluate_path
 from robust_mc.models import create_model
-from robust_mc.report.progress import Reporter
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import cpu_features, start_runtime
 
 KEYS = ("total", "bn", "clean", "attack")

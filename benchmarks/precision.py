@@ -27,9 +27,9 @@ from robust_mc.config import TrainRunConfig, build_config, find_preset
 from robust_mc.data import load_data
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.pipelines.endpoint_training import train_endpoint
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import build_network
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime, cpu_features, start_runtime
+from robust_mc.store.checkpoint import build_network
 
 PRECISIONS = ("float32", "bfloat16")
 

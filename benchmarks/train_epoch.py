@@ -16,7 +16,7 @@ from benchmarks.common import print_table
 from benchmarks.data import benchmark_data
 from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.models import create_model
-from robust_mc.report.progress import Reporter
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
 from robust_mc.train.tasks import EndpointTask

@@ -6,7 +6,8 @@ along a path are never made on the test set) and ``test``.
 
 Names: ``cifar10``, ``cifar100`` (torchvision format under ``data_dir``), ``imagefolder:PATH``
 (``PATH/train/<class>/*`` and ``PATH/test/<class>/*``), ``digits`` (scikit-learn's bundled 8x8
-digits, the embedded default) and ``synthetic`` (tiny generated data for tests).
+digits, the embedded default) and ``synthetic`` (tiny generated data for tests). A new dataset is
+one function registered with :func:`register_dataset`; ``--dataset`` offers it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from robust_mc.config import DataConfig
 from robust_mc.errors import UserError
 from robust_mc.limits import checked_stat
+from robust_mc.registry import Registry
+from robust_mc.settings import setting
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -109,22 +111,65 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
-# --- loading ------------------------------------------------------------------------------------
+# --- the datasets ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What a dataset loader is asked for: the argument after ``name:`` (``imagefolder:PATH``)
+    and where torchvision-format data lives."""
+
+    argument: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A dataset as its loader returns it: the validation split is carved later."""
+
+    info: DatasetInfo
+    train: Split
+    test: Split
+
+
+DatasetLoader = Callable[[DatasetRequest], Loaded]
+DATASETS = Registry[DatasetLoader]("dataset")
+
+
+def register_dataset(name: str, *, argument: str | None = None, argument_required: bool = False
+                     ) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register ``loader(request) -> Loaded`` as ``--dataset name`` (``name:ARGUMENT`` when it
+    takes an ``argument``, e.g. ``PATH``; ``argument_required``: the bare name is not enough).
+
+    Example::
+
+        @register_dataset("stripes")
+        def _stripes(request: DatasetRequest) -> Loaded:
+            ...
+    """
+    return DATASETS.register(name, argument=argument, argument_required=argument_required)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = setting("digits", choices=DATASETS,
+                           help="a registered dataset; imagefolder:PATH reads PATH/train/<class>/* "
+                                "and PATH/test/<class>/*")
+    data_dir: str | None = setting(None, help="root directory of cifar10/cifar100 data")
+    download: bool = setting(False, help="allow torchvision to download cifar10/cifar100")
+    val_size: int | None = setting(None, lo=0, help="validation images carved from train "
+                                                    "(default 10%, at most 5000)")
+    val_seed: int = setting(0, help="seed of the train/validation split")
+    train_limit: int | None = setting(None, lo=1, help="use only the first N training images")
+    test_limit: int | None = setting(None, lo=1, help="use only the first N test images")
+    augment: bool = setting(True, help="random crop with padding and horizontal flip in training")
+
 
 def load_data(config: DataConfig) -> Data:
     """Load a dataset by name and carve the validation split from its training set."""
-    name = config.dataset
-    if name == "synthetic" or name.startswith("synthetic:"):
-        info, train, test = _synthetic(_synthetic_size(name))
-    elif name == "digits":
-        info, train, test = _digits()
-    elif name in ("cifar10", "cifar100"):
-        info, train, test = _torchvision_cifar(name, config.data_dir, config.download)
-    elif name.startswith("imagefolder:"):
-        info, train, test = _image_folder(Path(name.split(":", 1)[1]).expanduser())
-    else:
-        raise UserError(f"unknown dataset {name!r}; use cifar10, cifar100, imagefolder:PATH, "
-                        "digits or synthetic[:SIZE]")
+    entry, argument = DATASETS.split(config.dataset)
+    loaded = entry.item(DatasetRequest(argument, config.data_dir, config.download))
+    info, train, test = loaded.info, loaded.train, loaded.test
     train = train.take(config.train_limit)
     test = test.take(config.test_limit)
     val_size = config.val_size
@@ -139,15 +184,42 @@ def load_data(config: DataConfig) -> Data:
     return Data(info=info, train=train, val=val, test=test)
 
 
-def _synthetic_size(name: str) -> int:
-    size = name.partition(":")[2] or "12"
+@register_dataset("synthetic", argument="SIZE")
+def _synthetic_dataset(request: DatasetRequest) -> Loaded:
+    """Four classes of noisy prototype images, SIZE pixels a side (12 by default)."""
+    return _synthetic(_synthetic_size(request.argument))
+
+
+@register_dataset("digits")
+def _digits_dataset(request: DatasetRequest) -> Loaded:
+    """scikit-learn's bundled 8x8 digits: the embedded default."""
+    return _digits()
+
+
+@register_dataset("cifar10")
+def _cifar10(request: DatasetRequest) -> Loaded:
+    return _torchvision_cifar("cifar10", request.data_dir, request.download)
+
+
+@register_dataset("cifar100")
+def _cifar100(request: DatasetRequest) -> Loaded:
+    return _torchvision_cifar("cifar100", request.data_dir, request.download)
+
+
+@register_dataset("imagefolder", argument="PATH", argument_required=True)
+def _imagefolder(request: DatasetRequest) -> Loaded:
+    return _image_folder(Path(request.argument or "").expanduser())
+
+
+def _synthetic_size(argument: str | None) -> int:
+    size = argument or "12"
     if not size.isdigit() or not 4 <= int(size) <= 64:
-        raise UserError(f"dataset {name!r}: write synthetic or synthetic:SIZE with a size from "
-                        "4 to 64 pixels")
+        raise UserError(f"dataset synthetic:{size}: write synthetic or synthetic:SIZE with a "
+                        "size from 4 to 64 pixels")
     return int(size)
 
 
-def _synthetic(size: int = 12) -> tuple[DatasetInfo, Split, Split]:
+def _synthetic(size: int = 12) -> Loaded:
     """Four classes of noisy 3 x size x size prototype images (12 by default, 32 for networks
     built for CIFAR-sized inputs); learnable in a few epochs."""
     gen = torch.Generator().manual_seed(1234)
@@ -160,10 +232,10 @@ def _synthetic(size: int = 12) -> tuple[DatasetInfo, Split, Split]:
         return Split((prototypes[labels] + noise).clamp_(0, 1), labels)
 
     info = DatasetInfo("synthetic", classes, 3, size, (0.5,) * 3, (0.25,) * 3, 2, True)
-    return info, draw(800), draw(200)
+    return Loaded(info, draw(800), draw(200))
 
 
-def _digits() -> tuple[DatasetInfo, Split, Split]:
+def _digits() -> Loaded:
     """scikit-learn's 1,797 8x8 digits (values 0..16), a fixed 20% test split."""
     from sklearn.datasets import load_digits
 
@@ -175,11 +247,10 @@ def _digits() -> tuple[DatasetInfo, Split, Split]:
     test = Split(images[order[:n_test]], labels[order[:n_test]])
     train = Split(images[order[n_test:]], labels[order[n_test:]])
     info = DatasetInfo("digits", 10, 1, 8, (0.305,), (0.377,), 1, False)
-    return info, train, test
+    return Loaded(info, train, test)
 
 
-def _torchvision_cifar(name: str, data_dir: str | None, download: bool
-                       ) -> tuple[DatasetInfo, Split, Split]:
+def _torchvision_cifar(name: str, data_dir: str | None, download: bool) -> Loaded:
     from torchvision import datasets
 
     if data_dir is None:
@@ -198,10 +269,10 @@ def _torchvision_cifar(name: str, data_dir: str | None, download: bool
     info = DatasetInfo(name, 10 if ten else 100, 3, 32,
                        CIFAR10_MEAN if ten else CIFAR100_MEAN,
                        CIFAR10_STD if ten else CIFAR100_STD, 4, True)
-    return info, splits[0], splits[1]
+    return Loaded(info, splits[0], splits[1])
 
 
-def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
+def _image_folder(root: Path) -> Loaded:
     for sub in ("train", "test"):
         if not (root / sub).is_dir():
             raise UserError(f"imagefolder:{root} has no {sub}/ sub-folder; expected "
@@ -223,7 +294,7 @@ def _image_folder(root: Path) -> tuple[DatasetInfo, Split, Split]:
     std = tuple(round(v, 4) if v >= 1 / 255 else 1.0 for v in flat.std(1).tolist())
     info = DatasetInfo(f"imagefolder:{root}", len(classes), channels, size, mean, std,
                        max(size // 8, 1), True)
-    return info, train, test
+    return Loaded(info, train, test)
 
 
 def _shuffled(split: Split) -> Split:

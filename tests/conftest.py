@@ -10,9 +10,9 @@ import torch
 from robust_mc.config import DataConfig, TrainRunConfig, build_config
 from robust_mc.data import load_data
 from robust_mc.pipelines.endpoint_training import train_endpoint
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import save_checkpoint
 
 torch.set_num_threads(2)
 

@@ -10,8 +10,8 @@ import torch
 
 from robust_mc.config import TrainRunConfig, build_config
 from robust_mc.pipelines.endpoint_training import train_endpoint
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 
 SETTINGS = {"data.dataset": "digits", "data.train_limit": 512, "model.arch": "mlp",

@@ -12,7 +12,7 @@ from torch import nn
 
 import cli
 from robust_mc.config import AlignConfig, AttackConfig
-from robust_mc.core.align import align, align_models, unit_statistics
+from robust_mc.core.align import align, unit_statistics
 from robust_mc.core.permutation import (
     permute_model,
     random_permutation,
@@ -20,7 +20,8 @@ from robust_mc.core.permutation import (
     trace_permutation_spec,
 )
 from robust_mc.data import batches
-from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.pipelines.alignment import align_models
+from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("method", ["corr", "weights"])

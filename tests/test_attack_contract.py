@@ -60,11 +60,11 @@ def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_trainin
             seen.append(self.mode)
             return (x + self.eps).clamp(0, 1)
 
-    @training.register_training_attack("test-shift")
-    def _shift(config, mode):
-        return Shift(config.eps, mode)
+    with training.TRAINING_ATTACKS.scoped():
+        @training.register_training_attack("test-shift")
+        def _shift(config, mode):
+            return Shift(config.eps, mode)
 
-    try:
         args = cli.build_parser().parse_args(["train", "--attack-method", "test-shift"])
         cfg = build_config(TrainRunConfig, None, {"attack.method": args.__dict__["attack.method"],
                                                   "attack.mode": "eval"})
@@ -73,5 +73,3 @@ def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_trainin
         task = EndpointTask(model, model, cfg.attack, runtime)
         loss, _ = task(torch.rand(5, 1, 4, 4), torch.zeros(5, dtype=torch.long))
         assert seen == ["eval"] and loss.requires_grad
-    finally:
-        training.TRAINING_ATTACKS.remove("test-shift")

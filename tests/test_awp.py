@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import cli
 from robust_mc.models import create_model
-from robust_mc.run.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.train.awp import WeightPerturbation
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import cli
-from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
 
 
 class RunsCode:

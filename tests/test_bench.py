@@ -12,7 +12,7 @@ from robust_mc_testkit import CleanOnlyVerification
 import cli
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import parse_method
-from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
 
 FAST_CONNECT = {"attack": {"eps": 0.1, "steps": 2},
                 "optim": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},

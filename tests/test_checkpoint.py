@@ -6,7 +6,7 @@ import torch
 
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
-from robust_mc.run.checkpoint import (
+from robust_mc.store.checkpoint import (
     LoadOptions,
     build_model,
     checkpoint_from_model,

@@ -15,7 +15,7 @@ import cli
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
 from robust_mc.models.trust import CodeTrust
-from robust_mc.run.checkpoint import LoadOptions, build_model, load_checkpoint
+from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
 
 QUICK = {
     "connect": ["--epochs", "1", "--points", "2", "--attack-steps", "1", "--eval-attack", "none",

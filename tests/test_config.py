@@ -83,17 +83,15 @@ def test_every_shipped_preset_builds_its_command_config(name):
 def test_a_registered_curve_kind_is_offered_by_the_flag_and_accepted_by_the_config():
     from robust_mc.core import curves
 
-    @curves.register_curve("test-kind")
-    def _kind(t, points):
-        return curves.CURVES.get("bezier")(t, points)
+    with curves.CURVES.scoped():
+        @curves.register_curve("test-kind")
+        def _kind(t, points):
+            return curves.CURVES.get("bezier")(t, points)
 
-    try:
         args = cli.build_parser().parse_args(["connect", "a.pt", "b.pt", "--curve", "test-kind"])
         cfg = build_config(ConnectRunConfig, None, {"curve.kind": args.__dict__["curve.kind"]})
         assert cfg.curve.kind == "test-kind"
-    finally:
-        curves.CURVES.remove("test-kind")
-    with pytest.raises(UserError, match="curve.kind: 'test-kind' is not one of bezier, line"):
+    with pytest.raises(UserError, match="curve.kind: unknown curve kind 'test-kind'"):
         build_config(ConnectRunConfig, None, {"curve.kind": "test-kind"})
 
 

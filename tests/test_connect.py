@@ -7,14 +7,14 @@ import torch
 
 import cli
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.core.barriers import barrier
+from robust_mc.evaluation.barriers import barrier
 from robust_mc.pipelines import connect as pipeline
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import ConnectSession
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import build_model, load_checkpoint, save_checkpoint
-from robust_mc.run.records import CurveRun, PathLabel
+from robust_mc.run.progress import Reporter
+from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.store.records import CurveRun, PathLabel
 
 
 def connect_config(**extra) -> ConnectRunConfig:

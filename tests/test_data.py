@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from robust_mc.config import DataConfig
+from robust_mc.config import DataConfig, TrainRunConfig, build_config
 from robust_mc.data import as_float, batches, load_data, random_crop_flip
 from robust_mc.errors import UserError
 
@@ -120,3 +120,38 @@ def test_a_normalization_must_be_finite_with_positive_stds(text):
 
     with pytest.raises(UserError, match="finite numbers, positive stds"):
         parse_normalization(text)
+
+
+def test_a_registered_dataset_is_offered_by_the_flag_and_loads(capsys):
+    """A new dataset is one registered function: --dataset lists it, the config accepts it
+    (with its argument) and load_data carves its validation split."""
+    import cli
+    from robust_mc.data import (
+        DATASETS,
+        DatasetInfo,
+        DatasetRequest,
+        Loaded,
+        Split,
+        register_dataset,
+    )
+
+    with DATASETS.scoped():
+        @register_dataset("stripes", argument="WIDTH")
+        def _stripes(request: DatasetRequest) -> Loaded:
+            width = int(request.argument or 2)
+            labels = torch.arange(60) % 2
+            images = torch.zeros(60, 1, 6, 6)
+            images[labels == 1, :, :, :width] = 1.0
+            info = DatasetInfo("stripes", 2, 1, 6, (0.5,), (0.5,), 0, False)
+            return Loaded(info, Split(images[:50], labels[:50]), Split(images[50:], labels[50:]))
+
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["train", "--help"])
+        assert "stripes[:WIDTH]" in capsys.readouterr().out
+        args = cli.build_parser().parse_args(["train", "--dataset", "stripes:3"])
+        cfg = build_config(TrainRunConfig, None, {"data.dataset": args.__dict__["data.dataset"]})
+        data = load_data(cfg.data)
+        assert data.info.name == "stripes" and len(data.train) + len(data.val) == 50
+        assert float(data.test.images[1, 0, 0, :3].sum()) == 3.0  # the argument reached it
+    with pytest.raises(UserError, match="unknown dataset 'stripes'"):
+        build_config(TrainRunConfig, None, {"data.dataset": "stripes"})

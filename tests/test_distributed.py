@@ -20,7 +20,7 @@ from distributed_train_worker import SETTINGS
 import cli
 from robust_mc.config import TrainRunConfig, build_config
 from robust_mc.pipelines.endpoint_training import train_endpoint
-from robust_mc.report.progress import Reporter
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 
 pytestmark = pytest.mark.distributed

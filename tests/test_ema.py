@@ -9,7 +9,7 @@ import torch
 
 import cli
 from robust_mc.models import create_model
-from robust_mc.run.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.train.ema import WeightAverage
 
 QUICK = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--epochs", "2",

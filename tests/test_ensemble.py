@@ -13,7 +13,7 @@ from attacks import build_attack
 from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
-from robust_mc.run.checkpoint import build_model, build_network, load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import build_model, build_network, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import cli
-from robust_mc.run.checkpoint import LoadOptions, build_model, load_checkpoint
-from robust_mc.run.safetensors_format import safetensors_bytes
+from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
+from robust_mc.store.safetensors_format import safetensors_bytes
 
 ROUND_TRIP = """
 import sys, json, torch

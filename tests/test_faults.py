@@ -19,9 +19,9 @@ import cli
 from robust_mc.config import OptimConfig
 from robust_mc.data import Split
 from robust_mc.errors import Interrupted
-from robust_mc.report.progress import Step
-from robust_mc.run.checkpoint import load_checkpoint, read_torch_file
+from robust_mc.run.progress import Step
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import load_checkpoint, read_torch_file
 from robust_mc.train.loop import NonFiniteLoss, Position, Trainer, TrainingContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ def test_resume_without_a_saved_run_and_resume_with_fresh_are_refused(tmp_path, 
 
 
 def test_stale_temp_files_of_a_killed_write_are_cleared(tmp_path):
-    from robust_mc.run.resume import remove_stale_temps
+    from robust_mc.store.resume import remove_stale_temps
 
     (tmp_path / ".curve.pt.abc.tmp").write_bytes(b"half")
     (tmp_path / "curve.pt").write_bytes(b"whole")

@@ -26,7 +26,7 @@ from robust_mc_testkit import CleanOnlyVerification
 
 import cli
 from robust_mc.run import claims
-from robust_mc.run.verified_points import VerifiedPoints
+from robust_mc.store.verified_points import VerifiedPoints
 
 SEED = 20261202
 CASE_SECONDS = 120  # a case still running then is a hang (each takes about a second)
@@ -330,7 +330,7 @@ def test_training_states(tmp_path, capsys):
     from robust_mc.config import TrainRunConfig, build_config
     from robust_mc.errors import Interrupted
     from robust_mc.pipelines.endpoint_training import train_endpoint
-    from robust_mc.report.progress import Reporter
+    from robust_mc.run.progress import Reporter
     from robust_mc.run.runtime import Runtime
 
     settings = {"model.arch": "cnn", "model.width": 0.25, "optim.epochs": 3,

@@ -5,13 +5,13 @@ import torch
 
 from attacks import build_attack, pgd
 from robust_mc.config import AlignConfig, AttackConfig, PathConfig, SpeedConfig
-from robust_mc.core.align import align_models
 from robust_mc.core.curves import Curve
 from robust_mc.evaluation.path import evaluate_path
 from robust_mc.evaluation.robustness import evaluate_model
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import build_model
+from robust_mc.pipelines.alignment import align_models
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import build_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -67,7 +67,7 @@ def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_end
     from robust_mc_testkit import StopAfter
 
     import cli
-    from robust_mc.run.checkpoint import read_torch_file, save_checkpoint
+    from robust_mc.store.checkpoint import read_torch_file, save_checkpoint
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
              enumerate(digits_endpoints)]
@@ -100,7 +100,7 @@ def test_pam_and_ensemble_on_cuda(digits_endpoints, tmp_path, capsys):
     import json
 
     import cli
-    from robust_mc.run.checkpoint import save_checkpoint
+    from robust_mc.store.checkpoint import save_checkpoint
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
              enumerate(digits_endpoints)]

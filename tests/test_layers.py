@@ -9,13 +9,13 @@ from torch import nn
 from torch.func import functional_call
 
 import cli
-from robust_mc.core.layers import (
+from robust_mc.evaluation.layers import (
     gradient_and_hvp,
     interpolated,
     parameter_groups,
     predicted_barrier,
 )
-from robust_mc.run.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
 
 
 def quadratic_problem():
@@ -61,7 +61,7 @@ def test_hessian_vector_product_matches_finite_differences():
 
 
 def test_batchnorm_goes_with_its_convolution(digits_endpoints):
-    from robust_mc.run.checkpoint import build_model
+    from robust_mc.store.checkpoint import build_model
 
     groups = parameter_groups(build_model(digits_endpoints[0]), "modules")
     conv = next(g for g in groups.values() if any("features.0.0" in n for n in g))

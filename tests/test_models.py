@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from robust_mc.models import create_model, list_models
-from robust_mc.run.checkpoint import (
+from robust_mc.store.checkpoint import (
     build_model,
     checkpoint_from_model,
     load_checkpoint,

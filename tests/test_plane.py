@@ -17,7 +17,7 @@ from robust_mc.evaluation.path import network_with, path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models import create_model
 from robust_mc.pipelines.pair import endpoints_from_run
-from robust_mc.run.records import CurveRun
+from robust_mc.store.records import CurveRun
 
 
 def test_the_basis_is_orthonormal_and_recovers_the_anchors():

@@ -115,7 +115,7 @@ def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
     import subprocess
     import sys
 
-    from robust_mc.run.checkpoint import build_model, checkpoint_from_model, save_checkpoint
+    from robust_mc.store.checkpoint import build_model, checkpoint_from_model, save_checkpoint
 
     arch, kwargs = FAMILIES["WideResNet"]
     model = create_model(arch, num_classes=4, in_channels=3, mean=[0.0], std=[1.0],
@@ -136,7 +136,7 @@ def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
 
 def test_two_zoo_entries_of_one_architecture_make_a_pair(tmp_path):
     from robust_mc.pipelines.pair import load_pair
-    from robust_mc.run.checkpoint import LoadOptions
+    from robust_mc.store.checkpoint import LoadOptions
 
     names = ("Carmon2019Unlabeled", "Wang2020Improving")  # both WRN-28-10 (sub_block1)
     for seed, name in enumerate(names):

@@ -10,14 +10,14 @@ from rich.table import Table
 
 from robust_mc.commands import common
 from robust_mc.config import AlignRunConfig, build_config, to_dict
-from robust_mc.core.align import align_models
 from robust_mc.data import load_data
+from robust_mc.pipelines.alignment import align_models
 from robust_mc.pipelines.pair import load_pair
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import save_checkpoint
 from robust_mc.run.files import check_writable_file
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
+from robust_mc.store.checkpoint import save_checkpoint
 
 ORDER = 20
 HELP = "align b's neurons to a's (activation correlation or weight matching)"

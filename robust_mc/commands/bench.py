@@ -14,8 +14,8 @@ from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import Shard, load_bench_config, run_bench
 from robust_mc.pipelines.bench_commands import missing_work
 from robust_mc.report.bench import rich_table, table_state, write_bench_files
-from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 

@@ -20,8 +20,8 @@ from robust_mc.config import (
 )
 from robust_mc.data import parse_normalization
 from robust_mc.errors import UserError
-from robust_mc.run.checkpoint import LoadOptions
-from robust_mc.run.resume import ResumePolicy
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.resume import ResumePolicy
 
 BOOL = argparse.BooleanOptionalAction
 
@@ -45,6 +45,10 @@ def add_settings(group: Any, config: type, flags: dict[str, str]) -> None:
         if info.default is not None and info.default != []:
             shown = f"{info.default * 255:g}/255" if info.pixel else str(info.default)
             text = f"{text} (default: {shown})" if text else f"default: {shown}"
+        if info.choices and not info.exact:  # values with arguments: the settings check them
+            group.add_argument(flag, dest=key, help=text,
+                               metavar="{" + ",".join(info.choices) + "}")
+            continue
         group.add_argument(flag, dest=key, help=text, choices=info.choices,
                            metavar=None if info.choices else metavar or _metavar(info))
 

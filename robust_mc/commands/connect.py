@@ -11,8 +11,8 @@ from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.pipelines.connect import preflight, run_connect
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import show_path_run
-from robust_mc.report.progress import Reporter
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 
 ORDER = 30

@@ -20,10 +20,10 @@ from robust_mc.pipelines.connect import run_connect
 from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import print_summary
-from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
-from robust_mc.run.records import PathLabel, PathSummary
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime, start_runtime
+from robust_mc.store.records import PathLabel, PathSummary
 
 ORDER = 90
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"

@@ -14,9 +14,9 @@ from robust_mc.config import ConnectRunConfig, EnsembleRunConfig, build_config
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import config_from_run
 from robust_mc.pipelines.ensemble import run_ensemble
-from robust_mc.report.progress import Reporter
-from robust_mc.run.records import CurveRun
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
+from robust_mc.store.records import CurveRun
 
 ORDER = 50
 HELP = "choose K points on a trained path that together are most robust (greedy, validation)"

@@ -19,18 +19,18 @@ from robust_mc.pipelines.connect import config_from_run, preflight
 from robust_mc.pipelines.curve_eval import run_eval
 from robust_mc.pipelines.pair import check_fits_data
 from robust_mc.report.path import show_path_run
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import (
+from robust_mc.run.files import atomic_write_json, ensure_out_dir
+from robust_mc.run.progress import Reporter
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import start_runtime
+from robust_mc.store.checkpoint import (
     Checkpoint,
     build_network,
     checkpoint_from_object,
     load_checkpoint,
     read_checkpoint_file,
 )
-from robust_mc.run.files import atomic_write_json, ensure_out_dir
-from robust_mc.run.provenance import run_record
-from robust_mc.run.records import CurveRun, is_curve_state
-from robust_mc.run.runtime import start_runtime
+from robust_mc.store.records import CurveRun, is_curve_state
 
 ORDER = 40
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "

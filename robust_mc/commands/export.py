@@ -8,9 +8,9 @@ from pathlib import Path
 
 from robust_mc.commands import common
 from robust_mc.errors import UserError
-from robust_mc.run.checkpoint import load_checkpoint, plain
-from robust_mc.run.export import FORMATS, export_checkpoint
 from robust_mc.run.files import check_writable_file
+from robust_mc.store.checkpoint import load_checkpoint, plain
+from robust_mc.store.export import FORMATS, export_checkpoint
 
 ORDER = 85
 HELP = ("write a model checkpoint as safetensors (with its metadata), a plain state dict or "

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc.commands import common
-from robust_mc.run.checkpoint import build_network, load_checkpoint
+from robust_mc.store.checkpoint import build_network, load_checkpoint
 
 ORDER = 80
 HELP = "print a checkpoint's architecture, size, normalization and recorded metrics"

@@ -13,14 +13,14 @@ from rich.table import Table
 
 from robust_mc.commands import common
 from robust_mc.config import LayersRunConfig, build_config
-from robust_mc.core.layers import GroupResult
+from robust_mc.evaluation.layers import GroupResult
 from robust_mc.pipelines.layers import layers_json, run_layers
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.plot import figure
-from robust_mc.report.progress import Reporter
 from robust_mc.run.files import (
     atomic_write_text,
 )
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 
 ORDER = 70

@@ -11,9 +11,9 @@ from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, PlaneConfig, build_config, flatten, to_dict
 from robust_mc.pipelines.plane import run_plane
 from robust_mc.report.plane import plot_plane, write_plane_csv
-from robust_mc.report.progress import Reporter
-from robust_mc.run.records import CurveRun
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
+from robust_mc.store.records import CurveRun
 
 ORDER = 48
 HELP = "evaluate the plane through a curve's endpoints and bend on a grid; contour plots"

@@ -12,9 +12,9 @@ from robust_mc.commands import common
 from robust_mc.config import SpawnRunConfig, build_config, to_dict
 from robust_mc.errors import UserError
 from robust_mc.pipelines.spawn import run_spawn
-from robust_mc.report.progress import Reporter
 from robust_mc.report.spawn import rich_table, write_spawn_files
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 

@@ -10,11 +10,11 @@ from robust_mc.commands import common
 from robust_mc.config import TrainRunConfig, build_config
 from robust_mc.errors import UserError
 from robust_mc.pipelines.endpoint_training import state_path_for, train_endpoint
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import save_checkpoint
 from robust_mc.run.files import check_writable_file, remove
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
+from robust_mc.store.checkpoint import save_checkpoint
 
 ORDER = 10
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"

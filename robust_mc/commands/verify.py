@@ -11,10 +11,10 @@ from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config, flatten
 from robust_mc.errors import UserError
 from robust_mc.pipelines.verification import verify_finished_run
-from robust_mc.report.progress import Reporter
 from robust_mc.report.verification import print_verification
-from robust_mc.run.records import PathSummary
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
+from robust_mc.store.records import PathSummary
 
 ORDER = 45
 HELP = ("verify a finished run's endpoints, best and worst t with AutoAttack and "

@@ -13,7 +13,6 @@ permutation acts on, until no permutation changes.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ import torch.fx
 from torch import nn
 
 from attacks import TrainingAttack
-from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.core.assignment import (
     Group,
     given_order,
@@ -41,13 +39,10 @@ from robust_mc.core.permutation import (
     PermutationSpec,
     Space,
     identity_permutation,
-    permute_model,
     trace_graph,
     trace_permutation_spec,
 )
 from robust_mc.core.spec import permute_axis
-from robust_mc.data import Split, as_float, batches
-from robust_mc.models import Classifier
 from robust_mc.registry import Registry
 from robust_mc.run.runtime import Runtime
 
@@ -55,16 +50,13 @@ from robust_mc.run.runtime import Runtime
 AlignmentMethod = Callable[[nn.Module, nn.Module, PermutationSpec, dict[str, torch.Tensor]],
                            Permutation]
 METHODS = Registry[AlignmentMethod]("alignment method")
-_NEEDS_DATA: set[str] = set()
 list_alignment_methods = METHODS.names
 
 
 def register_alignment(name: str, needs_data: bool = False
                        ) -> Callable[[AlignmentMethod], AlignmentMethod]:
     """Register an alignment method; ``needs_data``: it reads the unit correlations."""
-    if needs_data:
-        _NEEDS_DATA.add(name)
-    return METHODS.register(name)
+    return METHODS.register(name, needs_data=needs_data)
 Inputs = Literal["clean", "adversarial"]
 
 
@@ -329,7 +321,8 @@ def align(model_a: nn.Module, model_b: nn.Module,
         result = align(a, b, [(x, y)], spec=spec)
         permute_model(b, spec, result.perm)  # b computes the same function, units matched to a
     """
-    by_method = METHODS.get(method)  # an unknown name raises here, before any work
+    entry = METHODS.entry(method)  # an unknown name raises here, before any work
+    needs_data = bool(entry.meta["needs_data"])
     runtime = runtime or Runtime(torch.device("cpu"))
     batches = list(data) if data is not None else []
     if spec is None:
@@ -346,12 +339,12 @@ def align(model_a: nn.Module, model_b: nn.Module,
         stats = unit_statistics(model_a, model_b, spec, batches, runtime,
                                 attack if inputs == "adversarial" else None, generator)
         seconds["statistics"] = time.perf_counter() - start
-    elif method in _NEEDS_DATA:
+    elif needs_data:
         raise ValueError(f"{method} alignment needs data")
     start = time.perf_counter()
-    perm = by_method(model_a, model_b, spec, stats.corr)
+    perm = entry.item(model_a, model_b, spec, stats.corr)
     unmatched = {}
-    if method in _NEEDS_DATA:
+    if needs_data:
         unmatched = silent_pairs(perm, stats.silent)
         perm = match_by_weights(perm, unmatched, model_a.state_dict(), model_b.state_dict(),
                                 spec)
@@ -457,35 +450,6 @@ def _weight_score(space: Space, perm: Permutation, by_tensor: dict[str, list[tup
         score += _unit_matrix(a_cpu[axis.name], axis, space.size) @ _unit_matrix(
             b, axis, space.size).T
     return score
-
-
-# --- aligning two endpoints (shared by `robust-mc align` and `robust-mc connect`) ---------------
-
-@dataclass
-class AlignedPair:
-    alignment: Alignment
-    spec: PermutationSpec
-    model_b: Classifier  # b with its units permuted to match a
-    function_error: float  # max |logits(b aligned) - logits(b)| on alignment images, eval mode
-
-
-def align_models(model_a: Classifier, model_b: Classifier, train: Split, config: AlignConfig,
-                 attack_config: AttackConfig, runtime: Runtime) -> AlignedPair:
-    """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
-    subset = train.take(config.samples).to(runtime.device)
-    example = as_float(subset.images[:2])
-    spec = trace_permutation_spec(model_a, example, partial=config.partial)
-    result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
-                   inputs=config.inputs, attack=attack_config.build(), spec=spec, runtime=runtime,
-                   generator=torch.Generator().manual_seed(config.seed))
-    aligned = copy.deepcopy(model_b)
-    permute_model(aligned, spec, result.perm)
-    probe = runtime.images(as_float(subset.images[: config.batch_size]))
-    model_b.eval()
-    aligned.eval()
-    with torch.no_grad():
-        error = float((aligned(probe) - model_b(probe)).abs().max())
-    return AlignedPair(result, spec, aligned, error)
 
 
 @register_alignment("corr", needs_data=True)

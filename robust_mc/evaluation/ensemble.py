@@ -16,8 +16,8 @@ from attacks import Attack
 from robust_mc.data import Split
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Combine, Ensemble
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 
 

@@ -12,14 +12,15 @@ import torch
 from torch import nn
 
 from attacks import Attack, build_attack
-from robust_mc.config import AttackConfig, PathConfig
+from attacks.training import AttackConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
+from robust_mc.evaluation.settings import PathConfig
 from robust_mc.models import Classifier
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 
 

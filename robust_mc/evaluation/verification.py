@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from attacks.reference import INSTALL_HINT, ReferenceAutoAttack, reference_version
-from robust_mc.config import VerifyConfig, to_dict
 from robust_mc.data import Split
 from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks, percent
 from robust_mc.evaluation.robustness import evaluate_seeded
+from robust_mc.evaluation.settings import VerifyConfig
 from robust_mc.run.runtime import Runtime
+from robust_mc.settings import to_dict
 
 TORCHATTACKS_AUTOATTACK = "autoattack"
 

@@ -14,23 +14,20 @@ from typing import Any
 from torch import nn
 
 from robust_mc.errors import UserError
+from robust_mc.registry import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS = Registry[Callable[..., nn.Module]]("architecture")
+list_models = MODELS.names
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register ``fn(num_classes, in_channels, width, **kw) -> nn.Module`` under its name."""
-    _MODELS[fn.__name__] = fn
-    return fn
-
-
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.register()(fn)
 
 
 def is_registered(arch: str) -> bool:
     """A zoo name (its code ships with robust-mc), or an entry of RobustBench's zoo table."""
-    return arch in _MODELS or arch.startswith("robustbench:")
+    return arch in MODELS or arch.startswith("robustbench:")
 
 
 def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[..., nn.Module]:
@@ -41,8 +38,8 @@ def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[...,
     called. Whether a spec may be imported at all is :class:`~robust_mc.models.trust.CodeTrust`'s
     decision, taken before this is called.
     """
-    if arch in _MODELS:
-        return _MODELS[arch]
+    if arch in MODELS:
+        return MODELS.get(arch)
     if arch.startswith("robustbench:"):
         from robust_mc.models.robustbench import robustbench_factory
 
@@ -162,7 +159,7 @@ def build_architecture(arch: str, standard: dict, kwargs: dict, *, factory_ok: b
     ``source``."""
     factory = resolve_architecture(arch, factory_ok=factory_ok)
     source = source or f"architecture {arch}"
-    if arch in _MODELS:
+    if arch in MODELS:
         offered = dict(standard)
     else:
         if standard.get("width", 1.0) != 1.0:

@@ -12,9 +12,7 @@ trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the align
 
 from __future__ import annotations
 
-import math
-import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from robust_mc.config import (
@@ -25,94 +23,29 @@ from robust_mc.config import (
     find_preset,
     load_yaml,
 )
-from robust_mc.core.barriers import PathStats
 from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
-from robust_mc.evaluation.verification import Verification
 from robust_mc.pipelines.connect import completed_run, run_connect
 from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import Pair, load_pair
 from robust_mc.pipelines.verification import needs_verification
 from robust_mc.report.path import robust_accuracy_along_t
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.claims import holding, try_claim, wait_for
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.records import PathSummary
-from robust_mc.run.resume import ResumePolicy, remove_stale_temps
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.run.verified_points import VerifiedPoints
-
-METRICS = ("clean_acc_min", "clean_acc_mean", "robust_acc_min", "robust_acc_mean",
-           "clean_loss_barrier", "robust_loss_barrier", "clean_error_barrier",
-           "robust_error_barrier")
-# with bench.verify: over each cell's verified points (endpoints, best t, worst t)
-VERIFY_METRICS = ("autoattack_acc_min", "gap_max", "flagged_points")
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    curve: bool
-    align: bool
-    pam: bool
-
-
-def parse_method(name: str) -> Method:
-    base, *extras = name.split("+")
-    unknown = [e for e in extras if e not in ("align", "pam")]
-    if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras):
-        raise UserError(f"bench method {name!r}: write line or curve, then +align and/or +pam "
-                        "(e.g. curve+align)")
-    if base == "line" and "pam" in extras:
-        raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
-    return Method(name, base == "curve", "align" in extras, "pam" in extras)
-
-
-@dataclass
-class CellResult:
-    pair: str
-    method: str
-    seed: int | None
-    out: Path
-    cached: bool
-    barriers: PathStats  # test split
-    robust_acc_along_t: list[tuple[float, float]] = field(default_factory=list)
-    verification: Verification | None = None
-
-    def value(self, metric: str) -> float:
-        """A barrier statistic, or a figure of the verification (NaN for a cell without)."""
-        if metric not in VERIFY_METRICS:
-            return float(getattr(self.barriers, metric))
-        if self.verification is None:
-            return math.nan
-        points = self.verification.points
-        if metric == "autoattack_acc_min":
-            return min(p.autoattack_figure for p in points)
-        if metric == "gap_max":
-            return max(p.gap for p in points)
-        return float(len(self.verification.flagged))
-
-
-@dataclass
-class BenchResult:
-    methods: list[Method]
-    cells: list[CellResult]
-    table: dict[str, dict[str, MetricStats]]  # method -> metric -> its statistics
-    missing: list[Path] = field(default_factory=list)  # cells no worker has finished yet
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    @property
-    def verified(self) -> bool:
-        return any(c.verification is not None for c in self.cells)
-
-    @property
-    def computed(self) -> list[str]:
-        return [str(c.out) for c in self.cells if not c.cached]
+from robust_mc.store.bench_table import (
+    BenchResult,
+    CellResult,
+    Method,
+    aggregate,
+    parse_method,
+)
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.records import PathSummary
+from robust_mc.store.resume import ResumePolicy, remove_stale_temps
+from robust_mc.store.verified_points import VerifiedPoints
 
 
 def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> ConnectRunConfig:
@@ -346,25 +279,3 @@ def compute(cell: Cell, claim: Path, number: int, total: int, runtime: Runtime,
     return cell.result(summary, cached=False)
 
 
-@dataclass(frozen=True)
-class MetricStats:
-    """One metric over a method's cells: mean, sample standard deviation, number of cells."""
-
-    mean: float
-    std: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> MetricStats:
-        return cls(statistics.fmean(values),
-                   statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
-
-
-def aggregate(cells: list[CellResult], methods: list[str]) -> dict[str, dict[str, MetricStats]]:
-    """Per method, each metric's mean, sample std and count over pairs and seeds (and the
-    verification's figures where cells were verified)."""
-    metrics = METRICS + (VERIFY_METRICS if any(c.verification for c in cells) else ())
-    return {method: {metric: MetricStats.of([c.value(metric) for c in cells
-                                             if c.method == method])
-                     for metric in metrics}
-            for method in methods}

@@ -23,8 +23,8 @@ from robust_mc.pipelines.bench import (
     validate,
 )
 from robust_mc.pipelines.pair import load_pair
-from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.files import atomic_write_text, ensure_out_dir
+from robust_mc.store.checkpoint import LoadOptions
 
 
 def _write_settings(path: Path, settings: dict) -> Path:

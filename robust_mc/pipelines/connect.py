@@ -3,7 +3,7 @@
 connect = align b to a -> train a robust curve -> evaluate along it -> barriers and the best
 on-path robust model. eval = load a saved curve -> evaluate along it -> the same report. The
 stages live in ``pair.py`` (the endpoints, aligned), ``curve_training.py`` and
-``path_evaluation.py``; the files in ``run/records.py``; this module only sequences them and
+``path_evaluation.py``; the files in ``store/records.py``; this module only sequences them and
 decides what a saved run becomes.
 """
 
@@ -33,17 +33,17 @@ from robust_mc.pipelines.verification import (
     verify_path,
 )
 from robust_mc.report.path import plot_paths, write_path_files
-from robust_mc.report.progress import Reporter
 from robust_mc.report.similarity import plot_similarity
 from robust_mc.run import distributed
-from robust_mc.run.checkpoint import LoadOptions
 from robust_mc.run.files import ensure_out_dir, remove
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
-from robust_mc.run.records import CurveRun, PathSummary
-from robust_mc.run.resume import ResumePolicy, continues, remove_stale_temps
 from robust_mc.run.runtime import Runtime, seeded
-from robust_mc.run.verified_points import VerifiedPoints
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.records import CurveRun, PathSummary
+from robust_mc.store.resume import ResumePolicy, continues, remove_stale_temps
+from robust_mc.store.verified_points import VerifiedPoints
 
 RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
              "path.png")

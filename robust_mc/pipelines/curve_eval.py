@@ -11,10 +11,10 @@ from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import open_saved_run
 from robust_mc.pipelines.similarity import similarity_along
 from robust_mc.pipelines.verification import verify_path
-from robust_mc.report.progress import Reporter
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
-from robust_mc.run.records import CurveRun, PathSummary
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.records import CurveRun, PathSummary
 
 
 def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runtime: Runtime,

@@ -16,10 +16,10 @@ from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run import distributed
-from robust_mc.run.checkpoint import weights_of
 from robust_mc.run.files import as_written
-from robust_mc.run.records import CurveRun, PamHistory
-from robust_mc.run.resume import (
+from robust_mc.store.checkpoint import weights_of
+from robust_mc.store.records import CurveRun, PamHistory
+from robust_mc.store.resume import (
     RESTORE_FIX,
     attack_generator,
     load_optimizer_state,

@@ -17,9 +17,13 @@ from robust_mc.evaluation.path import recompute_batchnorm
 from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.small import TINYTEN_MIN_IMAGE_SIZE
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.checkpoint import (
+from robust_mc.run.files import as_written, atomic_torch_save, remove
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime, seeded
+from robust_mc.store.checkpoint import (
     Checkpoint,
     LoadOptions,
     checkpoint_from_model,
@@ -27,10 +31,7 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     save_checkpoint,
 )
-from robust_mc.run.files import as_written, atomic_torch_save, remove
-from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.provenance import run_record
-from robust_mc.run.resume import (
+from robust_mc.store.resume import (
     RESTORE_FIX,
     ResumePolicy,
     attack_generator,
@@ -39,7 +40,6 @@ from robust_mc.run.resume import (
     restore_rng,
     rng_state,
 )
-from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.ema import WeightAverage
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_optimizer

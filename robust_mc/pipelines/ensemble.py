@@ -16,13 +16,13 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.pipelines.pair import Pair
 from robust_mc.pipelines.session import open_saved_run
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.run.files import atomic_write_json
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
-from robust_mc.run.records import CurveRun
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
+from robust_mc.store.records import CurveRun
 
 CONTENDERS = ("ensemble", "endpoint a", "endpoint b", "a + b")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_mc.config import LayersRunConfig, to_dict
-from robust_mc.core.align import align_models
-from robust_mc.core.layers import GroupResult, layer_report, rank_agreement
 from robust_mc.data import load_data
+from robust_mc.evaluation.layers import GroupResult, layer_report, rank_agreement
+from robust_mc.pipelines.alignment import align_models
 from robust_mc.pipelines.pair import Pair
-from robust_mc.report.progress import Reporter
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
 
@@ -39,7 +39,8 @@ def run_layers(pair: Pair, cfg: LayersRunConfig, runtime: Runtime, reporter: Rep
     for label, b in variants.items():
         reporter.print(f"[bold]layers[/] ({label}): {cfg.layers.groups}, {cfg.layers.points} "
                        f"points, {cfg.layers.samples} training images")
-        reports[label] = layer_report(model_a, b, on_device, cfg, runtime, reporter)
+        reports[label] = layer_report(model_a, b, on_device, cfg.layers, cfg.path, cfg.attack,
+                                      runtime, reporter)
     atomic_write_json(out / "layers.json", {**layers_json(reports), "config": to_dict(cfg),
                                             "record": run_record(argv)})
     return reports

@@ -11,23 +11,23 @@ from functools import cached_property
 import torch
 
 from robust_mc.config import ConnectRunConfig
-from robust_mc.core.align import align_models
 from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import inverse, permute_model, trace_permutation_spec
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
 from robust_mc.models.robustbench import is_robustbench
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import (
+from robust_mc.pipelines.alignment import align_models
+from robust_mc.run.progress import Reporter
+from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import (
     Checkpoint,
     LoadOptions,
     build_model,
     load_checkpoint,
     state_digest,
 )
-from robust_mc.run.records import CurveRun, PamHistory
-from robust_mc.run.runtime import Runtime
+from robust_mc.store.records import CurveRun, PamHistory
 
 
 @dataclass

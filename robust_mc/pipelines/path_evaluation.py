@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robust_mc.config import ConnectRunConfig, to_dict
-from robust_mc.core.barriers import path_summary
 from robust_mc.core.curves import Curve
 from robust_mc.errors import Interrupted
+from robust_mc.evaluation.barriers import path_summary
 from robust_mc.evaluation.path import PointResult, batchnorm_layers, evaluate_path, path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.evaluation.similarity import LayerSimilarity
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.session import ConnectSession
-from robust_mc.run.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.records import (
+from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
+from robust_mc.store.records import (
     BestPoint,
     CurveInfo,
     EndpointCheck,
@@ -30,7 +30,7 @@ from robust_mc.run.records import (
     PathSummary,
     SecondsPerT,
 )
-from robust_mc.run.resume import ResumePolicy, continues
+from robust_mc.store.resume import ResumePolicy, continues
 
 PROGRESS_FILE = "path-progress.json"
 REPRODUCE_TOLERANCE = 0.5  # accuracy points

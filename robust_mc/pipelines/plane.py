@@ -5,7 +5,6 @@ torchrun processes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,35 +15,16 @@ from robust_mc.errors import UserError
 from robust_mc.evaluation.path import network_with, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.session import open_saved_run
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
 from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json, remove
-from robust_mc.run.records import CurveRun
-from robust_mc.run.resume import ResumePolicy, continues
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.plane_grid import PlaneResult
+from robust_mc.store.records import CurveRun
+from robust_mc.store.resume import ResumePolicy, continues
 
 PROGRESS_FILE = "plane-progress.json"
 CURVE_SAMPLES = 41  # points of the curve drawn over the plane
-
-
-@dataclass
-class PlaneResult:
-    """The grid's test figures (row-major: y outer, x inner), the anchors' (a, b, the bend) at
-    their exact coordinates, and the curve's projection."""
-
-    xs: list[float]
-    ys: list[float]
-    grid: list[Metrics]
-    anchors: dict[str, tuple[float, float, Metrics]]
-    curve: list[tuple[float, float]]
-    settings: dict = field(default_factory=dict)
-
-    def to_state(self) -> dict:
-        return {"format": "robust-mc-plane/1", "xs": self.xs, "ys": self.ys,
-                "grid": [m.as_dict() for m in self.grid],
-                "anchors": {name: {"x": x, "y": y, **m.as_dict()}
-                            for name, (x, y, m) in self.anchors.items()},
-                "curve": [list(p) for p in self.curve], "config": self.settings}
 
 
 def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out: Path,

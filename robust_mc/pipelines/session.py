@@ -9,11 +9,11 @@ from robust_mc.config import ConnectRunConfig
 from robust_mc.core.curves import Curve
 from robust_mc.data import Data, load_data
 from robust_mc.pipelines.pair import Endpoints, Pair, endpoints_from_run
-from robust_mc.report.progress import Reporter
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.records import CurveRun
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.records import CurveRun
 
 
 @dataclass

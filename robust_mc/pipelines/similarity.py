@@ -13,7 +13,7 @@ from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, make_curve
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run import distributed
-from robust_mc.run.records import PathLabel
+from robust_mc.store.records import PathLabel
 
 
 def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints,

@@ -11,7 +11,7 @@ missing, and an interrupted training continues.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,6 @@ from robust_mc.config import (
     TrainRunConfig,
     to_dict,
 )
-from robust_mc.core.barriers import PathStats
 from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import run_connect
@@ -34,47 +33,16 @@ from robust_mc.pipelines.endpoint_training import (
 )
 from robust_mc.pipelines.layers import run_layers
 from robust_mc.pipelines.pair import Pair, load_pair
-from robust_mc.report.progress import Reporter
-from robust_mc.run.checkpoint import LoadOptions, read_torch_file, save_checkpoint
 from robust_mc.run.files import atomic_torch_save, ensure_out_dir, read_json, remove
 from robust_mc.run.interrupt import StopSignals
-from robust_mc.run.records import PathLabel
-from robust_mc.run.resume import ResumePolicy, attack_generator, continues, rng_state
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import LoadOptions, read_torch_file, save_checkpoint
+from robust_mc.store.records import PathLabel
+from robust_mc.store.resume import ResumePolicy, attack_generator, continues, rng_state
+from robust_mc.store.spawn_points import LayerFigures, SpawnPoint
 
 WHOLE = "(whole network)"
-
-
-@dataclass(frozen=True)
-class LayerFigures:
-    """The whole network's midpoint barriers between two children (aligned), measured and
-    predicted to second order, and the layer group with the largest measured robust barrier."""
-
-    measured_clean: float
-    predicted_clean: float
-    measured_robust: float
-    predicted_robust: float
-    worst_group: str
-    worst_group_robust_barrier: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SpawnPoint:
-    """The two children of spawn epoch k: the test-split statistics of the straight line
-    between them, unaligned and aligned, and the whole network's layer-wise figures
-    (aligned)."""
-
-    epoch: int
-    unaligned: PathStats
-    aligned: PathStats
-    layers: LayerFigures
-
-    def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "unaligned": self.unaligned.to_state(),
-                "aligned": self.aligned.to_state(), "layers": self.layers.as_dict()}
 
 
 def validate(cfg: SpawnRunConfig) -> list[int]:

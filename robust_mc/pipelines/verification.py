@@ -21,12 +21,12 @@ from robust_mc.evaluation.verification import (
 from robust_mc.pipelines.pair import Endpoints
 from robust_mc.pipelines.session import ConnectSession, open_saved_run
 from robust_mc.report.path import path_points
-from robust_mc.report.progress import Reporter
 from robust_mc.run import distributed
-from robust_mc.run.checkpoint import LoadOptions
-from robust_mc.run.records import CurveRun, PathSummary
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.run.verified_points import VerifiedPoints
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.records import CurveRun, PathSummary
+from robust_mc.store.verified_points import VerifiedPoints
 
 
 def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from robust_mc.pipelines.bench import METRICS, BenchResult, MetricStats
 from robust_mc.report.plot import figure
 from robust_mc.run.files import atomic_write_json, atomic_write_text
+from robust_mc.store.bench_table import METRICS, BenchResult, MetricStats
 
 # (column title, metric, decimals): accuracies in percent, barriers of loss
 COLUMNS = (("clean acc min", "clean_acc_min", 1), ("clean acc mean", "clean_acc_mean", 1),

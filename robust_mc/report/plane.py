@@ -8,9 +8,9 @@ import io
 import math
 from pathlib import Path
 
-from robust_mc.pipelines.plane import PlaneResult
 from robust_mc.report.plot import figure
 from robust_mc.run.files import atomic_write_text
+from robust_mc.store.plane_grid import PlaneResult
 
 FIELDS = ("clean_loss", "clean_acc", "robust_loss", "robust_acc")
 

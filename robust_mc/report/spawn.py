@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from robust_mc.pipelines.spawn import SpawnPoint
 from robust_mc.report.plot import figure
 from robust_mc.run.files import atomic_write_json, atomic_write_text
+from robust_mc.store.spawn_points import SpawnPoint
 
 COLUMNS = (("clean barrier", "unaligned", "clean_loss_barrier"),
            ("clean barrier aligned", "aligned", "clean_loss_barrier"),

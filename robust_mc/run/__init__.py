@@ -1,3 +1,2 @@
-"""Runs and their files: checkpoints, atomic writes, resuming, interrupts, provenance and the
-runtime (device, threads, precision).
-"""
+"""Where and how a run executes: the runtime (device, threads, precision), its processes
+(torchrun), atomic files, interrupts, claims on shared work, progress and provenance."""

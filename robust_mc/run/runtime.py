@@ -7,16 +7,36 @@ import ctypes
 import os
 import sys
 from collections.abc import Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 
-from robust_mc.config import SpeedConfig
 from robust_mc.errors import UserError
 from robust_mc.run import distributed
+from robust_mc.settings import setting
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda"
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    channels_last: bool = setting(True, help="NHWC memory layout",
+                                  may_change=True)
+    precision: Literal["auto", "float32", "bfloat16"] = setting(
+        "float32", help="autocast dtype; auto = bfloat16 where the hardware makes it fast (a "
+                        "CUDA device that supports it, a CPU with AMX tiles), else float32")
+    compile: bool = setting(False, help="torch.compile the network for its training passes",
+                            may_change=True)
+    threads: int | None = setting(None, lo=1, hi=1024, help="CPU threads (default: all cores)",
+                                  may_change=True)
+    deterministic: bool = setting(False, help="torch's deterministic algorithms and every seed "
+                                              "set (slower on GPU)")
+    reuse_memory: bool = setting(
+        True, help="keep freed CPU memory for the next tensors (glibc): no page fault per page "
+                   "of every large tensor", may_change=True)
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from attacks.pgd import Draws
-from robust_mc.config import OptimConfig
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
-from robust_mc.report.progress import Reporter, Step
 from robust_mc.run import distributed
 from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter, Step
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.schedule import lr_factor
+from robust_mc.train.settings import OptimConfig
 
 # a task maps a batch to (mean loss to minimise, correct predictions on the inputs it trained on)
 Task = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

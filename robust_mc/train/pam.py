@@ -19,10 +19,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from robust_mc.config import AttackConfig, CurveConfig, OptimConfig, PamConfig
+from attacks.training import AttackConfig
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import Permutation, PermutationSpec
 from robust_mc.train.loop import Trainer, TrainingContext
+from robust_mc.train.settings import CurveConfig, OptimConfig, PamConfig
 from robust_mc.train.tasks import CurveTask
 
 

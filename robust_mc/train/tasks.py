@@ -21,10 +21,11 @@ from torch import nn
 from torch.func import functional_call
 
 from attacks.pgd import Draws, LossFn
-from robust_mc.config import AttackConfig, CurveConfig
+from attacks.training import AttackConfig
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.objectives import TrainedNetwork, create_objective
+from robust_mc.train.settings import CurveConfig
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.fx
 
+from robust_mc.core.tracing import rulebook
 from robust_mc.core.tracing.graph import node_args
 from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Units, is_moving, units
-from robust_mc.core.tracing.rules import registry
 from robust_mc.core.tracing.spaces import DOCS, SpaceTable
 from robust_mc.errors import UserError
 
@@ -334,13 +334,13 @@ class Trace:
             return None  # sizes, shapes and other non-tensor values
         if node.op == "call_module":
             module = self.module(node)
-            rule = registry.module_rule(module)
+            rule = rulebook.module_rule(module)
             fallback = (lambda t: module(t))  # noqa: E731
         elif node.op == "call_method":
-            rule = registry.METHOD_RULES.get(str(node.target))
+            rule = rulebook.METHOD_RULES.get(str(node.target))
             fallback = self.call_of(node)
         else:
-            rule = registry.FUNCTION_RULES.get(node.target)
+            rule = rulebook.FUNCTION_RULES.get(node.target)
             fallback = self.call_of(node)
         if rule is not None:
             try:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_mc.core.tracing.layout import Dim, Layout, Units, units
+from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 from robust_mc.core.tracing.rules.layers import open_space
-from robust_mc.core.tracing.rules.registry import for_functions, for_methods, for_modules
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace

@@ -14,7 +14,7 @@ from torch import nn
 
 from robust_mc.core.tracing.graph import node_args
 from robust_mc.core.tracing.layout import Free
-from robust_mc.core.tracing.rules.registry import for_functions, for_methods, for_modules
+from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 from robust_mc.models.normalize import Normalize
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid,

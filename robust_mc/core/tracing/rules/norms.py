@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_mc.core.tracing.layout import Layout, Units
-from robust_mc.core.tracing.rules.registry import for_functions, for_modules
+from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from robust_mc.core.tracing.layout import Dim, Free, Split
+from robust_mc.core.tracing.rulebook import for_functions, for_methods
 from robust_mc.core.tracing.rules.elementwise import arithmetic
-from robust_mc.core.tracing.rules.registry import for_functions, for_methods
 
 REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std,
               torch.logsumexp, torch.prod, torch.max, torch.min, torch.norm, torch.all,

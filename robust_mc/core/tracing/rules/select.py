@@ -12,7 +12,7 @@ import torch
 import torch.fx
 
 from robust_mc.core.tracing.layout import Dim, Free, Layout, Split, Units
-from robust_mc.core.tracing.rules.registry import for_functions, for_methods
+from robust_mc.core.tracing.rulebook import for_functions, for_methods
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Units
-from robust_mc.core.tracing.rules.registry import for_functions, for_methods, for_modules
+from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 
 ROLES = ("part", "block", "inner")
 

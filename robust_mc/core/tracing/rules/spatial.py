@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_mc.core.tracing.layout import Free
-from robust_mc.core.tracing.rules.registry import for_functions, for_modules
+from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
                 nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,

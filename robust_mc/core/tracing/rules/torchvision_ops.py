@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from torchvision.models import swin_transformer as swin
 
 from robust_mc.core.tracing.layout import Free, Units, units
+from robust_mc.core.tracing.rulebook import for_functions
 from robust_mc.core.tracing.rules.attention import packed_projection
-from robust_mc.core.tracing.rules.registry import for_functions
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace

@@ -41,7 +41,7 @@ from robust_mc.models._registry import is_registered
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.models.trust import CodeTrust, canonical_spec
 from robust_mc.run.files import atomic_torch_save
-from robust_mc.run.safetensors_format import is_safetensors, read_safetensors
+from robust_mc.store.safetensors_format import is_safetensors, read_safetensors
 
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from robust_mc.errors import UserError
-from robust_mc.run.checkpoint import FORMAT, Checkpoint, plain
 from robust_mc.run.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
-from robust_mc.run.safetensors_format import safetensors_bytes
+from robust_mc.store.checkpoint import FORMAT, Checkpoint, plain
+from robust_mc.store.safetensors_format import safetensors_bytes
 
 
 def _record(ckpt: Checkpoint) -> dict:

@@ -15,8 +15,8 @@ from torch import nn
 
 from robust_mc.data import Split
 from robust_mc.evaluation.verification import PointVerification
-from robust_mc.run.checkpoint import state_digest
 from robust_mc.run.files import atomic_write_json, read_json
+from robust_mc.store.checkpoint import state_digest
 
 
 class VerifiedPoints:

@@ -37,11 +37,14 @@ import torch.fx
 from torch import nn
 from torch.func import functional_call
 
-from robust_mc.config import LayersRunConfig
+from attacks.training import AttackConfig
 from robust_mc.core.permutation import trace_graph
-from robust_mc.data import Data
-from robust_mc.report.progress import Reporter
+from robust_mc.data import Data, as_float, batches
+from robust_mc.evaluation.path import recompute_batchnorm
+from robust_mc.evaluation.robustness import evaluate_seeded
+from robust_mc.evaluation.settings import LayersConfig, PathConfig
 from robust_mc.run import distributed
+from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 
 Params = dict[str, torch.Tensor]
@@ -115,7 +118,7 @@ class GroupResult:
 
     def measured(self, kind: str) -> float:
         """Barrier as connect reports it: max over t above the chord."""
-        from robust_mc.core.barriers import barrier
+        from robust_mc.evaluation.barriers import barrier
 
         return barrier(self.ts, getattr(self, kind))[0]
 
@@ -209,40 +212,38 @@ def functional_loss(model: nn.Module, batches: dict[str, list[tuple[torch.Tensor
 
 # --- the report for two endpoints ---------------------------------------------------------------
 
-def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: LayersRunConfig,
-                 runtime: Runtime, reporter: Reporter) -> list[GroupResult]:
-    """Measured and predicted clean/robust barriers per group, and for the whole network."""
-    from robust_mc.data import as_float, batches
-    from robust_mc.evaluation.path import recompute_batchnorm
-    from robust_mc.evaluation.robustness import evaluate_seeded
-
-    a = cfg.attack
+def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, layers: LayersConfig,
+                 path: PathConfig, a: AttackConfig, runtime: Runtime, reporter: Reporter
+                 ) -> list[GroupResult]:
+    """Measured and predicted clean/robust barriers per group, and for the whole network:
+    ``layers`` chooses the groups and images, ``path`` how batch norm is recomputed and the
+    seed, ``a`` the attack of the robust loss."""
     attack = a.build()
-    samples = data.train.take(cfg.layers.samples).to(runtime.device)
+    samples = data.train.take(layers.samples).to(runtime.device)
     template = copy.deepcopy(model_a)
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}
     state_b = {k: v.detach() for k, v in model_b.state_dict().items()}
-    ts = torch.linspace(0, 1, cfg.layers.points if cfg.layers.points % 2 else
-                        cfg.layers.points + 1).tolist()
+    ts = torch.linspace(0, 1, layers.points if layers.points % 2 else
+                        layers.points + 1).tolist()
 
     def measure(model: nn.Module) -> tuple[float, float]:
-        recompute_batchnorm(model, data.train, images=cfg.path.bn_images, data=cfg.path.bn_data,
-                            attack=a, runtime=runtime, seed=cfg.path.seed)
-        m = evaluate_seeded(model, samples, attack, runtime, cfg.layers.batch_size,
-                            cfg.path.seed)
+        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
+                            attack=a, runtime=runtime, seed=path.seed)
+        m = evaluate_seeded(model, samples, attack, runtime, layers.batch_size,
+                            path.seed)
         return m.clean_loss, m.robust_loss
 
     clean_batches = [(runtime.images(as_float(x)), y)
-                     for x, y in batches(samples, cfg.layers.batch_size)]
+                     for x, y in batches(samples, layers.batch_size)]
 
     def adversarial(model: nn.Module) -> list:  # held fixed while differentiating
-        generator = torch.Generator(runtime.device).manual_seed(cfg.path.seed)
+        generator = torch.Generator(runtime.device).manual_seed(path.seed)
         return [(attack(model, x, y, generator), y) for x, y in clean_batches]
 
     adversarial_a = adversarial(model_a)
     params_a = {n: p.detach() for n, p in model_a.named_parameters()}
     params_b = {n: p.detach() for n, p in model_b.named_parameters()}
-    groups = parameter_groups(model_a, cfg.layers.groups)
+    groups = parameter_groups(model_a, layers.groups)
     groups["(whole network)"] = list(params_a)
     def group_result(item: tuple[str, list[str]]) -> GroupResult:
         name, names = item
@@ -250,9 +251,9 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, cfg: Layers
         # the far end of this group's segment: a with the group taken from b
         far = copy.deepcopy(template)
         far.load_state_dict(interpolated(state_a, state_b, names, 1.0))
-        recompute_batchnorm(far, data.train, images=cfg.path.bn_images,
-                            data=cfg.path.bn_data, attack=a, runtime=runtime,
-                            seed=cfg.path.seed)
+        recompute_batchnorm(far, data.train, images=path.bn_images,
+                            data=path.bn_data, attack=a, runtime=runtime,
+                            seed=path.seed)
         far_params = {**params_a, **{n: params_b[n] for n in names}}
         result = GroupResult(name.removeprefix("net."),
                              sum(params_a[n].numel() for n in names), ts, clean, robust)

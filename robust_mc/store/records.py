@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
-from robust_mc.core.barriers import PathStats
 from robust_mc.core.curves import Curve
 from robust_mc.errors import UserError
+from robust_mc.evaluation.barriers import PathStats
 from robust_mc.evaluation.robustness import Metrics
 from robust_mc.evaluation.verification import Verification
 from robust_mc.limits import check_regular_file
-from robust_mc.run.checkpoint import (
+from robust_mc.run.files import as_written, atomic_torch_save, atomic_write_json, read_json
+from robust_mc.store.checkpoint import (
     Checkpoint,
     LoadOptions,
     checked_model_kwargs,
@@ -38,7 +39,6 @@ from robust_mc.run.checkpoint import (
     read_torch_file,
     recorded_architecture,
 )
-from robust_mc.run.files import as_written, atomic_torch_save, atomic_write_json, read_json
 from robust_mc.train.loop import Position
 
 CURVE_FORMAT = "robust-mc-curve/1"

@@ -1,17 +1,17 @@
-"""The rule registry: rules looked up by module class, function or method name."""
+"""The rule book: tracing rules looked up by module class, function or method name.
+
+The rules themselves live in :mod:`robust_mc.core.tracing.rules`, which fills this book when
+imported; the walk (:mod:`robust_mc.core.tracing.trace`) reads it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch.fx
+import torch.fx
 
-    from robust_mc.core.tracing.trace import Trace
-
-
-Rule = Callable[["Trace", "torch.fx.Node"], Any]
+# (the walk: a robust_mc.core.tracing.trace.Trace, the node) -> the output's layout
+Rule = Callable[[Any, torch.fx.Node], Any]
 
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}

@@ -1,0 +1,45 @@
+"""Aligning two endpoints as `robust-mc align`, `connect` and `layers` do: trace b's units on
+the first training images, find the permutation with the configured method and inputs, and check
+that the permuted b computes what b did."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from attacks.training import AttackConfig
+from robust_mc.config import AlignConfig
+from robust_mc.core.align import Alignment, align
+from robust_mc.core.permutation import PermutationSpec, permute_model, trace_permutation_spec
+from robust_mc.data import Split, as_float, batches
+from robust_mc.models import Classifier
+from robust_mc.run.runtime import Runtime
+
+
+@dataclass
+class AlignedPair:
+    alignment: Alignment
+    spec: PermutationSpec
+    model_b: Classifier  # b with its units permuted to match a
+    function_error: float  # max |logits(b aligned) - logits(b)| on alignment images, eval mode
+
+
+def align_models(model_a: Classifier, model_b: Classifier, train: Split, config: AlignConfig,
+                 attack_config: AttackConfig, runtime: Runtime) -> AlignedPair:
+    """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
+    subset = train.take(config.samples).to(runtime.device)
+    example = as_float(subset.images[:2])
+    spec = trace_permutation_spec(model_a, example, partial=config.partial)
+    result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
+                   inputs=config.inputs, attack=attack_config.build(), spec=spec, runtime=runtime,
+                   generator=torch.Generator().manual_seed(config.seed))
+    aligned = copy.deepcopy(model_b)
+    permute_model(aligned, spec, result.perm)
+    probe = runtime.images(as_float(subset.images[: config.batch_size]))
+    model_b.eval()
+    aligned.eval()
+    with torch.no_grad():
+        error = float((aligned(probe) - model_b(probe)).abs().max())
+    return AlignedPair(result, spec, aligned, error)

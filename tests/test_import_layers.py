@@ -1,0 +1,137 @@
+"""The package's layers point one way, and no module imports itself through others.
+
+Every import counts: at the top of a module, inside a function, under ``TYPE_CHECKING``. A module
+may import its own layer's package, the layers below it and the foundation; packages that share a
+layer (``train`` and ``evaluation``; ``models``, ``data`` and ``attacks``) do not import each
+other. docs/design.md draws the same picture.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# lowest first; each entry is one layer of packages (a module belongs to the longest prefix)
+LAYERS: list[list[str]] = [
+    ["robust_mc.errors"],
+    ["robust_mc.limits"],
+    ["robust_mc.registry", "robust_mc.settings"],
+    ["robust_mc.run", "robust_mc"],  # robust_mc/__init__.py: the version, from provenance
+    ["robust_mc.models", "robust_mc.data", "attacks"],
+    ["robust_mc.core"],
+    ["robust_mc.train", "robust_mc.evaluation"],
+    ["robust_mc.config", "configs"],
+    ["robust_mc.store"],
+    ["robust_mc.report"],
+    ["robust_mc.pipelines"],
+    ["robust_mc.commands"],
+    ["cli"],
+    ["robust_mc.__main__"],
+]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    paths = [*ROOT.glob("robust_mc/**/*.py"), *ROOT.glob("attacks/*.py"),
+             *ROOT.glob("configs/*.py"), ROOT / "cli.py"]
+    for path in paths:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The project's modules that ``name`` imports (a package's ``__init__`` counts as the
+    package; ``from pkg import mod`` as ``pkg.mod``)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package[:len(package) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        out |= {t for t in targets if t in known and t != name}
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports_of(name, path, known) for name, path in known.items()}
+
+
+def package_of(module: str) -> tuple[int, str]:
+    """(layer index, package) of the longest matching prefix."""
+    best = (-1, "")
+    for index, layer in enumerate(LAYERS):
+        for package in layer:
+            if (module == package or module.startswith(package + ".")) and \
+                    len(package) > len(best[1]):
+                best = (index, package)
+    assert best[0] >= 0, f"{module} belongs to no layer: add its package to LAYERS"
+    return best
+
+
+def test_every_import_points_down_or_sideways_within_its_package() -> None:
+    upward = []
+    for module, targets in graph().items():
+        layer, package = package_of(module)
+        for target in targets:
+            target_layer, target_package = package_of(target)
+            if target_layer > layer or (target_layer == layer and target_package != package
+                                        and "robust_mc" not in (package, target_package)):
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports against the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycle() -> None:
+    edges = graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    """The walk finds imports inside functions and relative ones: the check can fail."""
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from robust_mc.pipelines import connect\n"
+                      "from .records import CurveRun\n", encoding="utf-8")
+    known = modules()
+    found = imports_of("robust_mc.store.probe", source, known)
+    assert {"robust_mc.pipelines", "robust_mc.pipelines.connect",
+            "robust_mc.store.records"} <= found
+    assert package_of("robust_mc.pipelines.connect")[0] > package_of("robust_mc.store.probe")[0]
