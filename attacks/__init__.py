@@ -4,10 +4,16 @@
 ``list_attacks()`` names the registered specs. Adding an attack touches one file.
 """
 
-from attacks import builtin, reference, torchattacks_adapters  # noqa: F401  (registers them)
-from attacks.pgd import PGD, attack_mode, pgd
-from attacks.spec import Attack, build_attack, describe_attacks, list_attacks, parse_attack_spec
-from attacks.training import (
+from robust_mc.attacks import builtin, reference, torchattacks_adapters  # noqa: F401  (registers them)
+from robust_mc.attacks.pgd import PGD, attack_mode, pgd
+from robust_mc.attacks.spec import (
+    Attack,
+    build_attack,
+    describe_attacks,
+    list_attacks,
+    parse_attack_spec,
+)
+from robust_mc.attacks.training import (
     TrainingAttack,
     build_training_attack,
     list_training_attacks,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.pgd import PGD
-from attacks.spec import Param, register_attack
+from robust_mc.attacks.pgd import PGD
+from robust_mc.attacks.spec import Param, register_attack
 
 
 class NoAttack:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.spec import Param, register_attack
+from robust_mc.attacks.spec import Param, register_attack
 from robust_mc.errors import UserError
 
 INSTALL_HINT = "pip install 'robust-mc[verify]' (the pyautoattack package)"

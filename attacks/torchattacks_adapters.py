@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.spec import Param, register_attack
+from robust_mc.attacks.spec import Param, register_attack
 
 
 class TorchattacksAttack:

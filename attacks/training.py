@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from attacks.pgd import PGD, Draws, Forward, LossFn, Mode, cross_entropy_sum
+from robust_mc.attacks.pgd import PGD, Draws, Forward, LossFn, Mode, cross_entropy_sum
 from robust_mc.registry import Registry
 from robust_mc.settings import setting
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker(args: argparse.Namespace) -> None:
     """One process of N: time the steps and the path, rank 0 prints a JSON line."""
-    from attacks.pgd import ShardDraws
     from benchmarks.data import benchmark_data
+    from robust_mc.attacks.pgd import ShardDraws
     from robust_mc.config import AttackConfig, CurveConfig, OptimConfig, PathConfig
     from robust_mc.core.curves import Curve
     from robust_mc.evaluation.path import evaluate_path

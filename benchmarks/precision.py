@@ -21,8 +21,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from attacks import build_attack
 from benchmarks.common import print_table
+from robust_mc.attacks import build_attack
 from robust_mc.config import TrainRunConfig, build_config, find_preset
 from robust_mc.data import load_data
 from robust_mc.evaluation.robustness import evaluate_seeded

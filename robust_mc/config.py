@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from attacks.training import AttackConfig
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import METHODS as ALIGNMENT_METHODS
 from robust_mc.data import DataConfig
 from robust_mc.evaluation.settings import LayersConfig, PathConfig, VerifyConfig

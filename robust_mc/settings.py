@@ -227,10 +227,10 @@ def find_preset(name: str) -> Path:
     if path.is_file():
         return path
     stem = name[:-5] if name.endswith(".yaml") else name
-    preset = resources.files("configs").joinpath(f"{Path(stem).name}.yaml")
+    preset = resources.files("robust_mc.configs").joinpath(f"{Path(stem).name}.yaml")
     if preset.is_file():
         return Path(str(preset))
-    available = sorted(p.name[:-5] for p in resources.files("configs").iterdir()
+    available = sorted(p.name[:-5] for p in resources.files("robust_mc.configs").iterdir()
                        if p.name.endswith(".yaml"))
     raise UserError(f"config file {name!r} not found; give a YAML path or one of the presets: "
                     f"{', '.join(available)}")

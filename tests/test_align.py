@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from robust_mc_testkit import assert_units_separable
 from torch import nn
 
-import cli
+from robust_mc import cli
 from robust_mc.config import AlignConfig, AttackConfig
 from robust_mc.core.align import align, unit_statistics
 from robust_mc.core.permutation import (
@@ -33,7 +33,7 @@ def test_aligning_a_permuted_copy_recovers_it_exactly(digits_endpoints, digits, 
     shuffled = copy.deepcopy(model)
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(5)))
     assert_units_separable(model, spec, list(batches(digits.train, 256)), runtime)
-    from attacks import PGD
+    from robust_mc.attacks import PGD
 
     result = align(model, shuffled, list(batches(digits.train, 256)), method=method,
                    inputs=inputs, attack=PGD(eps=0.1, step_size=0.025, steps=2), spec=spec,

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.config import AttackConfig
 
 
@@ -45,7 +45,7 @@ def test_align_attack_mode_takes_effect_and_a_seed_repeats(tiny_endpoint_files, 
 
 
 def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_training(runtime):
-    from attacks import training
+    from robust_mc.attacks import training
     from robust_mc.config import TrainRunConfig, build_config
     from robust_mc.models import create_model
     from robust_mc.train.tasks import EndpointTask

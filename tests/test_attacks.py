@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import PGD, attack_mode, build_attack, list_attacks, parse_attack_spec, pgd
+from robust_mc.attacks import PGD, attack_mode, build_attack, list_attacks, parse_attack_spec, pgd
 from robust_mc.errors import UserError
 from robust_mc.evaluation.robustness import evaluate_model
 from robust_mc.models import create_model

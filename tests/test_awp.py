@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cli
+from robust_mc import cli
 from robust_mc.models import create_model
 from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.train.awp import WeightPerturbation

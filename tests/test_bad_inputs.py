@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.store.checkpoint import save_checkpoint
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from robust_mc_testkit import CleanOnlyVerification
 
-import cli
+from robust_mc import cli
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import parse_method
 from robust_mc.store.checkpoint import save_checkpoint

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.store.checkpoint import load_checkpoint
 
 TRAIN = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.25", "--epochs", "1",
@@ -73,7 +73,7 @@ SUBPROCESS = [BAD[5], BAD[10]]  # a library error and an argparse one, from a re
 @pytest.mark.parametrize("extra, message", SUBPROCESS)
 def test_bad_inputs_message_in_a_subprocess(tmp_path, extra, message):
     out = tmp_path / "never.pt"
-    proc = subprocess.run([sys.executable, "-m", "cli", *TRAIN, *extra, "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "robust_mc", *TRAIN, *extra, "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

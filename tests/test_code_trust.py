@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import cli
+from robust_mc import cli
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
 from robust_mc.models.trust import CodeTrust

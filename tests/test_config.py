@@ -2,7 +2,7 @@ from importlib import resources
 
 import pytest
 
-import cli
+from robust_mc import cli
 from robust_mc.config import (
     ConnectRunConfig,
     SpawnRunConfig,
@@ -61,7 +61,10 @@ def test_presets_resolve_by_name():
         build_config(TrainRunConfig, "no-such-preset")
 
 
-@pytest.mark.parametrize("name", sorted(p.name[:-5] for p in resources.files("configs").iterdir()
+PRESETS = resources.files("robust_mc.configs")
+
+
+@pytest.mark.parametrize("name", sorted(p.name[:-5] for p in PRESETS.iterdir()
                                         if p.name.endswith(".yaml")))
 def test_every_shipped_preset_builds_its_command_config(name):
     """Each preset is a valid configuration of the command it is for (bench-*: bench, spawn-*:

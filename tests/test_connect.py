@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.config import ConnectRunConfig, build_config
 from robust_mc.evaluation.barriers import barrier
 from robust_mc.pipelines import connect as pipeline

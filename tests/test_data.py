@@ -125,7 +125,7 @@ def test_a_normalization_must_be_finite_with_positive_stds(text):
 def test_a_registered_dataset_is_offered_by_the_flag_and_loads(capsys):
     """A new dataset is one registered function: --dataset lists it, the config accepts it
     (with its argument) and load_data carves its validation split."""
-    import cli
+    from robust_mc import cli
     from robust_mc.data import (
         DATASETS,
         DatasetInfo,

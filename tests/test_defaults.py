@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from robust_mc import cli
 
 pytestmark = pytest.mark.slow
 

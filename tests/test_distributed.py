@@ -17,7 +17,7 @@ import torch
 import yaml
 from distributed_train_worker import SETTINGS
 
-import cli
+from robust_mc import cli
 from robust_mc.config import TrainRunConfig, build_config
 from robust_mc.pipelines.endpoint_training import train_endpoint
 from robust_mc.run.progress import Reporter
@@ -193,7 +193,7 @@ def test_two_bench_workers_fill_one_grid_each_cell_once(mlp_endpoints, tmp_path,
                   "seeds": [0, 1]}}))
     shared = tmp_path / "shared"
     argv = ["bench", "--config", str(config), "--out", str(shared), "--json"]
-    workers = [subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT, env=ENV,
+    workers = [subprocess.Popen([sys.executable, "-m", "robust_mc", *argv], cwd=ROOT, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     results = []

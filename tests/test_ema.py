@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.models import create_model
 from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.train.ema import WeightAverage

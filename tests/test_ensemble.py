@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cli
-from attacks import build_attack
+from robust_mc import cli
+from robust_mc.attacks import build_attack
 from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models.ensemble import Ensemble

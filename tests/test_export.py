@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
 from robust_mc.store.safetensors_format import safetensors_bytes
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from robust_mc_testkit import StopAfter
 
-import cli
+from robust_mc import cli
 from robust_mc.config import OptimConfig
 from robust_mc.data import Split
 from robust_mc.errors import Interrupted
@@ -48,7 +48,7 @@ def synthetic_endpoints(tmp_path_factory) -> list[str]:
 
 
 def launch(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "robust_mc", *argv], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from robust_mc_testkit import assert_units_separable
 
-import cli
+from robust_mc import cli
 from robust_mc.core.align import align
 from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
 from robust_mc.data import batches

@@ -24,7 +24,7 @@ import torch
 import yaml
 from robust_mc_testkit import CleanOnlyVerification
 
-import cli
+from robust_mc import cli
 from robust_mc.run import claims
 from robust_mc.store.verified_points import VerifiedPoints
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attacks import build_attack, pgd
+from robust_mc.attacks import build_attack, pgd
 from robust_mc.config import AlignConfig, AttackConfig, PathConfig, SpeedConfig
 from robust_mc.core.curves import Curve
 from robust_mc.evaluation.path import evaluate_path
@@ -66,7 +66,7 @@ def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_end
     through training (printed)."""
     from robust_mc_testkit import StopAfter
 
-    import cli
+    from robust_mc import cli
     from robust_mc.store.checkpoint import read_torch_file, save_checkpoint
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
@@ -99,7 +99,7 @@ def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_end
 def test_pam_and_ensemble_on_cuda(digits_endpoints, tmp_path, capsys):
     import json
 
-    import cli
+    from robust_mc import cli
     from robust_mc.store.checkpoint import save_checkpoint
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in

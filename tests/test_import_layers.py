@@ -19,25 +19,28 @@ LAYERS: list[list[str]] = [
     ["robust_mc.limits"],
     ["robust_mc.registry", "robust_mc.settings"],
     ["robust_mc.run", "robust_mc"],  # robust_mc/__init__.py: the version, from provenance
-    ["robust_mc.models", "robust_mc.data", "attacks"],
+    ["robust_mc.models", "robust_mc.data", "robust_mc.attacks"],
     ["robust_mc.core"],
     ["robust_mc.train", "robust_mc.evaluation"],
-    ["robust_mc.config", "configs"],
+    ["robust_mc.config", "robust_mc.configs"],
     ["robust_mc.store"],
     ["robust_mc.report"],
     ["robust_mc.pipelines"],
     ["robust_mc.commands"],
-    ["cli"],
+    ["robust_mc.cli"],
     ["robust_mc.__main__"],
 ]
 
 
 def modules() -> dict[str, Path]:
+    """Every module by its import name; the top-level attacks/, configs/ and cli.py are
+    robust_mc.attacks, robust_mc.configs and robust_mc.cli (robust_mc/ links to them)."""
     found = {}
-    paths = [*ROOT.glob("robust_mc/**/*.py"), *ROOT.glob("attacks/*.py"),
-             *ROOT.glob("configs/*.py"), ROOT / "cli.py"]
-    for path in paths:
+    for path in [*ROOT.glob("robust_mc/**/*.py"), *ROOT.glob("attacks/*.py"),
+                 *ROOT.glob("configs/*.py")]:
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[0] != "robust_mc":
+            parts.insert(0, "robust_mc")
         if parts[-1] == "__init__":
             parts.pop()
         found[".".join(parts)] = path
@@ -91,6 +94,19 @@ def test_every_import_points_down_or_sideways_within_its_package() -> None:
                                         and "robust_mc" not in (package, target_package)):
                 upward.append(f"{module} -> {target}")
     assert not upward, "imports against the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_the_top_level_folders_are_imported_by_their_installed_names() -> None:
+    """``import attacks`` would work from a checkout only, and would load a second copy of
+    every attack module (and of its registries) beside robust_mc.attacks."""
+    stray = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            stray += [f"{module}: {n}" for n in names
+                      if n.split(".")[0] in ("attacks", "configs", "cli")]
+    assert not stray, stray
 
 
 def test_no_import_cycle() -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-import cli
+from robust_mc import cli
 from robust_mc.evaluation.layers import (
     gradient_and_hvp,
     interpolated,

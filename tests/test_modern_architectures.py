@@ -176,7 +176,7 @@ def test_a_permuted_copy_is_recovered_exactly_from_the_cli(arch, kwargs, resnext
     import yaml
     from robust_mc_testkit import assert_units_separable
 
-    import cli
+    from robust_mc import cli
     from robust_mc.config import DataConfig
     from robust_mc.data import as_float, batches, load_data
 
@@ -227,7 +227,7 @@ class Rolled(nn.Module):
 
 
 def test_partial_alignment_leaves_what_it_cannot_follow_and_says_so(tmp_path, capsys):
-    import cli
+    from robust_mc import cli
 
     (tmp_path / "rolled.py").write_text(ROLLED)
     arch = f"{tmp_path / 'rolled.py'}:Rolled"
@@ -267,7 +267,7 @@ TIMM_VIT = ["--arch", "timm:vit_tiny_patch16_224", "--model-kwargs",
 def test_connect_between_two_pgd_trained_vits(tmp_path, capsys):
     """Two small ViTs trained by ``robust-mc train`` (PGD), then connected: the zoo's vit_cifar
     from its checkpoints, and timm's ViT from bare state dicts."""
-    import cli
+    from robust_mc import cli
 
     for name, arch in (("zoo", ["--arch", "vit_cifar", "--width", "0.5"]), ("timm", TIMM_VIT)):
         paths = [tmp_path / f"{name}{seed}.pt" for seed in (0, 1)]

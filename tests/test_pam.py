@@ -8,7 +8,7 @@ import pytest
 import torch
 from robust_mc_testkit import UserNet
 
-import cli
+from robust_mc import cli
 from robust_mc.core.permutation import (
     apply_permutation,
     permute_model,

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 from robust_mc.config import ConnectRunConfig, build_config, flatten
 from robust_mc.core.curves import Curve
 from robust_mc.core.plane import Plane

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from robust_mc import cli
 from robust_mc.config import find_preset, load_yaml
 
 README = Path(__file__).resolve().parents[1] / "README.md"

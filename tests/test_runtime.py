@@ -66,7 +66,7 @@ def test_bfloat16_finds_the_attacks_and_float32_scores_them(digits_endpoints, di
     """Under --precision bfloat16 the BN statistics and both logits are those of float32: the
     clean figures and the recomputed statistics are identical, only the adversarial images may
     differ (and robust accuracy stays at most clean accuracy)."""
-    from attacks import build_attack
+    from robust_mc.attacks import build_attack
     from robust_mc.config import AttackConfig
     from robust_mc.evaluation.path import recompute_batchnorm
     from robust_mc.evaluation.robustness import evaluate_seeded

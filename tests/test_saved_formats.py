@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from robust_mc import cli
 
 QUICK = ["--points", "3", "--bn-images", "100", "--eval-attack", "none", "--val-limit", "50",
          "--eval-test-limit", "50", "--device", "cpu", "--json"]

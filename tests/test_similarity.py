@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import cli
+from robust_mc import cli
 
 
 def test_eval_similarity_is_one_against_the_path_s_own_end_in_every_layer(tiny_endpoint_files,

@@ -7,7 +7,7 @@ import json
 import torch
 import yaml
 
-import cli
+from robust_mc import cli
 
 
 def test_spawn_forks_children_from_the_parent_and_caches_everything(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from robust_mc_testkit import CleanOnlyVerification
 from torch import nn
 
-import cli
+from robust_mc import cli
 from robust_mc.config import VerifyConfig
 from robust_mc.evaluation import verification
 from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks

@@ -22,7 +22,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from attacks import TrainingAttack
+from robust_mc.attacks import TrainingAttack
 from robust_mc.core.assignment import (
     Group,
     given_order,

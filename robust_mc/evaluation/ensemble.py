@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from attacks import Attack
+from robust_mc.attacks import Attack
 from robust_mc.data import Split
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Combine, Ensemble

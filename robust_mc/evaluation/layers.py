@@ -37,7 +37,7 @@ import torch.fx
 from torch import nn
 from torch.func import functional_call
 
-from attacks.training import AttackConfig
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.permutation import trace_graph
 from robust_mc.data import Data, as_float, batches
 from robust_mc.evaluation.path import recompute_batchnorm

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import build_attack
+from robust_mc.attacks import build_attack
 from robust_mc.data import Split, batches
 from robust_mc.evaluation.robustness import attack_outcomes
 from robust_mc.run.runtime import Runtime

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from attacks import Attack, build_attack
-from attacks.training import AttackConfig
+from robust_mc.attacks import Attack, build_attack
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Data, Split, batches

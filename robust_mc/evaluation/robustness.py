@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import Attack
+from robust_mc.attacks import Attack
 from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Split, batches
 from robust_mc.run.runtime import Runtime

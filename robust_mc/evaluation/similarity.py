@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.training import TrainingAttack
+from robust_mc.attacks.training import TrainingAttack
 from robust_mc.core.align import solve_assignment, unit_statistics
 from robust_mc.core.permutation import PermutationSpec
 from robust_mc.data import Split, batches

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from attacks.reference import INSTALL_HINT, ReferenceAutoAttack, reference_version
+from robust_mc.attacks.reference import INSTALL_HINT, ReferenceAutoAttack, reference_version
 from robust_mc.data import Split
 from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks, percent
 from robust_mc.evaluation.robustness import evaluate_seeded

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.training import AttackConfig
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.config import AlignConfig
 from robust_mc.core.align import Alignment, align
 from robust_mc.core.permutation import PermutationSpec, permute_model, trace_permutation_spec

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from attacks import parse_attack_spec
+from robust_mc.attacks import parse_attack_spec
 from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
 from robust_mc.data import load_data
 from robust_mc.errors import UserError

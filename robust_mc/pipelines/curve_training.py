@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from attacks.pgd import ShardDraws
+from robust_mc.attacks.pgd import ShardDraws
 from robust_mc.config import to_dict
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import permute_model, trace_permutation_spec

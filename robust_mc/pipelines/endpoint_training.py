@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from attacks import build_attack, parse_attack_spec
-from attacks.pgd import ShardDraws
+from robust_mc.attacks import build_attack, parse_attack_spec
+from robust_mc.attacks.pgd import ShardDraws
 from robust_mc.config import TrainRunConfig, to_dict
 from robust_mc.data import Data, DatasetInfo, as_float, load_data
 from robust_mc.errors import UserError

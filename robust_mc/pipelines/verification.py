@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attacks.reference import reference_version
+from robust_mc.attacks.reference import reference_version
 from robust_mc.config import ConnectRunConfig, to_dict
 from robust_mc.core.curves import Curve
 from robust_mc.errors import UserError

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from attacks.pgd import Draws
+from robust_mc.attacks.pgd import Draws
 from robust_mc.data import DatasetInfo, Split, batches, num_batches
 from robust_mc.errors import Interrupted, UserError
 from robust_mc.run import distributed

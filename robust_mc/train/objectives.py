@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from attacks.pgd import LossFn, cross_entropy_sum
+from robust_mc.attacks.pgd import LossFn, cross_entropy_sum
 from robust_mc.registry import Registry
 
 

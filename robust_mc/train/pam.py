@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from attacks.training import AttackConfig
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import Permutation, PermutationSpec
 from robust_mc.train.loop import Trainer, TrainingContext

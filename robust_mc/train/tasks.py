@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from attacks.pgd import Draws, LossFn
-from attacks.training import AttackConfig
+from robust_mc.attacks.pgd import Draws, LossFn
+from robust_mc.attacks.training import AttackConfig
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.objectives import TrainedNetwork, create_objective
