@@ -200,6 +200,9 @@ def add_model_file_flags(p: argparse.ArgumentParser, foreign: bool = True) -> No
                    help="architecture of a plain state_dict; for a file that records an import "
                         "spec (file.py:Class, module:Class), naming the same spec allows it")
     if foreign:
+        g.add_argument("--width", dest="load_width", type=float, metavar="X",
+                       help="width multiplier of a plain state_dict's zoo architecture, as "
+                            "train's --width (the default 1)")
         g.add_argument("--model-kwargs", metavar="YAML",
                        help="more arguments of a plain state_dict's architecture, e.g. "
                             "'{depth: 16, widen_factor: 1}'")
@@ -223,6 +226,10 @@ def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
     kwargs = dict(shape.pop("arch_kwargs", None) or {})
     if getattr(args, "model_kwargs", None):
         kwargs.update(parse_mapping(args.model_kwargs, "--model-kwargs"))
+    if getattr(args, "load_width", None) is not None:
+        if not 0.01 <= args.load_width <= 64:
+            raise UserError(f"--width {args.load_width:g}: give a multiplier from 0.01 to 64")
+        kwargs["width"] = args.load_width
     if getattr(args, "normalization", None):
         shape["normalization"] = parse_normalization(args.normalization)
     return LoadOptions(arch=args.load_arch, trust_code=args.trust_code,

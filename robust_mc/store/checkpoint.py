@@ -343,7 +343,8 @@ def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
     them."""
     if options.arch_kwargs or options.normalization is not None:
         raise UserError(f"{source} is a robust-mc file: it records its architecture's "
-                        "arguments and normalization; drop --model-kwargs and --normalization")
+                        "arguments and normalization; drop --width, --model-kwargs and "
+                        "--normalization")
     arch = obj.get("arch")
     if not isinstance(arch, str) or not arch.strip():
         raise malformed(source, "'arch' must name the architecture (a string)")
