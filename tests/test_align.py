@@ -85,7 +85,7 @@ def test_align_command(digits_endpoints, tmp_path, capsys):
     assert result["mean_corr_after"] > result["mean_corr_before"]
     assert result["function_error"] < 1e-4
     aligned = load_checkpoint(out)
-    assert set(aligned.meta["alignment"]["permutation"]) == {s["name"] for s in result["spaces"]}
+    assert set(aligned.meta.alignment.permutation) == {s["name"] for s in result["spaces"]}
     code = cli.main(["align", str(paths[0]), str(paths[1]), "-o", str(tmp_path / "t.pt"),
                      "--device", "cpu", "--align-method", "weights"])
     assert code == 0 and "corr after" in capsys.readouterr().out

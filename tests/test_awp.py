@@ -67,7 +67,7 @@ def test_train_with_awp_records_it_and_refuses_objectives_without_labels(tmp_pat
     args = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--epochs",
             "2", "--attack-steps", "1", "--eval-attack", "none", "--device", "cpu", "--json"]
     assert cli.main([*args, "--awp", "0.005", "--awp-warmup", "1", "--out", str(out)]) == 0
-    assert load_checkpoint(out).meta["objective"]["awp"] == 0.005
+    assert load_checkpoint(out).meta.objective.awp == 0.005
     assert cli.main([*args, "--awp", "0.005", "--objective", "trades",
                      "--out", str(tmp_path / "b.pt")]) == 2
     err = capsys.readouterr().err

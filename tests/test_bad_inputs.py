@@ -105,10 +105,10 @@ MALFORMED = {
     "no_mean": (_set("normalization", "mean", None), "normalization 'mean' must be"),
     "str_std": (_set("normalization", "std", "0.5"), "normalization 'std' must be"),
     "zero_std": (_set("normalization", "std", [0.0]), "'std' must be positive"),
-    "no_meta": (_set("meta", None), "'meta' must be a mapping"),
-    "list_meta": (_set("meta", [1]), "'meta' must be a mapping"),
-    "list_meta_config": (_set("meta", "config", [1]), "meta 'config' must be dict, not list"),
-    "int_meta_dataset": (_set("meta", "dataset", 7), "meta 'dataset' must be str or None, not int"),
+    "no_meta": (_set("meta", None), "meta must be a mapping"),
+    "list_meta": (_set("meta", [1]), "meta must be a mapping"),
+    "list_meta_config": (_set("meta", "config", [1]), "meta.config must be a mapping"),
+    "int_meta_dataset": (_set("meta", "dataset", 7), "meta.dataset must be a string, not int"),
     "no_members": (_set("format", "robust-mc-ensemble/1"), "'members' must be a non-empty"),
     # values of the right type that no machine can build, or no training leaves
     "huge_width": (_set("arch_kwargs", "width", 1e308), "'width' must be a number in (0, 64]"),
@@ -222,7 +222,7 @@ MATRIX = [
     (["connect", "{a}", "{no_num_classes}"], "lacks 'num_classes'"),
     (["align", "{no_arch}", "{b}"], "'arch' must name"),
     (["layers", "{a}", "{str_normalization}"], "'normalization' must hold"),
-    (["eval", "{list_meta}"], "'meta' must be a mapping"),
+    (["eval", "{list_meta}"], "meta must be a mapping"),
     (["eval", "{no_members}"], "'members' must be a non-empty"),
 ]
 QUICK = {"train": ["--epochs", "1", "--device", "cpu"], "connect": ["--device", "cpu"]}

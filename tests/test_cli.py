@@ -28,9 +28,9 @@ def test_train_then_info(tmp_path, capsys):
     result = json.loads(out)
     assert 0 <= result["test"]["robust_acc"] <= result["test"]["clean_acc"] <= 100
     ckpt = load_checkpoint(path)
-    assert ckpt.meta["dataset"] == "synthetic"
-    assert ckpt.meta["config"]["attack"]["eps"] == pytest.approx(4 / 255)
-    assert ckpt.meta["record"]["argv"][1] == "train"
+    assert ckpt.meta.dataset == "synthetic"
+    assert ckpt.meta.config["attack"]["eps"] == pytest.approx(4 / 255)
+    assert ckpt.meta.record["argv"][1] == "train"
     code, out, _ = run_cli(["info", str(path), "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["arch"] == "cnn" and info["parameters"] > 0

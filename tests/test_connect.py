@@ -87,7 +87,7 @@ def test_connect_and_eval_commands(digits_endpoints, tmp_path, capsys):
     rows = (run / "path.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 2  # header, 3 points x (val, test)
     best = load_checkpoint(run / "best.pt")
-    assert best.meta["kind"] == "on-path" and build_model(best) is not None
+    assert best.meta.kind == "on-path" and build_model(best) is not None
     assert cli.main(["info", str(run / "best.pt")]) == 0
     capsys.readouterr()
     out = tmp_path / "again"

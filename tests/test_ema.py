@@ -52,7 +52,7 @@ def test_the_endpoint_saved_is_the_average(tmp_path, capsys):
     assert cli.main([*QUICK, "--ema", "0", "--out", str(paths["decay0"])]) == 0
     assert cli.main([*QUICK, "--ema", "1", "--out", str(paths["decay1"])]) == 0
     live, decay0, decay1 = (load_checkpoint(paths[n]) for n in ("live", "decay0", "decay1"))
-    assert decay0.meta["objective"]["ema"] == 0.0
+    assert decay0.meta.objective.ema == 0.0
     for name, value in live.state_dict.items():  # decay 0: the average is the last weights
         assert torch.equal(decay0.state_dict[name], value), name
     torch.manual_seed(0)  # decay 1: the average never moves from the initial weights

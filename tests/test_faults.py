@@ -102,7 +102,7 @@ def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, mo
     monkeypatch.undo()
     assert cli.main([*train, "--out", str(out)]) == 0  # rerunning continues
     assert_same_weights(final_weights(out), final_weights(reference))
-    assert load_checkpoint(out).meta["metrics"] == load_checkpoint(reference).meta["metrics"]
+    assert load_checkpoint(out).meta.metrics == load_checkpoint(reference).meta.metrics
     assert not (tmp_path / "a.state.pt").exists()
 
 

@@ -47,7 +47,7 @@ def test_runs_leave_the_global_random_streams_as_they_found_them(tiny_endpoint, 
         expected = torch.rand(3)
     with seeded(5):
         assert torch.equal(torch.rand(3), expected)
-    assert torch.equal(torch.get_rng_state(), state) and ckpt.meta["metrics"]
+    assert torch.equal(torch.get_rng_state(), state) and ckpt.meta.metrics
 
 
 @pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, None)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +19,8 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.meta import AlignmentRecord
+from robust_mc.store.typed import read_record
 
 ORDER = 20
 HELP = "align b's neurons to a's (activation correlation or weight matching)"
@@ -55,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
                "a": args.a, "b": args.b, "left_alone": result.spec.unsupported}
     if (note := result.spec.left_alone(model_a)) is not None:
         reporter.print(note)
-    meta = {**pair.b.meta, "alignment": {
+    meta = replace(pair.b.meta, alignment=read_record(AlignmentRecord, {
         **summary, "config": to_dict(cfg), "record": run_record(args.argv),
-        "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()}}}
+        "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()}}))
     ckpt = pair.b.with_weights(result.model_b, meta)
     path = save_checkpoint(ckpt, out)
     if args.json:

@@ -48,10 +48,13 @@ def train_endpoints(out: Path, overrides: dict, runtime: Runtime, reporter: Repo
         cfg = build_config(TrainRunConfig, TRAIN_PRESET, {**overrides, "optim.seed": seed})
         path = out / f"endpoint-seed{seed}.pt"
         ckpt = trained_endpoint(cfg, path, runtime, reporter, data=data, argv=argv)
-        test = ckpt.meta["metrics"]["test"]
-        rows.append({"checkpoint": str(path), "seed": seed, "clean_acc": test["clean_acc"],
-                     "robust_acc": test["robust_acc"],
-                     "train_s": ckpt.meta["timings"]["train_s"]})
+        meta = ckpt.meta
+        assert meta.metrics is not None and meta.metrics.test is not None  # trained here
+        assert meta.timings is not None
+        rows.append({"checkpoint": str(path), "seed": seed,
+                     "clean_acc": meta.metrics.test.clean_acc,
+                     "robust_acc": meta.metrics.test.robust_acc,
+                     "train_s": meta.timings.train_s})
     return rows
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, EnsembleRunConfig, build_config
 from robust_mc.errors import UserError
-from robust_mc.pipelines.connect import config_from_run
+from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.ensemble import run_ensemble
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     typed = common.overrides(args)
     choice = build_config(EnsembleRunConfig, None, {k: v for k, v in typed.items()
                                                     if k.startswith("ensemble.")}).ensemble
-    cfg = config_from_run(saved, {k: v for k, v in typed.items()
-                                  if not k.startswith("ensemble.")})
+    cfg = reopened_config(saved.config, {k: v for k, v in typed.items()
+                                         if not k.startswith("ensemble.")})
     if not 1 <= choice.k <= cfg.path.points:
         raise UserError(f"-k {choice.k}: choose between 1 and the {cfg.path.points} points on "
                         "the path (--points sets how many)")

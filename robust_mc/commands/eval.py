@@ -10,27 +10,15 @@ from pathlib import Path
 from rich.console import Console
 
 from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.data import load_data
-from robust_mc.errors import UserError
-from robust_mc.evaluation.path import path_attack
-from robust_mc.evaluation.robustness import evaluate_seeded
-from robust_mc.pipelines.connect import config_from_run, preflight
+from robust_mc.config import ConnectRunConfig
+from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.curve_eval import run_eval
-from robust_mc.pipelines.pair import check_fits_data
+from robust_mc.pipelines.model_eval import evaluate_model_file, model_config
 from robust_mc.report.path import show_path_run
-from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.progress import Reporter
-from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
-from robust_mc.store.checkpoint import (
-    Checkpoint,
-    build_network,
-    checkpoint_from_object,
-    load_checkpoint,
-    read_checkpoint_file,
-)
-from robust_mc.store.records import CurveRun, is_curve_state
+from robust_mc.store.checkpoint import Checkpoint
+from robust_mc.store.records import open_model_file
 
 ORDER = 40
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
@@ -52,20 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.run_path)
-    curve_file = source / "curve.pt" if source.is_dir() else source
-    options = common.load_options(args)
-    if args.run_path.startswith("robustbench:"):  # a zoo entry, its weights in --model-dir
-        return evaluate_checkpoint(load_checkpoint(args.run_path, options), args)
-    if source.is_file():  # a curve.pt, or a model or ensemble checkpoint: read once
-        obj = read_checkpoint_file(source, options.unpickle)
-        if not is_curve_state(obj):
-            ckpt = checkpoint_from_object(obj, source, options, allow_ensemble=True)
-            return evaluate_checkpoint(ckpt, args)
-        saved = CurveRun.from_state(obj, curve_file, options)
-    else:
-        saved = CurveRun.read(curve_file, options)
-    cfg = config_from_run(saved, common.overrides(args))
+    opened = open_model_file(args.run_path, common.load_options(args))
+    if isinstance(opened, Checkpoint):
+        return evaluate_checkpoint(opened, args)
+    saved = opened
+    curve_file = saved.path or Path(args.run_path)
+    cfg = reopened_config(saved.config, common.overrides(args))
     common.check_switches(args, cfg)
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
@@ -79,34 +59,15 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(ckpt: Checkpoint, args: argparse.Namespace) -> int:
     """One model (or ensemble, attacked as one model) on the test split."""
-    path = ckpt.path
-    base: dict = {"data": {"dataset": ckpt.dataset}} if ckpt.dataset else {}
-    eps = (ckpt.meta.get("metrics") or {}).get("eps")
-    if isinstance(eps, float):
-        base["attack"] = {"eps": eps}
-    cfg = build_config(ConnectRunConfig, None, common.overrides(args), base=base)
-    preflight(cfg, re_evaluation=True)
-    if cfg.verify.enabled or cfg.path.similarity:
-        raise UserError("--verify and --similarity measure points of a path; give a connect "
-                        "run directory (robust-mc verify RUN_DIR), not one model")
+    cfg = model_config(ckpt, common.overrides(args))
     common.check_switches(args, cfg)
-    runtime = start_runtime(cfg.device, cfg.speed)
-    data = load_data(cfg.data)
-    check_fits_data(ckpt, data)
-    out = ensure_out_dir(args.out) if args.out else None
-    model = runtime.prepare(build_network(ckpt))
-    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
-    test = data.test.take(cfg.path.test_limit).to(runtime.device)
-    metrics = evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
-    result = {"checkpoint": str(path), "members": len(ckpt.members or [None]),
-              "test": metrics.as_dict(), "eval_attack": cfg.path.attack, "eps": cfg.attack.eps}
-    if out is not None:
-        atomic_write_json(out / "eval.json", {**result, "record": run_record(args.argv)})
+    result = evaluate_model_file(ckpt, cfg, Path(args.out) if args.out else None, args.argv)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_state(), indent=2))
         return 0
-    kind = f"ensemble of {result['members']}" if ckpt.members else ckpt.arch
-    Console().print(f"{path} ({kind}) on {data.info.name} test ({metrics.count} images): clean "
-                    f"{metrics.clean_acc:.2f}%, robust {metrics.robust_acc:.2f}% under "
+    m = result.metrics
+    kind = f"ensemble of {len(ckpt.members)}" if ckpt.members else ckpt.arch
+    Console().print(f"{ckpt.path} ({kind}) on {result.data.name} test ({m.count} images): clean "
+                    f"{m.clean_acc:.2f}%, robust {m.robust_acc:.2f}% under "
                     f"{cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255")
     return 0

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from robust_mc.commands import common
 from robust_mc.store.checkpoint import build_network, load_checkpoint
+from robust_mc.store.typed import write_record
 
 ORDER = 80
 HELP = "print a checkpoint's architecture, size, normalization and recorded metrics"
@@ -34,14 +35,14 @@ def describe(path: str, args: argparse.Namespace) -> dict:
         "arch_kwargs": ckpt.arch_kwargs,
         "parameters": sum(p.numel() for p in model.parameters()),
         "normalization": ckpt.normalization,
-        "dataset": meta.get("dataset"),
-        "kind": meta.get("kind", "endpoint"),
-        "objective": meta.get("objective"),
-        "metrics": meta.get("metrics", {}),
+        "dataset": meta.dataset,
+        "kind": meta.kind,
+        "objective": write_record(meta.objective) if meta.objective else None,
+        "metrics": write_record(meta.metrics) if meta.metrics else {},
     }
     if ckpt.members is not None:
         info.update(members=len(ckpt.members), combine=ckpt.combine,
-                    members_t=meta.get("members_t"))
+                    members_t=meta.members_t)
     return info
 
 

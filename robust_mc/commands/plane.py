@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, PlaneConfig, build_config, flatten, to_dict
+from robust_mc.config import ConnectRunConfig, PlaneConfig, build_config, to_dict
+from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.plane import run_plane
 from robust_mc.report.plane import plot_plane, write_plane_csv
 from robust_mc.run.progress import Reporter
@@ -38,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.run_path)
     curve_file = source / "curve.pt" if source.is_dir() else source
     saved = CurveRun.read(curve_file, common.load_options(args))
-    cfg = build_config(ConnectRunConfig, None, {**flatten(saved.config),
-                                                **common.overrides(args)})
+    cfg = reopened_config(saved.config, common.overrides(args))
     plane_cfg = build_config(PlaneConfig, None, {key: getattr(args, key)
                                                  for key in PLANE_FLAGS.values()
                                                  if getattr(args, key) is not None})

@@ -15,6 +15,7 @@ from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.typed import write_record
 
 ORDER = 10
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"
@@ -53,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         remove(state)
     reporter.print(f"wrote {path}")
     if args.json:
-        print(json.dumps({"checkpoint": str(path), **ckpt.meta["metrics"],
-                          "timings": ckpt.meta["timings"]}, indent=2))
+        print(json.dumps({"checkpoint": str(path), **write_record(ckpt.meta.metrics),
+                          "timings": write_record(ckpt.meta.timings)}, indent=2))
     return 0

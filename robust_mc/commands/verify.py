@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, build_config, flatten
+from robust_mc.config import ConnectRunConfig
 from robust_mc.errors import UserError
+from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.verification import verify_finished_run
 from robust_mc.report.verification import print_verification
 from robust_mc.run.progress import Reporter
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} holds no finished run (no readable summary.json); finish "
                         "it by rerunning its connect command, then verify it")
     overrides = {**common.overrides(args), "verify.enabled": True}
-    cfg = build_config(ConnectRunConfig, None, {**flatten(summary.config), **overrides})
+    cfg = reopened_config(summary.config, overrides)
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
     summary = verify_finished_run(run_dir, summary, cfg, runtime, reporter,

@@ -69,9 +69,11 @@ def preflight(cfg: ConnectRunConfig, re_evaluation: bool = False) -> None:
                         "epochs (one phase before and after each update); raise --epochs")
 
 
-def config_from_run(run: CurveRun, overrides: dict) -> ConnectRunConfig:
-    """The saved run's configuration with the user's overrides on top, validated."""
-    cfg = build_config(ConnectRunConfig, None, {**flatten(run.config), **overrides})
+def reopened_config(saved: dict, overrides: dict) -> ConnectRunConfig:
+    """The one way a saved run's settings (curve.pt's or summary.json's ``config``) become a
+    typed configuration again, with the user's overrides on top, validated: eval, ensemble,
+    plane and verify reopen runs with it."""
+    cfg = build_config(ConnectRunConfig, None, {**flatten(saved), **overrides})
     preflight(cfg, re_evaluation=True)
     return cfg
 

@@ -18,7 +18,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_se
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.small import TINYTEN_MIN_IMAGE_SIZE
 from robust_mc.run import distributed
-from robust_mc.run.files import as_written, atomic_torch_save, remove
+from robust_mc.run.files import as_written, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
@@ -28,8 +28,14 @@ from robust_mc.store.checkpoint import (
     LoadOptions,
     checkpoint_from_model,
     load_checkpoint,
-    read_torch_file,
     save_checkpoint,
+)
+from robust_mc.store.meta import (
+    CheckpointMeta,
+    EpochRecord,
+    ObjectiveRecord,
+    RecordedMetrics,
+    Timings,
 )
 from robust_mc.store.resume import (
     RESTORE_FIX,
@@ -40,6 +46,7 @@ from robust_mc.store.resume import (
     restore_rng,
     rng_state,
 )
+from robust_mc.store.train_state import TrainState, read_train_state
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.ema import WeightAverage
 from robust_mc.train.loop import EpochResult, Position, Trainer, TrainingContext, make_optimizer
@@ -87,7 +94,6 @@ def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
     return model.train()
 
 
-TRAIN_STATE_FORMAT = "robust-mc-train-state/1"
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -100,7 +106,7 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                    argv: list[str] | None = None, data: Data | None = None,
                    state_path: Path | None = None, policy: ResumePolicy = ResumePolicy.AUTO,
                    stop: StopSignals | None = None,
-                   snapshot: Callable[[int, dict], None] | None = None) -> Checkpoint:
+                   snapshot: Callable[[int, TrainState], None] | None = None) -> Checkpoint:
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
 
     With ``state_path`` the run saves a resumable state there (see ``Trainer.fit``) and
@@ -124,7 +130,7 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
 
 def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: dict,
            data: Data | None, state_path: Path | None, policy: ResumePolicy,
-           stop: StopSignals, snapshot: Callable[[int, dict], None] | None) -> Checkpoint:
+           stop: StopSignals, snapshot: Callable[[int, TrainState], None] | None) -> Checkpoint:
     saved = load_train_state(state_path, cfg, policy)
     data = data or load_data(cfg.data)
     model = build_endpoint_model(cfg, data)
@@ -147,14 +153,14 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     position, history = Position(), []
     if saved is not None:
         with as_written(state_path or "the saved training state", RESTORE_FIX):
-            model.load_state_dict(saved["model"])
-            load_optimizer_state(optimizer, saved["optimizer"])
-            position = Position.from_state(saved["position"])
-            history = list(saved["history"])
-            record = saved["record"]
-            restore_rng(saved["rng"], generator, attack_stream)
-            if average is not None and saved.get("ema") is not None:
-                average.load(saved["ema"])
+            model.load_state_dict(saved.model)
+            load_optimizer_state(optimizer, saved.optimizer)
+            position = Position.from_state(saved.position)
+            history = list(saved.history)
+            record = saved.record
+            restore_rng(saved.rng, generator, attack_stream)
+            if average is not None and saved.ema is not None:
+                average.load(saved.ema)
     a = cfg.attack
     monitor = a.build()
     arch = endpoint_arch(cfg, data.info)
@@ -176,24 +182,22 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         task.perturbing = perturbation is not None and epoch + 1 >= obj.awp_warmup
         val = evaluate_model(model, on_device.val.take(MONITOR_IMAGES), monitor, runtime,
                              cfg.eval.batch_size)
-        history.append({"epoch": epoch + 1, "loss": result.loss, "train_acc": result.train_acc,
-                        "images_per_s": result.images_per_s, "seconds": result.seconds,
-                        "val_clean_acc": val.clean_acc, "val_robust_acc": val.robust_acc})
+        history.append(EpochRecord(epoch + 1, result.loss, result.train_acc,
+                                   result.images_per_s, result.seconds, val.clean_acc,
+                                   val.robust_acc))
         reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
                        f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
 
-    def state() -> dict:
-        return {"format": TRAIN_STATE_FORMAT, "config": to_dict(cfg),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "position": position.state(), "history": history,
-                "rng": rng_state(generator, attack_stream), "record": record,
-                "ema": average.state() if average is not None else None}
+    def state() -> TrainState:
+        return TrainState(to_dict(cfg), model.state_dict(), optimizer.state_dict(),
+                          position.state(), rng_state(generator, attack_stream), list(history),
+                          record, average.state() if average is not None else None)
 
     def save() -> None:
         if state_path is not None or snapshot is not None:
             current = state()
             if state_path is not None:
-                atomic_torch_save(current, state_path)
+                current.write(state_path)
             if snapshot is not None:
                 snapshot(position.epoch, current)
 
@@ -216,18 +220,14 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
     test = evaluate_test(model, on_device, cfg, runtime)
     reporter.print(f"[bold]test[/] clean {test.clean_acc:.2f}%  robust {test.robust_acc:.2f}% "
                    f"({cfg.eval.attack}, eps {a.eps * 255:.3g}/255)")
-    meta = {
-        "dataset": cfg.data.dataset,
-        "config": to_dict(cfg),
-        "metrics": {"test": test.as_dict(), "eval_attack": cfg.eval.attack, "eps": a.eps},
-        "objective": {"name": obj.name, "beta": obj.beta, "ema": obj.ema, "awp": obj.awp,
-                      "awp_warmup": obj.awp_warmup},
-        "history": history,
-        "runtime": runtime.describe(),
-        "timings": {"train_s": sum(h["seconds"] for h in history),
-                    "images_per_s": sum(h["images_per_s"] for h in history) / len(history)},
-        "record": record,
-    }
+    meta = CheckpointMeta(
+        kind="endpoint", dataset=cfg.data.dataset, config=to_dict(cfg),
+        metrics=RecordedMetrics(test=test, eval_attack=cfg.eval.attack, eps=a.eps),
+        objective=ObjectiveRecord(obj.name, obj.beta, obj.ema, obj.awp, obj.awp_warmup),
+        history=history, runtime=runtime.describe(),
+        timings=Timings(sum(h.seconds for h in history),
+                        sum(h.images_per_s for h in history) / len(history)),
+        record=record)
     return checkpoint_from_model(model, arch, arch_kwargs_for(data, cfg.model.width), meta,
                                  model_kwargs=cfg.model.kwargs)
 
@@ -240,7 +240,7 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
     with these settings, else trained (resumably, next to ``path``) and written."""
     if path.is_file() and policy is not ResumePolicy.FRESH:
         ckpt = load_checkpoint(path, LoadOptions(named=(cfg.model.arch,)))
-        if continues(ResumePolicy.REPLACE, path, ckpt.meta.get("config") or {}, to_dict(cfg)):
+        if continues(ResumePolicy.REPLACE, path, ckpt.meta.config, to_dict(cfg)):
             reporter.print(f"reusing {path} (trained with these settings)")
             return ckpt
     state = state_path_for(path)
@@ -252,15 +252,13 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
 
 
 def load_train_state(path: Path | None, cfg: TrainRunConfig, policy: ResumePolicy
-                     ) -> dict | None:
+                     ) -> TrainState | None:
     """The saved state to continue, or None to start afresh, as ``policy`` decides."""
     if path is None or policy is ResumePolicy.FRESH or not path.exists():
         continues(policy, path or Path("the output"), None, {}, what="training state")
         return None
-    state = read_torch_file(path)
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise UserError(f"{path} is not a robust-mc training state; delete it or pass --fresh")
-    return state if continues(policy, path, state["config"], to_dict(cfg),
+    state = read_train_state(path, "delete it or pass --fresh")
+    return state if continues(policy, path, state.config, to_dict(cfg),
                               what="training state") else None
 
 

@@ -22,6 +22,7 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
+from robust_mc.store.meta import CheckpointMeta, RecordedMetrics
 from robust_mc.store.records import CurveRun
 
 CONTENDERS = ("ensemble", "endpoint a", "endpoint b", "a + b")
@@ -85,9 +86,11 @@ def ensemble_checkpoint(pair: Pair, chosen: list, result: EnsembleResult,
                         ) -> Checkpoint:
     """An ensemble checkpoint (``robust-mc-ensemble/1``) that eval and info read."""
     members = [pair.a.with_weights(m).state_dict for m in chosen]
-    meta = {"dataset": cfg.data.dataset, "kind": "ensemble", "members_t": result.members_t,
-            "metrics": {"test": result.test["ensemble"].as_dict(),
-                        "eval_attack": cfg.path.attack, "eps": cfg.attack.eps},
-            "source": str(source), "config": to_dict(cfg)}
+    meta = CheckpointMeta(kind="ensemble", dataset=cfg.data.dataset,
+                          members_t=list(result.members_t),
+                          metrics=RecordedMetrics(test=result.test["ensemble"],
+                                                  eval_attack=cfg.path.attack,
+                                                  eps=cfg.attack.eps),
+                          source=str(source), config=to_dict(cfg))
     return replace(pair.a.with_weights(chosen[0], meta), members=members,
                    combine=choice.combine)

@@ -47,7 +47,7 @@ class Pair:
     def config_base(self, keep_attack: tuple[str, ...] | None = None) -> dict:
         """Defaults taken from endpoint a's recorded training: its dataset and attack (only the
         ``keep_attack`` keys of it, when given)."""
-        config = self.a.meta.get("config") or {}
+        config = self.a.meta.config
         base: dict = {}
         if isinstance(config.get("data"), dict):
             base["data"] = {k: v for k, v in config["data"].items()

@@ -22,6 +22,7 @@ from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
+from robust_mc.store.meta import CheckpointMeta, RecordedMetrics
 from robust_mc.store.records import (
     BestPoint,
     CurveInfo,
@@ -167,10 +168,10 @@ def best_checkpoint(run: PathRun, pair: Pair, summary: PathSummary, cfg: Connect
     if run.best is None or summary.best is None:
         return None
     best = summary.best
-    meta = {"dataset": cfg.data.dataset, "kind": "on-path", "t": best.t,
-            "metrics": {"val": best.val.as_dict(), "test": best.test.as_dict(),
-                        "eval_attack": cfg.path.attack, "eps": cfg.attack.eps},
-            "endpoints": {"a": pair.a.path, "b": pair.b.path}, "config": to_dict(cfg)}
+    meta = CheckpointMeta(kind="on-path", dataset=cfg.data.dataset, t=best.t,
+                          metrics=RecordedMetrics(best.test, best.val, cfg.path.attack,
+                                                  cfg.attack.eps),
+                          endpoints={"a": pair.a.path, "b": pair.b.path}, config=to_dict(cfg))
     return pair.a.with_weights(run.best, meta)
 
 

@@ -26,21 +26,21 @@ from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import run_connect
 from robust_mc.pipelines.endpoint_training import (
-    TRAIN_STATE_FORMAT,
     state_path_for,
     train_endpoint,
     trained_endpoint,
 )
 from robust_mc.pipelines.layers import run_layers
 from robust_mc.pipelines.pair import Pair, load_pair
-from robust_mc.run.files import atomic_torch_save, ensure_out_dir, read_json, remove
+from robust_mc.run.files import ensure_out_dir, read_json, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import LoadOptions, read_torch_file, save_checkpoint
+from robust_mc.store.checkpoint import LoadOptions, save_checkpoint
 from robust_mc.store.records import PathLabel
 from robust_mc.store.resume import ResumePolicy, attack_generator, continues, rng_state
 from robust_mc.store.spawn_points import LayerFigures, SpawnPoint
+from robust_mc.store.train_state import TrainState, read_train_state
 
 WHOLE = "(whole network)"
 
@@ -75,9 +75,9 @@ def train_parent(cfg: SpawnRunConfig, epochs: list[int], out: Path, runtime: Run
     if path.is_file() and all(snapshot_path(out, k).is_file() for k in epochs):
         return
 
-    def keep(epoch: int, state: dict) -> None:
+    def keep(epoch: int, state: TrainState) -> None:
         if epoch in epochs:
-            atomic_torch_save(state, snapshot_path(out, epoch))
+            state.write(snapshot_path(out, epoch))
 
     reporter.print(f"[bold]parent[/] seed {parent.optim.seed}, {parent.optim.epochs} epochs; "
                    f"children fork at epochs {', '.join(map(str, epochs))}")
@@ -94,14 +94,14 @@ def fork(out: Path, epoch: int, child: TrainRunConfig, path: Path, device: torch
     if path.is_file() or state_file.is_file():
         return  # trained, or training (it continues)
     snapshot = snapshot_path(out, epoch)
-    state = read_torch_file(snapshot) if snapshot.is_file() else None
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise UserError(f"{snapshot} is not the parent's training state at epoch {epoch}; "
-                        "delete it (the parent is retrained to that epoch)")
+    fix = "delete it (the parent is retrained to that epoch)"
+    if not snapshot.is_file():
+        raise UserError(f"{snapshot}: the parent's training state at epoch {epoch} is missing; "
+                        "rerun the same command (the parent is retrained to that epoch)")
+    state = read_train_state(snapshot, fix)
     seed = child.optim.seed
-    state.update(config=to_dict(child), rng=rng_state(torch.Generator().manual_seed(seed),
-                                                      attack_generator(seed, device)))
-    atomic_torch_save(state, state_file)
+    state.with_run(to_dict(child), rng_state(torch.Generator().manual_seed(seed),
+                                             attack_generator(seed, device))).write(state_file)
 
 
 def run_spawn(cfg: SpawnRunConfig, out: Path, runtime: Runtime, reporter: Reporter,

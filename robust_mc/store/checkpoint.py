@@ -41,7 +41,9 @@ from robust_mc.models._registry import is_registered
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.models.trust import CodeTrust, canonical_spec
 from robust_mc.run.files import atomic_torch_save
+from robust_mc.store.meta import CheckpointMeta
 from robust_mc.store.safetensors_format import is_safetensors, read_safetensors
+from robust_mc.store.typed import read_record, write_record
 
 FORMAT = "robust-mc/1"
 ENSEMBLE_FORMAT = "robust-mc-ensemble/1"  # the same, with "members" (state dicts) and "combine"
@@ -55,7 +57,7 @@ class Checkpoint:
     arch_kwargs: dict
     state_dict: dict[str, torch.Tensor]
     normalization: dict[str, list[float]]
-    meta: dict = field(default_factory=dict)
+    meta: CheckpointMeta = field(default_factory=CheckpointMeta)
     path: str | None = None
     members: list[dict[str, torch.Tensor]] | None = None  # an ensemble: one state dict each
     combine: str = "logits"
@@ -71,15 +73,15 @@ class Checkpoint:
 
     @property
     def dataset(self) -> str | None:
-        return self.meta.get("dataset")
+        return self.meta.dataset
 
     def describe(self) -> str:
         """One line: what was loaded, from where, with which normalization and how many
         weights (shown before long work starts)."""
-        foreign = self.meta.get("source_format") == "foreign"
+        foreign = self.meta.source_format == "foreign"
         weights = sum(v.numel() for k, v in self.state_dict.items()
                       if v.is_floating_point() and "running_" not in k)
-        norm = self.meta.get("normalization_from", "recorded in the file")
+        norm = self.meta.normalization_from or "recorded in the file"
         return (f"{self.path}: {self.arch} ({'a plain state_dict' if foreign else 'robust-mc'}"
                 f"), normalization {norm}, {weights:,} weights")
 
@@ -87,7 +89,7 @@ class Checkpoint:
         """Tensors and plain values only, so that ``weights_only`` loading reads it back."""
         out = {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
                "state_dict": self.state_dict, "normalization": plain(self.normalization),
-               "meta": plain(self.meta)}
+               "meta": plain(write_record(self.meta))}
         if self.model_kwargs:
             out["model_kwargs"] = plain(self.model_kwargs)
         if self.members is not None:
@@ -95,11 +97,13 @@ class Checkpoint:
             del out["state_dict"]
         return out
 
-    def with_weights(self, model: Classifier, meta: dict | None = None) -> Checkpoint:
+    def with_weights(self, model: Classifier, meta: CheckpointMeta | None = None
+                     ) -> Checkpoint:
         """This checkpoint's architecture, arguments and normalization with ``model``'s weights
         (the architecture's own names) and ``meta``: how every network robust-mc derives from an
         endpoint (aligned, on the path, in an ensemble) is written."""
-        return replace(self, state_dict=weights_of(model), meta=dict(meta or {}), path=None,
+        return replace(self, state_dict=weights_of(model), meta=meta or CheckpointMeta(),
+                       path=None,
                        members=None)
 
 
@@ -200,11 +204,12 @@ def weights_of(model: Classifier) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_from_model(model: Classifier, arch: str, arch_kwargs: dict,
-                          meta: dict | None = None, model_kwargs: dict | None = None
+                          meta: CheckpointMeta | None = None,
+                          model_kwargs: dict | None = None
                           ) -> Checkpoint:
     # this process built ``model`` from ``arch``, so the code it names is already running
     return Checkpoint(arch, dict(arch_kwargs), weights_of(model), model.normalize.as_dict(),
-                      dict(meta or {}), model_kwargs=dict(model_kwargs or {}),
+                      meta or CheckpointMeta(), model_kwargs=dict(model_kwargs or {}),
                       trust=CodeTrust((canonical_spec(arch),)))
 
 
@@ -316,9 +321,9 @@ def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = N
     if options.arch is None:
         raise UserError(f"{path} is a plain state_dict without an architecture; pass --arch NAME")
     options.code.check(options.arch, str(path))
-    meta = {"source_format": "foreign",
-            "normalization_from": "as given" if options.normalization is not None else
-            "none (the file records none; --normalization sets it)"}
+    meta = CheckpointMeta(source_format="foreign", normalization_from=(
+        "as given" if options.normalization is not None else
+        "none (the file records none; --normalization sets it)"))
     # robust-mc's standard arguments (the shape) apart from the architecture's own: a zoo
     # architecture's width is robust-mc's multiplier, a user class's is its own argument
     standard = ARCH_STANDARD_KEYS if is_registered(options.arch) else SHAPE_KEYS
@@ -392,22 +397,13 @@ def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, to
     return value
 
 
-# meta fields robust-mc reads, and their types; others are kept as they are
-META_TYPES: dict[str, tuple[type, ...]] = {"dataset": (str, type(None)), "config": (dict,),
-                                           "metrics": (dict,), "kind": (str,),
-                                           "members_t": (list,), "timings": (dict,),
-                                           "objective": (dict,)}
-
-
-def checked_meta(value: Any, source: str | Path) -> dict:
-    if not isinstance(value, dict):
-        raise malformed(source, "'meta' must be a mapping")
-    for key, types in META_TYPES.items():
-        if key in value and not isinstance(value[key], types):
-            expected = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            raise malformed(source, f"meta {key!r} must be {expected}, not "
-                                    f"{type(value[key]).__name__}")
-    return value
+def checked_meta(value: Any, source: str | Path) -> CheckpointMeta:
+    """A native file's ``meta``, every field robust-mc reads checked (fields added since a
+    file was written take their defaults; fields it does not know are kept)."""
+    try:
+        return read_record(CheckpointMeta, value, "meta")
+    except ValueError as exc:
+        raise malformed(source, str(exc)) from None
 
 
 # the largest standard architecture arguments a file may record: beyond them a network does not

@@ -11,12 +11,13 @@ from robust_mc.errors import UserError
 from robust_mc.run.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from robust_mc.store.checkpoint import FORMAT, Checkpoint, plain
 from robust_mc.store.safetensors_format import safetensors_bytes
+from robust_mc.store.typed import write_record
 
 
 def _record(ckpt: Checkpoint) -> dict:
     return {"format": FORMAT, "arch": ckpt.arch, "arch_kwargs": plain(ckpt.arch_kwargs),
             "model_kwargs": plain(ckpt.model_kwargs), "normalization": plain(ckpt.normalization),
-            "meta": plain(ckpt.meta)}
+            "meta": plain(write_record(ckpt.meta))}
 
 
 def _safetensors(ckpt: Checkpoint, out: Path) -> list[Path]:

@@ -32,13 +32,19 @@ from robust_mc.run.files import as_written, atomic_torch_save, atomic_write_json
 from robust_mc.store.checkpoint import (
     Checkpoint,
     LoadOptions,
+    checked_meta,
     checked_model_kwargs,
     checked_state_dict,
+    checkpoint_from_object,
+    load_checkpoint,
     malformed,
     plain,
+    read_checkpoint_file,
     read_torch_file,
     recorded_architecture,
 )
+from robust_mc.store.meta import CheckpointMeta
+from robust_mc.store.typed import write_record
 from robust_mc.train.loop import Position
 
 CURVE_FORMAT = "robust-mc-curve/1"
@@ -104,7 +110,7 @@ class CurveRun:
     normalization: dict[str, list[float]]
     endpoint_states: dict[str, dict[str, torch.Tensor]]
     config: dict[str, Any]
-    endpoint_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    endpoint_meta: dict[str, CheckpointMeta] = field(default_factory=dict)
     endpoint_paths: dict[str, str | None] = field(default_factory=dict)
     endpoint_digests: dict[str, str] = field(default_factory=dict)
     permutation: dict[str, list[int]] | None = None  # b as connected = b as given permuted so
@@ -115,12 +121,13 @@ class CurveRun:
     rng: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per curve epoch
     options: LoadOptions = field(default_factory=LoadOptions, compare=False, repr=False)
+    path: Path | None = field(default=None, compare=False)  # the curve.pt it was read from
 
     def checkpoints(self) -> tuple[Checkpoint, Checkpoint]:
         """The endpoints as connected, as checkpoints that ``build_model`` builds."""
         return tuple(  # type: ignore[return-value]
             Checkpoint(self.arch, dict(self.arch_kwargs), self.endpoint_states[end],
-                       self.normalization, plain(self.endpoint_meta.get(end) or {}),
+                       self.normalization, self.endpoint_meta.get(end) or CheckpointMeta(),
                        self.endpoint_paths.get(end), model_kwargs=dict(self.model_kwargs),
                        trust=self.options.code)
             for end in ENDS)
@@ -130,7 +137,9 @@ class CurveRun:
         return {"format": CURVE_FORMAT, "curve": self.curve.state(), "arch": self.arch,
                 "arch_kwargs": self.arch_kwargs, "model_kwargs": self.model_kwargs,
                 "normalization": self.normalization,
-                "endpoint_states": self.endpoint_states, "endpoint_meta": self.endpoint_meta,
+                "endpoint_states": self.endpoint_states,
+                "endpoint_meta": {end: plain(write_record(meta))
+                                  for end, meta in self.endpoint_meta.items()},
                 "endpoints": self.endpoint_paths, "endpoint_digests": self.endpoint_digests,
                 "permutation": self.permutation, "alignment": self.alignment,
                 "pam": self.pam.to_state() if self.pam is not None else None,
@@ -185,11 +194,12 @@ class CurveRun:
                 raise malformed(source, f"the curve's parameter {name} {list(shape)} is not one "
                                         "of the endpoints' (names and shapes must agree)")
         return cls(curve, arch, arch_kwargs, checked_model_kwargs(obj, source), normalization,
-                   endpoint_states, obj["config"], {end: metas.get(end) or {} for end in ENDS},
+                   endpoint_states, obj["config"],
+                   {end: checked_meta(metas.get(end) or {}, source) for end in ENDS},
                    {end: p if isinstance(p := paths.get(end), str) else None for end in ENDS},
                    dict(obj.get("endpoint_digests") or {}), permutation, obj.get("alignment"),
                    pam, position, obj.get("optimizer"), obj.get("rng"),
-                   list(obj.get("history") or []), options)
+                   list(obj.get("history") or []), options, source)
 
     @classmethod
     def read(cls, path: Path, options: LoadOptions | None = None) -> CurveRun:
@@ -203,6 +213,24 @@ class CurveRun:
 
 def is_curve_state(obj: object) -> bool:
     return isinstance(obj, dict) and obj.get("format") == CURVE_FORMAT
+
+
+def open_model_file(source: str | Path, options: LoadOptions | None = None
+                    ) -> Checkpoint | CurveRun:
+    """The one way a command opens what it was given, read once and checked: a connect run
+    directory or its curve.pt (a :class:`CurveRun`); a model or ensemble checkpoint, robust-mc's
+    or another tool's (a :class:`Checkpoint`); or ``robustbench:<dataset>/<threat>/<Name>``
+    with its weights in ``options.model_dir``."""
+    options = options or LoadOptions()
+    if str(source).startswith("robustbench:"):
+        return load_checkpoint(str(source), options)
+    path = Path(source)
+    if path.is_dir():
+        return CurveRun.read(path / "curve.pt", options)
+    obj = read_checkpoint_file(path, options.unpickle)
+    if is_curve_state(obj):
+        return CurveRun.from_state(obj, path, options)
+    return checkpoint_from_object(obj, path, options, allow_ensemble=True)
 
 
 @dataclass(frozen=True)

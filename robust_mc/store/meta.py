@@ -1,0 +1,104 @@
+"""What a checkpoint records about its network beside the weights (its ``meta``), as typed
+records: how it was trained, what it measured, where it came from. Written and read with
+:mod:`robust_mc.store.typed`; every field is optional, so files of every earlier version load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from robust_mc.evaluation.robustness import Metrics
+
+Kind = Literal["endpoint", "on-path", "ensemble"]
+
+
+@dataclass(frozen=True)
+class RecordedMetrics:
+    """The network's figures when it was written: test (and validation) clean and robust
+    loss/accuracy under ``eval_attack`` at radius ``eps``."""
+
+    test: Metrics | None = None
+    val: Metrics | None = None
+    eval_attack: str | None = None
+    eps: float | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveRecord:
+    """What an endpoint was trained on (the train command's objective section)."""
+
+    name: str = "adversarial"
+    beta: float = 6.0
+    ema: float | None = None
+    awp: float | None = None
+    awp_warmup: int = 0
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One training epoch: its loss, speed and validation accuracies."""
+
+    epoch: int
+    loss: float
+    train_acc: float
+    images_per_s: float
+    seconds: float
+    val_clean_acc: float
+    val_robust_acc: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    train_s: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class AlignmentRecord:
+    """How b was aligned to a (`robust-mc align`): the method, the per-space report, the
+    permutation and the settings."""
+
+    method: str
+    inputs: str
+    samples: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    spaces: list[dict[str, Any]] = field(default_factory=list)
+    mean_corr_before: float | None = None
+    mean_corr_after: float | None = None
+    function_error: float | None = None
+    a: str | None = None
+    b: str | None = None
+    left_alone: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    permutation: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """A checkpoint's ``meta``. ``kind``: a trained endpoint, the best network on a path, or an
+    ensemble of path points; ``config``: the resolved settings of the run that wrote it (its
+    command's run configuration, as written); ``source_format`` and ``normalization_from``:
+    a foreign file's, as it was read."""
+
+    kind: Kind = "endpoint"
+    dataset: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: RecordedMetrics | None = None
+    objective: ObjectiveRecord | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+    timings: Timings | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # provenance: command line, versions
+    t: float | None = None  # on-path: where on the path
+    endpoints: dict[str, str | None] | None = None  # on-path: the endpoint files
+    members_t: list[float] | None = None  # ensemble: the members' t
+    source: str | None = None  # ensemble: the run it was chosen from
+    alignment: AlignmentRecord | None = None  # b aligned to a by `robust-mc align`
+    source_format: Literal["robust-mc", "foreign"] = "robust-mc"
+    normalization_from: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    @property
+    def eps(self) -> float | None:
+        return self.metrics.eps if self.metrics is not None else None
