@@ -231,7 +231,7 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
     policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
     pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, policy, stop)
     cells = grid(cfg, methods, pairs, out)
-    kept = VerifiedPoints(out / "verified")  # an endpoint is the same network in every cell
+    verified = VerifiedPoints(out / "verified")  # an endpoint is the same network in every cell
     mine = [cell for number, cell in enumerate(cells) if shard is None or shard.takes(number)]
     results: dict[Path, CellResult] = {}
     held_elsewhere = []
@@ -243,13 +243,13 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
             held_elsewhere.append(cell)
         else:
             results[cell.out] = compute(cell, claim, number, len(mine), runtime, reporter,
-                                        argv, policy, stop, kept)
+                                        argv, policy, stop, verified)
     for cell in held_elsewhere:
         reporter.print(f"waiting for {cell.out}, which another worker computes")
         while not wait_for(cell.out, cell.is_done):
             if (claim := try_claim(cell.out)) is not None:  # its worker left it unfinished
                 results[cell.out] = compute(cell, claim, 0, len(mine), runtime, reporter,
-                                            argv, policy, stop, kept)
+                                            argv, policy, stop, verified)
                 break
         else:
             summary = cell.finished()
@@ -268,14 +268,14 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
 
 def compute(cell: Cell, claim: Path, number: int, total: int, runtime: Runtime,
             reporter: Reporter, argv: list[str] | None, policy: ResumePolicy,
-            stop: StopSignals, kept: VerifiedPoints) -> CellResult:
+            stop: StopSignals, verified: VerifiedPoints) -> CellResult:
     """Run one claimed cell, holding its claim; its verified points are read back from (and
-    added to) ``kept``, shared by every cell."""
+    added to) ``verified``, shared by every cell."""
     reporter.print(f"[bold]cell {number}/{total}[/]: {cell.pair_id} {cell.method.name}"
                    + (f" seed {cell.seed}" if cell.seed is not None else ""))
     with holding(claim):
         summary = run_connect(cell.pair, cell.cfg, cell.out, runtime, reporter, argv, policy,
-                              stop, kept)
+                              stop, verified)
     return cell.result(summary, cached=False)
 
 

@@ -42,7 +42,13 @@ from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.store.checkpoint import LoadOptions
 from robust_mc.store.records import CurveRun, PathSummary
-from robust_mc.store.resume import ResumePolicy, continues, remove_stale_temps
+from robust_mc.store.resume import (
+    Resume,
+    ResumePolicy,
+    decide_resume,
+    remove_stale_temps,
+    require_saved,
+)
 from robust_mc.store.verified_points import VerifiedPoints
 
 RUN_FILES = ("curve.pt", PROGRESS_FILE, "path.json", "path.csv", "summary.json", "best.pt",
@@ -89,16 +95,19 @@ def completed_run(out: Path, cfg: ConnectRunConfig, digests: dict[str, str]
         other = "other endpoints"
     elif not all((out / name).is_file() for name in summary.files):
         other = "files missing"
-    finished = continues(ResumePolicy.REPLACE, out, summary.config, to_dict(cfg), other=other)
-    return summary if finished else None
+    decision = decide_resume(ResumePolicy.REPLACE, out, summary.config, to_dict(cfg),
+                             other=other)
+    return summary if decision is Resume.CONTINUE else None
 
 
 def saved_run(session: ConnectSession, policy: ResumePolicy) -> CurveRun | None:
     """The interrupted run in ``session.out`` to continue, or None to start afresh, as
     ``policy`` decides (a run that cannot continue is refused, or replaced)."""
     path, pair = session.out / "curve.pt", session.pair
-    if policy is ResumePolicy.FRESH or not path.exists():
-        continues(policy, session.out, None, {})
+    if policy is ResumePolicy.FRESH:
+        return None
+    if not path.exists():
+        require_saved(policy, session.out)
         return None
     run = CurveRun.read(path, LoadOptions(named=(pair.a.arch,)))
     other = None
@@ -107,7 +116,8 @@ def saved_run(session: ConnectSession, policy: ResumePolicy) -> CurveRun | None:
         other = "other endpoints"
     elif run.position is None:
         other = "written by an older robust-mc that cannot resume"
-    if continues(policy, session.out, run.config, to_dict(session.cfg), other=other):
+    if decide_resume(policy, session.out, run.config, to_dict(session.cfg),
+                     other=other) is Resume.CONTINUE:
         return run
     session.reporter.print(f"  {session.out}: the settings or endpoints changed; starting over")
     return None
@@ -135,7 +145,7 @@ def write_outputs(session: ConnectSession, run: PathRun, summary: PathSummary,
 def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                 reporter: Reporter, argv: list[str] | None = None,
                 policy: ResumePolicy = ResumePolicy.AUTO, stop: StopSignals | None = None,
-                kept: VerifiedPoints | None = None) -> PathSummary:
+                verified: VerifiedPoints | None = None) -> PathSummary:
     """The whole of `robust-mc connect`: align, train, evaluate, write every output file.
 
     Args:
@@ -146,7 +156,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
             or is replaced, as ``policy`` says.
         runtime, reporter, argv, stop: where it runs, where it reports, the command line to
             record, the signals that stop it after saving.
-        kept: verified points to read back (and add to) with ``cfg.verify``: a bench shares
+        verified: verified points to read back (and add to) with ``cfg.verify``: a bench shares
             them between its cells, whose endpoints are the same networks.
 
     Returns:
@@ -158,8 +168,8 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                               start_runtime("auto"), Reporter())
         print(summary.barriers["test"].robust_loss_barrier)
     """
-    if policy is ResumePolicy.RESUME and not (out / "curve.pt").is_file():
-        continues(policy, out, None, {})  # refused before anything is loaded or written
+    if not (out / "curve.pt").is_file():
+        require_saved(policy, out)  # refused before anything is loaded or written
     data = load_data(cfg.data)
     pair.check_data(data)
     out = ensure_out_dir(out, RUN_FILES)  # only once the inputs are known to be good
@@ -173,15 +183,15 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
         reporter.print(f"{out} already holds this run, complete; --fresh recomputes it")
         if needs_verification(finished, cfg):
             return verify_finished_run(out, finished, cfg, runtime, reporter,
-                                       LoadOptions(named=(pair.a.arch,)), kept)
+                                       LoadOptions(named=(pair.a.arch,)), verified)
         return finished
     saved = saved_run(session, policy)
     with seeded(cfg.optim.seed):  # what draws from torch's global streams (user modules)
-        return align_train_evaluate(session, saved, run_record(argv), kept)
+        return align_train_evaluate(session, saved, run_record(argv), verified)
 
 
 def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record: dict,
-                         kept: VerifiedPoints | None = None) -> PathSummary:
+                         verified: VerifiedPoints | None = None) -> PathSummary:
     """Align (or take the saved run's endpoints), train the curve from where ``saved`` stopped,
     evaluate along it and write every output file; summary.json last."""
     pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
@@ -206,7 +216,7 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     summary = summarize(result, cfg)
     if cfg.verify.enabled:
         summary.verification = verify_path(session, curve, endpoints, result.points,
-                                           summary.best.t if summary.best else None, kept)
+                                           summary.best.t if summary.best else None, verified)
     summary.alignment, summary.pam, summary.training = (endpoints.alignment, endpoints.pam,
                                                         history)
     summary.record, summary.runtime = record, runtime.describe()

@@ -123,7 +123,7 @@ def pam_updater(session: ConnectSession, curve: Curve, template: Classifier,
             return
         number = after.index(epochs_done) + 1
         perm = permutation_phase(curve, template, spec, context, attack=cfg.attack,
-                                 curve_cfg=cfg.curve, optim=cfg.optim, pam=cfg.pam,
+                                 curve_cfg=cfg.curve, optim_settings=cfg.optim, pam=cfg.pam,
                                  label=f"permutation update {number}/{outer}, epoch")
         permute_model(endpoints.b, spec, perm)
         with torch.no_grad():

@@ -39,10 +39,12 @@ from robust_mc.store.meta import (
 )
 from robust_mc.store.resume import (
     RESTORE_FIX,
+    Resume,
     ResumePolicy,
     attack_generator,
-    continues,
+    decide_resume,
     load_optimizer_state,
+    require_saved,
     restore_rng,
     rng_state,
 )
@@ -240,7 +242,8 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
     with these settings, else trained (resumably, next to ``path``) and written."""
     if path.is_file() and policy is not ResumePolicy.FRESH:
         ckpt = load_checkpoint(path, LoadOptions(named=(cfg.model.arch,)))
-        if continues(ResumePolicy.REPLACE, path, ckpt.meta.config, to_dict(cfg)):
+        if decide_resume(ResumePolicy.REPLACE, path, ckpt.meta.config,
+                         to_dict(cfg)) is Resume.CONTINUE:
             reporter.print(f"reusing {path} (trained with these settings)")
             return ckpt
     state = state_path_for(path)
@@ -254,12 +257,14 @@ def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter
 def load_train_state(path: Path | None, cfg: TrainRunConfig, policy: ResumePolicy
                      ) -> TrainState | None:
     """The saved state to continue, or None to start afresh, as ``policy`` decides."""
-    if path is None or policy is ResumePolicy.FRESH or not path.exists():
-        continues(policy, path or Path("the output"), None, {}, what="training state")
+    if policy is ResumePolicy.FRESH:
+        return None
+    if path is None or not path.exists():
+        require_saved(policy, path or Path("the output"), what="training state")
         return None
     state = read_train_state(path, "delete it or pass --fresh")
-    return state if continues(policy, path, state.config, to_dict(cfg),
-                              what="training state") else None
+    decision = decide_resume(policy, path, state.config, to_dict(cfg), what="training state")
+    return state if decision is Resume.CONTINUE else None
 
 
 def evaluate_test(model: Classifier, data: Data, cfg: TrainRunConfig, runtime: Runtime) -> Metrics:

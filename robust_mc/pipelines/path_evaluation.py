@@ -19,7 +19,7 @@ from robust_mc.evaluation.similarity import LayerSimilarity
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.session import ConnectSession
-from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json
+from robust_mc.run.files import as_written, at_most, atomic_write_json
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.store.meta import CheckpointMeta, RecordedMetrics
@@ -31,7 +31,7 @@ from robust_mc.store.records import (
     PathSummary,
     SecondsPerT,
 )
-from robust_mc.store.resume import ResumePolicy, continues
+from robust_mc.store.resume import saved_progress
 
 PROGRESS_FILE = "path-progress.json"
 REPRODUCE_TOLERANCE = 0.5  # accuracy points
@@ -65,9 +65,8 @@ class EvaluationProgress:
         self.config = to_dict(cfg)
         self.stop = stop or StopSignals()
         self.paths: dict[str, list[PointResult]] = {}
-        saved = read_json(path) if path.is_file() else None
-        if isinstance(saved, dict) and continues(ResumePolicy.REPLACE, path,
-                                                 saved.get("config") or {}, self.config):
+        saved = saved_progress(path, self.config)
+        if saved is not None:
             with as_written(path, "delete it to evaluate the path from its first t"):
                 self.paths = {
                     str(label): [PointResult.from_dict(p) for p in at_most(pts, cfg.path.points)]

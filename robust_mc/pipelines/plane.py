@@ -16,12 +16,12 @@ from robust_mc.evaluation.path import network_with, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.session import open_saved_run
 from robust_mc.run import distributed
-from robust_mc.run.files import as_written, at_most, atomic_write_json, read_json, remove
+from robust_mc.run.files import as_written, at_most, atomic_write_json, remove
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.plane_grid import PlaneResult
 from robust_mc.store.records import CurveRun
-from robust_mc.store.resume import ResumePolicy, continues
+from robust_mc.store.resume import saved_progress
 
 PROGRESS_FILE = "plane-progress.json"
 CURVE_SAMPLES = 41  # points of the curve drawn over the plane
@@ -78,9 +78,8 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
 
 def saved_points(path: Path, settings: dict, count: int) -> list[Metrics]:
     """The grid points (of ``count``) an interrupted run with the same settings evaluated."""
-    saved = read_json(path) if path.is_file() else None
-    if not isinstance(saved, dict) or not continues(ResumePolicy.REPLACE, path,
-                                                    saved.get("config") or {}, settings):
+    saved = saved_progress(path, settings)
+    if saved is None:
         return []
     with as_written(path, "delete it to evaluate the plane from its first point"):
         return [Metrics.from_state(m) for m in at_most(saved.get("points") or [], count)]

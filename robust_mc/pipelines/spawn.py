@@ -32,13 +32,13 @@ from robust_mc.pipelines.endpoint_training import (
 )
 from robust_mc.pipelines.layers import run_layers
 from robust_mc.pipelines.pair import Pair, load_pair
-from robust_mc.run.files import ensure_out_dir, read_json, remove
+from robust_mc.run.files import as_written, ensure_out_dir, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.checkpoint import LoadOptions, save_checkpoint
 from robust_mc.store.records import PathLabel
-from robust_mc.store.resume import ResumePolicy, attack_generator, continues, rng_state
+from robust_mc.store.resume import ResumePolicy, attack_generator, rng_state, saved_progress
 from robust_mc.store.spawn_points import LayerFigures, SpawnPoint
 from robust_mc.store.train_state import TrainState, read_train_state
 
@@ -151,10 +151,10 @@ def layer_figures(pair: Pair, cfg: LayersRunConfig, out: Path, runtime: Runtime,
                   reporter: Reporter, argv: list[str] | None) -> LayerFigures:
     """The whole network's measured and predicted midpoint barriers (aligned), and the layer
     group with the largest measured robust barrier; read back when computed with ``cfg``."""
-    saved = read_json(out / "layers.json")
-    if isinstance(saved, dict) and continues(ResumePolicy.REPLACE, out,
-                                             saved.get("config") or {}, to_dict(cfg)):
-        rows = saved["aligned"]["groups"]
+    saved = saved_progress(out / "layers.json", to_dict(cfg))
+    if saved is not None:
+        with as_written(out / "layers.json", "delete it to measure the layers again"):
+            rows = list(saved["aligned"]["groups"])
     else:
         rows = [r.as_dict() for r in run_layers(pair, cfg, runtime, reporter, out,
                                                 argv)["aligned"]]

@@ -31,15 +31,15 @@ from robust_mc.store.verified_points import VerifiedPoints
 
 def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
                 points: list[PointResult], best_t: float | None,
-                kept: VerifiedPoints | None = None) -> Verification:
+                verified: VerifiedPoints | None = None) -> Verification:
     """The endpoints, ``best_t`` and the t of the worst test robust loss among ``points``,
-    each verified on the first ``verify.images`` test images; a point ``kept`` already holds
+    each verified on the first ``verify.images`` test images; a point ``verified`` already holds
     (the same network, images and settings) is read back instead."""
     cfg, data, runtime = session.cfg, session.data, session.runtime
     chosen = points_to_verify([p.t for p in points], [p.test.robust_loss for p in points],
                               best_t)
     images = data.test.take(cfg.verify.images)
-    context = None if kept is None else kept.context(images, {
+    context = None if verified is None else verified.context(images, {
         "path_attack": cfg.path.attack, "eps": cfg.attack.eps, "norm": cfg.attack.norm,
         "verify": verification_settings(cfg.verify), "batch_size": cfg.path.batch_size,
         "reference": reference_version()})
@@ -48,7 +48,7 @@ def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
         t, roles = item
         model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
         key = "" if context is None else VerifiedPoints.key(model, context)
-        if kept is not None and (point := kept.get(key, t, roles)) is not None:
+        if verified is not None and (point := verified.get(key, t, roles)) is not None:
             return key, point, True
         return key, verify_point(model, t, roles, images, path_attack=cfg.path.attack,
                                  eps=cfg.attack.eps, norm=cfg.attack.norm,
@@ -56,8 +56,8 @@ def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
                                  runtime=runtime, batch_size=cfg.path.batch_size), False
 
     def done(key: str, point: PointVerification, read_back: bool) -> str:
-        if kept is not None and not read_back and distributed.writes_files():
-            kept.put(key, point)
+        if verified is not None and not read_back and distributed.writes_files():
+            verified.put(key, point)
         return (f"t={point.t:.2f} AutoAttack {point.autoattack_figure:.1f}%"
                 + (" (verified before)" if read_back else ""))
 
@@ -79,9 +79,9 @@ def needs_verification(summary: PathSummary, cfg: ConnectRunConfig) -> bool:
 def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConfig,
                         runtime: Runtime, reporter: Reporter,
                         options: LoadOptions | None = None,
-                        kept: VerifiedPoints | None = None) -> PathSummary:
+                        verified: VerifiedPoints | None = None) -> PathSummary:
     """Verify the path of a finished connect (or eval) run in ``run_dir`` (reading back the
-    points ``kept`` holds) and rewrite its summary.json with the ``verification`` section."""
+    points ``verified`` holds) and rewrite its summary.json with the ``verification`` section."""
     curve_file = run_dir / "curve.pt"
     if not curve_file.is_file() and summary.source:  # an eval directory: its curve is elsewhere
         curve_file = Path(summary.source)
@@ -94,7 +94,7 @@ def verify_finished_run(run_dir: Path, summary: PathSummary, cfg: ConnectRunConf
                         f"the run with robust-mc eval {run_dir}")
     saved = open_saved_run(CurveRun.read(curve_file, options), cfg, run_dir, runtime, reporter)
     summary.verification = verify_path(saved.session, saved.curve, saved.endpoints, points,
-                                       summary.best.t if summary.best else None, kept)
+                                       summary.best.t if summary.best else None, verified)
     summary.config = {**summary.config, "verify": to_dict(cfg.verify)}
     summary.write(run_dir / "summary.json")
     return summary

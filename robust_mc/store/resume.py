@@ -26,6 +26,7 @@ from robust_mc.config import (
 )
 from robust_mc.errors import UserError
 from robust_mc.run import distributed
+from robust_mc.run.files import read_json
 
 # settings that may change between a run and its continuation (marked ``may_change`` where they
 # are defined): where it runs, how its work is batched and laid out in memory, and how often it
@@ -50,25 +51,47 @@ class ResumePolicy(enum.Enum):
         return cls.RESUME if resume else cls.FRESH if fresh else cls.AUTO
 
 
-def continues(policy: ResumePolicy, where: Path, saved: dict | None, current: dict, *,
-              other: str | None = None, what: str = "run") -> bool:
-    """The one decision on a saved run: whether it continues (True) or the new run starts over
-    (False), or a one-line refusal. ``saved`` is the saved run's configuration (None: nothing is
-    saved), ``current`` the new one's; ``other`` names what else differs (other endpoints, a file
-    that cannot be resumed)."""
-    if saved is None or policy is ResumePolicy.FRESH:
-        if saved is None and policy is ResumePolicy.RESUME:
-            raise UserError(f"--resume: {where} holds no saved {what} to continue; drop --resume "
-                            "to start one")
-        return False
+class Resume(enum.Enum):
+    """What becomes of a saved run."""
+
+    CONTINUE = "continue"  # the new run takes up where it stopped
+    RESTART = "restart"  # the new run starts over (and replaces it)
+
+
+def require_saved(policy: ResumePolicy, where: Path, what: str = "run") -> None:
+    """``--resume`` with nothing saved at ``where`` is refused in one line, before any work."""
+    if policy is ResumePolicy.RESUME:
+        raise UserError(f"--resume: {where} holds no saved {what} to continue; drop --resume "
+                        "to start one")
+
+
+def decide_resume(policy: ResumePolicy, where: Path, saved: dict, current: dict, *,
+                  other: str | None = None, what: str = "run") -> Resume:
+    """The one decision on a saved run: continue it, start over, or refuse in one line (a
+    ``UserError`` naming what differs and the way out). ``saved`` is the saved run's
+    configuration as written, ``current`` the new one's; ``other`` names what else differs
+    (other endpoints, a file that cannot be resumed)."""
+    if policy is ResumePolicy.FRESH:
+        return Resume.RESTART
     differences = ([other] if other else []) + config_differences(saved, current)
     if not differences:
-        return True
+        return Resume.CONTINUE
     if policy is ResumePolicy.REPLACE:
-        return False
+        return Resume.RESTART
     shown = "; ".join(differences[:3]) + (" ..." if len(differences) > 3 else "")
     raise UserError(f"{where} holds a {what} with other settings ({shown}); rerun with the same "
                     "settings to resume it, or pass --fresh (or another --out) to start over")
+
+
+def saved_progress(path: Path, current: dict) -> dict | None:
+    """A JSON progress file (``{"config": ..., ...}``) that an interrupted run with the
+    ``current`` settings wrote, or None (no file, another run's, or not robust-mc's): the one
+    way a path's points, a plane's grid and spawn's layer figures are taken up again."""
+    saved = read_json(path) if path.is_file() else None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return None
+    decision = decide_resume(ResumePolicy.REPLACE, path, saved["config"], current)
+    return saved if decision is Resume.CONTINUE else None
 
 
 def derived_seed(seed: int, stream: str) -> int:

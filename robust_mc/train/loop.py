@@ -86,13 +86,13 @@ class NonFiniteLoss(UserError):
     """A NaN or inf loss beyond what --skip-nonfinite tolerates."""
 
 
-def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
-    """``optim.optimizer`` over ``params``: SGD with momentum and L2 weight decay, or AdamW."""
-    if optim.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.momentum, 0.999),
-                                 weight_decay=optim.weight_decay)
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
-                           weight_decay=optim.weight_decay)
+def make_optimizer(params, settings: OptimConfig) -> torch.optim.Optimizer:
+    """``settings.optimizer`` over ``params``: SGD with momentum and L2 weight decay, or AdamW."""
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, betas=(settings.momentum, 0.999),
+                                 weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
 
 
 @dataclass
@@ -112,26 +112,26 @@ class TrainingContext:
 
 class Trainer:
     """Trains what ``task``'s loss depends on with ``optimizer``, on ``context``'s data, as
-    ``optim`` schedules it, from ``position`` (a resumed run's, or the start).
+    ``settings`` schedules it, from ``position`` (a resumed run's, or the start).
 
     ``fit`` runs the epochs, ``train_one_epoch`` one of them, ``train_step`` one batch; a
-    non-finite loss is skipped (up to ``optim.skip_nonfinite``) or stops the run.
+    non-finite loss is skipped (up to ``settings.skip_nonfinite``) or stops the run.
 
     Example::
 
         trainer = Trainer(EndpointTask(model, model, AttackConfig(), runtime),
-                          make_optimizer(model.parameters(), optim), optim,
+                          make_optimizer(model.parameters(), settings), settings,
                           TrainingContext(runtime, train=data.train, info=data.info))
         trainer.fit("epoch", on_epoch=lambda epoch, result: None, save=lambda: None)
     """
 
-    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, optim: OptimConfig,
+    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, settings: OptimConfig,
                  context: TrainingContext, position: Position | None = None,
                  after_step: Callable[[], None] | None = None,
                  reduced_by_wrapper: bool = False) -> None:
         self.task = task
         self.optimizer = optimizer
-        self.optim = optim
+        self.optim = settings
         self.context = context
         self.position = position or Position()
         self.after_step = after_step  # after every batch, stepped or skipped: AWP, EMA
@@ -139,9 +139,10 @@ class Trainer:
         # gradients; otherwise the trainer averages those of what it trains
         self.reduced_by_wrapper = reduced_by_wrapper
         self.group = distributed.group()
-        if self.group.active and optim.batch_size % self.group.world:
-            raise UserError(f"--batch-size {optim.batch_size} is the global batch and must split "
-                            f"evenly over the {self.group.world} processes; give a multiple of "
+        if self.group.active and settings.batch_size % self.group.world:
+            raise UserError(f"--batch-size {settings.batch_size} is the global batch and must "
+                            f"split evenly over the {self.group.world} processes; give a "
+                            "multiple of "
                             f"{self.group.world}")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -176,13 +177,13 @@ class Trainer:
         """Continue the epoch at ``position``, learning rate set per step. Returns the epoch's
         result, or None when the stop signal asked to stop before its end (``position`` then
         says where it stopped)."""
-        ctx, optim, position = self.context, self.optim, self.position
+        ctx, settings, position = self.context, self.optim, self.position
         split = ctx.train
         if split is None or len(split) == 0:
             raise UserError("the training split is empty; use more training images")
         epoch = position.epoch
         steps = self.steps_per_epoch()
-        warmup = optim.warmup_epochs / optim.epochs
+        warmup = settings.warmup_epochs / settings.epochs
         if position.order is None:
             position.order = torch.randperm(len(split), generator=ctx.generator)
         elif not torch.equal(position.order.sort().values, torch.arange(len(split))):
@@ -190,11 +191,12 @@ class Trainer:
                             "images: it was saved for other data; pass --fresh")
         start = time.perf_counter() - position.seconds
         shown = position.step  # steps the progress bar already counts
-        for i, (x, y) in enumerate(batches(split, optim.batch_size, generator=ctx.generator,
+        for i, (x, y) in enumerate(batches(split, settings.batch_size, generator=ctx.generator,
                                            info=ctx.info, augment=ctx.augment, drop_last=True,
                                            order=position.order, start=position.step),
                                    start=position.step):
-            lr = optim.lr * lr_factor((epoch + i / steps) / optim.epochs, optim.schedule, warmup)
+            lr = settings.lr * lr_factor((epoch + i / steps) / settings.epochs,
+                                         settings.schedule, warmup)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             value, hits = self.train_step(x, y)
@@ -204,7 +206,7 @@ class Trainer:
                 position.seen += y.shape[0]
             else:
                 position.skipped += 1
-                if position.skipped > optim.skip_nonfinite:
+                if position.skipped > settings.skip_nonfinite:
                     raise NonFiniteLoss(
                         f"non-finite loss at epoch {epoch + 1}, step {i + 1} (learning rate "
                         f"{lr:g}): the learning rate is probably too high; lower --lr, or pass "
@@ -228,10 +230,10 @@ class Trainer:
 
     def fit(self, label: str, on_epoch: Callable[[int, EpochResult], None],
             save: Callable[[], None], resume_hint: str = "") -> None:
-        """Train from ``position`` to ``optim.epochs``. ``save`` writes the resumable state
-        every ``optim.save_every`` epochs, after the last and when a signal asks the run to
+        """Train from ``position`` to ``settings.epochs``. ``save`` writes the resumable state
+        every ``settings.save_every`` epochs, after the last and when a signal asks the run to
         stop, which then raises :class:`Interrupted` carrying ``resume_hint``."""
-        optim, position, stop = self.optim, self.position, self.context.stop
+        settings, position, stop = self.optim, self.position, self.context.stop
         steps = self.steps_per_epoch()
 
         def save_checked() -> None:
@@ -241,12 +243,13 @@ class Trainer:
         def interrupted() -> Interrupted:
             assert stop.signum is not None
             return Interrupted(stop.signum, f"stopped at epoch {position.epoch + 1}/"
-                                            f"{optim.epochs}, step {position.step}/{steps}; "
+                                            f"{settings.epochs}, step {position.step}/{steps}; "
                                             f"{resume_hint}")
 
-        while position.epoch < optim.epochs:
+        while position.epoch < settings.epochs:
             epoch = position.epoch
-            with self.context.reporter.task(f"{label} {epoch + 1}/{optim.epochs}", steps) as step:
+            title = f"{label} {epoch + 1}/{settings.epochs}"
+            with self.context.reporter.task(title, steps) as step:
                 if position.step:
                     step.advance(position.step)
                 result = self.train_one_epoch(step)
@@ -255,9 +258,9 @@ class Trainer:
                 raise interrupted()
             on_epoch(epoch, result)
             done = position.epoch
-            if done % optim.save_every == 0 or done == optim.epochs or stop.requested:
+            if done % settings.save_every == 0 or done == settings.epochs or stop.requested:
                 save_checked()
-            if stop.requested and done < optim.epochs:
+            if stop.requested and done < settings.epochs:
                 raise interrupted()
 
 

@@ -108,7 +108,7 @@ class PermutedEnd:
 
 def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec,
                       context: TrainingContext, *, attack: AttackConfig, curve_cfg: CurveConfig,
-                      optim: OptimConfig, pam: PamConfig, label: str) -> Permutation:
+                      optim_settings: OptimConfig, pam: PamConfig, label: str) -> Permutation:
     """One permutation update: the permutation of b (relative to b now) that the relaxed,
     proximal problem rounds to."""
     device = curve.start.device
@@ -118,7 +118,7 @@ def permutation_phase(curve: Curve, template: nn.Module, spec: PermutationSpec,
                      context.runtime, context.generator, context.attack_generator)
     optimizer = ProximalBirkhoff(list(relaxed.values()), lr=pam.lr, prox=pam.prox,
                                  iters=pam.sinkhorn_iters)
-    schedule = replace(optim, epochs=pam.perm_epochs, lr=pam.lr, weight_decay=0.0,
+    schedule = replace(optim_settings, epochs=pam.perm_epochs, lr=pam.lr, weight_decay=0.0,
                        schedule="constant", warmup_epochs=0.0)
     Trainer(task, optimizer, schedule, context).fit(
         label, on_epoch=lambda epoch, result: None, save=lambda: None,
