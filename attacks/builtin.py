@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robust_mc.attacks.defaults import EVALUATION
 from robust_mc.attacks.pgd import PGD
 from robust_mc.attacks.spec import Param, register_attack
 
@@ -23,12 +24,14 @@ def _none(eps: float, norm: str, num_classes: int) -> NoAttack:
 
 @register_attack(
     "pgd", "robust-mc's PGD (L-inf or L2 as the run's norm); alpha defaults to eps/4",
-    steps=Param("int", 20, "iterations"),
+    steps=Param("int", EVALUATION.steps, "iterations"),
     alpha=Param("pixel", None, "step size in [0,1] pixel units (default eps/4)"),
-    restarts=Param("int", 1, "random restarts; the highest-loss one is kept per example"),
+    restarts=Param("int", EVALUATION.restarts,
+                   "random restarts; the highest-loss one is kept per example"),
     eps=Param("pixel", None, "radius, overriding --eps"),
 )
 def _pgd(eps: float, norm: str, num_classes: int, steps: int, alpha: float | None,
          restarts: int) -> PGD:
-    return PGD(eps=eps, step_size=eps / 4 if alpha is None else alpha, steps=steps, norm=norm,
-               restarts=restarts, mode="eval")
+    return PGD(eps=eps, step_size=eps * EVALUATION.step_fraction if alpha is None else alpha,
+               steps=steps, norm=norm, restarts=restarts, random_start=EVALUATION.random_start,
+               mode=EVALUATION.mode)

@@ -148,7 +148,7 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
 class PGD:
     """PGD with restarts: the one attack that training loops, batch-norm recomputation on
     adversarial data, alignment on adversarial inputs, layers and PAM use, built from the
-    configuration by ``AttackConfig.build()`` and called the same way everywhere.
+    configuration by ``build_attack(AttackConfig(...))`` and called the same way everywhere.
 
     Paper: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (2018).
     Norm: L-inf (``linf``) or L2 (``l2``); ``eps`` and ``step_size`` in [0, 1] pixel units.

@@ -87,8 +87,10 @@ def parse_attack_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, values
 
 
-def build_attack(spec: str, *, eps: float, norm: str = "linf", num_classes: int = 10) -> Attack:
-    """Build the evaluation attack described by ``spec`` at radius ``eps`` ([0, 1] pixel units)."""
+def build_spec_attack(spec: str, *, eps: float, norm: str = "linf", num_classes: int = 10
+                      ) -> Attack:
+    """The evaluation attack ``spec`` describes at radius ``eps`` ([0, 1] pixel units); callers
+    use :func:`robust_mc.attacks.build.build_attack`."""
     name, values = parse_attack_spec(spec)
     entry = EVAL_ATTACKS.entry(name)
     kwargs = {key: param.default for key, param in entry.meta["params"].items()}

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
+from robust_mc.attacks.defaults import TRAINING
 from robust_mc.attacks.pgd import PGD, Draws, Forward, LossFn, Mode, cross_entropy_sum
 from robust_mc.registry import Registry
 from robust_mc.settings import setting
@@ -51,27 +52,15 @@ class AttackConfig:
     norm: Literal["linf", "l2"] = setting("linf", help="threat model: L-inf or L2 ball")
     eps: float = setting(8 / 255, pixel=True, help="radius in [0,1] pixel units")
     step_size: float | None = setting(None, pixel=True, help="default eps/4")
-    steps: int = setting(7, lo=0, help="PGD iterations; 0 trains on clean inputs")
-    random_start: bool = setting(True)
+    steps: int = setting(TRAINING.steps, lo=0, help="PGD iterations; 0 trains on clean inputs")
+    random_start: bool = setting(TRAINING.random_start)
     mode: Literal["train", "eval"] = setting(
-        "train", help="network mode while attacking: train = batch statistics (running "
-                      "statistics untouched), eval = running statistics")
+        TRAINING.mode, help="network mode while attacking: train = batch statistics (running "
+                            "statistics untouched), eval = running statistics")
 
     @property
     def resolved_step_size(self) -> float:
-        return self.eps / 4 if self.step_size is None else self.step_size
-
-    def build(self, mode: Mode | None = None) -> TrainingAttack:
-        """The attack these settings describe, every field honoured: the one way a training
-        attack is made. ``mode`` replaces ``self.mode`` where a procedure defines the network's
-        mode itself (BN recomputation attacks in train mode)."""
-        return build_training_attack(self, mode)
-
-
-def build_training_attack(config: AttackConfig, mode: Mode | None = None) -> TrainingAttack:
-    """The attack ``config`` describes; ``mode`` replaces ``config.mode`` where a procedure
-    defines the network's mode itself (BN recomputation attacks in train mode)."""
-    return TRAINING_ATTACKS.get(config.method)(config, mode or config.mode)
+        return self.eps * TRAINING.step_fraction if self.step_size is None else self.step_size
 
 
 @register_training_attack("pgd")

@@ -37,6 +37,7 @@ import torch.fx
 from torch import nn
 from torch.func import functional_call
 
+from robust_mc.attacks import build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.permutation import trace_graph
 from robust_mc.data import Data, as_float, batches
@@ -218,7 +219,7 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, layers: Lay
     """Measured and predicted clean/robust barriers per group, and for the whole network:
     ``layers`` chooses the groups and images, ``path`` how batch norm is recomputed and the
     seed, ``a`` the attack of the robust loss."""
-    attack = a.build()
+    attack = build_attack(a)
     samples = data.train.take(layers.samples).to(runtime.device)
     template = copy.deepcopy(model_a)
     state_a = {k: v.detach() for k, v in model_a.state_dict().items()}

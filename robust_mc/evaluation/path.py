@@ -74,7 +74,8 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
         m.momentum = None  # cumulative moving average
     model.train()
     generator = torch.Generator(runtime.device).manual_seed(seed)
-    pgd = attack.build(mode="train")  # the procedure's own mode: the statistics are the batch's
+    # the procedure's own mode: the statistics are the batch's
+    pgd = build_attack(attack, mode="train")
     try:
         for x, y in batches(split.take(images).to(runtime.device), BN_BATCH_SIZE):
             x = runtime.images(x)

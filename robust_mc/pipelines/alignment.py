@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robust_mc.attacks import build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.config import AlignConfig
 from robust_mc.core.align import Alignment, align
@@ -33,8 +34,8 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     example = as_float(subset.images[:2])
     spec = trace_permutation_spec(model_a, example, partial=config.partial)
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
-                   inputs=config.inputs, attack=attack_config.build(), spec=spec, runtime=runtime,
-                   generator=torch.Generator().manual_seed(config.seed))
+                   inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
+                   runtime=runtime, generator=torch.Generator().manual_seed(config.seed))
     aligned = copy.deepcopy(model_b)
     permute_model(aligned, spec, result.perm)
     probe = runtime.images(as_float(subset.images[: config.batch_size]))

@@ -164,7 +164,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
             if average is not None and saved.ema is not None:
                 average.load(saved.ema)
     a = cfg.attack
-    monitor = a.build()
+    monitor = build_attack(a)
     arch = endpoint_arch(cfg, data.info)
     reporter.print(f"[bold]train[/] {arch} on {data.info.name}: "
                    f"{len(data.train)} train "

@@ -4,6 +4,7 @@ by layer, on clean and on adversarial inputs (see ``evaluation/similarity.py``).
 
 from __future__ import annotations
 
+from robust_mc.attacks import build_attack
 from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.data import as_float
@@ -24,7 +25,7 @@ def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints
     images = data.test.take(cfg.path.similarity_images)
     spec = trace_permutation_spec(endpoints.a, runtime.images(as_float(images.images[:2])),
                                   partial=True)  # unit similarity wherever units are followed
-    attack = cfg.attack.build(mode="eval")
+    attack = build_attack(cfg.attack, mode="eval")
     out: dict[str, list[LayerSimilarity]] = {}
     for label, points in paths.items():
         b = endpoints.b if label.aligned else endpoints.b_original

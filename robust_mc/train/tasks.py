@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from robust_mc.attacks import build_attack
 from robust_mc.attacks.pgd import Draws, LossFn
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.run.runtime import Runtime
@@ -45,7 +46,7 @@ class EndpointTask:
         self.model = model  # the module whose mode is switched for the attack
         self.forward = forward
         self.train_forward = train_forward or forward
-        self.attack = attack.build()
+        self.attack = build_attack(attack)
         self.runtime = runtime
         self.generator = generator
         self.objective = create_objective(objective, **settings)
@@ -96,7 +97,7 @@ class CurveTask:
         self.attacked.requires_grad_(False)
         self.slots: list[torch.Tensor] = [self.attacked.get_parameter(n) for n in curve.names]
         self.curve = curve
-        self.attack = attack.build()
+        self.attack = build_attack(attack)
         self.attack_generator = attack_generator
         self.objective = create_objective(curve_cfg.objective, beta=curve_cfg.trades_beta)
         self.runtime = runtime
