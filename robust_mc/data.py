@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,12 +39,27 @@ NORMALIZATIONS = {"none": ((0.0,), (1.0,)), "cifar10": (CIFAR10_MEAN, CIFAR10_ST
                   "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
-def parse_normalization(text: str) -> dict[str, list[float]]:
+@dataclass(frozen=True)
+class Normalization:
+    """What a network expects of its [0, 1] inputs: ``(x - mean) / std`` per channel (one
+    value each for all channels, or one per channel). A model's own; never interpolated."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+NO_NORMALIZATION = Normalization((0.0,), (1.0,))
+
+
+def parse_normalization(text: str) -> Normalization:
     """``none``, ``cifar10``, ``cifar100``, ``imagenet``, or ``MEAN,MEAN,...:STD,STD,...``
     (one value per channel, or one for all)."""
     if text in NORMALIZATIONS:
-        mean, std = NORMALIZATIONS[text]
-        return {"mean": list(mean), "std": list(std)}
+        return Normalization.of(*NORMALIZATIONS[text])
     means, sep, stds = text.partition(":")
     try:
         values = [[float(v) for v in part.split(",")] for part in (means, stds)]
@@ -54,7 +69,7 @@ def parse_normalization(text: str) -> dict[str, list[float]]:
             math.isfinite(v) for v in values[0] + values[1]) or any(s <= 0 for s in values[1]):
         raise UserError(f"--normalization {text!r}: give {', '.join(NORMALIZATIONS)} or "
                         "MEAN,...:STD,... (finite numbers, positive stds, one per channel)")
-    return {"mean": values[0], "std": values[1]}
+    return Normalization.of(values[0], values[1])
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from robust_mc.data import Normalization
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
 from robust_mc.store.checkpoint import (
@@ -34,7 +35,7 @@ def test_foreign_formats_load(tmp_path, wrap):
     m = model()
     torch.save(wrap(m.net.state_dict()), tmp_path / "f.pt")
     ckpt = load_checkpoint(tmp_path / "f.pt", LoadOptions(arch="tinyten", arch_kwargs=KW,
-                                                       normalization=NORM))
+                                                       normalization=Normalization.of(**NORM)))
     again = build_model(ckpt).eval()
     x = torch.rand(2, 3, 12, 12)
     assert torch.equal(m(x), again(x))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from robust_mc import cli
+from robust_mc.data import Normalization
 from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
 from robust_mc.store.safetensors_format import safetensors_bytes
 
@@ -62,7 +63,7 @@ def test_a_plain_state_dict_export_has_its_metadata_beside_it(tiny_endpoint_file
     assert record["arch"] == "cnn" and set(state) == set(
         load_checkpoint(tiny_endpoint_files["a"]).state_dict)
     options = LoadOptions(arch=record["arch"], arch_kwargs=record["arch_kwargs"],
-                          normalization=record["normalization"])
+                          normalization=Normalization.of(**record["normalization"]))
     again = build_model(load_checkpoint(out, options))
     assert logits_of(again) == logits_of(build_model(load_checkpoint(tiny_endpoint_files["a"])))
 

@@ -11,6 +11,7 @@ from robust_mc.errors import UserError
 from robust_mc.run.files import check_writable_file
 from robust_mc.store.checkpoint import load_checkpoint, plain
 from robust_mc.store.export import FORMATS, export_checkpoint
+from robust_mc.store.typed import write_record
 
 ORDER = 85
 HELP = ("write a model checkpoint as safetensors (with its metadata), a plain state dict or "
@@ -39,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
     check_writable_file(out)
     written = export_checkpoint(ckpt, args.format, out)
     print(f"wrote {', '.join(str(p) for p in written)} ({ckpt.arch}, "
-          f"{plain(ckpt.normalization)})")
+          f"{plain(write_record(ckpt.normalization))})")
     return 0

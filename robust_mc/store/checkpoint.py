@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_mc.data import NO_NORMALIZATION, Normalization
 from robust_mc.errors import UserError
 from robust_mc.limits import check_bounded, check_regular_file
 from robust_mc.models import Classifier, create_model
@@ -56,7 +57,7 @@ class Checkpoint:
     arch: str
     arch_kwargs: dict
     state_dict: dict[str, torch.Tensor]
-    normalization: dict[str, list[float]]
+    normalization: Normalization
     meta: CheckpointMeta = field(default_factory=CheckpointMeta)
     path: str | None = None
     members: list[dict[str, torch.Tensor]] | None = None  # an ensemble: one state dict each
@@ -88,7 +89,7 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so that ``weights_only`` loading reads it back."""
         out = {"format": FORMAT, "arch": self.arch, "arch_kwargs": plain(self.arch_kwargs),
-               "state_dict": self.state_dict, "normalization": plain(self.normalization),
+               "state_dict": self.state_dict, "normalization": write_record(self.normalization),
                "meta": plain(write_record(self.meta))}
         if self.model_kwargs:
             out["model_kwargs"] = plain(self.model_kwargs)
@@ -139,7 +140,7 @@ class LoadOptions:
     named: tuple[str, ...] = ()
     model_dir: str | None = None  # where robustbench:<dataset>/<threat>/<Name> endpoints live
     arch_kwargs: dict | None = None  # a foreign file's; native files record their own
-    normalization: dict | None = None
+    normalization: Normalization | None = None
 
     @property
     def code(self) -> CodeTrust:
@@ -157,8 +158,8 @@ def build_model(ckpt: Checkpoint) -> Classifier:
     missing = [k for k in ("num_classes", "in_channels") if k not in standard]
     if missing:
         raise UserError(f"{source}: arch_kwargs lacks {missing[0]!r}; the file is incomplete")
-    model = create_model(ckpt.arch, mean=ckpt.normalization["mean"],
-                         std=ckpt.normalization["std"], kwargs=kwargs,
+    model = create_model(ckpt.arch, mean=ckpt.normalization.mean,
+                         std=ckpt.normalization.std, kwargs=kwargs,
                          factory_ok=ckpt.trust.user_named(ckpt.arch), source=source, **standard)
     load_weights(model, ckpt.state_dict, source=source)
     return model
@@ -208,7 +209,8 @@ def checkpoint_from_model(model: Classifier, arch: str, arch_kwargs: dict,
                           model_kwargs: dict | None = None
                           ) -> Checkpoint:
     # this process built ``model`` from ``arch``, so the code it names is already running
-    return Checkpoint(arch, dict(arch_kwargs), weights_of(model), model.normalize.as_dict(),
+    return Checkpoint(arch, dict(arch_kwargs), weights_of(model),
+                      Normalization.of(**model.normalize.as_dict()),
                       meta or CheckpointMeta(), model_kwargs=dict(model_kwargs or {}),
                       trust=CodeTrust((canonical_spec(arch),)))
 
@@ -330,7 +332,7 @@ def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = N
     given = dict(options.arch_kwargs or {})
     shape = {k: given.pop(k) for k in standard if k in given}
     return Checkpoint(options.arch, shape, state,
-                      dict(options.normalization or {"mean": [0.0], "std": [1.0]}),
+                      options.normalization or NO_NORMALIZATION,
                       meta, str(path), model_kwargs=given, trust=options.code)
 
 
@@ -341,7 +343,7 @@ def malformed(source: str | Path, problem: str) -> UserError:
 
 
 def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
-                          ) -> tuple[str, dict, dict[str, list[float]]]:
+                          ) -> tuple[str, dict, Normalization]:
     """``arch``, ``arch_kwargs`` and ``normalization`` of a native file (checkpoint, ensemble or
     curve run), each checked; an ``arch`` that is an import spec only as ``options`` allow.
     A native file records its own arguments and normalization: ``options`` may not replace
@@ -384,8 +386,7 @@ def recorded_architecture(obj: dict, source: str | Path, options: LoadOptions
     if len(norm["mean"]) != len(norm["std"]) or len(norm["mean"]) not in (
             1, kwargs["in_channels"]):
         raise malformed(source, "normalization 'mean' and 'std' need one value per input channel")
-    return arch, kwargs, {"mean": [float(v) for v in norm["mean"]],
-                          "std": [float(v) for v in norm["std"]]}
+    return arch, kwargs, Normalization.of(norm["mean"], norm["std"])
 
 
 def checked_state_dict(value: Any, source: str | Path, key: str) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ from robust_mc.store.typed import write_record
 
 def _record(ckpt: Checkpoint) -> dict:
     return {"format": FORMAT, "arch": ckpt.arch, "arch_kwargs": plain(ckpt.arch_kwargs),
-            "model_kwargs": plain(ckpt.model_kwargs), "normalization": plain(ckpt.normalization),
+            "model_kwargs": plain(ckpt.model_kwargs),
+            "normalization": plain(write_record(ckpt.normalization)),
             "meta": plain(write_record(ckpt.meta))}
 
 
@@ -39,8 +40,8 @@ def _robustbench(ckpt: Checkpoint, out: Path) -> list[Path]:
     if not from_zoo:
         raise UserError(f"--format robustbench writes RobustBench architectures; {ckpt.arch} is "
                         "not one (use safetensors or state-dict)")
-    if any(m != 0.0 for m in ckpt.normalization["mean"]) or any(
-            s != 1.0 for s in ckpt.normalization["std"]):
+    if any(m != 0.0 for m in ckpt.normalization.mean) or any(
+            s != 1.0 for s in ckpt.normalization.std):
         raise UserError("--format robustbench: this model normalizes its inputs outside the "
                         "architecture, which RobustBench's models do not; use safetensors")
     sidecar = out.with_name(out.name + ".json")

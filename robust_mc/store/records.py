@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from robust_mc.core.curves import Curve
+from robust_mc.data import Normalization
 from robust_mc.errors import UserError
 from robust_mc.evaluation.barriers import PathStats
 from robust_mc.evaluation.robustness import Metrics
@@ -107,7 +108,7 @@ class CurveRun:
     arch: str
     arch_kwargs: dict[str, Any]
     model_kwargs: dict[str, Any]
-    normalization: dict[str, list[float]]
+    normalization: Normalization
     endpoint_states: dict[str, dict[str, torch.Tensor]]
     config: dict[str, Any]
     endpoint_meta: dict[str, CheckpointMeta] = field(default_factory=dict)
@@ -136,7 +137,7 @@ class CurveRun:
         position = self.position
         return {"format": CURVE_FORMAT, "curve": self.curve.state(), "arch": self.arch,
                 "arch_kwargs": self.arch_kwargs, "model_kwargs": self.model_kwargs,
-                "normalization": self.normalization,
+                "normalization": write_record(self.normalization),
                 "endpoint_states": self.endpoint_states,
                 "endpoint_meta": {end: plain(write_record(meta))
                                   for end, meta in self.endpoint_meta.items()},

@@ -28,10 +28,13 @@ def write_record(record: Any) -> dict[str, Any]:
     """The record as plain values; ``None`` fields are left out, ``extra``'s keys written
     beside the known ones."""
     out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(record))
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
         if f.name == EXTRA:
             out.update({k: v for k, v in value.items() if k not in out})
+        elif isinstance(value, tuple) and typing.get_origin(hints[f.name]) is tuple:
+            out[f.name] = [_plain(v) for v in value]  # a typed sequence is written as a list
         elif value is not None:
             out[f.name] = _plain(value)
     return out
