@@ -70,6 +70,8 @@ def parse_normalization(text: str) -> Normalization:
         raise UserError(f"--normalization {text!r}: give {', '.join(NORMALIZATIONS)} or "
                         "MEAN,...:STD,... (finite numbers, positive stds, one per channel)")
     return Normalization.of(values[0], values[1])
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
