@@ -1,0 +1,119 @@
+"""Statistics repair (REPAIR): the repaired network's units have the interpolated endpoint
+statistics, it is better than the plain midpoint, it is the endpoint at t = 0 and 1, and folding
+the correction is the same function as applying it as a layer of its own."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robust_mc.core.align import align
+from robust_mc.core.permutation import permute_model, trace_permutation_spec
+from robust_mc.core.repair import measure, repair, repair_sites, with_affines
+from robust_mc.data import as_float
+from robust_mc.models import create_model
+
+
+def _trained_mlp(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("mlp", num_classes=10, in_channels=1, mean=[0.3], std=[0.4],
+                         image_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(10):
+        order = torch.randperm(len(y))
+        for i in range(0, len(y), 64):
+            batch = order[i:i + 64]
+            loss = F.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def _between(a: torch.nn.Module, b: torch.nn.Module, t: float) -> torch.nn.Module:
+    out = copy.deepcopy(a)
+    with torch.no_grad():
+        for pa, pb, po in zip(a.parameters(), b.parameters(), out.parameters(), strict=True):
+            po.copy_((1 - t) * pa + t * pb)
+    return out
+
+
+@pytest.fixture(scope="module")
+def aligned_mlps(digits):
+    """Two MLPs without normalization, trained from other seeds, b aligned to a."""
+    x, y = as_float(digits.train.images), digits.train.labels
+    a, b = _trained_mlp(x, y, 0), _trained_mlp(x, y, 1)
+    spec = trace_permutation_spec(a, x[:2])
+    permute_model(b, spec, align(a, b, [(x[:1000], y[:1000])], spec=spec).perm)
+    return a, b, spec, [x[i:i + 250] for i in range(0, 1000, 250)]
+
+
+def test_the_repaired_midpoint_has_the_interpolated_statistics_and_a_lower_loss(aligned_mlps,
+                                                                                digits):
+    a, b, spec, batches = aligned_mlps
+    middle = _between(a, b, 0.5)
+    repaired = repair(middle, a, b, 0.5, batches, spec=spec)
+    sites = [c.site for c in repaired.corrections]
+    assert [s.module for s in sites] == ["net.layers.1", "net.layers.3"]  # the hidden layers
+    assert all(ratio < 1 for ratio in repaired.collapse.values())  # the midpoint collapsed
+    target = measure(a, sites, batches).interpolate(measure(b, sites, batches), 0.5)
+    after = measure(repaired.network, sites, batches)
+    for site in sites:  # float32 activations of size ~1, accumulated in float64
+        assert torch.allclose(after.mean[site.module], target.mean[site.module], atol=1e-4)
+        assert torch.allclose(after.std[site.module], target.std[site.module], atol=1e-4)
+    x, y = as_float(digits.test.images), digits.test.labels
+    with torch.no_grad():
+        loss_middle = F.cross_entropy(middle(x), y)
+        loss_repaired = F.cross_entropy(repaired.network(x), y)
+    assert loss_repaired < loss_middle
+
+
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_at_the_ends_the_repaired_network_is_the_endpoint(aligned_mlps, t):
+    a, b, spec, batches = aligned_mlps
+    end = a if t == 0 else b
+    repaired = repair(_between(a, b, t), a, b, t, batches, spec=spec)
+    x = torch.cat(batches)
+    with torch.no_grad():
+        difference = (repaired.network(x) - end(x)).abs().max()
+    # the target is the network's own statistics: each scale is 1 and each shift 0 up to the
+    # float32 rounding of the activations it was measured from (relative 1e-6 of logits ~10)
+    assert float(difference) < 1e-4
+    assert all(torch.allclose(c.scale, torch.ones_like(c.scale), atol=1e-5)
+               for c in repaired.corrections)
+
+
+def test_folding_the_correction_equals_applying_it_as_a_separate_affine(aligned_mlps):
+    a, b, spec, batches = aligned_mlps
+    middle = _between(a, b, 0.3)
+    repaired = repair(middle, a, b, 0.3, batches, spec=spec)
+    separate = with_affines(middle, repaired.corrections)
+    x = torch.cat(batches)
+    with torch.no_grad():
+        folded, affine = repaired.network(x), separate(x)
+    # the same maths in another order: a scale inside the weights, or after the layer
+    assert torch.allclose(folded, affine, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(folded, middle(x))
+
+
+@pytest.mark.parametrize("arch, channels, size", [("cnn", 1, 8), ("vit_cifar", 3, 16)])
+def test_batch_norm_and_transformer_sites_reach_their_targets(arch, channels, size):
+    torch.manual_seed(0)
+    make = lambda: create_model(arch, num_classes=10, in_channels=channels,  # noqa: E731
+                                mean=[0.5] * channels, std=[0.25] * channels, image_size=size,
+                                width=0.5).eval()
+    a, b = make(), make()
+    x = torch.rand(64, channels, size, size)
+    spec = trace_permutation_spec(a, x[:2])
+    sites = repair_sites(a, spec, x[:2])
+    kinds = {type(dict(a.named_modules())[s.module]).__name__ for s in sites}
+    assert kinds == ({"BatchNorm2d"} if arch == "cnn" else {"Conv2d", "LayerNorm", "Linear"})
+    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [x[:32], x[32:]], spec=spec)
+    target = measure(a, sites, [x]).interpolate(measure(b, sites, [x]), 0.5)
+    after = measure(repaired.network, sites, [x])
+    for site in sites:
+        assert torch.allclose(after.std[site.module], target.std[site.module], atol=1e-4,
+                              rtol=1e-4)
