@@ -81,8 +81,8 @@ def repair_sites(model: nn.Module, spec: PermutationSpec, probe: torch.Tensor) -
     """The model's sites (see the module), in the order its forward pass runs them."""
     on_spec = {axis.name for space in spec for axis in space.axes if axis.axis == 0}
     candidates = {name: module for name, module in model.named_modules()
-                  if isinstance(module, FOLDABLE) and getattr(module, "bias", None) is not None
-                  and f"{name}.bias" in on_spec and module.bias.dim() == 1}
+                  if isinstance(module, FOLDABLE) and isinstance(_bias(module), torch.Tensor)
+                  and f"{name}.bias" in on_spec and _bias(module).dim() == 1}
     order: list[str] = []
     handles = [module.register_forward_hook(
         lambda _m, _i, _o, name=name: order.append(name) if name not in order else None)
@@ -94,8 +94,13 @@ def repair_sites(model: nn.Module, spec: PermutationSpec, probe: torch.Tensor) -
     finally:
         for handle in handles:
             handle.remove()
-    return [Site(name, _unit_axis(candidates[name]), int(candidates[name].bias.numel()))
+    return [Site(name, _unit_axis(candidates[name]), int(_bias(candidates[name]).numel()))
             for name in order]
+
+
+def _bias(module: nn.Module) -> torch.Tensor:
+    bias = getattr(module, "bias", None)
+    return bias if isinstance(bias, torch.Tensor) else torch.empty(0)
 
 
 def _unit_axis(module: nn.Module) -> int:
@@ -173,12 +178,15 @@ def fold(model: nn.Module, correction: Correction) -> None:
         if weight is not None:
             shape = (-1,) + (1,) * (weight.dim() - 1)
             weight.mul_(correction.scale.to(weight).view(shape))
-        bias = module.bias
+        bias = _bias(module)
         bias.copy_(bias * correction.scale.to(bias) + correction.shift.to(bias))
 
 
 class UnitAffine(nn.Module):
     """``y * scale + shift`` along the unit axis: a correction as a layer of its own."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, correction: Correction) -> None:
         super().__init__()
@@ -210,7 +218,7 @@ def repair_network(network: nn.Module, sites: Sequence[Site], target_at_t: Momen
     before = measure(network, sites, batches)
     collapse = {s.module: float((before.std[s.module] / target_at_t.std[s.module]
                                  .clamp_min(SILENT_STD)).mean()) for s in sites}
-    corrections = []
+    corrections: list[Correction] = []
     for site in sites:
         now = before if not corrections else measure(network, [site], batches, stop_after=site)
         correction = correction_for(site, now, target_at_t)
