@@ -131,7 +131,9 @@ def add_path_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("evaluation along the path"), ConnectRunConfig, {
         "--points": "path.points", "--eval-attack": "path.attack:SPEC",
         "--bn-data": "path.bn_data", "--bn-images": "path.bn_images",
-        "--eval-batch-size": "path.batch_size", "--val-limit": "path.val_limit",
+        "--repair": "path.repair", "--repair-inputs": "path.repair_inputs",
+        "--repair-images": "path.repair_images", "--eval-batch-size": "path.batch_size",
+        "--val-limit": "path.val_limit",
         "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 
 

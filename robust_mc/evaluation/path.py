@@ -15,7 +15,9 @@ from robust_mc.attacks import Attack, build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
-from robust_mc.data import Data, Split, batches
+from robust_mc.core.permutation import trace_permutation_spec
+from robust_mc.core.repair import Moments, Site, measure, repair_network, repair_sites
+from robust_mc.data import Data, Split, as_float, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
 from robust_mc.evaluation.settings import PathConfig
 from robust_mc.models import Classifier
@@ -90,11 +92,86 @@ def recompute_batchnorm(model: nn.Module, split: Split, *, images: int, data: st
         model.eval()
 
 
-def network_at(curve: Curve, template: Classifier, t: float, data: Data, path: PathConfig,
-               attack: AttackConfig, runtime: Runtime, timings: dict | None = None) -> Classifier:
-    """A standalone copy of ``template`` with the curve's weights at t and BN statistics
-    recomputed as ``path`` says."""
-    return network_with(template, curve.weights_at(t), data, path, attack, runtime, timings)
+class PathNetworks:
+    """The networks along one path, each built as ``path`` says: the curve's weights at t,
+    batch-norm statistics recomputed (``reset``) or the endpoints' interpolated (``off``), and
+    with ``repair`` every unit's statistics repaired to the interpolation of the endpoints'
+    (:mod:`robust_mc.core.repair`). ``template`` is endpoint a (its architecture and buffers),
+    ``endpoint_b`` the b the path ends at (its buffers, for ``off``).
+
+    Repair's statistics come from the first ``path.repair_images`` training images, clean or
+    each network's own PGD examples (``attack``, random starts from ``path.seed``): fixed inputs,
+    so the network at t is a deterministic function of the weights. At t = 0 and 1 the target is
+    the network's own statistics and nothing is corrected."""
+
+    def __init__(self, curve: Curve, template: Classifier, data: Data, path: PathConfig,
+                 attack: AttackConfig, runtime: Runtime,
+                 endpoint_b: Classifier | None = None) -> None:
+        self.curve, self.template, self.data, self.path = curve, template, data, path
+        self.attack, self.runtime, self.endpoint_b = attack, runtime, endpoint_b
+        self._sites: list[Site] | None = None
+        self._ends: tuple[Moments, Moments] | None = None
+        self.collapse: dict[float, dict[str, float]] = {}  # per repaired t, per site
+
+    def at(self, t: float, timings: dict | None = None) -> Classifier:
+        model = self._weights(t, timings)
+        if self.path.repair == "repair" and 0 < t < 1:
+            with Clock(self.runtime.device, timings)("repair"):
+                sites, (end_a, end_b) = self._targets()
+                repaired = repair_network(model, sites, end_a.interpolate(end_b, t),
+                                          self._inputs(model))
+                self.collapse[t] = repaired.collapse
+        return model
+
+    def _weights(self, t: float, timings: dict | None) -> Classifier:
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for name, value in self.curve.weights_at(t).items():
+                model.get_parameter(name).copy_(value)
+        if self.path.repair == "off" and batchnorm_layers(model):
+            if self.endpoint_b is None:
+                raise ValueError("repair off interpolates the endpoints' BN statistics: "
+                                 "give endpoint_b")
+            interpolate_batchnorm(model, self.template, self.endpoint_b, t)
+            return model
+        with Clock(self.runtime.device, timings)("bn"):
+            recompute_batchnorm(model, self.data.train, images=self.path.bn_images,
+                                data=self.path.bn_data, attack=self.attack,
+                                runtime=self.runtime, seed=self.path.seed)
+        return model
+
+    def _inputs(self, model: Classifier) -> list[torch.Tensor]:
+        """The repair images for ``model``: clean, or its own PGD examples (eval mode)."""
+        split = self.data.train.take(self.path.repair_images).to(self.runtime.device)
+        clean = [(self.runtime.images(x), y) for x, y in batches(split, BN_BATCH_SIZE)]
+        if self.path.repair_inputs == "clean":
+            return [x for x, _ in clean]
+        pgd = build_attack(self.attack)
+        generator = torch.Generator(self.runtime.device).manual_seed(self.path.seed)
+        with self.runtime.autocast():
+            return [pgd(model, x, y, generator).float() for x, y in clean]
+
+    def _targets(self) -> tuple[list[Site], tuple[Moments, Moments]]:
+        """The sites and the endpoints' moments, measured once per path."""
+        if self._sites is None or self._ends is None:
+            ends = [self._weights(t, None) for t in (0.0, 1.0)]
+            probe = self.runtime.images(as_float(self.data.train.images[:2])).to(
+                self.runtime.device)
+            spec = trace_permutation_spec(ends[0], probe, partial=True)
+            self._sites = repair_sites(ends[0], spec, probe)
+            moments = [measure(end, self._sites, self._inputs(end)) for end in ends]
+            self._ends = (moments[0], moments[1])
+        return self._sites, self._ends
+
+
+def interpolate_batchnorm(model: nn.Module, a: nn.Module, b: nn.Module, t: float) -> None:
+    """Every BN layer's running statistics set to the interpolation of ``a``'s and ``b``'s (no
+    correction: what the endpoints recorded, mixed)."""
+    buffers_a, buffers_b = dict(a.named_buffers()), dict(b.named_buffers())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.copy_((1 - t) * buffers_a[name] + t * buffers_b[name])
 
 
 def network_with(template: Classifier, weights: dict[str, torch.Tensor], data: Data,
@@ -120,6 +197,7 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
                   attack: AttackConfig, runtime: Runtime, reporter: Reporter, label: str,
                   keep_best: bool = True, done: list[PointResult] | None = None,
                   after_point: Callable[[list[PointResult]], None] | None = None,
+                  endpoint_b: Classifier | None = None,
                   ) -> tuple[list[PointResult], Classifier | None]:
     """Evaluate ``path.points`` evenly spaced t; returns the results and, with ``keep_best``,
     the interior network with the highest validation robust accuracy. On several processes the
@@ -141,12 +219,13 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
 
     for point in results:
         consider(point, None)
+    along = PathNetworks(curve, template, data, path, attack, runtime, endpoint_b)
     networks: dict[float, Classifier] = {}  # those this process built: the best one is kept
 
     def evaluate_at(t: float) -> PointResult:
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        model = network_at(curve, template, t, data, path, attack, runtime, timings)
+        model = along.at(t, timings)
         folded = fold_batchnorm(model)  # one eval-mode copy for both splits
         val_metrics = evaluate_seeded(folded, val, eval_attack, runtime, path.batch_size,
                                       path.seed, timings, fold=False)
@@ -172,5 +251,5 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
         return results, None
     _, t_best, network = best
     if network is None:  # found among the points of an earlier, interrupted run
-        network = network_at(curve, template, t_best, data, path, attack, runtime)
+        network = along.at(t_best)
     return results, network

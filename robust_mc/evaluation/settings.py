@@ -17,6 +17,17 @@ class PathConfig:
         "clean", help="images used to recompute batch-norm statistics at each t: clean, or PGD "
                       "examples against the network at t (2-3x slower per t)")
     bn_images: int = setting(2000, lo=1, help="training images for the BN statistics")
+    repair: Literal["off", "reset", "repair"] = setting(
+        "reset", help="the statistics of the network at each t: off: the endpoints' batch-norm "
+                      "statistics interpolated (no correction); reset: batch norm recomputed "
+                      "(nothing to do without it); repair: reset, then every unit's mean and "
+                      "std set to the interpolation of the endpoints' (REPAIR, Jordan et al. "
+                      "2023), folded into the weights")
+    repair_inputs: Literal["clean", "adversarial"] = setting(
+        "clean", help="images for repair's unit statistics: the first --repair-images training "
+                      "images, or each network's own PGD examples (the training attack, random "
+                      "starts from the path's seed)")
+    repair_images: int = setting(1000, lo=1, help="training images for repair's unit statistics")
     attack: str = setting("pgd:steps=20", help="eval attack spec; alpha defaults to eps/4")
     batch_size: int = setting(250, lo=1, help="images per evaluation batch (250 measured "
                                               "fastest on a 2-core CPU)", may_change=True)

@@ -6,8 +6,9 @@ Every cell is one `connect` run in ``OUT/cells/<pair>/<method>[/seed<N>]``. A fi
 rerun computes only what is missing. Endpoints trained from seeds live in ``OUT/endpoints``.
 
 Methods: ``line`` or ``curve`` (the connect curve kind, bezier by default), then ``+align``
-(neuron alignment of b to a first) and/or ``+pam`` (PAM's permutation updates while the curve
-trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the alignment).
+(neuron alignment of b to a first), ``+pam`` (PAM's permutation updates while the curve
+trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the alignment) and/or
+``+repair`` (every t's unit statistics repaired, ``path.repair: repair``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> Connec
     return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
-                   path=replace(base.path, compare_line=False),
+                   path=replace(base.path, compare_line=False,
+                                repair="repair" if method.repair else base.path.repair),
                    verify=replace(base.verify, enabled=base.verify.enabled or cfg.bench.verify))
 
 

@@ -11,7 +11,7 @@ import torch
 
 from robust_mc.config import ConnectRunConfig, EnsembleConfig, to_dict
 from robust_mc.evaluation.ensemble import greedy_select
-from robust_mc.evaluation.path import network_at, path_attack
+from robust_mc.evaluation.path import PathNetworks, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.pipelines.pair import Pair
@@ -54,8 +54,8 @@ def run_ensemble(run: CurveRun, source: Path, cfg: ConnectRunConfig, choice: Ens
     ts = torch.linspace(0, 1, path.points).tolist()
     reporter.print(f"[bold]ensemble[/] of {choice.k} from {len(ts)} points on {source} "
                    f"({choice.combine}), selected on validation robust accuracy ({path.attack})")
-    candidates = [network_at(curve, endpoints.a, t, on_device, path, cfg.attack, runtime)
-                  for t in ts]
+    along = PathNetworks(curve, endpoints.a, on_device, path, cfg.attack, runtime, endpoints.b)
+    candidates = [along.at(t) for t in ts]
     val, test = on_device.val.take(path.val_limit), on_device.test.take(path.test_limit)
     selection = greedy_select(candidates, choice.k, val, attack, runtime,
                               batch_size=path.batch_size, seed=path.seed,

@@ -127,7 +127,8 @@ def evaluate_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
         return {"done": progress.done(name), "after_point": progress.saver(name)}
 
     points, best = evaluate_path(curve, endpoints.a, data, cfg.path, cfg.attack, runtime,
-                                 reporter, f"{cfg.curve.kind} path", **resumable(label))
+                                 reporter, f"{cfg.curve.kind} path", **resumable(label),
+                                 endpoint_b=endpoints.b)
     run = PathRun(label, points, best)
     run.seconds["evaluate"] = time.perf_counter() - start
     run.endpoints = endpoint_reproduction(points, endpoints, session)
@@ -142,7 +143,7 @@ def evaluate_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
             run.lines[line_label], _ = evaluate_path(line, endpoints.a, data, cfg.path,
                                                      cfg.attack, runtime, reporter,
                                                      str(line_label), keep_best=False,
-                                                     **resumable(line_label))
+                                                     **resumable(line_label), endpoint_b=b)
     return run
 
 

@@ -32,6 +32,9 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
     """Evaluate the grid (continuing a saved one with the same settings) and write
     plane.json; the caller draws the figures."""
     curve = run.curve  # the plane's geometry on the CPU; networks on the run's device
+    if cfg.path.repair != "reset":
+        reporter.print(f"plane: the grid's points are not on the path, so repair "
+                       f"({cfg.path.repair}) does not apply; each recomputes batch norm")
     if plane_cfg.bend >= max(curve.num_bends, 1):
         raise UserError(f"--bend {plane_cfg.bend}: the curve has {curve.num_bends} bend(s)")
     try:

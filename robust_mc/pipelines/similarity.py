@@ -8,7 +8,7 @@ from robust_mc.attacks import build_attack
 from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.data import as_float
-from robust_mc.evaluation.path import PointResult, network_at
+from robust_mc.evaluation.path import PathNetworks, PointResult
 from robust_mc.evaluation.similarity import LayerSimilarity, matched_correlation
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, make_curve
@@ -32,8 +32,10 @@ def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints
         along = curve if not label.is_line or label == PathLabel(cfg.curve.kind, cfg.aligned) \
             else make_curve("line", endpoints, 0, runtime, b)
 
-        def at(t: float, path: Curve = along) -> Classifier:
-            return network_at(path, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
+        networks = PathNetworks(along, endpoints.a, data, cfg.path, cfg.attack, runtime, b)
+
+        def at(t: float, networks: PathNetworks = networks) -> Classifier:
+            return networks.at(t)
 
         ends = {"a": at(0.0), "b": at(1.0)}
 

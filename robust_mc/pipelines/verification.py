@@ -10,7 +10,7 @@ from robust_mc.attacks.reference import reference_version
 from robust_mc.config import ConnectRunConfig, to_dict
 from robust_mc.core.curves import Curve
 from robust_mc.errors import UserError
-from robust_mc.evaluation.path import PointResult, network_at
+from robust_mc.evaluation.path import PathNetworks, PointResult
 from robust_mc.evaluation.verification import (
     PointVerification,
     Verification,
@@ -44,9 +44,11 @@ def verify_path(session: ConnectSession, curve: Curve, endpoints: Endpoints,
         "verify": verification_settings(cfg.verify), "batch_size": cfg.path.batch_size,
         "reference": reference_version()})
 
+    along = PathNetworks(curve, endpoints.a, data, cfg.path, cfg.attack, runtime, endpoints.b)
+
     def verify(item: tuple[float, list[str]]) -> tuple[str, PointVerification, bool]:
         t, roles = item
-        model = network_at(curve, endpoints.a, t, data, cfg.path, cfg.attack, runtime)
+        model = along.at(t)
         key = "" if context is None else VerifiedPoints.key(model, context)
         if verified is not None and (point := verified.get(key, t, roles)) is not None:
             return key, point, True

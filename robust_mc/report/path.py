@@ -142,7 +142,8 @@ def print_summary(summary: PathSummary, title: str, console: Console | None = No
                       f"test clean {best.test.clean_acc:.2f}% robust "
                       f"{best.test.robust_acc:.2f}%")
     per_t = summary.per_t
-    console.print(f"seconds per evaluated t: {per_t.total:.2f} (BN {per_t.bn:.2f}, "
+    repair = f", repair {per_t.repair:.2f}" if per_t.repair else ""
+    console.print(f"seconds per evaluated t: {per_t.total:.2f} (BN {per_t.bn:.2f}{repair}, "
                   f"clean {per_t.clean:.2f}, attack {per_t.attack:.2f})")
     if summary.verification is not None:
         print_verification(summary.verification, console)

@@ -25,17 +25,19 @@ class Method:
     curve: bool
     align: bool
     pam: bool
+    repair: bool = False  # every t's unit statistics repaired (path.repair: repair)
 
 
 def parse_method(name: str) -> Method:
     base, *extras = name.split("+")
-    unknown = [e for e in extras if e not in ("align", "pam")]
+    unknown = [e for e in extras if e not in ("align", "pam", "repair")]
     if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras):
-        raise UserError(f"bench method {name!r}: write line or curve, then +align and/or +pam "
-                        "(e.g. curve+align)")
+        raise UserError(f"bench method {name!r}: write line or curve, then +align, +pam and/or "
+                        "+repair (e.g. curve+align+repair)")
     if base == "line" and "pam" in extras:
         raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
-    return Method(name, base == "curve", "align" in extras, "pam" in extras)
+    return Method(name, base == "curve", "align" in extras, "pam" in extras,
+                  "repair" in extras)
 
 
 @dataclass

@@ -250,6 +250,7 @@ class SecondsPerT:
     """Mean seconds per evaluated t: batch-norm recomputation, clean passes, the attack, all."""
 
     bn: float = 0.0
+    repair: float = 0.0
     clean: float = 0.0
     attack: float = 0.0
     total: float = 0.0
