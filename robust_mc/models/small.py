@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from robust_mc.models._registry import register_model
-from robust_mc.models.blocks import conv_bn_relu, init_weights, scaled
+from robust_mc.models.blocks import conv_norm_relu, init_weights, scaled
 
 # (out channels, stride, kernel, padding) of TinyTen's eight conv-BN-ReLU blocks (Tatro et al.)
 TINYTEN_BLOCKS = ((16, 1, 3, 1), (16, 1, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1),
@@ -16,12 +16,13 @@ TINYTEN_MIN_IMAGE_SIZE = 9
 
 
 class TinyTen(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                 norm: str = "batch") -> None:
         super().__init__()
         layers, cin = [], in_channels
         for cout, stride, kernel, padding in TINYTEN_BLOCKS:
             cout = scaled(cout, width)
-            layers.append(conv_bn_relu(cin, cout, kernel, stride, padding))
+            layers.append(conv_norm_relu(cin, cout, kernel, stride, padding, norm))
             cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -37,8 +38,8 @@ class SmallCNN(nn.Module):
         super().__init__()
         c1, c2 = scaled(32, width), scaled(64, width)
         self.features = nn.Sequential(
-            conv_bn_relu(in_channels, c1), conv_bn_relu(c1, c2), nn.MaxPool2d(2),
-            conv_bn_relu(c2, c2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            conv_norm_relu(in_channels, c1), conv_norm_relu(c1, c2), nn.MaxPool2d(2),
+            conv_norm_relu(c2, c2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(c2, num_classes)
         init_weights(self)
 
@@ -60,9 +61,11 @@ class MLP(nn.Module):
 
 
 @register_model
-def tinyten(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **_) -> nn.Module:
-    """The 0.09M-parameter CNN of Tatro et al. (2020)."""
-    return TinyTen(num_classes, in_channels, width)
+def tinyten(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+            norm: str = "batch", **_) -> nn.Module:
+    """The 0.09M-parameter CNN of Tatro et al. (2020); ``norm``: batch (theirs), layer or
+    none (``--model-kwargs '{norm: none}'``: a network without batch norm, for repair)."""
+    return TinyTen(num_classes, in_channels, width, norm)
 
 
 @register_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from robust_mc.models._registry import register_model
-from robust_mc.models.blocks import conv_bn_relu, init_weights, scaled
+from robust_mc.models.blocks import conv_norm_relu, init_weights, scaled
 
 VGG_STAGES = {
     11: ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -21,7 +21,7 @@ class VGG(nn.Module):
         cin, size = in_channels, image_size
         for stage in VGG_STAGES[depth]:
             for cout in stage:
-                layers.append(conv_bn_relu(cin, scaled(cout, width)))
+                layers.append(conv_norm_relu(cin, scaled(cout, width)))
                 cin = scaled(cout, width)
             if size >= 2:  # small inputs keep their last pixels instead of pooling to nothing
                 layers.append(nn.MaxPool2d(2))

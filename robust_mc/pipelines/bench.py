@@ -8,7 +8,8 @@ rerun computes only what is missing. Endpoints trained from seeds live in ``OUT/
 Methods: ``line`` or ``curve`` (the connect curve kind, bezier by default), then ``+align``
 (neuron alignment of b to a first), ``+pam`` (PAM's permutation updates while the curve
 trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the alignment) and/or
-``+repair`` (every t's unit statistics repaired, ``path.repair: repair``).
+``+repair`` or ``+repair-adv`` (every t's unit statistics repaired, ``path.repair: repair``,
+on clean inputs or on each network's own PGD examples).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
+    PathConfig,
     TrainRunConfig,
     build_config,
     find_preset,
@@ -58,9 +60,16 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> Connec
     return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
-                   path=replace(base.path, compare_line=False,
-                                repair="repair" if method.repair else base.path.repair),
+                   path=repaired(replace(base.path, compare_line=False), method.repair),
                    verify=replace(base.verify, enabled=base.verify.enabled or cfg.bench.verify))
+
+
+def repaired(path: PathConfig, inputs: str | None) -> PathConfig:
+    """The path settings of a ``+repair`` (clean) or ``+repair-adv`` (adversarial) method."""
+    if inputs is None:
+        return path
+    return replace(path, repair="repair", repair_inputs="clean" if inputs == "clean" else
+                   "adversarial")
 
 
 def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]:

@@ -25,19 +25,26 @@ class Method:
     curve: bool
     align: bool
     pam: bool
-    repair: bool = False  # every t's unit statistics repaired (path.repair: repair)
+    # every t's unit statistics repaired (path.repair: repair) on clean inputs or on each
+    # network's own PGD examples; None: as the connect section says
+    repair: str | None = None
+
+
+REPAIRS = {"repair": "clean", "repair-adv": "adversarial"}
 
 
 def parse_method(name: str) -> Method:
     base, *extras = name.split("+")
-    unknown = [e for e in extras if e not in ("align", "pam", "repair")]
-    if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras):
-        raise UserError(f"bench method {name!r}: write line or curve, then +align, +pam and/or "
-                        "+repair (e.g. curve+align+repair)")
+    unknown = [e for e in extras if e not in ("align", "pam", *REPAIRS)]
+    repairs = [REPAIRS[e] for e in extras if e in REPAIRS]
+    if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras) \
+            or len(repairs) > 1:
+        raise UserError(f"bench method {name!r}: write line or curve, then +align, +pam and "
+                        "+repair or +repair-adv (e.g. curve+align+repair)")
     if base == "line" and "pam" in extras:
         raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
     return Method(name, base == "curve", "align" in extras, "pam" in extras,
-                  "repair" in extras)
+                  repairs[0] if repairs else None)
 
 
 @dataclass
