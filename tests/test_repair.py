@@ -5,6 +5,7 @@ the correction is the same function as applying it as a layer of its own."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -117,3 +118,63 @@ def test_batch_norm_and_transformer_sites_reach_their_targets(arch, channels, si
     for site in sites:
         assert torch.allclose(after.std[site.module], target.std[site.module], atol=1e-4,
                               rtol=1e-4)
+
+
+def test_connect_with_repair_reproduces_the_endpoints_and_times_the_repair(tmp_path, capsys):
+    """Two MLPs without normalization connected with repair: the endpoints are reproduced at
+    t = 0 and 1, the summary says how the statistics were made, and repair's seconds appear
+    per t."""
+    from robust_mc import cli
+
+    ends = [tmp_path / f"{seed}.pt" for seed in (0, 1)]
+    for seed, path in enumerate(ends):
+        assert cli.main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "1",
+                         "--attack-steps", "1", "--eval-attack", "none", "--seed", str(seed),
+                         "--device", "cpu", "--out", str(path)]) == 0
+    out = tmp_path / "run"
+    assert cli.main(["connect", str(ends[0]), str(ends[1]),
+                     "--curve", "line", "--points", "3", "--eval-attack", "pgd:steps=2",
+                     "--bn-images", "200", "--align-samples", "200", "--repair", "repair",
+                     "--repair-inputs", "adversarial", "--repair-images", "100",
+                     "--attack-steps", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert "repair" in capsys.readouterr().out  # the timing line names it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["endpoints"]["a"]["reproduced"] and summary["endpoints"]["b"]["reproduced"]
+    path = summary["config"]["path"]
+    assert (path["repair"], path["repair_inputs"], path["repair_images"], path["seed"]) == \
+        ("repair", "adversarial", 100, 0)
+    assert summary["timings"]["per_t"]["repair"] > 0
+
+
+def test_repair_off_interpolates_the_endpoints_batch_norm_statistics(tiny_endpoint):
+    from robust_mc.evaluation.path import interpolate_batchnorm
+    from robust_mc.store.checkpoint import build_model
+
+    a = build_model(tiny_endpoint())
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for name, buffer in b.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.add_(1.0)
+    middle = copy.deepcopy(a)
+    interpolate_batchnorm(middle, a, b, 0.25)
+    for name, buffer in middle.named_buffers():
+        if name.endswith("running_mean"):
+            assert torch.allclose(buffer, dict(a.named_buffers())[name] + 0.25)
+
+
+@pytest.mark.parametrize("name, inputs", [("curve+align+repair", "clean"),
+                                          ("line+align+repair-adv", "adversarial"),
+                                          ("curve+align", None)])
+def test_bench_methods_name_their_repair(name, inputs):
+    from robust_mc.store.bench_table import parse_method
+
+    assert parse_method(name).repair == inputs
+
+
+def test_a_bench_method_with_two_repairs_is_refused():
+    from robust_mc.errors import UserError
+    from robust_mc.store.bench_table import parse_method
+
+    with pytest.raises(UserError, match=r"\+repair or \+repair-adv"):
+        parse_method("line+repair+repair-adv")

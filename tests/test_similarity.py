@@ -31,6 +31,17 @@ def test_eval_similarity_is_one_against_the_path_s_own_end_in_every_layer(tiny_e
             assert all(v is None or -1 <= v <= 1 for v in row["layers"].values())
         assert (out / ("similarity-" + label.replace(" (", "-").replace(")", "")
                        + ".png")).is_file()
+    variance = json.loads((out / "path.json").read_text())["variance"]
+    assert set(variance) == set(similarity)
+    for label, rows in variance.items():
+        assert len(rows) == 3 * 2  # t x inputs
+        for row in rows:
+            assert row["layers"] and all(v > 0 for v in row["layers"].values())
+            if row["t"] in (0.0, 1.0):  # the network's own statistics are the target there
+                for value in row["layers"].values():
+                    assert value == pytest.approx(1.0, abs=1e-4), (label, row)
+        assert (out / ("variance-" + label.replace(" (", "-").replace(")", "")
+                       + ".png")).is_file()
 
 
 def test_connect_refuses_a_similarity_it_would_not_measure(tiny_endpoint_files, tmp_path,

@@ -9,7 +9,7 @@ PGD examples from the same random start.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torch import nn
 from robust_mc.attacks.training import TrainingAttack
 from robust_mc.core.align import solve_assignment, unit_statistics
 from robust_mc.core.permutation import PermutationSpec
+from robust_mc.core.repair import SILENT_STD, Site, measure
 from robust_mc.data import Split, batches
 from robust_mc.run.runtime import Runtime
 
@@ -55,3 +56,47 @@ def matched_correlation(model: nn.Module, reference: nn.Module, spec: Permutatio
         # Pearson correlations lie in [-1, 1]; float64 sums of float32 products may round past
         out[name] = float(matched.mean().clamp(-1, 1)) if matched.numel() else float("nan")
     return out
+
+
+@dataclass(frozen=True)
+class LayerVariance:
+    """Variance collapse (Jordan et al. 2023) at t: per repair site, the mean over its units of
+    std_t / ((1 - t) std_a + t std_b); 1 where the network at t spreads its units as the
+    endpoints do, below 1 where interpolation collapsed them."""
+
+    t: float
+    inputs: str  # clean or adversarial
+    layers: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return {"t": self.t, "inputs": self.inputs, "layers": self.layers}
+
+
+def variance_ratio(model: nn.Module, end_a: nn.Module, end_b: nn.Module, t: float,
+                   sites: list[Site], images: Split, runtime: Runtime,
+                   attack: TrainingAttack | None = None, seed: int = 0) -> dict[str, float]:
+    """Site -> mean std ratio of ``model`` (at ``t``) to the interpolated endpoints, on
+    ``images`` or each network's own ``attack`` examples (one random start for all three)."""
+
+    def inputs_of(network: nn.Module) -> list[torch.Tensor]:
+        clean = [(runtime.images(x), y) for x, y in batches(images.to(runtime.device), BATCH)]
+        if attack is None:
+            return [x for x, _ in clean]
+        generator = torch.Generator(runtime.device).manual_seed(seed)
+        with runtime.autocast():
+            return [attack(network, x, y, generator).float() for x, y in clean]
+
+    at_t = measure(model, sites, inputs_of(model))
+    target = measure(end_a, sites, inputs_of(end_a)).interpolate(
+        measure(end_b, sites, inputs_of(end_b)), t)
+    return {s.module: float((at_t.std[s.module] / target.std[s.module].clamp_min(SILENT_STD))
+                            .mean()) for s in sites}
+
+
+@dataclass
+class Activations:
+    """Per path label: the matched-unit correlation of every layer with each end, and the
+    variance collapse of every repair site, per t and inputs (``eval --similarity``)."""
+
+    similarity: dict[str, list[LayerSimilarity]] = field(default_factory=dict)
+    variance: dict[str, list[LayerVariance]] = field(default_factory=dict)

@@ -33,7 +33,7 @@ from robust_mc.pipelines.verification import (
     verify_path,
 )
 from robust_mc.report.path import plot_paths, write_path_files
-from robust_mc.report.similarity import plot_similarity
+from robust_mc.report.similarity import plot_similarity, plot_variance
 from robust_mc.run import distributed
 from robust_mc.run.files import ensure_out_dir, remove
 from robust_mc.run.interrupt import StopSignals
@@ -130,10 +130,13 @@ def write_outputs(session: ConnectSession, run: PathRun, summary: PathSummary,
     out = session.out
     extra = {}
     files = ["path.json", "path.csv"]
-    if run.similarity:
+    if run.activations is not None:
         extra["similarity"] = {label: [row.as_dict() for row in rows]
-                               for label, rows in run.similarity.items()}
-        files += plot_similarity(out, run.similarity)
+                               for label, rows in run.activations.similarity.items()}
+        extra["variance"] = {label: [row.as_dict() for row in rows]
+                             for label, rows in run.activations.variance.items()}
+        files += plot_similarity(out, run.activations.similarity)
+        files += plot_variance(out, run.activations.variance)
     write_path_files(out, run.paths, extra)
     if write_best(run, session.pair, summary, session.cfg, out) is not None:
         files.append("best.pt")

@@ -25,7 +25,7 @@ def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runt
     session, endpoints, curve = saved.session, saved.endpoints, saved.curve
     result = evaluate_run(session, curve, endpoints)
     if cfg.path.similarity:
-        result.similarity = similarity_along(session, curve, endpoints, result.paths)
+        result.activations = similarity_along(session, curve, endpoints, result.paths)
     summary = summarize(result, cfg)
     if cfg.verify.enabled:
         summary.verification = verify_path(session, curve, endpoints, result.points,

@@ -15,7 +15,7 @@ from robust_mc.errors import Interrupted
 from robust_mc.evaluation.barriers import path_summary
 from robust_mc.evaluation.path import PointResult, batchnorm_layers, evaluate_path, path_attack
 from robust_mc.evaluation.robustness import evaluate_seeded
-from robust_mc.evaluation.similarity import LayerSimilarity
+from robust_mc.evaluation.similarity import Activations
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.session import ConnectSession
@@ -47,7 +47,7 @@ class PathRun:
     lines: dict[PathLabel, list[PointResult]] = field(default_factory=dict)
     endpoints: dict[str, EndpointCheck] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    similarity: dict[str, list[LayerSimilarity]] = field(default_factory=dict)  # eval only
+    activations: Activations | None = None  # eval --similarity only
 
     @property
     def paths(self) -> dict[PathLabel, list[PointResult]]:

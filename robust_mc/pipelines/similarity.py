@@ -7,9 +7,16 @@ from __future__ import annotations
 from robust_mc.attacks import build_attack
 from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import trace_permutation_spec
+from robust_mc.core.repair import repair_sites
 from robust_mc.data import as_float
 from robust_mc.evaluation.path import PathNetworks, PointResult
-from robust_mc.evaluation.similarity import LayerSimilarity, matched_correlation
+from robust_mc.evaluation.similarity import (
+    Activations,
+    LayerSimilarity,
+    LayerVariance,
+    matched_correlation,
+    variance_ratio,
+)
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints, make_curve
 from robust_mc.pipelines.session import ConnectSession
@@ -18,15 +25,17 @@ from robust_mc.store.records import PathLabel
 
 
 def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints,
-                     paths: dict[PathLabel, list[PointResult]]
-                     ) -> dict[str, list[LayerSimilarity]]:
-    """Path label -> per t, inputs and end: the matched-unit correlation of every layer."""
+                     paths: dict[PathLabel, list[PointResult]]) -> Activations:
+    """For each path, per t and inputs (clean, adversarial): the matched-unit correlation of
+    every layer with each end, and each repair site's variance collapse."""
     cfg, data, runtime = session.cfg, session.data, session.runtime
     images = data.test.take(cfg.path.similarity_images)
-    spec = trace_permutation_spec(endpoints.a, runtime.images(as_float(images.images[:2])),
+    probe = runtime.images(as_float(images.images[:2])).to(runtime.device)
+    spec = trace_permutation_spec(endpoints.a, probe,
                                   partial=True)  # unit similarity wherever units are followed
+    sites = repair_sites(endpoints.a, spec, probe)
     attack = build_attack(cfg.attack, mode="eval")
-    out: dict[str, list[LayerSimilarity]] = {}
+    out = Activations()
     for label, points in paths.items():
         b = endpoints.b if label.aligned else endpoints.b_original
         along = curve if not label.is_line or label == PathLabel(cfg.curve.kind, cfg.aligned) \
@@ -39,15 +48,20 @@ def similarity_along(session: ConnectSession, curve: Curve, endpoints: Endpoints
 
         ends = {"a": at(0.0), "b": at(1.0)}
 
-        def measure(t: float, at=at, ends=ends) -> list[LayerSimilarity]:
+        def measure(t: float, at=at, ends=ends
+                    ) -> tuple[list[LayerSimilarity], list[LayerVariance]]:
             model = at(t)
-            return [LayerSimilarity(t, inputs, end, matched_correlation(
-                        model, reference, spec, images, runtime,
-                        attack if inputs == "adversarial" else None, cfg.path.seed))
-                    for inputs in ("clean", "adversarial") for end, reference in ends.items()]
+            kinds = {"clean": None, "adversarial": attack}
+            return ([LayerSimilarity(t, inputs, end, matched_correlation(
+                        model, reference, spec, images, runtime, by, cfg.path.seed))
+                     for inputs, by in kinds.items() for end, reference in ends.items()],
+                    [LayerVariance(t, inputs, variance_ratio(
+                        model, ends["a"], ends["b"], t, sites, images, runtime, by,
+                        cfg.path.seed)) for inputs, by in kinds.items()])
 
         with session.reporter.task(f"similarity {label}", len(points)) as step:
             rows = distributed.group().map(measure, [p.t for p in points],
                                            lambda _i, _r: step.advance(1))
-        out[str(label)] = [row for per_t in rows for row in per_t]
+        out.similarity[str(label)] = [row for per_t in rows for row in per_t[0]]
+        out.variance[str(label)] = [row for per_t in rows for row in per_t[1]]
     return out

@@ -1,17 +1,18 @@
-"""Heatmaps of the activation similarity along each path: one PNG per path, layers x t, four
-panels (clean / adversarial inputs, against endpoint a / b)."""
+"""Heatmaps of the activations along each path, layers x t: the activation similarity (four
+panels: clean / adversarial inputs, against endpoint a / b) and the variance collapse (two panels:
+clean / adversarial inputs), one PNG of each per path."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from robust_mc.evaluation.similarity import LayerSimilarity
+from robust_mc.evaluation.similarity import LayerSimilarity, LayerVariance
 from robust_mc.report.plot import figure
 
 
-def file_name(label: str) -> str:
-    return "similarity-" + label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".png"
+def file_name(label: str, kind: str = "similarity") -> str:
+    return f"{kind}-" + label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".png"
 
 
 def plot_similarity(out: Path, similarity: dict[str, list[LayerSimilarity]]) -> list[str]:
@@ -36,5 +37,30 @@ def plot_similarity(out: Path, similarity: dict[str, list[LayerSimilarity]]) -> 
                 ax.set_xlabel("t")
                 fig.colorbar(image, ax=ax, label="matched correlation")
             fig.suptitle(label)
+        written.append(name)
+    return written
+
+
+def plot_variance(out: Path, variance: dict[str, list[LayerVariance]]) -> list[str]:
+    """variance-<path>.png per path: each repair site's std ratio to the interpolated
+    endpoints' (1: no collapse), clean and adversarial inputs; the names written."""
+    written = []
+    for label, rows in variance.items():
+        ts = sorted({r.t for r in rows})
+        layers = list(rows[0].layers) if rows else []
+        name = file_name(label, "variance")
+        with figure(out / name, 1, 2, size=(10, 1.5 + 0.35 * len(layers))) as (fig, axes):
+            if fig is None:
+                return []
+            for ax, inputs in zip(axes.flat, ("clean", "adversarial"), strict=True):
+                table = {r.t: r.layers for r in rows if r.inputs == inputs}
+                values = [[table[t][layer] for t in ts] for layer in layers]
+                image = ax.imshow(values, vmin=0, vmax=2, aspect="auto", cmap="RdBu")
+                ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts], fontsize=7)
+                ax.set_yticks(range(len(layers)), layers, fontsize=7)
+                ax.set_title(f"{inputs} inputs", fontsize=9)
+                ax.set_xlabel("t")
+                fig.colorbar(image, ax=ax, label="std at t / interpolated std")
+            fig.suptitle(f"{label}: variance collapse")
         written.append(name)
     return written
