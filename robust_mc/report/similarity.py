@@ -15,27 +15,35 @@ def file_name(label: str, kind: str = "similarity") -> str:
     return f"{kind}-" + label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".png"
 
 
+def _heatmap(fig, ax, tables: dict[float, dict[str, float]], title: str, scale: str,
+             value_range: tuple[float, float], cmap: str) -> None:
+    """One panel: layers x t of ``tables`` (t -> layer -> value; NaN shown as 0)."""
+    ts = sorted(tables)
+    layers = list(tables[ts[0]]) if ts else []
+    values = [[0.0 if math.isnan(v := tables[t][layer]) else v for t in ts] for layer in layers]
+    image = ax.imshow(values, vmin=value_range[0], vmax=value_range[1], aspect="auto", cmap=cmap)
+    ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts], fontsize=7)
+    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("t")
+    fig.colorbar(image, ax=ax, label=scale)
+
+
 def plot_similarity(out: Path, similarity: dict[str, list[LayerSimilarity]]) -> list[str]:
     """similarity-<path>.png per path; the names written (none without matplotlib)."""
     written = []
     for label, rows in similarity.items():
-        ts = sorted({r.t for r in rows})
-        layers = list(rows[0].layers) if rows else []
+        layers = len(rows[0].layers) if rows else 0
         name = file_name(label)
-        with figure(out / name, 2, 2, size=(10, 1.5 + 0.35 * len(layers) * 2)) as (fig, axes):
+        with figure(out / name, 2, 2, size=(10, 1.5 + 0.35 * layers * 2)) as (fig, axes):
             if fig is None:
                 return []
             for ax, (inputs, end) in zip(axes.flat, [(i, e) for i in ("clean", "adversarial")
                                                      for e in ("a", "b")], strict=True):
-                table = {r.t: r.layers for r in rows if r.inputs == inputs and r.reference == end}
-                values = [[table[t][layer] for t in ts] for layer in layers]
-                shown = [[v if not math.isnan(v) else 0.0 for v in row] for row in values]
-                image = ax.imshow(shown, vmin=0, vmax=1, aspect="auto", cmap="magma")
-                ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts], fontsize=7)
-                ax.set_yticks(range(len(layers)), layers, fontsize=7)
-                ax.set_title(f"{inputs} inputs, against {end}", fontsize=9)
-                ax.set_xlabel("t")
-                fig.colorbar(image, ax=ax, label="matched correlation")
+                _heatmap(fig, ax, {r.t: r.layers for r in rows
+                                   if r.inputs == inputs and r.reference == end},
+                         f"{inputs} inputs, against {end}", "matched correlation", (0, 1),
+                         "magma")
             fig.suptitle(label)
         written.append(name)
     return written
@@ -46,21 +54,14 @@ def plot_variance(out: Path, variance: dict[str, list[LayerVariance]]) -> list[s
     endpoints' (1: no collapse), clean and adversarial inputs; the names written."""
     written = []
     for label, rows in variance.items():
-        ts = sorted({r.t for r in rows})
-        layers = list(rows[0].layers) if rows else []
+        layers = len(rows[0].layers) if rows else 0
         name = file_name(label, "variance")
-        with figure(out / name, 1, 2, size=(10, 1.5 + 0.35 * len(layers))) as (fig, axes):
+        with figure(out / name, 1, 2, size=(10, 1.5 + 0.35 * layers)) as (fig, axes):
             if fig is None:
                 return []
             for ax, inputs in zip(axes.flat, ("clean", "adversarial"), strict=True):
-                table = {r.t: r.layers for r in rows if r.inputs == inputs}
-                values = [[table[t][layer] for t in ts] for layer in layers]
-                image = ax.imshow(values, vmin=0, vmax=2, aspect="auto", cmap="RdBu")
-                ax.set_xticks(range(len(ts)), [f"{t:.2f}" for t in ts], fontsize=7)
-                ax.set_yticks(range(len(layers)), layers, fontsize=7)
-                ax.set_title(f"{inputs} inputs", fontsize=9)
-                ax.set_xlabel("t")
-                fig.colorbar(image, ax=ax, label="std at t / interpolated std")
+                _heatmap(fig, ax, {r.t: r.layers for r in rows if r.inputs == inputs},
+                         f"{inputs} inputs", "std at t / interpolated std", (0, 2), "RdBu")
             fig.suptitle(f"{label}: variance collapse")
         written.append(name)
     return written
