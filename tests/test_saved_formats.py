@@ -58,56 +58,97 @@ def test_a_saved_run_is_ensembled(saved_run, tmp_path, capsys):
     assert len(out["members_t"]) == 2
 
 
-# Files as the version before typed metadata wrote them (tests/fixtures/format-v1: two tiny
-# digits CNNs trained for one epoch, b aligned, a connect run, its ensemble, a safetensors
-# export and an unfinished training state), read by this version.
-FORMAT_V1 = Path(__file__).parent / "fixtures" / "format-v1"
+# Files as the version before typed metadata wrote them: the same records without the fields
+# the typed ones write since (a native file's ``source_format``, an endpoint's ``kind``), made
+# here from tiny digits CNNs: an endpoint, b aligned, a connect run's best network, an ensemble, a
+# safetensors export; and an unfinished training state.
+ADDED_META = ("source_format",)
+
+
+def as_untyped(path: Path, endpoint: bool = False) -> Path:
+    record = torch.load(path, weights_only=True)
+    record["meta"] = {k: v for k, v in record["meta"].items()
+                      if k not in ADDED_META and not (endpoint and k == "kind")}
+    torch.save(record, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def untyped(saved_run, tiny_endpoint_files, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("untyped")
+    endpoint = folder / "endpoint0.pt"
+    endpoint.write_bytes(tiny_endpoint_files["a"].read_bytes())
+    as_untyped(endpoint, endpoint=True)
+    assert cli.main(["align", str(endpoint), str(tiny_endpoint_files["b"]), "--align-samples",
+                     "200", "--device", "cpu", "-o", str(folder / "aligned1.pt")]) == 0
+    as_untyped(folder / "aligned1.pt", endpoint=True)
+    assert cli.main(["ensemble", str(saved_run), "-k", "2", "--out", str(folder / "ens"),
+                     *QUICK]) == 0
+    (folder / "ensemble.pt").write_bytes(as_untyped(folder / "ens" / "ensemble.pt").read_bytes())
+    (folder / "run").mkdir()
+    (folder / "run" / "best.pt").write_bytes(as_untyped(saved_run / "best.pt").read_bytes())
+    assert cli.main(["export", str(endpoint), "--format", "safetensors", "-o",
+                     str(folder / "endpoint0.safetensors")]) == 0
+    return folder
+
+
+TRAIN_STATE = ["--dataset", "digits", "--arch", "cnn", "--width", "0.25", "--epochs", "1",
+               "--train-limit", "400", "--attack-steps", "1", "--eval-attack", "pgd:steps=1",
+               "--device", "cpu"]
 
 
 @pytest.mark.parametrize("name", ["endpoint0.pt", "aligned1.pt", "ensemble.pt", "run/best.pt",
                                   "endpoint0.safetensors"])
-def test_a_checkpoint_of_the_first_format_is_described(name, capsys):
-    assert cli.main(["info", str(FORMAT_V1 / name), "--json"]) == 0
+def test_a_checkpoint_of_the_first_format_is_described(untyped, name, capsys):
+    capsys.readouterr()
+    assert cli.main(["info", str(untyped / name), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["dataset"] == "digits" and info["parameters"] > 0
 
 
-def test_the_first_format_s_metadata_reads_as_typed_records():
+def test_the_first_format_s_metadata_reads_as_typed_records(untyped):
     from robust_mc.evaluation.robustness import Metrics
     from robust_mc.store.checkpoint import load_checkpoint
 
-    endpoint = load_checkpoint(FORMAT_V1 / "endpoint0.pt").meta
+    endpoint = load_checkpoint(untyped / "endpoint0.pt").meta
     assert isinstance(endpoint.metrics.test, Metrics) and endpoint.kind == "endpoint"
     assert endpoint.objective.name == "adversarial" and endpoint.history[0].epoch == 1
     assert endpoint.timings.train_s > 0 and endpoint.config["optim"]["epochs"] == 1
-    aligned = load_checkpoint(FORMAT_V1 / "aligned1.pt").meta.alignment
+    aligned = load_checkpoint(untyped / "aligned1.pt").meta.alignment
     assert aligned.method == "corr" and all(sorted(p) == list(range(len(p)))
                                             for p in aligned.permutation.values())
-    ensemble = load_checkpoint(FORMAT_V1 / "ensemble.pt", allow_ensemble=True).meta
+    ensemble = load_checkpoint(untyped / "ensemble.pt", allow_ensemble=True).meta
     assert ensemble.kind == "ensemble" and len(ensemble.members_t) == 2
-    best = load_checkpoint(FORMAT_V1 / "run" / "best.pt").meta
+    best = load_checkpoint(untyped / "run" / "best.pt").meta
     assert best.kind == "on-path" and 0 <= best.t <= 1 and best.metrics.val is not None
 
 
-def test_a_run_and_an_ensemble_of_the_first_format_are_evaluated(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("curve.pt", "summary.json"):
-        (run / name).write_bytes((FORMAT_V1 / "run" / name).read_bytes())
-    assert cli.main(["eval", str(run), "--out", str(tmp_path / "again"), *QUICK]) == 0
+def test_an_ensemble_of_the_first_format_is_evaluated(untyped, capsys):
     capsys.readouterr()
-    assert cli.main(["eval", str(FORMAT_V1 / "ensemble.pt"), "--eval-attack", "none",
+    assert cli.main(["eval", str(untyped / "ensemble.pt"), "--eval-attack", "none",
                      "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["members"] == 2
 
 
 def test_training_continues_from_a_first_format_state(tmp_path, capsys):
-    out = tmp_path / "endpoint2.pt"
-    (tmp_path / "endpoint2.state.pt").write_bytes((FORMAT_V1 / "endpoint2.state.pt").read_bytes())
-    assert cli.main(["train", "--dataset", "digits", "--arch", "cnn", "--width", "0.25",
-                     "--epochs", "1", "--train-limit", "400", "--attack-steps", "1",
-                     "--eval-attack", "pgd:steps=1", "--device", "cpu", "--out", str(out)]) == 0
-    assert "resuming" in capsys.readouterr().err
+    """A training state written as a plain mapping (what the typed record writes, and what the
+    version before it wrote): training takes it up."""
+    from robust_mc.config import TrainRunConfig, build_config
+    from robust_mc.pipelines.endpoint_training import train_endpoint
+    from robust_mc.run.progress import Reporter
+    from robust_mc.run.runtime import start_runtime
     from robust_mc.store.checkpoint import load_checkpoint
 
+    cfg = build_config(TrainRunConfig, None, {
+        "data.dataset": "digits", "model.arch": "cnn", "model.width": 0.25, "optim.epochs": 1,
+        "data.train_limit": 400, "attack.steps": 1, "eval.attack": "pgd:steps=1",
+        "device": "cpu"})
+    state = tmp_path / "endpoint2.state.pt"
+    train_endpoint(cfg, start_runtime(cfg.device, cfg.speed), Reporter(quiet=True),
+                   state_path=state)
+    record = torch.load(state, weights_only=True)
+    assert isinstance(record, dict) and isinstance(record["history"][0], dict)
+    out = tmp_path / "endpoint2.pt"
+    assert cli.main(["train", *TRAIN_STATE, "--out", str(out)]) == 0
+    assert "resuming" in capsys.readouterr().err
     assert len(load_checkpoint(out).meta.history) == 1  # the saved epoch, not a new one
