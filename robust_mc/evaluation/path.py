@@ -111,6 +111,7 @@ class PathNetworks:
         self.attack, self.runtime, self.endpoint_b = attack, runtime, endpoint_b
         self._sites: list[Site] | None = None
         self._ends: tuple[Moments, Moments] | None = None
+        self._clean: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.collapse: dict[float, dict[str, float]] = {}  # per repaired t, per site
 
     def at(self, t: float, timings: dict | None = None) -> Classifier:
@@ -124,26 +125,24 @@ class PathNetworks:
         return model
 
     def _weights(self, t: float, timings: dict | None) -> Classifier:
-        model = copy.deepcopy(self.template)
-        with torch.no_grad():
-            for name, value in self.curve.weights_at(t).items():
-                model.get_parameter(name).copy_(value)
-        if self.path.repair == "off" and batchnorm_layers(model):
-            if self.endpoint_b is None:
-                raise ValueError("repair off interpolates the endpoints' BN statistics: "
-                                 "give endpoint_b")
-            interpolate_batchnorm(model, self.template, self.endpoint_b, t)
-            return model
-        with Clock(self.runtime.device, timings)("bn"):
-            recompute_batchnorm(model, self.data.train, images=self.path.bn_images,
-                                data=self.path.bn_data, attack=self.attack,
-                                runtime=self.runtime, seed=self.path.seed)
+        weights = self.curve.weights_at(t)
+        if self.path.repair != "off" or not batchnorm_layers(self.template):
+            return network_with(self.template, weights, self.data, self.path, self.attack,
+                                self.runtime, timings)
+        if self.endpoint_b is None:
+            raise ValueError("repair off interpolates the endpoints' BN statistics: "
+                             "give endpoint_b")
+        model = _copy_with(self.template, weights)
+        interpolate_batchnorm(model, self.template, self.endpoint_b, t)
         return model
 
     def _inputs(self, model: Classifier) -> list[torch.Tensor]:
-        """The repair images for ``model``: clean, or its own PGD examples (eval mode)."""
-        split = self.data.train.take(self.path.repair_images).to(self.runtime.device)
-        clean = [(self.runtime.images(x), y) for x, y in batches(split, BN_BATCH_SIZE)]
+        """The repair images for ``model``: clean, or its own PGD examples (the training
+        attack, in its mode)."""
+        if self._clean is None:
+            split = self.data.train.take(self.path.repair_images).to(self.runtime.device)
+            self._clean = [(self.runtime.images(x), y) for x, y in batches(split, BN_BATCH_SIZE)]
+        clean = self._clean
         if self.path.repair_inputs == "clean":
             return [x for x, _ in clean]
         pgd = build_attack(self.attack)
@@ -179,13 +178,18 @@ def network_with(template: Classifier, weights: dict[str, torch.Tensor], data: D
                  timings: dict | None = None) -> Classifier:
     """A standalone copy of ``template`` with ``weights`` (name -> tensor, any point of the
     weight space) and BN statistics recomputed as ``path`` says."""
+    model = _copy_with(template, weights)
+    with Clock(runtime.device, timings)("bn"):
+        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
+                            attack=attack, runtime=runtime, seed=path.seed)
+    return model
+
+
+def _copy_with(template: Classifier, weights: dict[str, torch.Tensor]) -> Classifier:
     model = copy.deepcopy(template)
     with torch.no_grad():
         for name, value in weights.items():
             model.get_parameter(name).copy_(value)
-    with Clock(runtime.device, timings)("bn"):
-        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
-                            attack=attack, runtime=runtime, seed=path.seed)
     return model
 
 
