@@ -127,12 +127,15 @@ def add_pam_flags(p: argparse.ArgumentParser) -> None:
                                     "--pam-lr": "pam.lr", "--pam-prox": "pam.prox"})
 
 
+REPAIR_FLAGS = {"--repair": "path.repair", "--repair-inputs": "path.repair_inputs",
+                "--repair-images": "path.repair_images"}
+
+
 def add_path_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("evaluation along the path"), ConnectRunConfig, {
         "--points": "path.points", "--eval-attack": "path.attack:SPEC",
         "--bn-data": "path.bn_data", "--bn-images": "path.bn_images",
-        "--repair": "path.repair", "--repair-inputs": "path.repair_inputs",
-        "--repair-images": "path.repair_images", "--eval-batch-size": "path.batch_size",
+        **REPAIR_FLAGS, "--eval-batch-size": "path.batch_size",
         "--val-limit": "path.val_limit",
         "--eval-test-limit": "path.test_limit", "--compare-line": "path.compare_line"})
 

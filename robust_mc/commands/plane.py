@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ConnectRunConfig, {"--eval-attack": "path.attack:SPEC",
                                            "--bn-data": "path.bn_data",
                                            "--bn-images": "path.bn_images",
+                                           **common.REPAIR_FLAGS,
                                            "--eval-batch-size": "path.batch_size"})
     common.add_speed_flags(p, ConnectRunConfig)
     common.add_model_file_flags(p, foreign=False)

@@ -58,3 +58,21 @@ class Plane:
         lo_y, hi_y = min(ys) - margin * height, max(ys) + margin * height
         return (torch.linspace(lo_x, hi_x, size).tolist(),
                 torch.linspace(lo_y, hi_y, size).tolist())
+
+
+def position_between(point: tuple[float, float], a: tuple[float, float],
+                     b: tuple[float, float], bend: tuple[float, float]) -> float:
+    """The t a plane point stands for between the endpoints ``a`` and ``b``: with its
+    barycentric weights (alpha, beta, gamma) over a, b and the ``bend`` (all plane coordinates),
+    t = beta + gamma / 2, clipped to [0, 1]. On a one-bend Bezier curve or polychain this is the
+    curve's own t (Bezier: beta = t^2, gamma = 2t(1 - t)), so the plane's networks get the
+    statistics the path's get at the same weights."""
+    to_b = (b[0] - a[0], b[1] - a[1])
+    to_bend = (bend[0] - a[0], bend[1] - a[1])
+    offset = (point[0] - a[0], point[1] - a[1])
+    det = to_b[0] * to_bend[1] - to_b[1] * to_bend[0]
+    if det == 0:
+        raise ValueError("the endpoints and the bend are collinear: no plane")
+    beta = (offset[0] * to_bend[1] - offset[1] * to_bend[0]) / det
+    gamma = (to_b[0] * offset[1] - to_b[1] * offset[0]) / det
+    return min(max(beta + gamma / 2, 0.0), 1.0)

@@ -15,10 +15,9 @@ from robust_mc.attacks import Attack, build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
-from robust_mc.core.permutation import trace_permutation_spec
-from robust_mc.core.repair import Moments, Site, measure, repair_network, repair_sites
-from robust_mc.data import Data, Split, as_float, batches
+from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
+from robust_mc.evaluation.segment_repair import RepairInputs, SegmentRepair
 from robust_mc.evaluation.settings import PathConfig
 from robust_mc.models import Classifier
 from robust_mc.run import distributed
@@ -96,36 +95,37 @@ class PathNetworks:
     """The networks along one path, each built as ``path`` says: the curve's weights at t,
     batch-norm statistics recomputed (``reset``) or the endpoints' interpolated (``off``), and
     with ``repair`` every unit's statistics repaired to the interpolation of the endpoints'
-    (:mod:`robust_mc.core.repair`). ``template`` is endpoint a (its architecture and buffers),
-    ``endpoint_b`` the b the path ends at (its buffers, for ``off``).
-
-    Repair's statistics come from the first ``path.repair_images`` training images, clean or
-    each network's own PGD examples (``attack``, random starts from ``path.seed``): fixed inputs,
-    so the network at t is a deterministic function of the weights. At t = 0 and 1 the target is
-    the network's own statistics and nothing is corrected."""
+    (:mod:`robust_mc.evaluation.segment_repair`). ``template`` is endpoint a (its architecture
+    and buffers), ``endpoint_b`` the b the path ends at (its buffers, for ``off``). At t = 0 and
+    1 the network is the endpoint and nothing is corrected."""
 
     def __init__(self, curve: Curve, template: Classifier, data: Data, path: PathConfig,
                  attack: AttackConfig, runtime: Runtime,
                  endpoint_b: Classifier | None = None) -> None:
         self.curve, self.template, self.data, self.path = curve, template, data, path
         self.attack, self.runtime, self.endpoint_b = attack, runtime, endpoint_b
-        self._sites: list[Site] | None = None
-        self._ends: tuple[Moments, Moments] | None = None
-        self._clean: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.repair = SegmentRepair(lambda: (self._built(curve.weights_at(0.0), 0.0, None),
+                                             self._built(curve.weights_at(1.0), 1.0, None)),
+                                    RepairInputs(data.train, path, attack, runtime))
         self.collapse: dict[float, dict[str, float]] = {}  # per repaired t, per site
 
     def at(self, t: float, timings: dict | None = None) -> Classifier:
-        model = self._weights(t, timings)
-        if self.path.repair == "repair" and 0 < t < 1:
+        """The network at ``t`` of the curve."""
+        return self.network(self.curve.weights_at(t), t, timings, endpoint=t in (0, 1))
+
+    def network(self, weights: dict[str, torch.Tensor], t: float, timings: dict | None = None,
+                endpoint: bool = False) -> Classifier:
+        """A network with ``weights`` that stands at ``t`` between the endpoints (a point of the
+        path, or of the plane through it), its statistics as ``path`` says; an ``endpoint`` is
+        not repaired."""
+        model = self._built(weights, t, timings)
+        if self.path.repair == "repair" and not endpoint:
             with Clock(self.runtime.device, timings)("repair"):
-                sites, (end_a, end_b) = self._targets()
-                repaired = repair_network(model, sites, end_a.interpolate(end_b, t),
-                                          self._inputs(model))
-                self.collapse[t] = repaired.collapse
+                self.collapse[t] = self.repair(model, t)
         return model
 
-    def _weights(self, t: float, timings: dict | None) -> Classifier:
-        weights = self.curve.weights_at(t)
+    def _built(self, weights: dict[str, torch.Tensor], t: float,
+               timings: dict | None) -> Classifier:
         if self.path.repair != "off" or not batchnorm_layers(self.template):
             return network_with(self.template, weights, self.data, self.path, self.attack,
                                 self.runtime, timings)
@@ -135,32 +135,6 @@ class PathNetworks:
         model = _copy_with(self.template, weights)
         interpolate_batchnorm(model, self.template, self.endpoint_b, t)
         return model
-
-    def _inputs(self, model: Classifier) -> list[torch.Tensor]:
-        """The repair images for ``model``: clean, or its own PGD examples (the training
-        attack, in its mode)."""
-        if self._clean is None:
-            split = self.data.train.take(self.path.repair_images).to(self.runtime.device)
-            self._clean = [(self.runtime.images(x), y) for x, y in batches(split, BN_BATCH_SIZE)]
-        clean = self._clean
-        if self.path.repair_inputs == "clean":
-            return [x for x, _ in clean]
-        pgd = build_attack(self.attack)
-        generator = torch.Generator(self.runtime.device).manual_seed(self.path.seed)
-        with self.runtime.autocast():
-            return [pgd(model, x, y, generator).float() for x, y in clean]
-
-    def _targets(self) -> tuple[list[Site], tuple[Moments, Moments]]:
-        """The sites and the endpoints' moments, measured once per path."""
-        if self._sites is None or self._ends is None:
-            ends = [self._weights(t, None) for t in (0.0, 1.0)]
-            probe = self.runtime.images(as_float(self.data.train.images[:2])).to(
-                self.runtime.device)
-            spec = trace_permutation_spec(ends[0], probe, partial=True)
-            self._sites = repair_sites(ends[0], spec, probe)
-            moments = [measure(end, self._sites, self._inputs(end)) for end in ends]
-            self._ends = (moments[0], moments[1])
-        return self._sites, self._ends
 
 
 def interpolate_batchnorm(model: nn.Module, a: nn.Module, b: nn.Module, t: float) -> None:

@@ -1,7 +1,9 @@
 """`robust-mc plane RUN_DIR`: clean and robust loss and accuracy over the plane through a
-curve's endpoints and bend, each grid point a network with its own recomputed batch-norm
-statistics, evaluated like a point of the path (resumable per grid point, shared out over
-torchrun processes)."""
+curve's endpoints and bend, each grid point a network evaluated like a point of the path
+(resumable per grid point, shared out over torchrun processes). A grid point stands at the t of
+:func:`~robust_mc.core.plane.position_between`; its statistics follow ``--repair`` as the
+path's at that t do: the endpoints' batch-norm statistics interpolated (``off``), batch norm
+recomputed (``reset``), or its units repaired to the endpoints' interpolated (``repair``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pathlib import Path
 import torch
 
 from robust_mc.config import ConnectRunConfig, PlaneConfig, to_dict
-from robust_mc.core.plane import Plane
+from robust_mc.core.plane import Plane, position_between
 from robust_mc.errors import UserError
-from robust_mc.evaluation.path import network_with, path_attack
+from robust_mc.evaluation.path import PathNetworks, path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.pipelines.session import open_saved_run
 from robust_mc.run import distributed
@@ -32,9 +34,6 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
     """Evaluate the grid (continuing a saved one with the same settings) and write
     plane.json; the caller draws the figures."""
     curve = run.curve  # the plane's geometry on the CPU; networks on the run's device
-    if cfg.path.repair != "reset":
-        reporter.print(f"plane: the grid's points are not on the path, so repair "
-                       f"({cfg.path.repair}) does not apply; each recomputes batch norm")
     if plane_cfg.bend >= max(curve.num_bends, 1):
         raise UserError(f"--bend {plane_cfg.bend}: the curve has {curve.num_bends} bend(s)")
     try:
@@ -42,17 +41,20 @@ def run_plane(run: CurveRun, cfg: ConnectRunConfig, plane_cfg: PlaneConfig, out:
     except ValueError as exc:
         raise UserError(f"{exc}") from None
     saved = open_saved_run(run, cfg, out, runtime, reporter)
-    out, on_device, template = saved.session.out, saved.session.data, saved.endpoints.a
+    out, on_device = saved.session.out, saved.session.data
     test = on_device.test.take(plane_cfg.images)
     attack = path_attack(cfg.path, cfg.attack, on_device.info.num_classes)
+    along = PathNetworks(saved.curve, saved.endpoints.a, on_device, cfg.path, cfg.attack,
+                         runtime, saved.endpoints.b)
+    anchor_weights = {"a": curve.start, "b": curve.end, "bend": curve.bends[plane_cfg.bend]}
+    anchors = {name: plane.coordinates(w) for name, w in anchor_weights.items()}
 
     def evaluate(point: tuple[float, float]) -> Metrics:
         weights = curve.unflatten(plane.weights_at(*point).to(runtime.device))
-        model = network_with(template, weights, on_device, cfg.path, cfg.attack, runtime)
+        t = position_between(point, anchors["a"], anchors["b"], anchors["bend"])
+        model = along.network(weights, t, endpoint=point in (anchors["a"], anchors["b"]))
         return evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
 
-    anchor_weights = {"a": curve.start, "b": curve.end, "bend": curve.bends[plane_cfg.bend]}
-    anchors = {name: plane.coordinates(w) for name, w in anchor_weights.items()}
     xs, ys = plane.grid(list(anchors.values()), plane_cfg.grid, plane_cfg.margin)
     points = [*anchors.values(), *((x, y) for y in ys for x in xs)]
     settings = {"plane": to_dict(plane_cfg), "path": to_dict(cfg.path),
