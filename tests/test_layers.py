@@ -1,5 +1,6 @@
 """Layer-wise barriers: the second-order prediction is exact on a quadratic, HVPs are right,
-and a model against itself has no barrier anywhere."""
+a model against itself has no barrier anywhere, and the whole network's segment is the path's
+straight line, statistics repair included."""
 
 import json
 
@@ -9,13 +10,18 @@ from torch import nn
 from torch.func import functional_call
 
 from robust_mc import cli
+from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.core.curves import Curve
+from robust_mc.data import as_float
 from robust_mc.evaluation.layers import (
+    GroupSegment,
     gradient_and_hvp,
     interpolated,
     parameter_groups,
     predicted_barrier,
 )
-from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.evaluation.path import PathNetworks
+from robust_mc.store.checkpoint import build_model, save_checkpoint
 
 
 def quadratic_problem():
@@ -68,9 +74,12 @@ def test_batchnorm_goes_with_its_convolution(digits_endpoints):
     assert any("features.0.1" in n for n in conv)
 
 
-def test_a_model_against_itself_has_no_barrier_anywhere(digits_endpoints, tmp_path, capsys):
+@pytest.mark.parametrize("repair", ["off", "reset", "repair"])
+def test_a_model_against_itself_has_no_barrier_anywhere(digits_endpoints, tmp_path, capsys,
+                                                         repair):
     path = str(save_checkpoint(digits_endpoints[0], tmp_path / "a.pt"))
     code = cli.main(["layers", path, path, "--no-align", "--samples", "128", "--points", "3",
+                     "--repair", repair, "--repair-images", "100",
                      "--out", str(tmp_path / "out"), "--device", "cpu", "--json"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)["unaligned"]["groups"]
@@ -80,3 +89,24 @@ def test_a_model_against_itself_has_no_barrier_anywhere(digits_endpoints, tmp_pa
             if "barrier" in key or "midpoint" in key:  # the same weights at every t: the
                 assert abs(value) < 1e-6, (row["group"], key, value)  # same arithmetic
     assert (tmp_path / "out" / "layers.csv").is_file()
+
+
+def test_the_whole_networks_segment_is_the_paths_straight_line(digits_endpoints, digits, runtime):
+    """With repair, the whole network's segment at t is the network connect evaluates at t on
+    the straight line from a to b: the same weights, batch norm and repair target."""
+    a, b = (build_model(c) for c in digits_endpoints)
+    cfg = build_config(ConnectRunConfig, None, {"path.repair": "repair",
+                                                 "path.repair_images": 200,
+                                                 "path.bn_images": 200})
+    state_a, state_b = a.state_dict(), b.state_dict()
+    names = [n for n, _ in a.named_parameters()]
+    segment = GroupSegment(a, state_a, state_b, names, digits, cfg.path, cfg.attack, runtime)
+    line = PathNetworks(Curve.between("line", a, state_a, state_b), a, digits, cfg.path,
+                        cfg.attack, runtime, b)
+    x = as_float(digits.test.take(128).images)
+    with torch.no_grad():
+        for t in (0.5,):
+            # lerp(a, b, t) and (1 - t) a + t b differ in the last float32 bit of a weight,
+            # which batch norm and repair carry to the outputs at that relative size
+            torch.testing.assert_close(segment.at(t).eval()(x), line.at(t).eval()(x),
+                                       rtol=1e-4, atol=1e-4)

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_align_flags(p, LayersRunConfig)
     common.add_settings(p.add_argument_group("layers"), LayersRunConfig, {
         "--groups": "layers.groups", "--points": "layers.points", "--samples": "layers.samples",
-        "--compare-align": "layers.compare_align", "--bn-data": "path.bn_data"})
+        "--compare-align": "layers.compare_align", "--bn-data": "path.bn_data",
+        **common.REPAIR_FLAGS})
     common.add_speed_flags(p, LayersRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "directory for layers.json/csv/png (default runs/layers-<a>-<b>)")

@@ -39,11 +39,13 @@ from torch.func import functional_call
 
 from robust_mc.attacks import build_attack
 from robust_mc.attacks.training import AttackConfig
+from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import trace_graph
 from robust_mc.data import Data, as_float, batches
-from robust_mc.evaluation.path import recompute_batchnorm
+from robust_mc.evaluation.path import PathNetworks
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.evaluation.settings import LayersConfig, PathConfig
+from robust_mc.models import Classifier
 from robust_mc.run import distributed
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
@@ -140,21 +142,6 @@ class GroupResult:
                 "predicted_robust_barrier": self.predicted_robust, **self.extra}
 
 
-def measure_group(template: nn.Module, state_a: Params, state_b: Params, names: Sequence[str],
-                  ts: Sequence[float], measure: Callable[[nn.Module], tuple[float, float]]
-                  ) -> tuple[list[float], list[float]]:
-    """Clean and robust loss along t with only ``names`` interpolated; ``measure`` recomputes BN
-    statistics as it needs and returns (clean loss, robust loss)."""
-    clean, robust = [], []
-    for t in ts:
-        model = copy.deepcopy(template)
-        model.load_state_dict(interpolated(state_a, state_b, names, t))
-        c, r = measure(model)
-        clean.append(c)
-        robust.append(r)
-    return clean, robust
-
-
 # --- the second-order prediction ----------------------------------------------------------------
 
 def _twice_differentiable_attention() -> contextlib.AbstractContextManager:
@@ -213,12 +200,13 @@ def functional_loss(model: nn.Module, batches: dict[str, list[tuple[torch.Tensor
 
 # --- the report for two endpoints ---------------------------------------------------------------
 
-def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, layers: LayersConfig,
+def layer_report(model_a: Classifier, model_b: Classifier, data: Data, layers: LayersConfig,
                  path: PathConfig, a: AttackConfig, runtime: Runtime, reporter: Reporter
                  ) -> list[GroupResult]:
     """Measured and predicted clean/robust barriers per group, and for the whole network:
-    ``layers`` chooses the groups and images, ``path`` how batch norm is recomputed and the
-    seed, ``a`` the attack of the robust loss."""
+    ``layers`` chooses the groups and images, ``path`` the networks' statistics along each
+    group's segment (as along a path: ``repair`` off, reset or repair, the segment's ends as the
+    anchors) and the seed, ``a`` the attack of the robust loss."""
     attack = build_attack(a)
     samples = data.train.take(layers.samples).to(runtime.device)
     template = copy.deepcopy(model_a)
@@ -226,14 +214,6 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, layers: Lay
     state_b = {k: v.detach() for k, v in model_b.state_dict().items()}
     ts = torch.linspace(0, 1, layers.points if layers.points % 2 else
                         layers.points + 1).tolist()
-
-    def measure(model: nn.Module) -> tuple[float, float]:
-        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
-                            attack=a, runtime=runtime, seed=path.seed)
-        m = evaluate_seeded(model, samples, attack, runtime, layers.batch_size,
-                            path.seed)
-        return m.clean_loss, m.robust_loss
-
     clean_batches = [(runtime.images(as_float(x)), y)
                      for x, y in batches(samples, layers.batch_size)]
 
@@ -243,32 +223,57 @@ def layer_report(model_a: nn.Module, model_b: nn.Module, data: Data, layers: Lay
 
     adversarial_a = adversarial(model_a)
     params_a = {n: p.detach() for n, p in model_a.named_parameters()}
-    params_b = {n: p.detach() for n, p in model_b.named_parameters()}
     groups = parameter_groups(model_a, layers.groups)
     groups["(whole network)"] = list(params_a)
+
     def group_result(item: tuple[str, list[str]]) -> GroupResult:
         name, names = item
-        clean, robust = measure_group(template, state_a, state_b, names, ts, measure)
-        # the far end of this group's segment: a with the group taken from b
-        far = copy.deepcopy(template)
-        far.load_state_dict(interpolated(state_a, state_b, names, 1.0))
-        recompute_batchnorm(far, data.train, images=path.bn_images,
-                            data=path.bn_data, attack=a, runtime=runtime,
-                            seed=path.seed)
-        far_params = {**params_a, **{n: params_b[n] for n in names}}
+        segment = GroupSegment(template, state_a, state_b, names, data, path, a, runtime)
+        clean, robust = [], []
+        for t in ts:
+            m = evaluate_seeded(segment.at(t), samples, attack, runtime, layers.batch_size,
+                                path.seed)
+            clean.append(m.clean_loss)
+            robust.append(m.robust_loss)
         result = GroupResult(name.removeprefix("net."),
                              sum(params_a[n].numel() for n in names), ts, clean, robust)
         for kind, fixed in (("clean", (clean_batches, clean_batches)),
-                            ("robust", (adversarial_a, adversarial(far)))):
+                            ("robust", (adversarial_a, adversarial(segment.at(1.0))))):
             loss = functional_loss(template, {"a": fixed[0], "b": fixed[1]})
             setattr(result, f"predicted_{kind}",
-                    predicted_barrier(loss, params_a, far_params, names))
+                    predicted_barrier(loss, params_a, segment.far, names))
         return result
 
     with reporter.task("layer-wise barriers", len(groups)) as step:
         # on several processes the groups are shared out and gathered
         return distributed.group().map(group_result, list(groups.items()),
                                        lambda _, result: step.advance(1, result.name))
+
+
+class GroupSegment:
+    """The segment from endpoint a to a with one group of parameters taken from b (its far
+    end): at t, the group moved a fraction t of the way, every other parameter exactly a's, the
+    statistics as along a path (:class:`~robust_mc.evaluation.path.PathNetworks`, the segment's
+    ends as its endpoints; ``off`` interpolates the group's batch-norm statistics)."""
+
+    def __init__(self, template: Classifier, state_a: Params, state_b: Params,
+                 names: Sequence[str], data: Data, path: PathConfig, attack: AttackConfig,
+                 runtime: Runtime) -> None:
+        self.state_a, self.state_b, self.names = state_a, state_b, names
+        moved = set(names)
+        self.far = {n: (state_b if n in moved else state_a)[n]
+                    for n, _ in template.named_parameters()}  # the far end's parameters
+        far_network = copy.deepcopy(template)
+        owners = {n.rpartition(".")[0] for n in names}
+        far_network.load_state_dict({**state_a, **{k: v for k, v in state_b.items()
+                                                   if k.rpartition(".")[0] in owners}})
+        line = Curve.between("line", template, state_a, self.far)
+        self.along = PathNetworks(line, template, data, path, attack, runtime, far_network)
+
+    def at(self, t: float) -> Classifier:
+        weights = interpolated(self.state_a, self.state_b, self.names, t)
+        return self.along.network({n: weights[n] for n in self.along.curve.names}, t,
+                                  endpoint=t in (0, 1))
 
 
 def rank_agreement(results: list[GroupResult]) -> dict[str, float]:
