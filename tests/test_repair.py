@@ -178,3 +178,52 @@ def test_a_bench_method_with_two_repairs_is_refused():
 
     with pytest.raises(UserError, match=r"\+repair or \+repair-adv"):
         parse_method("line+repair+repair-adv")
+
+
+def _bias_free(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32, bias=False),
+                               torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+
+
+def test_a_layer_without_bias_or_norm_is_repaired_and_given_the_shift_as_its_bias(digits):
+    """No norm follows the hidden layer and it has no bias: its scale goes into the weight,
+    its shift becomes a bias, and its units reach the target like any other site's."""
+    a, b = _bias_free(0), _bias_free(1)
+    x = as_float(digits.train.images[:500])
+    spec = trace_permutation_spec(a, x[:2])
+    sites = repair_sites(a, spec, x[:2])
+    assert [(s.module, s.biased) for s in sites] == [("1", False)]
+    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [x[:250], x[250:]], spec=spec)
+    layer = repaired.network[1]
+    assert isinstance(layer.bias, torch.nn.Parameter) and layer.bias.shape == (32,)
+    target = measure(a, sites, [x]).interpolate(measure(b, sites, [x]), 0.5)
+    after = measure(repaired.network, sites, [x])
+    # float32 activations of size ~1, accumulated in float64
+    assert torch.allclose(after.mean["1"], target.mean["1"], atol=1e-4)
+    assert torch.allclose(after.std["1"], target.std["1"], atol=1e-4)
+    separate = with_affines(_between(a, b, 0.5), repaired.corrections)
+    with torch.no_grad():
+        assert torch.allclose(repaired.network(x), separate(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_file_whose_bias_free_layer_was_given_a_bias_loads(tmp_path):
+    from robust_mc.store.checkpoint import (
+        build_model,
+        checkpoint_from_model,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    model = create_model("cnn", num_classes=10, in_channels=1, mean=[0.3], std=[0.4],
+                         image_size=8).eval()
+    conv = model.net.features[0][0]
+    assert conv.bias is None
+    conv.bias = torch.nn.Parameter(torch.randn(conv.out_channels))  # as repair gives it
+    path = save_checkpoint(checkpoint_from_model(model, "cnn", {"num_classes": 10,
+                                                               "in_channels": 1}),
+                           tmp_path / "repaired.pt")
+    loaded = build_model(load_checkpoint(path)).eval()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

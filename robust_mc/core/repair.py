@@ -11,7 +11,10 @@ permutation spec) and whose per-unit weight and bias can absorb the correction: 
 convolution layer with a bias, or an affine batch, layer or group norm. The correction of unit k,
 y -> (y - mean_t) * s + mean*, with s = std* / std_t, is folded into them (``weight[k] *= s``,
 ``bias[k] = (bias[k] - mean_t) * s + mean*``), so the repaired network is an ordinary network of
-the same architecture. Sites are repaired in the order they run, each measured with the ones
+the same architecture. A linear or convolution layer without a bias is a site too when no other
+site carries its units (no norm follows it): the scale goes into its weight and the shift
+becomes a bias it is given, the one addition to its architecture (robust-mc's loader accepts a
+bias such a layer lacks). Sites are repaired in the order they run, each measured with the ones
 before it already repaired, so that every site's statistics end exactly at the target on the
 repair data. Units whose standard deviation at t is zero are only shifted.
 """
@@ -31,6 +34,7 @@ from robust_mc.core.spec import PermutationSpec
 
 FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm,
             nn.LayerNorm, nn.GroupNorm)
+BIAS_READY = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # can be given a bias
 SILENT_STD = 1e-8  # a unit whose spread at t is below this is shifted, not scaled
 
 Batches = Sequence[torch.Tensor]  # the repair images of one network, batch by batch
@@ -43,6 +47,7 @@ class Site:
     module: str
     axis: int
     size: int
+    biased: bool = True  # False: a layer without a bias, given one by the correction
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,15 @@ class Repaired:
 
 def repair_sites(model: nn.Module, spec: PermutationSpec, probe: torch.Tensor) -> list[Site]:
     """The model's sites (see the module), in the order its forward pass runs them."""
-    on_spec = {axis.name for space in spec for axis in space.axes if axis.axis == 0}
+    space_of = {axis.name: space.name for space in spec for axis in space.axes if axis.axis == 0}
     candidates = {name: module for name, module in model.named_modules()
-                  if isinstance(module, FOLDABLE) and isinstance(_bias(module), torch.Tensor)
-                  and f"{name}.bias" in on_spec and _bias(module).dim() == 1}
+                  if isinstance(module, FOLDABLE) and f"{name}.bias" in space_of
+                  and _bias(module).dim() == 1}
+    covered = {space_of[f"{name}.bias"] for name in candidates}
+    bare = {name: module for name, module in model.named_modules()
+            if isinstance(module, BIAS_READY) and getattr(module, "bias", None) is None
+            and space_of.get(f"{name}.weight") not in (None, *covered)}
+    candidates.update(bare)
     order: list[str] = []
     handles = [module.register_forward_hook(
         lambda _m, _i, _o, name=name: order.append(name) if name not in order else None)
@@ -94,8 +104,14 @@ def repair_sites(model: nn.Module, spec: PermutationSpec, probe: torch.Tensor) -
     finally:
         for handle in handles:
             handle.remove()
-    return [Site(name, _unit_axis(candidates[name]), int(_bias(candidates[name]).numel()))
+    return [Site(name, _unit_axis(candidates[name]), _units(candidates[name]), name not in bare)
             for name in order]
+
+
+def _units(module: nn.Module) -> int:
+    if isinstance(module, BIAS_READY) and getattr(module, "bias", None) is None:
+        return int(module.weight.shape[0])
+    return int(_bias(module).numel())
 
 
 def _bias(module: nn.Module) -> torch.Tensor:
@@ -178,8 +194,11 @@ def fold(model: nn.Module, correction: Correction) -> None:
         if weight is not None:
             shape = (-1,) + (1,) * (weight.dim() - 1)
             weight.mul_(correction.scale.to(weight).view(shape))
-        bias = _bias(module)
-        bias.copy_(bias * correction.scale.to(bias) + correction.shift.to(bias))
+        bias = getattr(module, "bias", None)
+        if bias is None:  # a layer without a bias is given one: the shift
+            module.bias = nn.Parameter(correction.shift.to(weight))
+        else:
+            bias.copy_(bias * correction.scale.to(bias) + correction.shift.to(bias))
 
 
 class UnitAffine(nn.Module):

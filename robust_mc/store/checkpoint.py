@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_mc.core.repair import BIAS_READY
 from robust_mc.data import NO_NORMALIZATION, Normalization
 from robust_mc.errors import UserError
 from robust_mc.limits import check_bounded, check_regular_file
@@ -175,7 +176,10 @@ def build_network(ckpt: Checkpoint) -> nn.Module:
 
 
 def load_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load architecture-named weights into ``model.net``, naming the first bad key."""
+    """Strictly load architecture-named weights into ``model.net``, naming the first bad key. A
+    linear or convolution layer built without a bias takes one the file has: statistics repair
+    gives such a layer a bias (:mod:`robust_mc.core.repair`)."""
+    give_repair_biases(model.net, state_dict)
     expected = model.net.state_dict()
     missing = [k for k in expected if k not in state_dict]
     if missing:
@@ -196,6 +200,15 @@ def load_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source:
             raise UserError(f"{source}: non-finite values in {key!r}; the checkpoint is corrupt "
                             "or its training diverged")
     model.net.load_state_dict(state_dict, strict=True)
+
+
+def give_repair_biases(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Give each bias-less linear or convolution layer of ``net`` a (zero) bias where
+    ``state_dict`` has one for it; its shape is checked like any other weight's."""
+    for name, module in net.named_modules():
+        if (isinstance(module, BIAS_READY) and module.bias is None
+                and f"{name}.bias" in state_dict):
+            module.bias = nn.Parameter(module.weight.new_zeros(module.weight.shape[0]))
 
 
 def weights_of(model: Classifier) -> dict[str, torch.Tensor]:
