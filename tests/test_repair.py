@@ -49,7 +49,11 @@ def aligned_mlps(digits):
     a, b = _trained_mlp(x, y, 0), _trained_mlp(x, y, 1)
     spec = trace_permutation_spec(a, x[:2])
     permute_model(b, spec, align(a, b, [(x[:1000], y[:1000])], spec=spec).perm)
-    return a, b, spec, [x[i:i + 250] for i in range(0, 1000, 250)]
+    return a, b, spec, [(x[i:i + 250], y[i:i + 250]) for i in range(0, 1000, 250)]
+
+
+def _images(batches: list) -> list[torch.Tensor]:
+    return [x for x, _ in batches]
 
 
 def test_the_repaired_midpoint_has_the_interpolated_statistics_and_a_lower_loss(aligned_mlps,
@@ -60,8 +64,9 @@ def test_the_repaired_midpoint_has_the_interpolated_statistics_and_a_lower_loss(
     sites = [c.site for c in repaired.corrections]
     assert [s.module for s in sites] == ["net.layers.1", "net.layers.3"]  # the hidden layers
     assert all(ratio < 1 for ratio in repaired.collapse.values())  # the midpoint collapsed
-    target = measure(a, sites, batches).interpolate(measure(b, sites, batches), 0.5)
-    after = measure(repaired.network, sites, batches)
+    images = _images(batches)
+    target = measure(a, sites, images).interpolate(measure(b, sites, images), 0.5)
+    after = measure(repaired.network, sites, images)
     for site in sites:  # float32 activations of size ~1, accumulated in float64
         assert torch.allclose(after.mean[site.module], target.mean[site.module], atol=1e-4)
         assert torch.allclose(after.std[site.module], target.std[site.module], atol=1e-4)
@@ -77,7 +82,7 @@ def test_at_the_ends_the_repaired_network_is_the_endpoint(aligned_mlps, t):
     a, b, spec, batches = aligned_mlps
     end = a if t == 0 else b
     repaired = repair(_between(a, b, t), a, b, t, batches, spec=spec)
-    x = torch.cat(batches)
+    x = torch.cat(_images(batches))
     with torch.no_grad():
         difference = (repaired.network(x) - end(x)).abs().max()
     # the target is the network's own statistics: each scale is 1 and each shift 0 up to the
@@ -87,12 +92,29 @@ def test_at_the_ends_the_repaired_network_is_the_endpoint(aligned_mlps, t):
                for c in repaired.corrections)
 
 
+def test_adversarial_statistics_come_from_each_networks_own_attack(aligned_mlps):
+    from robust_mc.attacks import AttackConfig, build_attack
+
+    a, b, spec, batches = aligned_mlps
+    middle = _between(a, b, 0.5)
+    with pytest.raises(ValueError, match="needs an attack"):
+        repair(middle, a, b, 0.5, batches, spec=spec, inputs="adversarial")
+    attack = build_attack(AttackConfig(eps=0.1, steps=2))
+    twice = [repair(middle, a, b, 0.5, batches[:2], spec=spec, inputs="adversarial",
+                    attack=attack, generator=torch.Generator().manual_seed(0))
+             for _ in range(2)]
+    clean = repair(middle, a, b, 0.5, batches[:2], spec=spec)
+    scales = [r.corrections[0].scale for r in (*twice, clean)]
+    assert torch.equal(scales[0], scales[1])  # fixed random starts: deterministic
+    assert not torch.allclose(scales[0], scales[2])  # other inputs, other statistics
+
+
 def test_folding_the_correction_equals_applying_it_as_a_separate_affine(aligned_mlps):
     a, b, spec, batches = aligned_mlps
     middle = _between(a, b, 0.3)
     repaired = repair(middle, a, b, 0.3, batches, spec=spec)
     separate = with_affines(middle, repaired.corrections)
-    x = torch.cat(batches)
+    x = torch.cat(_images(batches))
     with torch.no_grad():
         folded, affine = repaired.network(x), separate(x)
     # the same maths in another order: a scale inside the weights, or after the layer
@@ -112,7 +134,9 @@ def test_batch_norm_and_transformer_sites_reach_their_targets(arch, channels, si
     sites = repair_sites(a, spec, x[:2])
     kinds = {type(dict(a.named_modules())[s.module]).__name__ for s in sites}
     assert kinds == ({"BatchNorm2d"} if arch == "cnn" else {"Conv2d", "LayerNorm", "Linear"})
-    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [x[:32], x[32:]], spec=spec)
+    y = torch.zeros(64, dtype=torch.long)
+    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [(x[:32], y[:32]), (x[32:], y[32:])],
+                      spec=spec)
     target = measure(a, sites, [x]).interpolate(measure(b, sites, [x]), 0.5)
     after = measure(repaired.network, sites, [x])
     for site in sites:
@@ -190,11 +214,12 @@ def test_a_layer_without_bias_or_norm_is_repaired_and_given_the_shift_as_its_bia
     """No norm follows the hidden layer and it has no bias: its scale goes into the weight,
     its shift becomes a bias, and its units reach the target like any other site's."""
     a, b = _bias_free(0), _bias_free(1)
-    x = as_float(digits.train.images[:500])
+    x, y = as_float(digits.train.images[:500]), digits.train.labels[:500]
     spec = trace_permutation_spec(a, x[:2])
     sites = repair_sites(a, spec, x[:2])
     assert [(s.module, s.biased) for s in sites] == [("1", False)]
-    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [x[:250], x[250:]], spec=spec)
+    repaired = repair(_between(a, b, 0.5), a, b, 0.5, [(x[:250], y[:250]), (x[250:], y[250:])],
+                      spec=spec)
     layer = repaired.network[1]
     assert isinstance(layer.bias, torch.nn.Parameter) and layer.bias.shape == (32,)
     target = measure(a, sites, [x]).interpolate(measure(b, sites, [x]), 0.5)

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from robust_mc.attacks import TrainingAttack
+from robust_mc.core.align import Inputs
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.core.spec import PermutationSpec
 
@@ -247,8 +249,10 @@ def repair_network(network: nn.Module, sites: Sequence[Site], target_at_t: Momen
 
 
 def repair(network_at_t: nn.Module, endpoint_a: nn.Module, endpoint_b: nn.Module, t: float,
-           batches: Batches | tuple[Batches, Batches, Batches], *,
-           spec: PermutationSpec | None = None) -> Repaired:
+           data: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+           spec: PermutationSpec | None = None, inputs: Inputs = "clean",
+           attack: TrainingAttack | None = None,
+           generator: torch.Generator | None = None) -> Repaired:
     """The network at ``t`` between two aligned endpoints, its units' statistics repaired to the
     interpolation of the endpoints' (a copy; the arguments are not changed).
 
@@ -256,11 +260,12 @@ def repair(network_at_t: nn.Module, endpoint_a: nn.Module, endpoint_b: nn.Module
         network_at_t: the interpolated network (batch norm, if any, already recomputed).
         endpoint_a, endpoint_b: the endpoints, b's units aligned to a's.
         t: where on the path, in [0, 1]; at 0 and 1 the target is the network's own statistics.
-        batches: the repair images, batch by batch (x in [0, 1]); or three such lists, for
-            ``network_at_t``, ``endpoint_a`` and ``endpoint_b`` in that order (adversarial
-            statistics: each network's own PGD examples).
+        data: the repair batches (images (B, C, H, W) in [0, 1], labels (B,)).
         spec: the permutation spec (traced from the first batch if None): its spaces say which
             units are repaired.
+        inputs: ``clean``, or ``adversarial``: each network's own ``attack`` examples of the
+            batches, the random start of each batch the same for the three networks, drawn from
+            ``generator``.
 
     Returns:
         A :class:`Repaired`: ``network`` (repaired), the corrections, the variance collapse.
@@ -268,12 +273,25 @@ def repair(network_at_t: nn.Module, endpoint_a: nn.Module, endpoint_b: nn.Module
     Example::
 
         spec = trace_permutation_spec(a, x[:2])
-        fixed = repair(network_at(0.5), a, b_aligned, 0.5, [x], spec=spec).network
+        fixed = repair(network_at(0.5), a, b_aligned, 0.5, [(x, y)], spec=spec).network
     """
-    own = batches if isinstance(batches, tuple) else (batches, batches, batches)
+    if inputs == "adversarial" and attack is None:
+        raise ValueError("inputs='adversarial' needs an attack")
     network = copy.deepcopy(network_at_t)
+    batches = list(data)
+    if not batches:
+        raise ValueError("repair needs at least one batch of images")
+    own: list[list[torch.Tensor]] = [[], [], []]  # per network: network at t, a, b
+    for x, y in batches:
+        if attack is None or inputs == "clean":
+            for images in own:
+                images.append(x)
+            continue
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        for images, model in zip(own, (network, endpoint_a, endpoint_b), strict=True):
+            images.append(attack(model, x, y, torch.Generator(x.device).manual_seed(seed)))
     if spec is None:
-        spec = trace_permutation_spec(network, own[0][0][:2])
-    sites = repair_sites(network, spec, own[0][0][:2])
+        spec = trace_permutation_spec(network, batches[0][0][:2])
+    sites = repair_sites(network, spec, batches[0][0][:2])
     target = measure(endpoint_a, sites, own[1]).interpolate(measure(endpoint_b, sites, own[2]), t)
     return repair_network(network, sites, target, own[0])
