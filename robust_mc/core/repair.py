@@ -232,13 +232,18 @@ def with_affines(model: nn.Module, corrections: Sequence[Correction]) -> nn.Modu
     return out
 
 
+def variance_collapse(measured: Moments, target: Moments) -> dict[str, float]:
+    """Per site, the mean over its units of std_t / std* (1: none; below 1: collapsed)."""
+    return {site: float((std / target.std[site].clamp_min(SILENT_STD)).mean())
+            for site, std in measured.std.items()}
+
+
 def repair_network(network: nn.Module, sites: Sequence[Site], target_at_t: Moments,
-                   batches: Batches, fold_corrections: bool = True) -> Repaired:
+                   batches: Batches) -> Repaired:
     """Repair ``network`` (in place) to ``target_at_t`` site by site, in the order they run."""
     start = time.perf_counter()
     before = measure(network, sites, batches)
-    collapse = {s.module: float((before.std[s.module] / target_at_t.std[s.module]
-                                 .clamp_min(SILENT_STD)).mean()) for s in sites}
+    collapse = variance_collapse(before, target_at_t)
     corrections: list[Correction] = []
     for site in sites:
         now = before if not corrections else measure(network, [site], batches, stop_after=site)

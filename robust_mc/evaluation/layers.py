@@ -231,14 +231,16 @@ def layer_report(model_a: Classifier, model_b: Classifier, data: Data, layers: L
         segment = GroupSegment(template, state_a, state_b, names, data, path, a, runtime)
         clean, robust = [], []
         for t in ts:
-            m = evaluate_seeded(segment.at(t), samples, attack, runtime, layers.batch_size,
+            network = segment.at(t)
+            m = evaluate_seeded(network, samples, attack, runtime, layers.batch_size,
                                 path.seed)
             clean.append(m.clean_loss)
             robust.append(m.robust_loss)
+        far = network  # ts ends at 1: the segment's far end
         result = GroupResult(name.removeprefix("net."),
                              sum(params_a[n].numel() for n in names), ts, clean, robust)
         for kind, fixed in (("clean", (clean_batches, clean_batches)),
-                            ("robust", (adversarial_a, adversarial(segment.at(1.0))))):
+                            ("robust", (adversarial_a, adversarial(far)))):
             loss = functional_loss(template, {"a": fixed[0], "b": fixed[1]})
             setattr(result, f"predicted_{kind}",
                     predicted_barrier(loss, params_a, segment.far, names))

@@ -17,7 +17,7 @@ from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
 from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
-from robust_mc.evaluation.segment_repair import RepairInputs, SegmentRepair
+from robust_mc.evaluation.segment_repair import SegmentRepair, repair_inputs
 from robust_mc.evaluation.settings import PathConfig
 from robust_mc.models import Classifier
 from robust_mc.run import distributed
@@ -106,8 +106,7 @@ class PathNetworks:
         self.attack, self.runtime, self.endpoint_b = attack, runtime, endpoint_b
         self.repair = SegmentRepair(lambda: (self._built(curve.weights_at(0.0), 0.0, None),
                                              self._built(curve.weights_at(1.0), 1.0, None)),
-                                    RepairInputs(data.train, path, attack, runtime))
-        self.collapse: dict[float, dict[str, float]] = {}  # per repaired t, per site
+                                    repair_inputs(data.train, path, attack, runtime))
 
     def at(self, t: float, timings: dict | None = None) -> Classifier:
         """The network at ``t`` of the curve."""
@@ -121,7 +120,7 @@ class PathNetworks:
         model = self._built(weights, t, timings)
         if self.path.repair == "repair" and not endpoint:
             with Clock(self.runtime.device, timings)("repair"):
-                self.collapse[t] = self.repair(model, t)
+                self.repair(model, t)
         return model
 
     def _built(self, weights: dict[str, torch.Tensor], t: float,

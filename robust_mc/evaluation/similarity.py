@@ -17,7 +17,6 @@ from torch import nn
 from robust_mc.attacks.training import TrainingAttack
 from robust_mc.core.align import solve_assignment, unit_statistics
 from robust_mc.core.permutation import PermutationSpec
-from robust_mc.core.repair import SILENT_STD, Site, measure
 from robust_mc.data import Split, batches
 from robust_mc.run.runtime import Runtime
 
@@ -70,27 +69,6 @@ class LayerVariance:
 
     def as_dict(self) -> dict:
         return {"t": self.t, "inputs": self.inputs, "layers": self.layers}
-
-
-def variance_ratio(model: nn.Module, end_a: nn.Module, end_b: nn.Module, t: float,
-                   sites: list[Site], images: Split, runtime: Runtime,
-                   attack: TrainingAttack | None = None, seed: int = 0) -> dict[str, float]:
-    """Site -> mean std ratio of ``model`` (at ``t``) to the interpolated endpoints, on
-    ``images`` or each network's own ``attack`` examples (one random start for all three)."""
-
-    def inputs_of(network: nn.Module) -> list[torch.Tensor]:
-        clean = [(runtime.images(x), y) for x, y in batches(images.to(runtime.device), BATCH)]
-        if attack is None:
-            return [x for x, _ in clean]
-        generator = torch.Generator(runtime.device).manual_seed(seed)
-        with runtime.autocast():
-            return [attack(network, x, y, generator).float() for x, y in clean]
-
-    at_t = measure(model, sites, inputs_of(model))
-    target = measure(end_a, sites, inputs_of(end_a)).interpolate(
-        measure(end_b, sites, inputs_of(end_b)), t)
-    return {s.module: float((at_t.std[s.module] / target.std[s.module].clamp_min(SILENT_STD))
-                            .mean()) for s in sites}
 
 
 @dataclass

@@ -26,6 +26,7 @@ from robust_mc.config import (
     find_preset,
     load_yaml,
 )
+from robust_mc.core.align import Inputs
 from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import completed_run, run_connect
@@ -64,12 +65,11 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> Connec
                    verify=replace(base.verify, enabled=base.verify.enabled or cfg.bench.verify))
 
 
-def repaired(path: PathConfig, inputs: str | None) -> PathConfig:
+def repaired(path: PathConfig, inputs: Inputs | None) -> PathConfig:
     """The path settings of a ``+repair`` (clean) or ``+repair-adv`` (adversarial) method."""
     if inputs is None:
         return path
-    return replace(path, repair="repair", repair_inputs="clean" if inputs == "clean" else
-                   "adversarial")
+    return replace(path, repair="repair", repair_inputs=inputs)
 
 
 def validate(cfg: BenchRunConfig) -> tuple[list[Method], list[tuple[str, Pair]]]:

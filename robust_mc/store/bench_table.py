@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robust_mc.core.align import Inputs
 from robust_mc.errors import UserError
 from robust_mc.evaluation.barriers import PathStats
 from robust_mc.evaluation.verification import Verification
@@ -27,10 +28,10 @@ class Method:
     pam: bool
     # every t's unit statistics repaired (path.repair: repair) on clean inputs or on each
     # network's own PGD examples; None: as the connect section says
-    repair: str | None = None
+    repair: Inputs | None = None
 
 
-REPAIRS = {"repair": "clean", "repair-adv": "adversarial"}
+REPAIRS: dict[str, Inputs] = {"repair": "clean", "repair-adv": "adversarial"}
 
 
 def parse_method(name: str) -> Method:
