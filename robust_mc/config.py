@@ -15,6 +15,7 @@ from typing import Literal
 
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import METHODS as ALIGNMENT_METHODS
+from robust_mc.core.rotatable import MapClass
 from robust_mc.data import DataConfig
 from robust_mc.evaluation.settings import LayersConfig, PathConfig, VerifyConfig
 from robust_mc.run.runtime import DEVICE_HELP, SpeedConfig
@@ -24,6 +25,7 @@ from robust_mc.settings import (
     describe_setting,
     find_preset,
     flatten,
+    given_settings,
     load_yaml,
     parse_pixel_value,
     setting,
@@ -38,8 +40,8 @@ __all__ = [
     "EvalConfig", "LayersConfig", "LayersRunConfig", "ModelConfig", "ObjectiveConfig",
     "OptimConfig", "PamConfig", "PathConfig", "PlaneConfig", "SettingInfo", "SpawnConfig",
     "SpawnRunConfig", "SpeedConfig", "TrainRunConfig", "VerifyConfig", "build_config",
-    "describe_setting", "find_preset", "flatten", "load_yaml", "parse_pixel_value", "setting",
-    "settings_that_may_change", "to_dict",
+    "describe_setting", "find_preset", "flatten", "given_settings", "load_yaml",
+    "parse_pixel_value", "setting", "settings_that_may_change", "to_dict",
 ]
 
 
@@ -76,6 +78,17 @@ class AlignConfig:
                                         "units it touches as they are and align the rest "
                                         "(the share left unaligned is printed), instead of "
                                         "stopping")
+    maps: Literal["auto", "permutations", "head-rotations", "orthogonal"] = setting(
+        "auto", help="the maps of b's hidden spaces: permutations; head-rotations (also one "
+                     "orthogonal map per attention head); orthogonal (also one per residual "
+                     "stream, LayerNorms folded); each only where it is exact, checked. auto: "
+                     "orthogonal for corr, permutations for weights")
+
+    def map_class(self) -> MapClass:
+        """The map class ``maps`` names (``auto`` resolved for the method)."""
+        if self.maps == "auto":
+            return "orthogonal" if self.method == "corr" else "permutations"
+        return self.maps
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,20 @@ def build_config(cls: type[T], yaml_file: str | None = None,
     return _build(cls, tree, "")
 
 
+def given_settings(yaml_file: str | None, overrides: dict[str, Any] | None,
+                   section: str = "") -> dict[str, str]:
+    """The dotted keys under ``section`` (``"connect."``: bench's connect section) that the
+    YAML file or the command line sets, each with which of the two set it (the command line
+    where both do): what a run may take from elsewhere, such as the endpoints' recipe, only
+    where the user chose nothing."""
+    given: dict[str, str] = {}
+    if yaml_file:
+        name = f"--config {Path(yaml_file).stem}"
+        given.update({k: name for k in flatten(load_yaml(find_preset(yaml_file)))})
+    given.update({k: "the command line" for k, v in (overrides or {}).items() if v is not None})
+    return {k[len(section):]: where for k, where in given.items() if k.startswith(section)}
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; mappings inside a ``kwargs`` key stay whole."""
     out: dict[str, Any] = {}

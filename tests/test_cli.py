@@ -96,3 +96,22 @@ def test_debug_shows_the_traceback(capsys):
 
     with pytest.raises(UserError):
         cli.main(["info", "/nonexistent.pt", "--debug"])
+
+
+def test_warmup_epochs_ramps_the_learning_rate_up(tmp_path, capsys):
+    """--warmup-epochs takes effect and is recorded: a warmup far longer than the run keeps the
+    rate below a thousandth of its peak, so the weights barely leave their (seeded) start."""
+    def trained(name, *extra):
+        path = tmp_path / f"{name}.pt"
+        assert run_cli([*TRAIN, "--lr", "0.05", *extra, "--out", str(path)], capsys)[0] == 0
+        return load_checkpoint(path)
+
+    start, plain, warm = (trained("start", "--lr", "0"), trained("plain"),
+                          trained("warm", "--warmup-epochs", "1000"))
+
+    def moved(ckpt):
+        return sum(float((ckpt.state_dict[k].float() - v.float()).norm())
+                   for k, v in start.state_dict.items() if k.endswith("weight"))
+
+    assert moved(warm) < 0.05 * moved(plain)
+    assert warm.meta.training_recipe().warmup_epochs == 1000

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         reporter.print(note)
     meta = replace(pair.b.meta, alignment=read_record(AlignmentRecord, {
         **summary, "config": to_dict(cfg), "record": run_record(args.argv),
-        "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()}}))
+        "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()},
+        "maps": result.maps.to_state() if result.maps else {}}))
     ckpt = pair.b.with_weights(result.model_b, meta)
     path = save_checkpoint(ckpt, out)
     if args.json:
@@ -68,14 +69,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{args.b} aligned to {args.a} ({cfg.align.method}, "
                         f"{cfg.align.inputs} inputs)")
-    for column in ("space", "units", "corr before", "corr after", "re-matched", "no signal"):
-        table.add_column(column, justify="left" if column == "space" else "right")
+    rotated = bool(result.maps)  # the map and its angle only where some space rotated
+    for column in ("space", "units", *(("map", "angle") if rotated else ()), "corr before",
+                   "corr after", "re-matched", "no signal"):
+        table.add_column(column, justify="left" if column in ("space", "map") else "right")
     for s in result.alignment.spaces:
-        table.add_row(s.name.removeprefix("net."), str(s.units), _corr(s.corr_before),
-                      _corr(s.corr_after), f"{100 * s.moved:.0f}%", str(s.no_signal))
-    table.add_row("[bold]mean", "", f"{summary['mean_corr_before']:.3f}",
-                  f"{summary['mean_corr_after']:.3f}", "", "")
+        table.add_row(s.name.removeprefix("net."), str(s.units),
+                      *((s.map, "-" if s.angle is None else f"{s.angle:.0f}°") if rotated
+                        else ()),
+                      _corr(s.corr_before), _corr(s.corr_after), f"{100 * s.moved:.0f}%",
+                      str(s.no_signal))
+    table.add_row("[bold]mean", "", *(("", "") if rotated else ()),
+                  f"{summary['mean_corr_before']:.3f}", f"{summary['mean_corr_after']:.3f}",
+                  "", "")
     Console().print(table)
+    kept = result.alignment.plan.refused
+    if result.alignment.maps != "permutations" and kept:
+        reasons: dict[str, list[str]] = {}
+        for space, why in kept.items():
+            reasons.setdefault(why, []).append(space.removeprefix("net."))
+        for why, spaces in reasons.items():
+            reporter.print(f"permutations only for {len(spaces)} spaces ({spaces[0]}"
+                           f"{', ...' if len(spaces) > 1 else ''}): {why}")
     reporter.print(f"function preserved: max |logit difference| {result.function_error:.2e}; "
                    f"wrote {path}")
     return 0

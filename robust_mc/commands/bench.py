@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from robust_mc.commands import common
-from robust_mc.config import BenchRunConfig, to_dict
+from robust_mc.config import BenchRunConfig, given_settings, to_dict
 from robust_mc.errors import UserError
 from robust_mc.pipelines.bench import Shard, load_bench_config, run_bench
 from robust_mc.pipelines.bench_commands import missing_work
@@ -55,20 +55,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise UserError("bench needs --config FILE (e.g. --config bench-digits)")
-    cfg = load_bench_config(args.config, {**common.overrides(args), **section_flags(args)})
+    overrides = {**common.overrides(args), **section_flags(args)}
+    cfg = load_bench_config(args.config, overrides)
+    given = given_settings(args.config, overrides, section="connect.")
     out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
     if args.print_commands:
         if args.shard or args.fresh:
             raise UserError("--print-commands lists every missing endpoint and cell (it runs "
                             "nothing); drop --shard and --fresh")
-        for line in missing_work(cfg, out):
+        for line in missing_work(cfg, out, given):
             print(line)
         return 0
     shard = Shard.parse(args.shard) if args.shard else None
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.connect.speed)
     with StopSignals() as stop:
-        result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop, shard)
+        result = run_bench(cfg, out, runtime, reporter, args.argv, args.fresh, stop, shard,
+                           given)
     title = f"robust-mc bench: {Path(args.config).stem} ({cfg.data.dataset})"
     if not result.complete:
         if args.json:

@@ -84,7 +84,7 @@ def add_optim_flags(p: argparse.ArgumentParser, config: type) -> None:
         "--epochs": "optim.epochs", "--batch-size": "optim.batch_size",
         "--optimizer": "optim.optimizer", "--lr": "optim.lr:LR",
         "--weight-decay": "optim.weight_decay:WD", "--schedule": "optim.schedule",
-        "--seed": "optim.seed"})
+        "--warmup-epochs": "optim.warmup_epochs:N", "--seed": "optim.seed"})
 
 
 def add_fault_flags(p: argparse.ArgumentParser, config: type) -> None:
@@ -106,7 +106,8 @@ def resume_policy(args: argparse.Namespace) -> ResumePolicy:
 
 
 def add_align_flags(p: argparse.ArgumentParser, config: type) -> None:
-    flags = {"--align-method": "align.method", "--align-inputs": "align.inputs",
+    flags = {"--align-method": "align.method", "--align-maps": "align.maps",
+             "--align-inputs": "align.inputs",
              "--align-samples": "align.samples", "--align-seed": "align.seed",
              "--partial-alignment": "align.partial"}
     if "aligned" in {f.name for f in dataclasses.fields(config)}:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from robust_mc.commands import common
-from robust_mc.config import ConnectRunConfig, build_config
+from robust_mc.config import ConnectRunConfig, build_config, given_settings
 from robust_mc.pipelines.connect import preflight, run_connect
+from robust_mc.pipelines.curve_optim import follow_endpoints
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.path import show_path_run
 from robust_mc.run.interrupt import StopSignals
@@ -47,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = common.overrides(args)
     cfg = build_config(ConnectRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
+    curve_optim = follow_endpoints(cfg.optim, given_settings(args.config, overrides),
+                                   pair.a, pair.b)
+    cfg = replace(cfg, optim=curve_optim.optim)
     preflight(cfg)
     common.check_switches(args, cfg)
     reporter = Reporter(quiet=args.json)
+    if cfg.curve.kind != "line":
+        reporter.print(curve_optim.describe())
     runtime = start_runtime(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:

@@ -42,6 +42,9 @@ from robust_mc.core.permutation import (
     trace_graph,
     trace_permutation_spec,
 )
+from robust_mc.core.rotatable import MapClass, RotationPlan, plan_rotations
+from robust_mc.core.rotation import Rotations, mean_angle
+from robust_mc.core.rotation_align import solve_rotations
 from robust_mc.core.spec import permute_axis
 from robust_mc.registry import Registry
 from robust_mc.run.runtime import Runtime
@@ -68,6 +71,8 @@ class SpaceReport:
     corr_after: float  # mean correlation of units matched by the permutation
     moved: float  # fraction of units re-matched
     no_signal: int = 0  # units matched by their weights: no correlation signal (dead, constant)
+    map: str = "permutation"  # or "rotation per head", "rotation": the map beyond it
+    angle: float | None = None  # a rotation's mean angle from the identity, degrees
 
 
 @dataclass
@@ -78,10 +83,14 @@ class Alignment:
     spaces: list[SpaceReport]
     seconds: dict[str, float] = field(default_factory=dict)
     samples: int = 0
+    maps: MapClass = "permutations"
+    rotations: Rotations = field(default_factory=dict)  # applied after ``perm``
+    plan: RotationPlan = field(default_factory=RotationPlan)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "inputs": self.inputs, "samples": self.samples,
-                "seconds": self.seconds,
+                "seconds": self.seconds, "maps": self.maps,
+                "kept_permutations": dict(self.plan.refused),
                 "spaces": [{k: None if isinstance(v, float) and v != v else v  # no statistics
                             for k, v in vars(s).items()} for s in self.spaces],
                 "mean_corr_before": _mean([s.corr_before for s in self.spaces]),
@@ -157,12 +166,15 @@ class _Moments:
     vector of ones, several times faster than column reductions of a tall, narrow matrix) and
     accumulated in float64."""
 
-    def __init__(self, units: int) -> None:
+    def __init__(self, units: int, rotation: str | None = None) -> None:
         self.units = units
+        self.rotation = rotation  # the space takes a rotation: "heads" or "stream"
         self.count = 0.0
         self.sums: torch.Tensor | None = None  # (2, units): A, B
         self.squares: torch.Tensor | None = None  # (2, units)
         self.cross: torch.Tensor | None = None  # (units, units)
+        self.b_cross: torch.Tensor | None = None  # (units, units) B with itself: rotations
+        self.normed_cross: torch.Tensor | None = None  # stream: LayerNorm-normalised samples
         self._ones: torch.Tensor | None = None
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:  # (samples, units) each
@@ -178,7 +190,34 @@ class _Moments:
             self.sums += sums
             self.squares += squares
             self.cross += cross
+        if self.rotation is not None:
+            self.b_cross = _accumulate(self.b_cross, b.T @ b)
+        if self.rotation == "stream":
+            self.normed_cross = _accumulate(self.normed_cross,
+                                            _layer_normalised(a).T @ _layer_normalised(b))
         self.count += a.shape[0]
+
+    def rotation_cross(self) -> torch.Tensor:
+        """What a rotation of this space is solved on: sum a b^T, of LayerNorm-normalised
+        samples for a stream."""
+        out = self.normed_cross if self.rotation == "stream" else self.cross
+        assert out is not None
+        return out
+
+    def corr_after(self, transform: torch.Tensor) -> torch.Tensor:
+        """(units,) correlation of each unit of A with the same unit of ``transform`` @ B
+        (``transform``: the composite of the permutation and the rotation)."""
+        assert self.sums is not None and self.squares is not None and self.cross is not None
+        assert self.b_cross is not None
+        mean = self.sums / self.count
+        t = transform.double().to(mean.device)
+        cov = (self.cross / self.count - mean[0][:, None] * mean[1][None, :]) @ t.T
+        cov_b = self.b_cross / self.count - mean[1][:, None] * mean[1][None, :]
+        std_a = (self.squares[0] / self.count - mean[0] ** 2).clamp_min(0).sqrt()
+        std_b = torch.einsum("ij,jk,ik->i", t, cov_b, t).clamp_min(0).sqrt()
+        denom = std_a * std_b
+        diag = torch.diagonal(cov)
+        return torch.where(denom > 1e-12, diag / denom.clamp_min(1e-12), torch.zeros_like(diag))
 
     def silent(self) -> torch.Tensor:
         """(2, units) bool: units of A and of B that never varied (dead, or constant on the
@@ -198,6 +237,18 @@ class _Moments:
         return torch.where(denom > 1e-12, cov / denom.clamp_min(1e-12), torch.zeros_like(cov))
 
 
+def _accumulate(total: torch.Tensor | None, batch: torch.Tensor) -> torch.Tensor:
+    batch = batch.double()
+    return batch if total is None else total + batch
+
+
+def _layer_normalised(x: torch.Tensor) -> torch.Tensor:
+    """(samples, units): each sample centred over its units and scaled to unit RMS, as a
+    LayerNorm reads it."""
+    x = x - x.mean(1, keepdim=True)
+    return x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+
+
 @dataclass
 class UnitStatistics:
     """Per space: the (units, units) correlations of A's and B's units, and which units of A
@@ -206,18 +257,22 @@ class UnitStatistics:
     corr: dict[str, torch.Tensor]
     silent: dict[str, torch.Tensor]
     samples: int
+    moments: dict[str, _Moments] = field(default_factory=dict)  # spaces that take rotations
 
 
 def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
-                    attack: TrainingAttack | None = None, generator: torch.Generator | None = None
-                    ) -> UnitStatistics:
+                    attack: TrainingAttack | None = None, generator: torch.Generator | None = None,
+                    rotations: dict[str, str] | None = None) -> UnitStatistics:
     """Correlations and silent units per space, from one forward pass of each model over
     ``batches``. With ``attack``, each model sees its own adversarial examples of the batch,
-    with the same random start for both, drawn from ``generator``.
+    with the same random start for both, drawn from ``generator``. ``rotations``: the spaces
+    that take a rotation (``"heads"`` or ``"stream"``), whose moments are kept whole.
     """
+    rotations = rotations or {}
     runner = _PairRunner(model_a, model_b, spec.tap_nodes)
-    moments = {space.name: _Moments(space.size) for space in spec if space.taps}
+    moments = {space.name: _Moments(space.size, rotations.get(space.name))
+               for space in spec if space.taps}
     by_tap: dict[str, list[tuple[_Moments, int, slice]]] = {}
     for space in spec:  # tied spaces pool the samples of all their taps
         for tap in space.taps:
@@ -251,7 +306,8 @@ def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
             runner.run(inputs[0], inputs[1], on_tap)
         samples += x.shape[0]
     return UnitStatistics({name: m.correlation().cpu() for name, m in moments.items()},
-                          {name: m.silent().cpu() for name, m in moments.items()}, samples)
+                          {name: m.silent().cpu() for name, m in moments.items()}, samples,
+                          {name: m for name, m in moments.items() if m.rotation is not None})
 
 
 # --- weight matching ----------------------------------------------------------------------------
@@ -296,8 +352,8 @@ def align(model_a: nn.Module, model_b: nn.Module,
           data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, *,
           method: str = "corr", inputs: Inputs = "clean", attack: TrainingAttack | None = None,
           spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
-          runtime: Runtime | None = None, generator: torch.Generator | None = None
-          ) -> Alignment:
+          runtime: Runtime | None = None, generator: torch.Generator | None = None,
+          maps: MapClass = "permutations") -> Alignment:
     """Find the permutation of ``model_b``'s units that best matches ``model_a``.
 
     Args:
@@ -310,10 +366,14 @@ def align(model_a: nn.Module, model_b: nn.Module,
             starts drawn from ``generator`` (the same for both models).
         spec: the permutation structure; traced from ``example`` or the first batch if None.
         runtime: device, autocast and layout (the CPU by default).
+        maps: ``permutations``, or also orthogonal maps where they are exact
+            (``head-rotations``: one per attention head; ``orthogonal``: also one per
+            residual stream, see :mod:`robust_mc.core.rotatable`); ``corr`` only.
 
     Returns:
-        An :class:`Alignment`: ``perm`` (space name -> permutation of b's units) and a report
-        per space (correlation before and after, share of units re-matched).
+        An :class:`Alignment`: ``perm`` (space name -> permutation of b's units), the
+        ``rotations`` applied after it, and a report per space (correlation before and
+        after, share of units re-matched, the map beyond the permutation).
 
     Example::
 
@@ -332,12 +392,21 @@ def align(model_a: nn.Module, model_b: nn.Module,
         spec = trace_permutation_spec(model_a, probe)
     if inputs == "adversarial" and attack is None:
         raise ValueError("inputs='adversarial' needs an attack")
+    if maps != "permutations" and method != "corr":
+        raise ValueError(f"{maps} maps are solved from activations: use method='corr'")
     seconds: dict[str, float] = {}
+    plan = RotationPlan()
+    if maps != "permutations":
+        start = time.perf_counter()
+        probe = example if example is not None else batches[0][0]
+        plan = plan_rotations(model_a, spec, runtime.images(probe[:2].to(runtime.device)), maps)
+        seconds["exactness checks"] = time.perf_counter() - start
     stats = UnitStatistics({}, {}, 0)
     if batches:
         start = time.perf_counter()
         stats = unit_statistics(model_a, model_b, spec, batches, runtime,
-                                attack if inputs == "adversarial" else None, generator)
+                                attack if inputs == "adversarial" else None, generator,
+                                dict(plan.kinds))
         seconds["statistics"] = time.perf_counter() - start
     elif needs_data:
         raise ValueError(f"{method} alignment needs data")
@@ -353,19 +422,37 @@ def align(model_a: nn.Module, model_b: nn.Module,
         if unseen:
             perm = weight_matching(model_a.state_dict(), model_b.state_dict(), spec, start=perm,
                                    only=unseen)
+    rotations: Rotations = {}
+    if plan:
+        plan = plan.shown_by(stats.moments)
+        perm, rotations = solve_rotations(
+            plan, spec, perm, {n: m.rotation_cross() for n, m in stats.moments.items()},
+            {n: m.squares for n, m in stats.moments.items() if m.squares is not None})
     seconds["assignment"] = time.perf_counter() - start
-    reports = []
-    for space in spec:
-        p = perm[space.name]
-        c = stats.corr.get(space.name)
-        diag = torch.arange(space.size)
-        reports.append(SpaceReport(
-            space.name, space.size,
-            float(c[diag, diag].mean()) if c is not None else float("nan"),
-            float(c[diag, p].mean()) if c is not None else float("nan"),
-            float((p != diag).float().mean()),
-            int(unmatched[space.name].numel()) if space.name in unmatched else 0))
-    return Alignment(method, inputs, perm, reports, seconds, stats.samples)
+    reports = [_space_report(space, perm[space.name], stats, unmatched, rotations.get(space.name),
+                             plan.kinds.get(space.name)) for space in spec]
+    return Alignment(method, inputs, perm, reports, seconds, stats.samples, maps, rotations,
+                     plan)
+
+
+_MAP_NAMES = {"heads": "rotation per head", "stream": "rotation"}
+
+
+def _space_report(space: Space, p: torch.Tensor, stats: UnitStatistics,
+                  unmatched: dict[str, torch.Tensor], rotation: torch.Tensor | None,
+                  kind: str | None) -> SpaceReport:
+    c = stats.corr.get(space.name)
+    diag = torch.arange(space.size)
+    after = float(c[diag, p].mean()) if c is not None else float("nan")
+    if rotation is not None:  # the correlation with b's units mapped by both maps
+        transform = rotation @ torch.eye(space.size, dtype=torch.float64)[p]
+        after = float(stats.moments[space.name].corr_after(transform).mean())
+    return SpaceReport(
+        space.name, space.size, float(c[diag, diag].mean()) if c is not None else float("nan"),
+        after, float((p != diag).float().mean()),
+        int(unmatched[space.name].numel()) if space.name in unmatched else 0,
+        _MAP_NAMES[kind] if kind is not None else "permutation",
+        mean_angle(rotation) if rotation is not None else None)
 
 
 def silent_pairs(perm: Permutation, silent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,11 +1,12 @@
 """Aligning two endpoints as `robust-mc align`, `connect` and `layers` do: trace b's units on
-the first training images, find the permutation with the configured method and inputs, and check
-that the permuted b computes what b did."""
+the first training images, find the permutation (and, where the map class allows and it is
+exact, the orthogonal maps beyond it) with the configured method and inputs, and check that the
+aligned b computes what b did."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,8 +14,11 @@ from robust_mc.attacks import build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.config import AlignConfig
 from robust_mc.core.align import Alignment, align
-from robust_mc.core.permutation import PermutationSpec, permute_model, trace_permutation_spec
+from robust_mc.core.permutation import PermutationSpec, trace_permutation_spec
+from robust_mc.core.rotatable import MapClass
+from robust_mc.core.rotation_align import StreamMaps, map_state
 from robust_mc.data import Split, as_float, batches
+from robust_mc.errors import UserError
 from robust_mc.models import Classifier
 from robust_mc.run.runtime import Runtime
 
@@ -23,24 +27,33 @@ from robust_mc.run.runtime import Runtime
 class AlignedPair:
     alignment: Alignment
     spec: PermutationSpec
-    model_b: Classifier  # b with its units permuted to match a
+    model_b: Classifier  # b with its units permuted (and rotated) to match a
     function_error: float  # max |logits(b aligned) - logits(b)| on alignment images, eval mode
+    maps: StreamMaps = field(default_factory=StreamMaps)  # what undoes the rotations
 
 
 def align_models(model_a: Classifier, model_b: Classifier, train: Split, config: AlignConfig,
-                 attack_config: AttackConfig, runtime: Runtime) -> AlignedPair:
-    """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images."""
+                 attack_config: AttackConfig, runtime: Runtime, maps: MapClass | None = None
+                 ) -> AlignedPair:
+    """Align ``model_b`` to ``model_a`` on the first ``config.samples`` training images, with
+    the map class ``maps`` (default: the config's)."""
     subset = train.take(config.samples).to(runtime.device)
     example = as_float(subset.images[:2])
     spec = trace_permutation_spec(model_a, example, partial=config.partial)
+    if config.method != "corr" and config.maps not in ("auto", "permutations"):
+        raise UserError(f"--align-maps {config.maps} is solved from activations; use "
+                        "--align-method corr (or --align-maps permutations)")
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
                    inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
-                   runtime=runtime, generator=torch.Generator().manual_seed(config.seed))
+                   runtime=runtime, generator=torch.Generator().manual_seed(config.seed),
+                   maps=maps or config.map_class())
     aligned = copy.deepcopy(model_b)
-    permute_model(aligned, spec, result.perm)
+    state, stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec,
+                                   result.perm, result.rotations, result.plan)
+    aligned.load_state_dict(state)
     probe = runtime.images(as_float(subset.images[: config.batch_size]))
     model_b.eval()
     aligned.eval()
     with torch.no_grad():
         error = float((aligned(probe) - model_b(probe)).abs().max())
-    return AlignedPair(result, spec, aligned, error)
+    return AlignedPair(result, spec, aligned, error, stream_maps)

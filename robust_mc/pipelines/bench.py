@@ -20,6 +20,7 @@ from pathlib import Path
 from robust_mc.config import (
     BenchRunConfig,
     ConnectRunConfig,
+    OptimConfig,
     PathConfig,
     TrainRunConfig,
     build_config,
@@ -30,6 +31,7 @@ from robust_mc.core.align import Inputs
 from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import completed_run, run_connect
+from robust_mc.pipelines.curve_optim import CurveOptim, follow_endpoints
 from robust_mc.pipelines.endpoint_training import trained_endpoint
 from robust_mc.pipelines.pair import Pair, load_pair
 from robust_mc.pipelines.verification import needs_verification
@@ -52,12 +54,15 @@ from robust_mc.store.resume import ResumePolicy, remove_stale_temps
 from robust_mc.store.verified_points import VerifiedPoints
 
 
-def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None) -> ConnectRunConfig:
+def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None,
+                curve_optim: OptimConfig | None = None) -> ConnectRunConfig:
     """The connect settings of one cell: the bench's connect section, its data and device, the
-    method's curve, alignment and PAM, and the cell's curve seed."""
+    method's curve, alignment and PAM, the curve's optimiser (``curve_optim``: the pair's, see
+    :func:`pair_optims`; else the connect section's) and the cell's curve seed."""
     base = cfg.connect
     kind = base.curve.kind if base.curve.kind != "line" else "bezier"
-    optim = replace(base.optim, seed=seed) if seed is not None else base.optim
+    optim = curve_optim or base.optim
+    optim = replace(optim, seed=seed) if seed is not None else optim
     return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
@@ -203,17 +208,27 @@ class Cell:
                           summary.verification)
 
 
+def pair_optims(cfg: BenchRunConfig, pairs: list[tuple[str, Pair]],
+                given: dict[str, str]) -> dict[str, CurveOptim]:
+    """Per pair, the curve's optimiser: the connect section's settings, following the pair's
+    recipe where ``given`` (the connect section's keys the user set) names no optimizer."""
+    return {pair_id: follow_endpoints(cfg.connect.optim, given, pair.a, pair.b)
+            for pair_id, pair in pairs}
+
+
 def grid(cfg: BenchRunConfig, methods: list[Method], pairs: list[tuple[str, Pair]],
-         out: Path) -> list[Cell]:
-    """Every cell, in a fixed order (pairs, then methods, then curve seeds)."""
+         out: Path, optims: dict[str, CurveOptim] | None = None) -> list[Cell]:
+    """Every cell, in a fixed order (pairs, then methods, then curve seeds); ``optims``: each
+    pair's curve optimiser (:func:`pair_optims`), the connect section's where not given."""
     cells = []
     for pair_id, pair in pairs:
         digests = pair.digests
+        optim = optims[pair_id].optim if optims and pair_id in optims else None
         for method in methods:
             for seed in curve_seeds(cfg, method):
                 cells.append(Cell(pair_id, pair, digests, method, seed,
                                   cell_dir(out, pair_id, method, seed),
-                                  cell_config(cfg, method, seed)))
+                                  cell_config(cfg, method, seed, optim)))
     return cells
 
 
@@ -229,19 +244,26 @@ def cell_dir(out: Path, pair_id: str, method: Method, seed: int | None) -> Path:
 
 def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Reporter,
               argv: list[str] | None = None, fresh: bool = False,
-              stop: StopSignals | None = None, shard: Shard | None = None) -> BenchResult:
+              stop: StopSignals | None = None, shard: Shard | None = None,
+              given: dict[str, str] | None = None) -> BenchResult:
     """Every cell of the grid (this worker's share with ``shard``), then the aggregated table.
     The grid is checked before ``out`` is created; finished cells are read back, interrupted ones
     continued, and cells whose settings changed started over (all recomputed with ``fresh``).
     Several workers may fill one ``out`` at once: each cell is claimed by one of them, and a
-    worker without a shard waits for the cells others hold, so that it ends with the table."""
+    worker without a shard waits for the cells others hold, so that it ends with the table.
+    ``given``: the connect section's keys the user set (``given_settings``); curves follow each
+    pair's recipe in the optimiser settings it leaves open."""
     stop = stop or StopSignals()
-    methods, given = validate(cfg)
+    methods, given_pairs = validate(cfg)
     out = ensure_out_dir(out)
     remove_stale_temps(out)
     policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
-    pairs = endpoint_pairs(cfg, given, out, runtime, reporter, argv, policy, stop)
-    cells = grid(cfg, methods, pairs, out)
+    pairs = endpoint_pairs(cfg, given_pairs, out, runtime, reporter, argv, policy, stop)
+    optims = pair_optims(cfg, pairs, given or {})
+    if any(m.curve for m in methods):
+        for pair_id, optim in optims.items():
+            reporter.print(f"{pair_id}: {optim.describe()}")
+    cells = grid(cfg, methods, pairs, out, optims)
     verified = VerifiedPoints(out / "verified")  # an endpoint is the same network in every cell
     mine = [cell for number, cell in enumerate(cells) if shard is None or shard.takes(number)]
     results: dict[Path, CellResult] = {}

@@ -22,6 +22,8 @@ from robust_mc.pipelines.bench import (
     grid,
     validate,
 )
+from robust_mc.pipelines.curve_optim import follow_endpoints, follow_recipe
+from robust_mc.pipelines.endpoint_training import recipe_of
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.run.files import atomic_write_text, ensure_out_dir
 from robust_mc.store.checkpoint import LoadOptions
@@ -35,10 +37,14 @@ def _line(*words: str | Path) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def missing_work(cfg: BenchRunConfig, out: Path) -> list[str]:
+def missing_work(cfg: BenchRunConfig, out: Path, given: dict[str, str] | None = None
+                 ) -> list[str]:
     """``robust-mc train`` lines for endpoints not trained yet, then ``robust-mc connect`` lines
-    for cells not finished (their settings written to ``<cell>/connect.yaml``)."""
-    methods, given = validate(cfg)
+    for cells not finished (their settings written to ``<cell>/connect.yaml``, the curve's
+    optimiser following each pair's recipe where ``given``, the connect section's keys the
+    user set, leaves it open: endpoints still to be trained record the train section's)."""
+    methods, given_pairs = validate(cfg)
+    given = given or {}
     out = ensure_out_dir(out)
     lines: list[str] = []
     pairs: list[tuple[str, str, str]] = [(f"pair{i}", a, b)
@@ -54,20 +60,23 @@ def missing_work(cfg: BenchRunConfig, out: Path) -> list[str]:
                 lines.append(_line("robust-mc", "train", "--config", settings, "--out", path))
         pairs.append((f"seeds{seeds[0]}-{seeds[1]}", str(endpoint_path(out, seeds[0])),
                       str(endpoint_path(out, seeds[1]))))
-    known = dict(given)
+    known = dict(given_pairs)
     for pair_id, a, b in pairs:
         unfinished: list[Cell] | None = None
+        optim = follow_recipe(cfg.connect.optim, given, recipe_of(train.optim))
         if pair_id in known or (Path(a).is_file() and Path(b).is_file()):
             pair = known.get(pair_id) or load_pair(a, b, LoadOptions(named=(train.model.arch,)))
-            unfinished = [c for c in grid(cfg, methods, [(pair_id, pair)], out)
-                          if not c.is_done()]
+            optim = follow_endpoints(cfg.connect.optim, given, pair.a, pair.b)
+            unfinished = [c for c in grid(cfg, methods, [(pair_id, pair)], out,
+                                          {pair_id: optim}) if not c.is_done()]
         for method in methods:
             for curve_seed in curve_seeds(cfg, method):
                 cell_out = cell_dir(out, pair_id, method, curve_seed)
                 if unfinished is not None and all(c.out != cell_out for c in unfinished):
                     continue
                 settings = _write_settings(cell_out / "connect.yaml",
-                                           to_dict(cell_config(cfg, method, curve_seed)))
+                                           to_dict(cell_config(cfg, method, curve_seed,
+                                                               optim.optim)))
                 lines.append(_line("robust-mc", "connect", a, b, "--config", settings, "--out",
                                    cell_out))
     return lines

@@ -43,7 +43,8 @@ def curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
                     to_dict(cfg), {"a": pair.a.meta, "b": pair.b.meta},
                     {"a": pair.a.path, "b": pair.b.path}, session.digests,
                     endpoints.permutation, endpoints.alignment, endpoints.pam, position,
-                    optimizer.state_dict() if optimizer is not None else None, rng, history)
+                    optimizer.state_dict() if optimizer is not None else None, rng, history,
+                    maps=endpoints.maps)
 
 
 def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,

@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from robust_mc.attacks import build_attack, parse_attack_spec
 from robust_mc.attacks.pgd import ShardDraws
-from robust_mc.config import TrainRunConfig, to_dict
+from robust_mc.config import OptimConfig, TrainRunConfig, to_dict
 from robust_mc.data import Data, DatasetInfo, as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import recompute_batchnorm
@@ -34,6 +34,7 @@ from robust_mc.store.meta import (
     CheckpointMeta,
     EpochRecord,
     ObjectiveRecord,
+    RecipeRecord,
     RecordedMetrics,
     Timings,
 )
@@ -226,12 +227,19 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
         kind="endpoint", dataset=cfg.data.dataset, config=to_dict(cfg),
         metrics=RecordedMetrics(test=test, eval_attack=cfg.eval.attack, eps=a.eps),
         objective=ObjectiveRecord(obj.name, obj.beta, obj.ema, obj.awp, obj.awp_warmup),
+        recipe=recipe_of(cfg.optim),
         history=history, runtime=runtime.describe(),
         timings=Timings(sum(h.seconds for h in history),
                         sum(h.images_per_s for h in history) / len(history)),
         record=record)
     return checkpoint_from_model(model, arch, arch_kwargs_for(data, cfg.model.width), meta,
                                  model_kwargs=cfg.model.kwargs)
+
+
+def recipe_of(optim: OptimConfig) -> RecipeRecord:
+    """What an endpoint's checkpoint records of how it was optimised."""
+    return RecipeRecord(optim.optimizer, optim.lr, optim.weight_decay, optim.warmup_epochs,
+                        optim.schedule, optim.epochs, optim.batch_size, optim.momentum)
 
 
 def trained_endpoint(cfg: TrainRunConfig, path: Path, runtime: Runtime, reporter: Reporter, *,

@@ -12,7 +12,8 @@ import torch
 
 from robust_mc.config import ConnectRunConfig
 from robust_mc.core.curves import Curve
-from robust_mc.core.permutation import inverse, permute_model, trace_permutation_spec
+from robust_mc.core.permutation import trace_permutation_spec
+from robust_mc.core.rotation_align import StreamMaps, unmap_state
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
@@ -120,6 +121,7 @@ class Endpoints:
     alignment: dict | None = None  # the alignment report (Alignment.as_dict())
     permutation: dict[str, list[int]] | None = None  # b as connected = b as given permuted so
     pam: PamHistory | None = None  # PAM's permutation updates, when it ran
+    maps: StreamMaps | None = None  # and then rotated so (the alignment's maps beyond it)
 
 
 def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Runtime,
@@ -128,7 +130,8 @@ def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Ru
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
     if not cfg.aligned:
         return Endpoints(model_a, model_b, model_b)
-    result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
+    result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime,
+                          maps="permutations" if cfg.pam.enabled else None)
     report = result.alignment.as_dict()
     if (note := result.spec.left_alone(model_a)) is not None:
         reporter.print(note)
@@ -136,26 +139,36 @@ def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Ru
                    f"correlation {report['mean_corr_before']:.3f} -> "
                    f"{report['mean_corr_after']:.3f}, function error "
                    f"{result.function_error:.1e}")
+    if result.maps:
+        rotated = [s for s in result.alignment.spaces if s.angle is not None]
+        reporter.print(f"  rotated {len(rotated)} spaces beyond their permutation "
+                       f"({', '.join(sorted({s.map for s in rotated}))}); "
+                       f"{len(result.alignment.plan.refused)} keep permutations only")
     return Endpoints(model_a, result.model_b, model_b,
                      {**report, "function_error": result.function_error},
-                     {k: v.tolist() for k, v in result.alignment.perm.items()})
+                     {k: v.tolist() for k, v in result.alignment.perm.items()},
+                     maps=result.maps or None)
 
 
 def endpoints_from_run(run: CurveRun, runtime: Runtime, example: torch.Tensor) -> Endpoints:
     """The endpoints a saved curve joins, with b as given recovered from the permutation."""
     model_a, model_b = (runtime.prepare(build_model(c)) for c in run.checkpoints())
-    b_original = undo_alignment(model_a, model_b, example, run.permutation)
-    return Endpoints(model_a, model_b, b_original, run.alignment, run.permutation, run.pam)
+    b_original = undo_alignment(model_a, model_b, example, run.permutation, run.maps)
+    return Endpoints(model_a, model_b, b_original, run.alignment, run.permutation, run.pam,
+                     run.maps)
 
 
 def undo_alignment(model_a: Classifier, model_b: Classifier, example: torch.Tensor,
-                   permutation: dict[str, list[int]] | None) -> Classifier:
-    """b as it was given, from b aligned and the recorded permutation (b itself if none)."""
-    if not permutation:
+                   permutation: dict[str, list[int]] | None,
+                   maps: StreamMaps | None = None) -> Classifier:
+    """b as it was given, from b aligned and the recorded permutation and maps (b itself if
+    none)."""
+    if not permutation and not maps:
         return model_b
     original = copy.deepcopy(model_b)
     spec = trace_permutation_spec(model_a, example, partial=True)  # as recorded: any spec
-    permute_model(original, spec, inverse({k: torch.tensor(v) for k, v in permutation.items()}))
+    perm = {k: torch.tensor(v) for k, v in (permutation or {}).items()}
+    original.load_state_dict(unmap_state(model_b.state_dict(), spec, perm, maps))
     return original
 
 

@@ -4,10 +4,11 @@ records: how it was trained, what it measured, where it came from. Written and r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from robust_mc.evaluation.robustness import Metrics
+from robust_mc.store.typed import read_record
 
 Kind = Literal["endpoint", "on-path", "ensemble"]
 
@@ -32,6 +33,21 @@ class ObjectiveRecord:
     ema: float | None = None
     awp: float | None = None
     awp_warmup: int = 0
+
+
+@dataclass(frozen=True)
+class RecipeRecord:
+    """How an endpoint was optimised (the train command's optim section): what a curve between
+    two endpoints follows by default (``pipelines/curve_optim.py``)."""
+
+    optimizer: str
+    lr: float  # peak learning rate
+    weight_decay: float
+    warmup_epochs: float = 0.0
+    schedule: str = "piecewise"
+    epochs: int = 0
+    batch_size: int = 0
+    momentum: float = 0.9  # SGD momentum; AdamW's beta1
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,8 @@ class AlignmentRecord:
     config: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     permutation: dict[str, list[int]] = field(default_factory=dict)
+    maps: dict[str, Any] = field(default_factory=dict)  # rotations and folds, as tensors
+    kept_permutations: dict[str, str] = field(default_factory=dict)  # spaces not rotated: why
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,7 @@ class CheckpointMeta:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: RecordedMetrics | None = None
     objective: ObjectiveRecord | None = None
+    recipe: RecipeRecord | None = None  # endpoint: how it was optimised
     history: list[EpochRecord] = field(default_factory=list)
     timings: Timings | None = None
     runtime: dict[str, Any] = field(default_factory=dict)
@@ -102,3 +121,19 @@ class CheckpointMeta:
     @property
     def eps(self) -> float | None:
         return self.metrics.eps if self.metrics is not None else None
+
+    def training_recipe(self) -> RecipeRecord | None:
+        """How the network was optimised: the recorded recipe, or for an endpoint written
+        before recipes were recorded, its training configuration's optim section (None when
+        neither says, as for foreign files)."""
+        if self.recipe is not None or self.kind != "endpoint":
+            return self.recipe
+        optim = self.config.get("optim")
+        if not isinstance(optim, dict):
+            return None
+        known = {f.name for f in fields(RecipeRecord)}
+        try:
+            return read_record(RecipeRecord, {k: v for k, v in optim.items() if k in known},
+                               "optim")
+        except ValueError:
+            return None

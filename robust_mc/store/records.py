@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from robust_mc.core.curves import Curve
+from robust_mc.core.rotation_align import StreamMaps
 from robust_mc.data import Normalization
 from robust_mc.errors import UserError
 from robust_mc.evaluation.barriers import PathStats
@@ -121,6 +122,7 @@ class CurveRun:
     optimizer: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per curve epoch
+    maps: StreamMaps | None = None  # b as connected = b as given permuted, then mapped so
     options: LoadOptions = field(default_factory=LoadOptions, compare=False, repr=False)
     path: Path | None = field(default=None, compare=False)  # the curve.pt it was read from
 
@@ -147,7 +149,8 @@ class CurveRun:
                 "config": self.config, "dataset": (self.config.get("data") or {}).get("dataset"),
                 "epoch": position.epoch if position is not None else None,
                 "position": position.state() if position is not None else None,
-                "optimizer": self.optimizer, "rng": self.rng, "history": self.history}
+                "optimizer": self.optimizer, "rng": self.rng, "history": self.history,
+                "maps": self.maps.to_state() if self.maps else None}
 
     def write(self, path: Path) -> Path:
         return atomic_torch_save(self.to_state(), path)
@@ -181,6 +184,10 @@ class CurveRun:
         endpoint_states = {end: checked_state_dict(states.get(end), source,
                                                    f"endpoint_states.{end}") for end in ENDS}
         try:
+            maps = StreamMaps.from_state(obj["maps"]) if obj.get("maps") is not None else None
+        except ValueError as exc:
+            raise malformed(source, str(exc)) from None
+        try:
             curve = Curve.from_state(obj.get("curve"))  # type: ignore[arg-type]
             position = (Position.from_state(obj["position"]) if obj.get("position") is not None
                         else None)
@@ -200,7 +207,7 @@ class CurveRun:
                    {end: p if isinstance(p := paths.get(end), str) else None for end in ENDS},
                    dict(obj.get("endpoint_digests") or {}), permutation, obj.get("alignment"),
                    pam, position, obj.get("optimizer"), obj.get("rng"),
-                   list(obj.get("history") or []), options, source)
+                   list(obj.get("history") or []), maps, options, source)
 
     @classmethod
     def read(cls, path: Path, options: LoadOptions | None = None) -> CurveRun:

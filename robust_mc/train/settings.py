@@ -23,7 +23,10 @@ class OptimConfig:
     weight_decay: float = setting(5e-4, lo=0.0, help="L2 weight decay")
     schedule: Literal["piecewise", "cosine", "constant"] = setting(
         "piecewise", help="learning-rate schedule")
-    warmup_epochs: float = setting(0.0, lo=0.0)
+    warmup_epochs: float = setting(0.0, lo=0.0,
+                                   help="epochs over which the learning rate ramps linearly "
+                                        "up from 0 before the schedule (transformers need a "
+                                        "few)")
     seed: int = setting(0, help="seed of the run: shuffles, crops, t and attack random starts")
     save_every: int = setting(1, lo=1, help="epochs between saved resumable states (and always "
                                             "at the end and on an interrupt)", may_change=True)

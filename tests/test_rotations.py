@@ -1,0 +1,198 @@
+"""Orthogonal maps beyond permutations: each class keeps the function (float64), a copy mapped by
+random maps of a class is aligned back, the cases a class does not apply to are refused with
+their reason, and an alignment is undone exactly."""
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from robust_mc.core.align import align
+from robust_mc.core.permutation import random_permutation, trace_permutation_spec
+from robust_mc.core.rotatable import plan_rotations
+from robust_mc.core.rotation import procrustes, random_rotation
+from robust_mc.core.rotation_align import StreamMaps, map_state, unmap_state
+from robust_mc.models import Classifier, create_model
+from robust_mc.models.normalize import Normalize
+
+EXACT = 1e-10  # float64 rounding through a few blocks is ~1e-14 of the logits
+
+
+def _timm(name, **kwargs):
+    return lambda: Classifier(timm.create_model(name, pretrained=False, num_classes=7, **kwargs),
+                              Normalize((0.5,) * 3, (0.25,) * 3))
+
+
+def _zoo():
+    return create_model("vit_cifar", num_classes=7, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, width=0.5, image_size=32)
+
+
+# name -> (build, whether its residual stream rotates)
+TRANSFORMERS = {
+    "zoo:vit_cifar": (_zoo, True),
+    "timm:vit": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                       embed_dim=16, num_heads=2), True),
+    "timm:deit": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8,
+                        depth=2, embed_dim=16, num_heads=2), True),
+    "timm:swin": (_timm("swin_tiny_patch4_window7_224", img_size=32, window_size=4,
+                        embed_dim=8, depths=(2, 2), num_heads=(2, 2)), False),
+}
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """float64, every parameter moved off its initial value (unit gains and zero shifts would
+    hide a wrongly folded norm)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = model.double().eval()
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+                tensor.add_(0.2 * (tensor.std() if tensor.numel() > 1 else 1.0) * noise
+                            + 0.1 * noise)
+    return model
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def random_maps(model, spec, plan, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    perm = random_permutation(spec, generator)
+    rotations = {name: random_rotation(spec.space(name), kind == "stream", generator)
+                 for name, kind in plan.kinds.items()}
+    for name, kind in plan.kinds.items():  # rotated streams: the rotation is the whole map
+        if kind == "stream":
+            perm[name] = torch.arange(spec.space(name).size)
+    return perm, rotations
+
+
+@pytest.mark.parametrize("family", list(TRANSFORMERS))
+@pytest.mark.parametrize("maps", ["head-rotations", "orthogonal"])
+def test_each_map_class_keeps_the_function(family, maps):
+    build, stream = TRANSFORMERS[family]
+    torch.manual_seed(0)
+    b, a = randomized(build(), 0), randomized(build(), 1)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    spec = trace_permutation_spec(b, x.float())
+    plan = plan_rotations(b, spec, x, maps)
+    kinds = set(plan.kinds.values())
+    assert "heads" in kinds
+    assert ("stream" in kinds) == (stream and maps == "orthogonal")
+    perm, rotations = random_maps(b, spec, plan)
+    # b mapped and given a's LayerNorm gains and shifts: the same function as b
+    state, record = map_state(b.state_dict(), a.state_dict(), spec, perm, rotations, plan)
+    mapped = copy.deepcopy(b)
+    mapped.load_state_dict(state)
+    with torch.no_grad():
+        assert relative_change(mapped(x), b(x)) < EXACT
+    # and it can be undone: b's own parameters back
+    back = unmap_state(state, spec, perm, StreamMaps.from_state(record.to_state()))
+    for name, tensor in b.state_dict().items():
+        torch.testing.assert_close(back[name], tensor, rtol=1e-10, atol=1e-12)
+
+
+def test_a_stream_map_leaves_a_as_given_and_carries_its_norms():
+    b, a = randomized(_zoo(), 0), randomized(_zoo(), 1)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    spec = trace_permutation_spec(b, x.float())
+    plan = plan_rotations(b, spec, x, "orthogonal")
+    perm, rotations = random_maps(b, spec, plan)
+    state, _ = map_state(b.state_dict(), a.state_dict(), spec, perm, rotations, plan)
+    for fold in plan.folds["net.patch"]:
+        assert torch.equal(state[f"{fold.norm}.weight"], a.state_dict()[f"{fold.norm}.weight"])
+
+
+def test_procrustes_fixing_the_ones_keeps_them():
+    cross = torch.randn(6, 6, dtype=torch.float64)
+    r = procrustes(cross, fix_ones=True)
+    torch.testing.assert_close(r @ r.T, torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(r @ torch.ones(6, dtype=torch.float64),
+                               torch.ones(6, dtype=torch.float64))
+    # it beats every other map fixing the ones: here, a few random ones
+    gen = torch.Generator().manual_seed(0)
+    space = trace_permutation_spec(nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 2)),
+                                   torch.rand(2, 6)).spaces[0]
+    best = float((r * cross).sum())
+    for _ in range(20):
+        other = random_rotation(space, True, gen)
+        assert float((other * cross).sum()) <= best + 1e-12
+
+
+@pytest.mark.parametrize("family", ["zoo:vit_cifar", "timm:vit"])
+def test_a_copy_under_random_maps_is_aligned_back(family):
+    """b = a under a random permutation and random rotations of every planned space: alignment
+    on a's and b's activations recovers a's weights. The maps are solved from float32
+    activation statistics (sums of products in float32, accumulated in float64), so the
+    recovered weights carry an error of about 1e-6 of their size, amplified by how unevenly the
+    activations fill each space (its condition number); 1e-4 leaves room for that, and a wrong
+    head match or a wrong rotation errs by the weights' own size."""
+    build, _ = TRANSFORMERS[family]
+    torch.manual_seed(0)
+    a = randomized(build(), 0).float()
+    x = torch.rand(400, 3, 32, 32)
+    spec = trace_permutation_spec(a, x[:2])
+    plan = plan_rotations(a, spec, x[:2], "orthogonal")
+    perm, rotations = random_maps(a, spec, plan, seed=3)
+    state, _ = map_state(a.state_dict(), a.state_dict(), spec, perm, rotations, plan)
+    b = copy.deepcopy(a)
+    b.load_state_dict(state)
+    result = align(a, b, [(x[i:i + 100], torch.zeros(100)) for i in range(0, 400, 100)],
+                   spec=spec, maps="orthogonal")
+    assert set(result.rotations) == set(plan.kinds)
+    recovered, _ = map_state(b.state_dict(), a.state_dict(), spec, result.perm,
+                             result.rotations, result.plan)
+    for name, tensor in a.state_dict().items():
+        scale = float(tensor.abs().max()) or 1.0
+        assert float((recovered[name] - tensor).abs().max()) < 1e-4 * scale, name
+    assert min(s.corr_after for s in result.spaces if s.angle is not None) > 0.999
+
+
+class PostNorm(nn.Module):
+    """Post-norm blocks: each LayerNorm's output is the residual stream itself, which the next
+    block both reads and adds to."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.embed = nn.Linear(12, dim)
+        self.fcs = nn.ModuleList(nn.Linear(dim, dim) for _ in range(2))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x.flatten(1))
+        for fc, norm in zip(self.fcs, self.norms, strict=True):
+            h = norm(h + fc(h))
+        return self.head(h)
+
+
+def refusals(model, x, maps="orthogonal"):
+    spec = trace_permutation_spec(model, x.float())
+    return plan_rotations(model, spec, x, maps), spec
+
+
+def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason():
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    plan, _ = refusals(randomized(_zoo()), x)
+    mlp = [why for name, why in plan.refused.items() if "mlp" in name]
+    assert mlp and all("hidden layer" in why for why in mlp)  # MLP hidden units
+    plan, _ = refusals(randomized(TRANSFORMERS["timm:vit"][0]()), x)
+    plan_qk, spec = refusals(randomized(_timm("vit_tiny_patch16_224", img_size=32,
+                                              patch_size=8, depth=2, embed_dim=16,
+                                              num_heads=2, qk_norm=True)()), x)
+    qk = [n for n in plan_qk.refused if spec.space(n).blocks is not None]
+    assert qk and all("query/key norm" in plan_qk.refused[n] for n in qk)  # q/k norm
+    assert any(kind == "heads" for kind in plan_qk.kinds.values())  # the values still rotate
+    cnn = create_model("tinyten", num_classes=7, in_channels=3, mean=(0.5,) * 3,
+                       std=(0.25,) * 3, width=0.25)
+    plan, _ = refusals(randomized(cnn), x)
+    assert not plan.kinds and any("batch norm" in why for why in plan.refused.values())
+    plan, _ = refusals(randomized(PostNorm()), torch.rand(2, 3, 2, 2, dtype=torch.float64))
+    assert not plan.kinds and any("not only by linear layers" in why
+                                  for why in plan.refused.values())  # post-norm
+    plan, _ = refusals(randomized(_zoo()), x, "permutations")
+    assert not plan and not plan.refused
