@@ -15,7 +15,7 @@ from robust_mc.store.checkpoint import save_checkpoint
 from robust_mc.store.meta import RecipeRecord
 
 ADAMW = {"optim.optimizer": "adamw", "optim.lr": 0.002, "optim.weight_decay": 0.05,
-         "optim.warmup_epochs": 0.5}
+         "optim.warmup_epochs": 0.5, "optim.batch_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def connect_optim() -> OptimConfig:
 
 def test_an_endpoint_records_how_it_was_optimised(adamw_pair, tiny_endpoint):
     recipe = adamw_pair[0].meta.training_recipe()
-    assert recipe == RecipeRecord("adamw", 0.002, 0.05, 0.5, "piecewise", 1, 128, 0.9)
+    assert recipe == RecipeRecord("adamw", 0.002, 0.05, 0.5, "piecewise", 1, 64, 0.9)
     assert tiny_endpoint().meta.training_recipe().optimizer == "sgd"
 
 
@@ -42,7 +42,8 @@ def test_a_file_written_before_recipes_were_recorded_reads_its_config(adamw_pair
 def test_adamw_endpoints_give_an_adamw_curve_at_their_own_rate(adamw_pair):
     chosen = follow_endpoints(connect_optim(), {}, *adamw_pair)
     o = chosen.optim
-    assert (o.optimizer, o.lr, o.weight_decay, o.warmup_epochs) == ("adamw", 0.002, 0.05, 1.0)
+    assert (o.optimizer, o.lr, o.weight_decay, o.warmup_epochs, o.batch_size) == (
+        "adamw", 0.002, 0.05, 1.0, 64)
     assert o.epochs == connect_optim().epochs and o.schedule == connect_optim().schedule
     assert chosen.sources["optimizer"] == "the endpoints' adamw"
     assert "suited to the endpoints' adamw" in chosen.describe()
@@ -105,3 +106,11 @@ def test_connect_with_no_flags_trains_the_curve_as_the_endpoints_were(adamw_pair
     assert (optim["optimizer"], optim["lr"], optim["warmup_epochs"]) == ("adamw", 0.002, 1.0)
     state = torch.load(run / "curve.pt", weights_only=True)
     assert "exp_avg" in str(state["optimizer"])  # the saved optimizer is AdamW's
+
+
+def test_info_shows_the_recipe(adamw_pair, tmp_path, capsys):
+    path = save_checkpoint(adamw_pair[0], tmp_path / "a.pt")
+    assert cli.main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["optimizer"] == "adamw"
+    assert cli.main(["info", str(path)]) == 0
+    assert "warmup_epochs 0.5" in capsys.readouterr().out

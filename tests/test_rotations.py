@@ -3,12 +3,14 @@ random maps of a class is aligned back, the cases a class does not apply to are 
 their reason, and an alignment is undone exactly."""
 
 import copy
+import json
 
 import pytest
 import timm
 import torch
 from torch import nn
 
+from robust_mc import cli
 from robust_mc.core.align import align
 from robust_mc.core.permutation import random_permutation, trace_permutation_spec
 from robust_mc.core.rotatable import plan_rotations
@@ -16,6 +18,9 @@ from robust_mc.core.rotation import procrustes, random_rotation
 from robust_mc.core.rotation_align import StreamMaps, map_state, unmap_state
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.normalize import Normalize
+from robust_mc.pipelines.pair import endpoints_from_run
+from robust_mc.store.checkpoint import load_checkpoint, save_checkpoint
+from robust_mc.store.records import CurveRun
 
 EXACT = 1e-10  # float64 rounding through a few blocks is ~1e-14 of the logits
 
@@ -196,3 +201,37 @@ def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason()
                                   for why in plan.refused.values())  # post-norm
     plan, _ = refusals(randomized(_zoo()), x, "permutations")
     assert not plan and not plan.refused
+
+
+@pytest.fixture(scope="module")
+def vit_files(tiny_endpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vits")
+    settings = {"model.arch": "vit_cifar", "model.width": 0.5, "optim.optimizer": "adamw",
+                "optim.lr": 0.002, "optim.batch_size": 64}
+    return [save_checkpoint(tiny_endpoint(**settings, **{"optim.seed": s}), root / f"v{s}.pt")
+            for s in (0, 1)]
+
+
+def test_connect_records_the_maps_and_every_reader_undoes_them(vit_files, tmp_path, capsys,
+                                                               runtime):
+    """A ViT pair connected with the default maps: curve.pt holds rotations as tensors, and b as
+    given comes back from b aligned. Both are float32 states and the maps are applied in float64
+    and rounded once per stored tensor, so b returns within a few float32 roundings (1e-5 of
+    each tensor's size; a map left undone moves entries by their own size)."""
+    run = tmp_path / "run"
+    assert cli.main(["connect", *map(str, vit_files), "--curve", "line", "--points", "3",
+                     "--eval-attack", "none", "--align-samples", "300", "--device", "cpu",
+                     "--out", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    saved = CurveRun.read(run / "curve.pt")
+    assert saved.maps is not None and "net.patch" in saved.maps.rotations  # the stream
+    assert {s["map"] for s in saved.alignment["spaces"]} == {
+        "rotation", "rotation per head", "permutation"}
+    example = torch.rand(2, 1, 8, 8)
+    endpoints = endpoints_from_run(saved, runtime, example)
+    given = load_checkpoint(vit_files[1]).state_dict
+    for name, tensor in endpoints.b_original.state_dict().items():
+        key = name.removeprefix("net.")
+        scale = float(given[key].abs().max()) or 1.0
+        assert float((tensor - given[key]).abs().max()) <= 1e-5 * scale, name
+    assert summary["barriers"]["test"]["robust_loss_barrier"] >= 0

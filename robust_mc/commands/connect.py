@@ -55,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
     preflight(cfg)
     common.check_switches(args, cfg)
     reporter = Reporter(quiet=args.json)
-    if cfg.curve.kind != "line":
-        reporter.print(curve_optim.describe())
     runtime = start_runtime(cfg.device, cfg.speed)
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:
-        summary = run_connect(pair, cfg, out, runtime, reporter, args.argv, policy, stop)
+        summary = run_connect(pair, cfg, out, runtime, reporter, args.argv, policy, stop,
+                              notes=(curve_optim.describe(),) if cfg.curve.kind != "line"
+                              else ())
     show_path_run(out, summary, f"robust-mc connect: {Path(args.a).name} -> "
                                 f"{Path(args.b).name}", args.json, reporter)
     return 0

@@ -39,6 +39,7 @@ def describe(path: str, args: argparse.Namespace) -> dict:
         "dataset": meta.dataset,
         "kind": meta.kind,
         "objective": write_record(meta.objective) if meta.objective else None,
+        "recipe": write_record(recipe) if (recipe := meta.training_recipe()) else None,
         "metrics": write_record(meta.metrics) if meta.metrics else {},
     }
     if ckpt.members is not None:
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("kind", str(info["kind"]))
     if isinstance(info["objective"], dict):
         table.add_row("objective", ", ".join(f"{k} {v}" for k, v in info["objective"].items()))
+    if isinstance(info["recipe"], dict):
+        table.add_row("recipe", ", ".join(f"{k} {v}" for k, v in info["recipe"].items()))
     if "members" in info:
         members_t = info.get("members_t")
         table.add_row("members", f"{info['members']} ({info['combine']} averaged)"

@@ -451,7 +451,7 @@ def _space_report(space: Space, p: torch.Tensor, stats: UnitStatistics,
         space.name, space.size, float(c[diag, diag].mean()) if c is not None else float("nan"),
         after, float((p != diag).float().mean()),
         int(unmatched[space.name].numel()) if space.name in unmatched else 0,
-        _MAP_NAMES[kind] if kind is not None else "permutation",
+        _MAP_NAMES[kind] if kind is not None and rotation is not None else "permutation",
         mean_angle(rotation) if rotation is not None else None)
 
 

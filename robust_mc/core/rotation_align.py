@@ -127,7 +127,24 @@ def solve_rotations(plan: RotationPlan, spec: PermutationSpec, perm: Permutation
                 procrustes(cross[name][h * size:(h + 1) * size,
                                        g * size:(g + 1) * size])
                 for h, g in enumerate(order.tolist())])
-    return perm, rotations
+    return _snapped(perm, rotations)
+
+
+SNAP = 1e-3  # a rotation this close to a permutation matrix (entry by entry) is that permutation
+
+
+def _snapped(perm: Permutation, rotations: Rotations) -> tuple[Permutation, Rotations]:
+    """Rotations that are permutations up to float error become those permutations, exactly:
+    a permuted copy is recovered bit for bit under every map class, as with permutations."""
+    kept: Rotations = {}
+    for name, rotation in rotations.items():
+        order = solve_assignment(rotation)  # new unit i = old unit order[i]
+        exact = torch.eye(rotation.shape[0], dtype=rotation.dtype)[order]
+        if float((rotation - exact).abs().max()) < SNAP:
+            perm[name] = perm[name][order]
+        else:
+            kept[name] = rotation
+    return perm, kept
 
 
 def _head_scores(names: list[str], size: int, cross: dict[str, torch.Tensor],

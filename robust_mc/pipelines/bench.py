@@ -192,6 +192,7 @@ class Cell:
     seed: int | None
     out: Path
     cfg: ConnectRunConfig
+    notes: tuple[str, ...] = ()  # shown as the cell's run starts
 
     def finished(self) -> PathSummary | None:
         """The cell's summary if it is complete with these settings (and verified if asked)."""
@@ -223,12 +224,15 @@ def grid(cfg: BenchRunConfig, methods: list[Method], pairs: list[tuple[str, Pair
     cells = []
     for pair_id, pair in pairs:
         digests = pair.digests
-        optim = optims[pair_id].optim if optims and pair_id in optims else None
+        chosen = optims.get(pair_id) if optims else None
         for method in methods:
+            notes = (chosen.describe(),) if chosen is not None and method.curve else ()
             for seed in curve_seeds(cfg, method):
                 cells.append(Cell(pair_id, pair, digests, method, seed,
                                   cell_dir(out, pair_id, method, seed),
-                                  cell_config(cfg, method, seed, optim)))
+                                  cell_config(cfg, method, seed,
+                                              chosen.optim if chosen is not None else None),
+                                  notes))
     return cells
 
 
@@ -259,11 +263,7 @@ def run_bench(cfg: BenchRunConfig, out: Path, runtime: Runtime, reporter: Report
     remove_stale_temps(out)
     policy = ResumePolicy.FRESH if fresh else ResumePolicy.REPLACE
     pairs = endpoint_pairs(cfg, given_pairs, out, runtime, reporter, argv, policy, stop)
-    optims = pair_optims(cfg, pairs, given or {})
-    if any(m.curve for m in methods):
-        for pair_id, optim in optims.items():
-            reporter.print(f"{pair_id}: {optim.describe()}")
-    cells = grid(cfg, methods, pairs, out, optims)
+    cells = grid(cfg, methods, pairs, out, pair_optims(cfg, pairs, given or {}))
     verified = VerifiedPoints(out / "verified")  # an endpoint is the same network in every cell
     mine = [cell for number, cell in enumerate(cells) if shard is None or shard.takes(number)]
     results: dict[Path, CellResult] = {}
@@ -308,7 +308,7 @@ def compute(cell: Cell, claim: Path, number: int, total: int, runtime: Runtime,
                    + (f" seed {cell.seed}" if cell.seed is not None else ""))
     with holding(claim):
         summary = run_connect(cell.pair, cell.cfg, cell.out, runtime, reporter, argv, policy,
-                              stop, verified)
+                              stop, verified, cell.notes)
     return cell.result(summary, cached=False)
 
 

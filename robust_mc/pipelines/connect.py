@@ -154,7 +154,8 @@ def write_outputs(session: ConnectSession, run: PathRun, summary: PathSummary,
 def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
                 reporter: Reporter, argv: list[str] | None = None,
                 policy: ResumePolicy = ResumePolicy.AUTO, stop: StopSignals | None = None,
-                verified: VerifiedPoints | None = None) -> PathSummary:
+                verified: VerifiedPoints | None = None, notes: tuple[str, ...] = ()
+                ) -> PathSummary:
     """The whole of `robust-mc connect`: align, train, evaluate, write every output file.
 
     Args:
@@ -167,6 +168,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
             record, the signals that stop it after saving.
         verified: verified points to read back (and add to) with ``cfg.verify``: a bench shares
             them between its cells, whose endpoints are the same networks.
+        notes: lines shown as the run starts (where its curve's optimiser settings came from).
 
     Returns:
         The run's summary (also in ``out/summary.json``).
@@ -184,7 +186,7 @@ def run_connect(pair: Pair, cfg: ConnectRunConfig, out: Path, runtime: Runtime,
     out = ensure_out_dir(out, RUN_FILES)  # only once the inputs are known to be good
     remove_stale_temps(out)
     session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device),
-                             stop or StopSignals())
+                             stop or StopSignals(), notes)
     if policy is ResumePolicy.FRESH:
         for name in RUN_FILES:
             remove(out / name)
@@ -207,7 +209,7 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
                            f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
                            f"output {out}; {runtime.summary()}")
-    for line in pair.describe():
+    for line in (*pair.describe(), *session.notes):
         session.reporter.print(line)
     start = time.perf_counter()
     example = session.data.train.images[:2].float()

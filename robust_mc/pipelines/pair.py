@@ -46,13 +46,14 @@ class Pair:
         return build_model(self.a), build_model(self.b)
 
     def config_base(self, keep_attack: tuple[str, ...] | None = None) -> dict:
-        """Defaults taken from endpoint a's recorded training: its dataset and attack (only the
-        ``keep_attack`` keys of it, when given)."""
+        """Defaults taken from endpoint a's recorded training: its dataset, the augmentation it
+        was trained with (a curve trained on flipped digits that its ends never saw cannot
+        join them) and its attack (only the ``keep_attack`` keys of it, when given)."""
         config = self.a.meta.config
         base: dict = {}
         if isinstance(config.get("data"), dict):
             base["data"] = {k: v for k, v in config["data"].items()
-                            if k in ("dataset", "data_dir", "val_size", "val_seed")}
+                            if k in ("dataset", "data_dir", "val_size", "val_seed", "augment")}
         elif self.a.dataset:
             base["data"] = {"dataset": self.a.dataset}
         if isinstance(config.get("attack"), dict):

@@ -28,6 +28,7 @@ class ConnectSession:
     reporter: Reporter
     data: Data
     stop: StopSignals = field(default_factory=StopSignals)
+    notes: tuple[str, ...] = ()  # where settings came from, shown when the run starts
 
     @property
     def digests(self) -> dict[str, str]:
