@@ -183,8 +183,10 @@ class EnsembleRunConfig:
 @dataclass(frozen=True)
 class BenchConfig:
     methods: list[str] = setting(["line", "line+align", "curve", "curve+align", "curve+pam"],
-                                 help="line|curve, then +align, +pam and/or +repair (clean "
-                                      "statistics) or +repair-adv (adversarial)")
+                                 help="line|curve, then +align (or +permutations, "
+                                      "+head-rotations, +orthogonal: its map class), +pam "
+                                      "and/or +repair (clean statistics) or +repair-adv "
+                                      "(adversarial)")
     seeds: list[int] = setting([0], help="curve seeds: each curve method runs per pair and seed")
     pairs: list[list[str]] = setting([], help="endpoint checkpoint pairs: [[a.pt, b.pt], ...]")
     endpoint_seeds: list[list[int]] = setting(

@@ -80,11 +80,19 @@ def test_endpoints_trained_from_seeds_are_reused(tmp_path, capsys):
 @pytest.mark.parametrize("name, ok", [("line", True), ("curve+align+pam", True),
                                       ("curve+pam", True), ("line+pam", False),
                                       ("curve+aling", False), ("bezier", False),
-                                      ("curve+align+align", False)])
+                                      ("curve+align+align", False),
+                                      ("line+head-rotations", True),
+                                      ("curve+orthogonal", True),
+                                      ("curve+permutations+pam", True),
+                                      ("curve+orthogonal+pam", False),
+                                      ("line+align+orthogonal", False)])
 def test_method_names(name, ok):
     if ok:
         method = parse_method(name)
         assert method.curve == name.startswith("curve") and method.pam == ("pam" in name)
+        maps = [m for m in ("permutations", "head-rotations", "orthogonal") if m in name]
+        assert method.maps == (maps[0] if maps else None)
+        assert method.align == ("align" in name or bool(maps))
     else:
         with pytest.raises(UserError, match="bench method"):
             parse_method(name)

@@ -197,8 +197,16 @@ def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason()
     plan, _ = refusals(randomized(cnn), x)
     assert not plan.kinds and any("batch norm" in why for why in plan.refused.values())
     plan, _ = refusals(randomized(PostNorm()), torch.rand(2, 3, 2, 2, dtype=torch.float64))
-    assert not plan.kinds and any("not only by linear layers" in why
+    assert not plan.kinds and any("folds only into linear layers" in why
                                   for why in plan.refused.values())  # post-norm
+    mixer = timm.models.mlp_mixer.MlpMixer(num_classes=7, img_size=32, patch_size=8,
+                                           num_blocks=2, embed_dim=16)
+    plan, spec = refusals(randomized(mixer), x)  # token mixing reads the normed stream
+    assert not plan.kinds and "transpose" in plan.refused[spec.spaces[0].name]
+    convnext = create_model("convnext_cifar", num_classes=7, in_channels=3, mean=(0.5,) * 3,
+                            std=(0.25,) * 3, width=0.5)
+    plan, _ = refusals(randomized(convnext), x)  # a depthwise convolution reads the stream
+    assert not plan.kinds and any("depthwise" in why for why in plan.refused.values())
     plan, _ = refusals(randomized(_zoo()), x, "permutations")
     assert not plan and not plan.refused
 

@@ -103,13 +103,14 @@ def _refusal(space: Space, model: nn.Module, folds: dict[str, NormFold | str]
              ) -> tuple[str | None, list[NormFold]]:
     """Why ``space`` cannot take a rotation, from what the trace says it touches; else None and
     the norm folds it needs."""
+    modules = dict(model.named_modules())
     if space.blocks is not None and space.blocks.shared:
         return "a per-dimension query/key norm scales its units one by one", []
-    if any(a.groups > 1 or a.within for a in space.axes):
-        return "a grouped convolution reads its units group by group", []
+    if any(a.groups > 1 or a.within or getattr(modules.get(a.name.rsplit(".", 1)[0]), "groups",
+                                               1) > 1 for a in space.axes):
+        return "a grouped or depthwise convolution reads its units group by group", []
     if any(a.name.endswith("running_mean") for a in space.axes):
         return "batch norm keeps statistics per unit", []
-    modules = dict(model.named_modules())
     norms: list[NormFold] = []
     for name in norms_on(space, model):
         fold = folds.get(name)

@@ -57,8 +57,9 @@ def find_norm_folds(model: nn.Module, example: torch.Tensor | None = None
             continue
         readers, other = _readers(node, modules, layer.normalized_shape[-1])
         out[norm] = (NormFold(norm, tuple(readers)) if other is None and readers
-                     else f"'{norm}' is read by {other or 'nothing'}, not only by linear "
-                          "layers (a post-norm block)")
+                     else f"'{norm}' is read by {other or 'nothing'}, and its gain folds only "
+                          "into linear layers reached through token selection, averaging or "
+                          "dropout (a post-norm block, a convolutional stream)")
     return out
 
 

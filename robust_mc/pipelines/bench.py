@@ -6,10 +6,11 @@ Every cell is one `connect` run in ``OUT/cells/<pair>/<method>[/seed<N>]``. A fi
 rerun computes only what is missing. Endpoints trained from seeds live in ``OUT/endpoints``.
 
 Methods: ``line`` or ``curve`` (the connect curve kind, bezier by default), then ``+align``
-(neuron alignment of b to a first), ``+pam`` (PAM's permutation updates while the curve
-trains; ``curve+pam`` starts from b as given, ``curve+align+pam`` from the alignment) and/or
-``+repair`` or ``+repair-adv`` (every t's unit statistics repaired, ``path.repair: repair``,
-on clean inputs or on each network's own PGD examples).
+(neuron alignment of b to a first, with the connect section's map class; ``+permutations``,
+``+head-rotations`` or ``+orthogonal`` align with that class), ``+pam`` (PAM's permutation
+updates while the curve trains; ``curve+pam`` starts from b as given, ``curve+align+pam``
+from the alignment) and/or ``+repair`` or ``+repair-adv`` (every t's unit statistics
+repaired, ``path.repair: repair``, on clean inputs or on each network's own PGD examples).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None,
     kind = base.curve.kind if base.curve.kind != "line" else "bezier"
     optim = curve_optim or base.optim
     optim = replace(optim, seed=seed) if seed is not None else optim
-    return replace(base, data=cfg.data, device=cfg.device, aligned=method.align,
+    align = replace(base.align, maps=method.maps) if method.maps is not None else base.align
+    return replace(base, data=cfg.data, device=cfg.device, aligned=method.align, align=align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
                    path=repaired(replace(base.path, compare_line=False), method.repair),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robust_mc.core.align import Inputs
+from robust_mc.core.rotatable import MAP_CLASSES, MapClass
 from robust_mc.errors import UserError
 from robust_mc.evaluation.barriers import PathStats
 from robust_mc.evaluation.verification import Verification
@@ -29,6 +30,9 @@ class Method:
     # every t's unit statistics repaired (path.repair: repair) on clean inputs or on each
     # network's own PGD examples; None: as the connect section says
     repair: Inputs | None = None
+    # aligned with this map class (+permutations, +head-rotations, +orthogonal); None: +align
+    # takes the connect section's
+    maps: MapClass | None = None
 
 
 REPAIRS: dict[str, Inputs] = {"repair": "clean", "repair-adv": "adversarial"}
@@ -36,16 +40,21 @@ REPAIRS: dict[str, Inputs] = {"repair": "clean", "repair-adv": "adversarial"}
 
 def parse_method(name: str) -> Method:
     base, *extras = name.split("+")
-    unknown = [e for e in extras if e not in ("align", "pam", *REPAIRS)]
+    unknown = [e for e in extras if e not in ("align", "pam", *REPAIRS, *MAP_CLASSES)]
     repairs = [REPAIRS[e] for e in extras if e in REPAIRS]
+    maps = [e for e in extras if e in MAP_CLASSES]
     if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras) \
-            or len(repairs) > 1:
-        raise UserError(f"bench method {name!r}: write line or curve, then +align, +pam and "
-                        "+repair or +repair-adv (e.g. curve+align+repair)")
+            or len(repairs) > 1 or len(maps) > 1 or (maps and "align" in extras):
+        raise UserError(f"bench method {name!r}: write line or curve, then +align (or the map "
+                        "class it aligns with: +permutations, +head-rotations, +orthogonal), "
+                        "+pam and +repair or +repair-adv (e.g. curve+align+repair)")
     if base == "line" and "pam" in extras:
         raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
-    return Method(name, base == "curve", "align" in extras, "pam" in extras,
-                  repairs[0] if repairs else None)
+    if "pam" in extras and maps and maps[0] != "permutations":
+        raise UserError(f"bench method {name!r}: PAM updates permutations; it cannot follow "
+                        f"+{maps[0]} (use curve+permutations+pam)")
+    return Method(name, base == "curve", "align" in extras or bool(maps), "pam" in extras,
+                  repairs[0] if repairs else None, maps[0] if maps else None)
 
 
 @dataclass
