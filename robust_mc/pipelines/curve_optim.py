@@ -52,7 +52,8 @@ class CurveOptim:
         o = self.optim
         values = {"optimizer": o.optimizer, "lr": f"lr {o.lr:g}",
                   "weight_decay": f"weight decay {o.weight_decay:g}",
-                  "warmup_epochs": f"warmup {o.warmup_epochs:g} epochs",
+                  "warmup_epochs": f"warmup {o.warmup_epochs:g} epoch"
+                                   + ("" if o.warmup_epochs == 1 else "s"),
                   "batch_size": f"batch {o.batch_size}"}
         return "curve optimiser: " + ", ".join(f"{values[k]} ({self.sources[k]})"
                                                for k in FOLLOWED)
