@@ -23,39 +23,21 @@ import math
 
 import torch
 
-from robust_mc.core.spec import Axis, PermutationSpec, Space
+from robust_mc.core.spec import PermutationSpec, Space, mix_state
 
 Rotations = dict[str, torch.Tensor]  # space name -> (size, size) float64 orthogonal
-
-
-def rotate_axis(tensor: torch.Tensor, axis: Axis, rotation: torch.Tensor) -> torch.Tensor:
-    """``tensor`` with the units on ``axis`` mapped by ``rotation`` (each unit's ``repeat``
-    entries alike), computed in float64 and returned in the tensor's dtype."""
-    if axis.groups > 1 or axis.within:
-        raise ValueError(f"{axis.name}: a grouped or shared axis takes permutations only")
-    size = rotation.shape[0]
-    moved = tensor.double().movedim(axis.axis, 0)
-    start, end = axis.offset, axis.offset + size * axis.repeat
-    body = moved[start:end].reshape(size, axis.repeat, *moved.shape[1:])
-    body = torch.tensordot(rotation.to(moved.device, torch.float64), body, dims=([1], [0]))
-    out = torch.cat([moved[:start], body.reshape(end - start, *moved.shape[1:]), moved[end:]])
-    return out.movedim(0, axis.axis).to(tensor.dtype)
 
 
 def apply_rotations(state: dict[str, torch.Tensor], spec: PermutationSpec,
                     rotations: Rotations, skip: frozenset[str] = frozenset()
                     ) -> dict[str, torch.Tensor]:
-    """A new state dict with each rotated space's map applied to every axis it moves, except the
+    """A new state dict with each rotated space's map applied to every axis it moves (each
+    unit's ``repeat`` entries alike, in float64, back in each tensor's dtype), except the
     tensors named in ``skip`` (a folded LayerNorm's gain and shift, which the map fixes)."""
-    out = dict(state)
     for space in spec:
-        rotation = rotations.get(space.name)
-        if rotation is None:
-            continue
-        for axis in space.axes:
-            if axis.name not in skip:
-                out[axis.name] = rotate_axis(out[axis.name], axis, rotation)
-    return out
+        if space.name in rotations and any(a.groups > 1 or a.within for a in space.axes):
+            raise ValueError(f"{space.name}: a grouped or shared axis takes permutations only")
+    return mix_state(state, spec, rotations, torch.float64, skip)
 
 
 def inverse_rotations(rotations: Rotations) -> Rotations:

@@ -142,6 +142,38 @@ def permute_axis(tensor: torch.Tensor, axis: Axis, perm: torch.Tensor) -> torch.
     return rows.gather(2, index).reshape(tensor.shape)
 
 
+def mix_axis(tensor: torch.Tensor, axis: Axis, matrix: torch.Tensor,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` with the units on ``axis`` mixed by ``matrix`` (size, size): new unit i =
+    sum_j matrix[i, j] unit j, each unit's ``repeat`` entries alike. A permutation matrix gives
+    :func:`permute_axis`; an orthogonal one a rotation. Computed in ``dtype`` (the tensor's by
+    default; differentiable in both), returned in the tensor's."""
+    size = matrix.shape[0]
+    dtype = dtype or tensor.dtype
+    moved = tensor.to(dtype).movedim(axis.axis, 0)
+    lo, hi = axis.offset, axis.offset + size * axis.repeat
+    units = moved[lo:hi].reshape(size, axis.repeat, *moved.shape[1:])
+    mixed = torch.tensordot(matrix.to(moved.device, dtype), units, dims=([1], [0]))
+    whole = torch.cat([moved[:lo], mixed.reshape(hi - lo, *moved.shape[1:]), moved[hi:]])
+    return whole.movedim(0, axis.axis).to(tensor.dtype)
+
+
+def mix_state(state: dict[str, torch.Tensor], spec: PermutationSpec,
+              matrices: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+              skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """A new state dict with each space's units mixed by its (size, size) matrix on every axis
+    it moves that ``state`` holds (:func:`mix_axis`), except the tensors named in ``skip``."""
+    out = dict(state)
+    for space in spec:
+        matrix = matrices.get(space.name)
+        if matrix is None:
+            continue
+        for axis in space.axes:
+            if axis.name in out and axis.name not in skip:
+                out[axis.name] = mix_axis(out[axis.name], axis, matrix, dtype)
+    return out
+
+
 def apply_permutation(state: dict[str, torch.Tensor], spec: PermutationSpec,
                       perm: Permutation) -> dict[str, torch.Tensor]:
     """A new state dict with every space's permutation applied (tensors not touched are shared)."""

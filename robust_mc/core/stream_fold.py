@@ -64,28 +64,31 @@ def find_norm_folds(model: nn.Module, example: torch.Tensor | None = None
 
 
 def _norm_of(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.LayerNorm):
-        return str(node.target)
-    if node.op == "call_function" and node.target in (F.layer_norm, torch.layer_norm):
-        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
-            owner = str(weight.target).rsplit(".", 1)[0]
-            if isinstance(modules.get(owner), nn.LayerNorm):
-                return owner
-    return None
+    if node.op == "call_function" and node.target not in (F.layer_norm, torch.layer_norm):
+        return None
+    return _layer_of(node, modules, nn.LayerNorm, 2)
 
 
 def _reader_of(node: torch.fx.Node, modules: dict[str, nn.Module], width: int) -> str | None:
+    if node.op == "call_function" and node.target is not F.linear:
+        return None
+    reader = _layer_of(node, modules, nn.Linear, 1)
+    return reader if reader is not None and modules[reader].in_features == width else None
+
+
+def _layer_of(node: torch.fx.Node, modules: dict[str, nn.Module], kind: type,
+              weight_at: int) -> str | None:
+    """The ``kind`` layer ``node`` runs, called as a module or as a function on the layer's
+    weight (argument ``weight_at``), as exported graphs call it."""
     if node.op == "call_module":
-        layer = modules.get(str(node.target))
-        if isinstance(layer, nn.Linear) and layer.in_features == width:
-            return str(node.target)
-    if node.op == "call_function" and node.target is F.linear:
-        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
-            owner = str(weight.target).rsplit(".", 1)[0]
-            if isinstance(modules.get(owner), nn.Linear):
-                return owner
+        return str(node.target) if isinstance(modules.get(str(node.target)), kind) else None
+    if node.op != "call_function":
+        return None
+    weight = node.args[weight_at] if len(node.args) > weight_at else node.kwargs.get("weight")
+    if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+        owner = str(weight.target).rsplit(".", 1)[0]
+        if isinstance(modules.get(owner), kind):
+            return owner
     return None
 
 

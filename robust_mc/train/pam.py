@@ -22,6 +22,7 @@ from torch import nn
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve, flatten_params
 from robust_mc.core.permutation import Permutation, PermutationSpec
+from robust_mc.core.spec import mix_state
 from robust_mc.train.loop import Trainer, TrainingContext
 from robust_mc.train.settings import CurveConfig, OptimConfig, PamConfig
 from robust_mc.train.tasks import CurveTask
@@ -31,22 +32,9 @@ def soft_permute(params: dict[str, torch.Tensor], spec: PermutationSpec,
                  relaxed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``params`` with each space's units mixed by its (size, size) matrix: new unit i =
     sum_j P[i, j] old unit j. A permutation matrix (P[i, perm[i]] = 1) gives exactly
-    ``apply_permutation``; differentiable in P."""
-    out = dict(params)
-    for space in spec:
-        matrix = relaxed.get(space.name)
-        if matrix is None:
-            continue
-        for axis in space.axes:
-            if axis.name not in out:  # a buffer: not on the curve
-                continue
-            moved = out[axis.name].movedim(axis.axis, 0)
-            lo, hi = axis.offset, axis.offset + space.size * axis.repeat
-            units = moved[lo:hi].reshape(space.size, axis.repeat, *moved.shape[1:])
-            mixed = torch.tensordot(matrix.to(units.dtype), units, dims=([1], [0]))
-            whole = torch.cat([moved[:lo], mixed.reshape(hi - lo, *moved.shape[1:]), moved[hi:]])
-            out[axis.name] = whole.movedim(0, axis.axis)
-    return out
+    ``apply_permutation``; differentiable in P. Buffers are not on the curve: only the
+    ``params`` given are mixed."""
+    return mix_state(params, spec, relaxed)
 
 
 def sinkhorn(matrix: torch.Tensor, iters: int) -> torch.Tensor:
