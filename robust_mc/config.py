@@ -17,6 +17,7 @@ from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import METHODS as ALIGNMENT_METHODS
 from robust_mc.core.rotatable import MapClass
 from robust_mc.data import DataConfig
+from robust_mc.errors import UserError
 from robust_mc.evaluation.settings import LayersConfig, PathConfig, VerifyConfig
 from robust_mc.run.runtime import DEVICE_HELP, SpeedConfig
 from robust_mc.settings import (
@@ -85,9 +86,13 @@ class AlignConfig:
                      "orthogonal for corr, permutations for weights")
 
     def map_class(self) -> MapClass:
-        """The map class ``maps`` names (``auto`` resolved for the method)."""
+        """The map class ``maps`` names (``auto`` resolved for the method); a rotation class
+        with a method that reads no activations is refused."""
         if self.maps == "auto":
             return "orthogonal" if self.method == "corr" else "permutations"
+        if self.maps != "permutations" and self.method != "corr":
+            raise UserError(f"--align-maps {self.maps} is solved from activations; use "
+                            "--align-method corr (or --align-maps permutations)")
         return self.maps
 
 

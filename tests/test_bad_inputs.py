@@ -151,6 +151,12 @@ MATRIX = [
     (["layers", "{a}", "{wide}"], "differ in width"),
     (["connect", *PAIR, "--dataset", "synthetic"], "10 classes but synthetic has 4"),
     (["align", *PAIR, "--dataset", "synthetic"], "--dataset"),
+    # map classes that the method or PAM cannot follow
+    (["align", *PAIR, "--align-method", "weights", "--align-maps", "orthogonal"],
+     "solved from activations"),
+    (["connect", *PAIR, "--align-method", "weights", "--align-maps", "head-rotations"],
+     "solved from activations"),
+    (["connect", *PAIR, "--pam", "--align-maps", "orthogonal"], "--align-maps permutations"),
     (["connect", *PAIR, "--dataset", "imagefolder:{nodata}"], "no train/ sub-folder"),
     (["train", "--dataset", "imagefolder:{nodata}"], "no train/ sub-folder"),
     (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),

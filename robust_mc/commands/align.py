@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     pair = load_pair(args.a, args.b, common.load_options(args))
     cfg = build_config(AlignRunConfig, args.config, common.overrides(args),
                        base=pair.config_base())
+    cfg.align.map_class()  # a rotation class with a method that reads no activations: refused
     out = args.out or (args.b[:-3] if args.b.endswith(".pt") else args.b) + "_aligned.pt"
     check_writable_file(out)
     reporter = Reporter(quiet=args.json)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                   "", "")
     Console().print(table)
     kept = result.alignment.plan.refused
-    if result.alignment.maps != "permutations" and kept:
+    if result.alignment.map_class != "permutations" and kept:
         reasons: dict[str, list[str]] = {}
         for space, why in kept.items():
             reasons.setdefault(why, []).append(space.removeprefix("net."))

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = common.overrides(args)
     cfg = build_config(LayersRunConfig, args.config, overrides,
                        base=pair.config_base(keep_attack=("eps", "norm")))
+    cfg.align.map_class()  # a rotation class with a method that reads no activations: refused
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
     out = Path(args.out or Path("runs") / f"layers-{Path(args.a).stem}-{Path(args.b).stem}")

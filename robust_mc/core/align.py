@@ -83,13 +83,13 @@ class Alignment:
     spaces: list[SpaceReport]
     seconds: dict[str, float] = field(default_factory=dict)
     samples: int = 0
-    maps: MapClass = "permutations"
+    map_class: MapClass = "permutations"
     rotations: Rotations = field(default_factory=dict)  # applied after ``perm``
     plan: RotationPlan = field(default_factory=RotationPlan)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "inputs": self.inputs, "samples": self.samples,
-                "seconds": self.seconds, "maps": self.maps,
+                "seconds": self.seconds, "map_class": self.map_class,
                 "kept_permutations": dict(self.plan.refused),
                 "spaces": [{k: None if isinstance(v, float) and v != v else v  # no statistics
                             for k, v in vars(s).items()} for s in self.spaces],
@@ -392,7 +392,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
         spec = trace_permutation_spec(model_a, probe)
     if inputs == "adversarial" and attack is None:
         raise ValueError("inputs='adversarial' needs an attack")
-    if maps != "permutations" and method != "corr":
+    if maps != "permutations" and method != "corr":  # the one check: AlignConfig.map_class
         raise ValueError(f"{maps} maps are solved from activations: use method='corr'")
     seconds: dict[str, float] = {}
     plan = RotationPlan()

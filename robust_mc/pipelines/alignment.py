@@ -18,7 +18,6 @@ from robust_mc.core.permutation import PermutationSpec, trace_permutation_spec
 from robust_mc.core.rotatable import MapClass
 from robust_mc.core.rotation_align import StreamMaps, map_state
 from robust_mc.data import Split, as_float, batches
-from robust_mc.errors import UserError
 from robust_mc.models import Classifier
 from robust_mc.run.runtime import Runtime
 
@@ -40,9 +39,6 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     subset = train.take(config.samples).to(runtime.device)
     example = as_float(subset.images[:2])
     spec = trace_permutation_spec(model_a, example, partial=config.partial)
-    if config.method != "corr" and config.maps not in ("auto", "permutations"):
-        raise UserError(f"--align-maps {config.maps} is solved from activations; use "
-                        "--align-method corr (or --align-maps permutations)")
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
                    inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
                    runtime=runtime, generator=torch.Generator().manual_seed(config.seed),

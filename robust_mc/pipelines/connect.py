@@ -73,9 +73,7 @@ def preflight(cfg: ConnectRunConfig, re_evaluation: bool = False) -> None:
     if cfg.pam.enabled and cfg.aligned and cfg.align.maps not in ("auto", "permutations"):
         raise UserError(f"--pam updates b's permutations while the curve trains; it cannot "
                         f"follow --align-maps {cfg.align.maps}: use --align-maps permutations")
-    if cfg.align.method != "corr" and cfg.align.maps not in ("auto", "permutations"):
-        raise UserError(f"--align-maps {cfg.align.maps} is solved from activations; use "
-                        "--align-method corr (or --align-maps permutations)")
+    cfg.align.map_class()  # a rotation class needs a method that reads activations
     if cfg.pam.enabled and cfg.optim.epochs < cfg.pam.outer + 1:
         raise UserError(f"--pam-outer {cfg.pam.outer} needs at least {cfg.pam.outer + 1} curve "
                         "epochs (one phase before and after each update); raise --epochs")

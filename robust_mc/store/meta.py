@@ -88,6 +88,7 @@ class AlignmentRecord:
     config: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     permutation: dict[str, list[int]] = field(default_factory=dict)
+    map_class: str = "permutations"  # --align-maps, resolved
     maps: dict[str, Any] = field(default_factory=dict)  # rotations and folds, as tensors
     kept_permutations: dict[str, str] = field(default_factory=dict)  # spaces not rotated: why
 
