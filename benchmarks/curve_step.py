@@ -16,7 +16,7 @@ from robust_mc.config import AttackConfig, CurveConfig, OptimConfig
 from robust_mc.core.curves import Curve
 from robust_mc.models import create_model
 from robust_mc.run.runtime import start_runtime
-from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.loop import Trainer, TrainingContext, make_optimizer
 from robust_mc.train.tasks import CurveTask, EndpointTask
 
 
@@ -42,12 +42,13 @@ def main() -> None:
         y = torch.randint(0, 10, (args.batch,), device=device)
         context = TrainingContext(runtime)
         base = Trainer(EndpointTask(models[0], models[0], attack, runtime),
-                       make_sgd(models[0].parameters(), OptimConfig()), OptimConfig(), context)
+                       make_optimizer(models[0].parameters(), OptimConfig()), OptimConfig(),
+                       context)
         curve = Curve.between("bezier", models[0], models[0].state_dict(),
                               models[1].state_dict(), 1).to(device)
         along = Trainer(CurveTask(models[1], curve, attack, CurveConfig(), runtime,
                                   torch.Generator().manual_seed(0)),
-                        make_sgd([curve.bends], OptimConfig()), OptimConfig(), context)
+                        make_optimizer([curve.bends], OptimConfig()), OptimConfig(), context)
 
         def step(trainer: Trainer, x=x, y=y):
             def run() -> None:

@@ -38,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     from robust_mc.run import distributed
     from robust_mc.run.progress import Reporter
     from robust_mc.run.runtime import start_runtime
-    from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+    from robust_mc.train.loop import Trainer, TrainingContext, make_optimizer
     from robust_mc.train.tasks import CurveTask
 
     runtime = start_runtime(args.device)
@@ -58,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
     draws = torch.Generator(runtime.device).manual_seed(0)
     task = CurveTask(models[0], curve, attack, CurveConfig(), runtime, generator,
                      ShardDraws(draws, group.rank, group.world) if group.active else draws)
-    trainer = Trainer(task, make_sgd([curve.bends], optim), optim,
+    trainer = Trainer(task, make_optimizer([curve.bends], optim), optim,
                       TrainingContext(runtime, train=data.train, info=data.info))
     images, labels = data.train.images.float() / 255, data.train.labels
     seconds = []

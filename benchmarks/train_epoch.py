@@ -18,7 +18,7 @@ from robust_mc.config import AttackConfig, OptimConfig
 from robust_mc.models import create_model
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
-from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.loop import Trainer, TrainingContext, make_optimizer
 from robust_mc.train.tasks import EndpointTask
 
 
@@ -41,7 +41,7 @@ def main() -> None:
         task = EndpointTask(model, model, attack, runtime)
         context = TrainingContext(runtime, generator=torch.Generator().manual_seed(0),
                                   train=data.train, info=data.info, augment=True)
-        trainer = Trainer(task, make_sgd(model.parameters(), optim), optim, context)
+        trainer = Trainer(task, make_optimizer(model.parameters(), optim), optim, context)
         with Reporter(quiet=True).task("", 0) as step:
             result = trainer.train_one_epoch(step)
         assert result is not None

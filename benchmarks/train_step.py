@@ -17,7 +17,7 @@ from benchmarks.common import print_table, time_it
 from robust_mc.config import AttackConfig, OptimConfig, SpeedConfig
 from robust_mc.models import create_model
 from robust_mc.run.runtime import start_runtime
-from robust_mc.train.loop import Trainer, TrainingContext, make_sgd
+from robust_mc.train.loop import Trainer, TrainingContext, make_optimizer
 from robust_mc.train.tasks import EndpointTask
 
 OPTIONS = {
@@ -39,7 +39,7 @@ def step_time(arch: str, speed: SpeedConfig, steps: int, batch: int, repeats: in
     forward = torch.compile(model) if speed.compile else model
     attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=steps)
     task = EndpointTask(model, forward, attack, runtime)
-    trainer = Trainer(task, make_sgd(model.parameters(), OptimConfig()), OptimConfig(),
+    trainer = Trainer(task, make_optimizer(model.parameters(), OptimConfig()), OptimConfig(),
                       TrainingContext(runtime))
     x = runtime.images(torch.rand(batch, 3, 32, 32, device=device))
     y = torch.randint(0, 10, (batch,), device=device)
