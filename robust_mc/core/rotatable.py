@@ -61,9 +61,8 @@ class RotationPlan:
                                                 for n in hidden}})
 
 
-def norms_on(space: Space, model: nn.Module) -> list[str]:
-    """The LayerNorms whose gain lies on ``space``'s units."""
-    modules = dict(model.named_modules())
+def norms_on(space: Space, modules: dict[str, nn.Module]) -> list[str]:
+    """The LayerNorms (among ``modules``, by name) whose gain lies on ``space``'s units."""
     return sorted({a.name.rsplit(".", 1)[0] for a in space.axes
                    if isinstance(modules.get(a.name.rsplit(".", 1)[0]), nn.LayerNorm)})
 
@@ -76,6 +75,7 @@ def plan_rotations(model: nn.Module, spec: PermutationSpec, example: torch.Tenso
     if maps == "permutations":
         return plan
     folds = find_norm_folds(model, example[:2])
+    modules = dict(model.named_modules())
     check = _ExactnessCheck(model, example[:2])
     for space in spec:
         if not space.axes:
@@ -83,7 +83,7 @@ def plan_rotations(model: nn.Module, spec: PermutationSpec, example: torch.Tenso
         kind: Literal["heads", "stream"] = "heads" if space.blocks is not None else "stream"
         if kind == "stream" and maps != "orthogonal":
             continue
-        reason, norms = _refusal(space, model, folds)
+        reason, norms = _refusal(space, modules, folds)
         if reason is None:
             change = check.change(space, norms, spec)
             if not change <= EXACT:  # NaN too (a zero gain)
@@ -99,11 +99,10 @@ def plan_rotations(model: nn.Module, spec: PermutationSpec, example: torch.Tenso
     return plan
 
 
-def _refusal(space: Space, model: nn.Module, folds: dict[str, NormFold | str]
+def _refusal(space: Space, modules: dict[str, nn.Module], folds: dict[str, NormFold | str]
              ) -> tuple[str | None, list[NormFold]]:
-    """Why ``space`` cannot take a rotation, from what the trace says it touches; else None and
-    the norm folds it needs."""
-    modules = dict(model.named_modules())
+    """Why ``space`` cannot take a rotation, from what the trace says it touches (``modules``:
+    the network's, by name); else None and the norm folds it needs."""
     if space.blocks is not None and space.blocks.shared:
         return "a per-dimension query/key norm scales its units one by one", []
     if any(a.groups > 1 or a.within or getattr(modules.get(a.name.rsplit(".", 1)[0]), "groups",
@@ -112,7 +111,7 @@ def _refusal(space: Space, model: nn.Module, folds: dict[str, NormFold | str]
     if any(a.name.endswith("running_mean") for a in space.axes):
         return "batch norm keeps statistics per unit", []
     norms: list[NormFold] = []
-    for name in norms_on(space, model):
+    for name in norms_on(space, modules):
         fold = folds.get(name)
         if not isinstance(fold, NormFold):
             return fold or f"'{name}' was not reached by the trace", []

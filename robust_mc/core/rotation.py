@@ -65,10 +65,6 @@ def procrustes(cross: torch.Tensor, fix_ones: bool = False) -> torch.Tensor:
     return basis @ inner @ basis.T + torch.full((n, n), 1.0 / n, dtype=torch.float64)
 
 
-def blockwise(blocks: list[torch.Tensor]) -> torch.Tensor:
-    return torch.block_diag(*blocks)
-
-
 def random_rotation(space: Space, fix_ones: bool, generator: torch.Generator) -> torch.Tensor:
     """A random orthogonal map of ``space``: one per block for a blocked space (heads), else
     one for the whole space (fixing the all-ones vector if ``fix_ones``)."""
@@ -78,7 +74,7 @@ def random_rotation(space: Space, fix_ones: bool, generator: torch.Generator) ->
 
     if space.blocks is not None:
         block = space.blocks.size
-        return blockwise([draw(block) for _ in range(space.size // block)])
+        return torch.block_diag(*(draw(block) for _ in range(space.size // block)))
     if not fix_ones:
         return draw(space.size)
     basis = ones_complement(space.size)

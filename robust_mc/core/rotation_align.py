@@ -23,7 +23,6 @@ from robust_mc.core.rotatable import RotationPlan
 from robust_mc.core.rotation import (
     Rotations,
     apply_rotations,
-    blockwise,
     inverse_rotations,
     procrustes,
 )
@@ -123,7 +122,7 @@ def solve_rotations(plan: RotationPlan, spec: PermutationSpec, perm: Permutation
         for name in names:
             count = spec.space(name).size // size
             perm[name] = compose_blocks(order, torch.arange(size).expand(count, size))
-            rotations[name] = blockwise([
+            rotations[name] = torch.block_diag(*[
                 procrustes(cross[name][h * size:(h + 1) * size,
                                        g * size:(g + 1) * size])
                 for h, g in enumerate(order.tolist())])
