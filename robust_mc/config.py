@@ -84,6 +84,15 @@ class AlignConfig:
                      "orthogonal map per attention head); orthogonal (also one per residual "
                      "stream, LayerNorms folded); each only where it is exact, checked. auto: "
                      "orthogonal for corr, permutations for weights")
+    learn_steps: int = setting(
+        0, lo=0, hi=1_000_000, help="then train the maps this many steps on the loss of the "
+                                    "line from a to b mapped, on clean images or on PGD "
+                                    "examples (as --align-inputs says): permutations through "
+                                    "a straight-through estimator, rotations as matrix "
+                                    "exponentials; 0: off")
+    learn_lr: float = setting(1e-3, lo=0.0, hi=10.0, help="Adam's step size for the learned "
+                                                           "maps")
+    learn_batch: int = setting(64, lo=1, hi=1_000_000, help="images per learned-map step")
 
     def map_class(self) -> MapClass:
         """The map class ``maps`` names (``auto`` resolved for the method); a rotation class

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_mc.models import create_model
 from robust_mc.run.interrupt import StopSignals
 
 
@@ -101,3 +102,31 @@ class CleanOnlyVerification:
         acc = 100 * float(hits.float().mean())
         return PointVerification(t, roles, len(images), acc, settings["path_attack"], acc,
                                  None, acc)
+
+
+# float64 checks of maps that keep a network's function
+EXACT = 1e-10  # float64 rounding through a few blocks is ~1e-14 of the logits
+
+
+def small_vit():
+    """The zoo's ViT at half width, for 3-channel 32x32 inputs and 7 classes."""
+    return create_model("vit_cifar", num_classes=7, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, width=0.5, image_size=32)
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """float64, every parameter moved off its initial value (unit gains and zero shifts would
+    hide a wrongly folded norm)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = model.double().eval()
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+                tensor.add_(0.2 * (tensor.std() if tensor.numel() > 1 else 1.0) * noise
+                            + 0.1 * noise)
+    return model
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())

@@ -8,6 +8,7 @@ import json
 import pytest
 import timm
 import torch
+from robust_mc_testkit import EXACT, randomized, relative_change, small_vit
 from torch import nn
 
 from robust_mc import cli
@@ -22,22 +23,16 @@ from robust_mc.pipelines.pair import endpoints_from_run
 from robust_mc.store.checkpoint import load_checkpoint, save_checkpoint
 from robust_mc.store.records import CurveRun
 
-EXACT = 1e-10  # float64 rounding through a few blocks is ~1e-14 of the logits
-
 
 def _timm(name, **kwargs):
     return lambda: Classifier(timm.create_model(name, pretrained=False, num_classes=7, **kwargs),
                               Normalize((0.5,) * 3, (0.25,) * 3))
 
 
-def _zoo():
-    return create_model("vit_cifar", num_classes=7, in_channels=3, mean=(0.5,) * 3,
-                        std=(0.25,) * 3, width=0.5, image_size=32)
-
 
 # name -> (build, whether its residual stream rotates)
 TRANSFORMERS = {
-    "zoo:vit_cifar": (_zoo, True),
+    "zoo:vit_cifar": (small_vit, True),
     "timm:vit": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
                        embed_dim=16, num_heads=2), True),
     "timm:deit": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8,
@@ -47,22 +42,6 @@ TRANSFORMERS = {
 }
 
 
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """float64, every parameter moved off its initial value (unit gains and zero shifts would
-    hide a wrongly folded norm)."""
-    generator = torch.Generator().manual_seed(seed)
-    model = model.double().eval()
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-                tensor.add_(0.2 * (tensor.std() if tensor.numel() > 1 else 1.0) * noise
-                            + 0.1 * noise)
-    return model
-
-
-def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def random_maps(model, spec, plan, seed=1):
@@ -102,7 +81,7 @@ def test_each_map_class_keeps_the_function(family, maps):
 
 
 def test_a_stream_map_leaves_a_as_given_and_carries_its_norms():
-    b, a = randomized(_zoo(), 0), randomized(_zoo(), 1)
+    b, a = randomized(small_vit(), 0), randomized(small_vit(), 1)
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     spec = trace_permutation_spec(b, x.float())
     plan = plan_rotations(b, spec, x, "orthogonal")
@@ -182,7 +161,7 @@ def refusals(model, x, maps="orthogonal"):
 
 def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason():
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
-    plan, _ = refusals(randomized(_zoo()), x)
+    plan, _ = refusals(randomized(small_vit()), x)
     mlp = [why for name, why in plan.refused.items() if "mlp" in name]
     assert mlp and all("hidden layer" in why for why in mlp)  # MLP hidden units
     plan, _ = refusals(randomized(TRANSFORMERS["timm:vit"][0]()), x)
@@ -207,7 +186,7 @@ def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason()
                             std=(0.25,) * 3, width=0.5)
     plan, _ = refusals(randomized(convnext), x)  # a depthwise convolution reads the stream
     assert not plan.kinds and any("depthwise" in why for why in plan.refused.values())
-    plan, _ = refusals(randomized(_zoo()), x, "permutations")
+    plan, _ = refusals(randomized(small_vit()), x, "permutations")
     assert not plan and not plan.refused
 
 

@@ -21,6 +21,7 @@ from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
 from robust_mc.store.meta import AlignmentRecord
 from robust_mc.store.typed import read_record
+from robust_mc.train.learned_maps import describe_learned
 
 ORDER = 20
 HELP = "align b's neurons to a's (activation correlation or weight matching)"
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         for why, spaces in reasons.items():
             reporter.print(f"permutations only for {len(spaces)} spaces ({spaces[0]}"
                            f"{', ...' if len(spaces) > 1 else ''}): {why}")
+    if (learned := result.alignment.learned) is not None:
+        reporter.print(f"{describe_learned(learned)}; the correlations are the solved maps'")
     reporter.print(f"function preserved: max |logit difference| {result.function_error:.2e}; "
                    f"wrote {path}")
     return 0

@@ -86,10 +86,11 @@ class Alignment:
     map_class: MapClass = "permutations"
     rotations: Rotations = field(default_factory=dict)  # applied after ``perm``
     plan: RotationPlan = field(default_factory=RotationPlan)
+    learned: dict | None = None  # the maps' training after solving them, when it ran
 
     def as_dict(self) -> dict:
         return {"method": self.method, "inputs": self.inputs, "samples": self.samples,
-                "seconds": self.seconds, "map_class": self.map_class,
+                "seconds": self.seconds, "map_class": self.map_class, "learned": self.learned,
                 "kept_permutations": dict(self.plan.refused),
                 "spaces": [{k: None if isinstance(v, float) and v != v else v  # no statistics
                             for k, v in vars(s).items()} for s in self.spaces],
@@ -435,7 +436,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
                      plan)
 
 
-_MAP_NAMES = {"heads": "rotation per head", "stream": "rotation"}
+MAP_NAMES = {"heads": "rotation per head", "stream": "rotation"}
 
 
 def _space_report(space: Space, p: torch.Tensor, stats: UnitStatistics,
@@ -451,7 +452,7 @@ def _space_report(space: Space, p: torch.Tensor, stats: UnitStatistics,
         space.name, space.size, float(c[diag, diag].mean()) if c is not None else float("nan"),
         after, float((p != diag).float().mean()),
         int(unmatched[space.name].numel()) if space.name in unmatched else 0,
-        _MAP_NAMES[kind] if kind is not None and rotation is not None else "permutation",
+        MAP_NAMES[kind] if kind is not None and rotation is not None else "permutation",
         mean_angle(rotation) if rotation is not None else None)
 
 

@@ -34,10 +34,15 @@ def apply_rotations(state: dict[str, torch.Tensor], spec: PermutationSpec,
     """A new state dict with each rotated space's map applied to every axis it moves (each
     unit's ``repeat`` entries alike, in float64, back in each tensor's dtype), except the
     tensors named in ``skip`` (a folded LayerNorm's gain and shift, which the map fixes)."""
+    check_rotatable(spec, rotations)
+    return mix_state(state, spec, rotations, torch.float64, skip)
+
+
+def check_rotatable(spec: PermutationSpec, rotations: Rotations) -> None:
+    """ValueError for a rotation of a space with a grouped or shared axis."""
     for space in spec:
         if space.name in rotations and any(a.groups > 1 or a.within for a in space.axes):
             raise ValueError(f"{space.name}: a grouped or shared axis takes permutations only")
-    return mix_state(state, spec, rotations, torch.float64, skip)
 
 
 def inverse_rotations(rotations: Rotations) -> Rotations:

@@ -23,6 +23,7 @@ from robust_mc.core.rotatable import RotationPlan
 from robust_mc.core.rotation import (
     Rotations,
     apply_rotations,
+    check_rotatable,
     inverse_rotations,
     procrustes,
 )
@@ -33,6 +34,7 @@ from robust_mc.core.spec import (
     block_order,
     compose_blocks,
     inverse,
+    mix_state,
 )
 from robust_mc.core.stream_fold import NormFold, fold_into_readers, unfold_from_readers
 
@@ -174,13 +176,27 @@ def map_state(state_b: dict[str, torch.Tensor], state_a: dict[str, torch.Tensor]
     maps = StreamMaps(dict(rotations), folds,
                       {f.norm: (state[f"{f.norm}.weight"].clone(), state[f"{f.norm}.bias"].clone())
                        for f in folds})
+    check_rotatable(spec, rotations)
+    return fold_and_mix(state, state_a, spec, rotations, plan, torch.float64), maps
+
+
+def fold_and_mix(state: dict[str, torch.Tensor], state_a: dict[str, torch.Tensor],
+                 spec: PermutationSpec, matrices: dict[str, torch.Tensor], plan: RotationPlan,
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``state`` with each space's units mixed by its matrix (:func:`mix_state`, in ``dtype``),
+    the norms of the plan's streams among them folded into their readers first and unfolded
+    with a's gains and shifts after: the same function when the matrices are maps of their
+    class. Differentiable in the matrices (learned maps train through it)."""
+    folds = [f for name in matrices for f in plan.folds.get(name, ())]
     for fold in folds:
-        state = fold_into_readers(state, fold, *maps.b_norms[fold.norm])
-    state = apply_rotations(state, spec, rotations, maps.skip())
+        state = fold_into_readers(state, fold, state[f"{fold.norm}.weight"],
+                                  state[f"{fold.norm}.bias"])
+    skip = frozenset(f"{f.norm}.{p}" for f in folds for p in ("weight", "bias"))
+    state = mix_state(state, spec, matrices, dtype, skip)
     for fold in folds:
         state = unfold_from_readers(state, fold, state_a[f"{fold.norm}.weight"],
                                     state_a[f"{fold.norm}.bias"])
-    return state, maps
+    return state
 
 
 def unmap_state(state: dict[str, torch.Tensor], spec: PermutationSpec, perm: Permutation | None,

@@ -20,6 +20,7 @@ from robust_mc.core.rotation_align import StreamMaps, map_state
 from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
 from robust_mc.run.runtime import Runtime
+from robust_mc.train.learned_maps import LearnSettings, learn_maps, with_learned_maps
 
 
 @dataclass
@@ -43,13 +44,28 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
                    inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
                    runtime=runtime, generator=torch.Generator().manual_seed(config.seed),
                    maps=maps or config.map_class())
-    aligned = copy.deepcopy(model_b)
-    state, stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec,
-                                   result.perm, result.rotations, result.plan)
-    aligned.load_state_dict(state)
+    aligned = mapped(model_a, model_b, spec, result)
+    if config.learn_steps:
+        settings = LearnSettings(config.learn_steps, config.learn_lr, config.learn_batch,
+                                 config.inputs, config.seed)
+        learned = learn_maps(model_a, aligned, spec, result.plan, train.to(runtime.device),
+                             attack_config, settings, runtime)
+        result = with_learned_maps(result, *learned)
+        aligned = mapped(model_a, model_b, spec, result)
+    stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec, result.perm,
+                            result.rotations, result.plan)[1]
     probe = runtime.images(as_float(subset.images[: config.batch_size]))
     model_b.eval()
     aligned.eval()
     with torch.no_grad():
         error = float((aligned(probe) - model_b(probe)).abs().max())
     return AlignedPair(result, spec, aligned, error, stream_maps)
+
+
+def mapped(model_a: Classifier, model_b: Classifier, spec: PermutationSpec,
+           alignment: Alignment) -> Classifier:
+    """A copy of b with the alignment's maps applied."""
+    aligned = copy.deepcopy(model_b)
+    aligned.load_state_dict(map_state(model_b.state_dict(), model_a.state_dict(), spec,
+                                      alignment.perm, alignment.rotations, alignment.plan)[0])
+    return aligned

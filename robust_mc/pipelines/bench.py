@@ -7,7 +7,8 @@ rerun computes only what is missing. Endpoints trained from seeds live in ``OUT/
 
 Methods: ``line`` or ``curve`` (the connect curve kind, bezier by default), then ``+align``
 (neuron alignment of b to a first, with the connect section's map class; ``+permutations``,
-``+head-rotations`` or ``+orthogonal`` align with that class), ``+pam`` (PAM's permutation
+``+head-rotations`` or ``+orthogonal`` align with that class; ``+learned`` or ``+learned-adv``
+then train the maps on the line's loss, on clean or PGD inputs), ``+pam`` (PAM's permutation
 updates while the curve trains; ``curve+pam`` starts from b as given, ``curve+align+pam``
 from the alignment) and/or ``+repair`` or ``+repair-adv`` (every t's unit statistics
 repaired, ``path.repair: repair``, on clean inputs or on each network's own PGD examples).
@@ -65,11 +66,17 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None,
     optim = curve_optim or base.optim
     optim = replace(optim, seed=seed) if seed is not None else optim
     align = replace(base.align, maps=method.maps) if method.maps is not None else base.align
+    if method.learned is not None:
+        align = replace(align, inputs=method.learned,
+                        learn_steps=align.learn_steps or LEARN_STEPS)
     return replace(base, data=cfg.data, device=cfg.device, aligned=method.align, align=align,
                    curve=replace(base.curve, kind=kind if method.curve else "line"),
                    pam=replace(base.pam, enabled=method.pam), optim=optim,
                    path=repaired(replace(base.path, compare_line=False), method.repair),
                    verify=replace(base.verify, enabled=base.verify.enabled or cfg.bench.verify))
+
+
+LEARN_STEPS = 200  # +learned's steps where the connect section sets none (align.learn_steps)
 
 
 def repaired(path: PathConfig, inputs: Inputs | None) -> PathConfig:

@@ -29,6 +29,7 @@ from robust_mc.store.checkpoint import (
     state_digest,
 )
 from robust_mc.store.records import CurveRun, PamHistory
+from robust_mc.train.learned_maps import describe_learned
 
 
 @dataclass
@@ -145,6 +146,8 @@ def prepare_endpoints(pair: Pair, cfg: ConnectRunConfig, data: Data, runtime: Ru
         reporter.print(f"  rotated {len(rotated)} spaces beyond their permutation "
                        f"({', '.join(sorted({s.map for s in rotated}))}); "
                        f"{len(result.alignment.plan.refused)} keep permutations only")
+    if (learned := result.alignment.learned) is not None:
+        reporter.print(f"  {describe_learned(learned)}")
     return Endpoints(model_a, result.model_b, model_b,
                      {**report, "function_error": result.function_error},
                      {k: v.tolist() for k, v in result.alignment.perm.items()},

@@ -33,28 +33,36 @@ class Method:
     # aligned with this map class (+permutations, +head-rotations, +orthogonal); None: +align
     # takes the connect section's
     maps: MapClass | None = None
+    # the maps then trained on the line's loss (+learned: clean inputs, +learned-adv: PGD
+    # examples); None: as the connect section says
+    learned: Inputs | None = None
 
 
 REPAIRS: dict[str, Inputs] = {"repair": "clean", "repair-adv": "adversarial"}
+LEARNED: dict[str, Inputs] = {"learned": "clean", "learned-adv": "adversarial"}
 
 
 def parse_method(name: str) -> Method:
     base, *extras = name.split("+")
-    unknown = [e for e in extras if e not in ("align", "pam", *REPAIRS, *MAP_CLASSES)]
+    unknown = [e for e in extras if e not in ("align", "pam", *REPAIRS, *MAP_CLASSES, *LEARNED)]
     repairs = [REPAIRS[e] for e in extras if e in REPAIRS]
     maps = [e for e in extras if e in MAP_CLASSES]
+    learned = [LEARNED[e] for e in extras if e in LEARNED]
     if base not in ("line", "curve") or unknown or len(set(extras)) != len(extras) \
-            or len(repairs) > 1 or len(maps) > 1 or (maps and "align" in extras):
+            or len(repairs) > 1 or len(maps) > 1 or len(learned) > 1 \
+            or (maps and "align" in extras):
         raise UserError(f"bench method {name!r}: write line or curve, then +align (or the map "
                         "class it aligns with: +permutations, +head-rotations, +orthogonal), "
+                        "+learned or +learned-adv (the maps then trained on the line's loss), "
                         "+pam and +repair or +repair-adv (e.g. curve+align+repair)")
     if base == "line" and "pam" in extras:
         raise UserError(f"bench method {name!r}: PAM trains a curve; use curve+pam")
     if "pam" in extras and maps and maps[0] != "permutations":
         raise UserError(f"bench method {name!r}: PAM updates permutations; it cannot follow "
                         f"+{maps[0]} (use curve+permutations+pam)")
-    return Method(name, base == "curve", "align" in extras or bool(maps), "pam" in extras,
-                  repairs[0] if repairs else None, maps[0] if maps else None)
+    return Method(name, base == "curve", "align" in extras or bool(maps) or bool(learned),
+                  "pam" in extras, repairs[0] if repairs else None, maps[0] if maps else None,
+                  learned[0] if learned else None)
 
 
 @dataclass

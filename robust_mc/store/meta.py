@@ -91,6 +91,7 @@ class AlignmentRecord:
     map_class: str = "permutations"  # --align-maps, resolved
     maps: dict[str, Any] = field(default_factory=dict)  # rotations and folds, as tensors
     kept_permutations: dict[str, str] = field(default_factory=dict)  # spaces not rotated: why
+    learned: dict[str, Any] | None = None  # the maps' training (--align-learn-steps)
 
 
 @dataclass(frozen=True)
