@@ -15,6 +15,7 @@ from typing import Literal
 
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import METHODS as ALIGNMENT_METHODS
+from robust_mc.core.align import TOKENS as ALIGN_TOKENS
 from robust_mc.core.rotatable import MapClass
 from robust_mc.data import DataConfig
 from robust_mc.errors import UserError
@@ -84,6 +85,9 @@ class AlignConfig:
                      "orthogonal map per attention head); orthogonal (also one per residual "
                      "stream, LayerNorms folded); each only where it is exact, checked. auto: "
                      "orthogonal for corr, permutations for weights")
+    tokens: int = setting(ALIGN_TOKENS, lo=0, hi=1_000_000,
+                          help="at most this many tokens per image (evenly spaced) enter a "
+                               "transformer's statistics; 0: every token")
     learn_steps: int = setting(
         0, lo=0, hi=1_000_000, help="then train the maps this many steps on the loss of the "
                                     "line from a to b mapped, on clean images or on PGD "

@@ -109,7 +109,8 @@ def add_align_flags(p: argparse.ArgumentParser, config: type) -> None:
     flags = {"--align-method": "align.method", "--align-maps": "align.maps",
              "--align-inputs": "align.inputs",
              "--align-samples": "align.samples", "--align-seed": "align.seed",
-             "--align-learn-steps": "align.learn_steps", "--align-learn-lr": "align.learn_lr",
+             "--align-tokens": "align.tokens", "--align-learn-steps": "align.learn_steps",
+             "--align-learn-lr": "align.learn_lr",
              "--partial-alignment": "align.partial"}
     if "aligned" in {f.name for f in dataclasses.fields(config)}:
         flags["--align"] = "aligned"  # --align / --no-align

@@ -151,6 +151,22 @@ class _PairRunner:
                     env.pop(dead, None)
 
 
+TOKENS = 8  # tokens per image that enter a transformer's statistics by default (align.tokens)
+
+
+def _token_subset(t: torch.Tensor, axis: int, tokens: int, batch: int) -> torch.Tensor:
+    """A token-shaped activation (units on the last of three or more axes: (B, N, C),
+    (B, H, W, C)) with at most about ``tokens`` positions per image, evenly spaced and starting
+    one position later each ``batch`` (over the batches every position is seen); any other
+    activation (convolution maps, vectors) or ``tokens`` 0 as it is. The cross products of every
+    token cost as much as the forward pass itself in a ViT (an MLP's units squared per token)."""
+    if tokens <= 0 or t.dim() < 3 or axis != t.dim() - 1:
+        return t
+    flat = t.reshape(t.shape[0], -1, t.shape[-1])  # units stay on the last axis
+    stride = -(-flat.shape[1] // tokens)
+    return flat[:, batch % stride::stride] if stride > 1 else t
+
+
 def _as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
     """(N, ..., C at ``axis``, ...) -> (samples, C) float32: every position (or token) of every
     image is a sample. A view where the layout allows it (channels-last), else one copy."""
@@ -264,11 +280,14 @@ class UnitStatistics:
 def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime,
                     attack: TrainingAttack | None = None, generator: torch.Generator | None = None,
-                    rotations: dict[str, str] | None = None) -> UnitStatistics:
+                    rotations: dict[str, str] | None = None, tokens: int = 0
+                    ) -> UnitStatistics:
     """Correlations and silent units per space, from one forward pass of each model over
     ``batches``. With ``attack``, each model sees its own adversarial examples of the batch,
     with the same random start for both, drawn from ``generator``. ``rotations``: the spaces
     that take a rotation (``"heads"`` or ``"stream"``), whose moments are kept whole.
+    ``tokens`` > 0: at most about that many tokens per image of a token-shaped activation
+    (:func:`_token_subset`).
     """
     rotations = rotations or {}
     runner = _PairRunner(model_a, model_b, spec.tap_nodes)
@@ -280,11 +299,15 @@ def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
             by_tap.setdefault(tap.node, []).append(
                 (moments[space.name], tap.axis, slice(tap.offset, tap.offset + space.size)))
 
+    done = 0  # batches
+
     def on_tap(node: str, a: torch.Tensor, b: torch.Tensor) -> None:
         samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for moment, axis, cols in by_tap[node]:
             if axis not in samples:
-                samples[axis] = (_as_samples(a, axis), _as_samples(b, axis))
+                a_kept, b_kept = (_token_subset(t, axis, tokens, done) for t in (a, b))
+                kept_axis = axis if a_kept.dim() == a.dim() else a_kept.dim() - 1
+                samples[axis] = (_as_samples(a_kept, kept_axis), _as_samples(b_kept, kept_axis))
             sa, sb = samples[axis]
             moment.add(sa[:, cols], sb[:, cols])
 
@@ -306,6 +329,7 @@ def unit_statistics(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpe
         with torch.no_grad(), runtime.autocast():
             runner.run(inputs[0], inputs[1], on_tap)
         samples += x.shape[0]
+        done += 1
     return UnitStatistics({name: m.correlation().cpu() for name, m in moments.items()},
                           {name: m.silent().cpu() for name, m in moments.items()}, samples,
                           {name: m for name, m in moments.items() if m.rotation is not None})
@@ -354,7 +378,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
           method: str = "corr", inputs: Inputs = "clean", attack: TrainingAttack | None = None,
           spec: PermutationSpec | None = None, example: torch.Tensor | None = None,
           runtime: Runtime | None = None, generator: torch.Generator | None = None,
-          maps: MapClass = "permutations") -> Alignment:
+          maps: MapClass = "permutations", tokens: int = TOKENS) -> Alignment:
     """Find the permutation of ``model_b``'s units that best matches ``model_a``.
 
     Args:
@@ -370,6 +394,8 @@ def align(model_a: nn.Module, model_b: nn.Module,
         maps: ``permutations``, or also orthogonal maps where they are exact
             (``head-rotations``: one per attention head; ``orthogonal``: also one per
             residual stream, see :mod:`robust_mc.core.rotatable`); ``corr`` only.
+        tokens: at most about this many tokens per image enter the statistics of a
+            token-shaped activation (evenly spaced, shifted each batch); 0: every token.
 
     Returns:
         An :class:`Alignment`: ``perm`` (space name -> permutation of b's units), the
@@ -407,7 +433,7 @@ def align(model_a: nn.Module, model_b: nn.Module,
         start = time.perf_counter()
         stats = unit_statistics(model_a, model_b, spec, batches, runtime,
                                 attack if inputs == "adversarial" else None, generator,
-                                dict(plan.kinds))
+                                dict(plan.kinds), tokens)
         seconds["statistics"] = time.perf_counter() - start
     elif needs_data:
         raise ValueError(f"{method} alignment needs data")

@@ -43,7 +43,7 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
     result = align(model_a, model_b, batches(subset, config.batch_size), method=config.method,
                    inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
                    runtime=runtime, generator=torch.Generator().manual_seed(config.seed),
-                   maps=maps or config.map_class())
+                   maps=maps or config.map_class(), tokens=config.tokens)
     aligned = mapped(model_a, model_b, spec, result)
     if config.learn_steps:
         settings = LearnSettings(config.learn_steps, config.learn_lr, config.learn_batch,
