@@ -87,7 +87,8 @@ class AlignConfig:
                      "orthogonal for corr, permutations for weights")
     tokens: int = setting(ALIGN_TOKENS, lo=0, hi=1_000_000,
                           help="at most this many tokens per image (evenly spaced) enter a "
-                               "transformer's statistics; 0: every token")
+                               "transformer's statistics, more where the images are few "
+                               "(40,000 samples at least); 0: every token")
     learn_steps: int = setting(
         0, lo=0, hi=1_000_000, help="then train the maps this many steps on the loss of the "
                                     "line from a to b mapped, on clean images or on PGD "

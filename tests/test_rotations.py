@@ -222,3 +222,23 @@ def test_connect_records_the_maps_and_every_reader_undoes_them(vit_files, tmp_pa
         scale = float(given[key].abs().max()) or 1.0
         assert float((tensor - given[key]).abs().max()) <= 1e-5 * scale, name
     assert summary["barriers"]["test"]["robust_loss_barrier"] >= 0
+
+
+def test_rotary_heads_keep_their_units_and_the_values_still_rotate():
+    """EVA-02's rotary embedding rotates interleaved pairs of query/key units by position: its
+    query/key heads are left as they are (with the tracer's reason); the value heads, which the
+    rotary embedding does not touch, take a rotation each."""
+    eva = _timm("eva02_tiny_patch14_224", img_size=32, patch_size=8, depth=2, embed_dim=32,
+                num_heads=2)()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    model = randomized(eva)
+    spec = trace_permutation_spec(model, x.float(), partial=True)
+    assert spec.fixed and all("strided slice" in why for why in spec.fixed)
+    plan = plan_rotations(model, spec, x, "orthogonal")
+    assert sorted(plan.kinds.values()) == ["heads", "heads"]  # one value space per block
+    perm, rotations = random_maps(model, spec, plan)
+    state, _ = map_state(model.state_dict(), model.state_dict(), spec, perm, rotations, plan)
+    mapped = copy.deepcopy(model)
+    mapped.load_state_dict(state)
+    with torch.no_grad():
+        assert relative_change(mapped(x), model(x)) < EXACT
