@@ -69,3 +69,13 @@ def tiny_endpoint_files(tmp_path_factory, tiny_endpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-endpoints")
     return {name: save_checkpoint(tiny_endpoint(**{"optim.seed": seed}), root / f"{name}.pt")
             for name, seed in (("a", 0), ("b", 1))}
+
+
+@pytest.fixture(scope="session")
+def vit_endpoint_files(tiny_endpoint, tmp_path_factory) -> list[Path]:
+    """Two one-epoch digits endpoints of the zoo's ViT at half width (AdamW), seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("vits")
+    settings = {"model.arch": "vit_cifar", "model.width": 0.5, "optim.optimizer": "adamw",
+                "optim.lr": 0.002, "optim.batch_size": 64}
+    return [save_checkpoint(tiny_endpoint(**settings, **{"optim.seed": s}), root / f"v{s}.pt")
+            for s in (0, 1)]

@@ -16,7 +16,7 @@ from robust_mc.core.rotation_align import fold_and_mix
 from robust_mc.pipelines.bench import cell_config
 from robust_mc.pipelines.pair import endpoints_from_run
 from robust_mc.store.bench_table import parse_method
-from robust_mc.store.checkpoint import load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.store.records import CurveRun
 from robust_mc.train.learned_maps import MappedLine, TrainableMaps
 
@@ -77,18 +77,9 @@ def test_the_line_starts_at_the_solved_alignment_and_is_differentiable(vit_pair)
     assert all(p.grad is not None for p in trainable.skew.values())
 
 
-@pytest.fixture(scope="module")
-def vit_files(tiny_endpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("learned-vits")
-    settings = {"model.arch": "vit_cifar", "model.width": 0.5, "optim.optimizer": "adamw",
-                "optim.lr": 0.002, "optim.batch_size": 64}
-    return [save_checkpoint(tiny_endpoint(**settings, **{"optim.seed": s}), root / f"v{s}.pt")
-            for s in (0, 1)]
-
-
-def test_align_learns_the_maps_and_records_them(vit_files, tmp_path, capsys):
+def test_align_learns_the_maps_and_records_them(vit_endpoint_files, tmp_path, capsys):
     out = tmp_path / "b_aligned.pt"
-    assert cli.main(["align", *map(str, vit_files), "--align-samples", "300",
+    assert cli.main(["align", *map(str, vit_endpoint_files), "--align-samples", "300",
                      "--align-learn-steps", "12", "--align-learn-lr", "0.01",
                      "--device", "cpu", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -100,11 +91,11 @@ def test_align_learns_the_maps_and_records_them(vit_files, tmp_path, capsys):
     assert record is not None and record.learned == learned
 
 
-def test_connect_with_learned_maps_undoes_them(vit_files, tmp_path, capsys, runtime):
+def test_connect_with_learned_maps_undoes_them(vit_endpoint_files, tmp_path, capsys, runtime):
     """b as given comes back from b aligned by the learned maps, within a few float32
     roundings (as for solved maps: test_rotations)."""
     run = tmp_path / "run"
-    assert cli.main(["connect", *map(str, vit_files), "--curve", "line", "--points", "3",
+    assert cli.main(["connect", *map(str, vit_endpoint_files), "--curve", "line", "--points", "3",
                      "--eval-attack", "none", "--align-samples", "300",
                      "--align-learn-steps", "4", "--align-inputs", "adversarial",
                      "--device", "cpu", "--out", str(run), "--json"]) == 0
@@ -112,7 +103,7 @@ def test_connect_with_learned_maps_undoes_them(vit_files, tmp_path, capsys, runt
     saved = CurveRun.read(run / "curve.pt")
     assert saved.alignment["learned"]["objective"] == "adversarial"
     endpoints = endpoints_from_run(saved, runtime, torch.rand(2, 1, 8, 8))
-    given = load_checkpoint(vit_files[1]).state_dict
+    given = load_checkpoint(vit_endpoint_files[1]).state_dict
     for name, tensor in endpoints.b_original.state_dict().items():
         key = name.removeprefix("net.")
         scale = float(given[key].abs().max()) or 1.0

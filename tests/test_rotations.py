@@ -20,7 +20,7 @@ from robust_mc.core.rotation_align import StreamMaps, map_state, unmap_state
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.normalize import Normalize
 from robust_mc.pipelines.pair import endpoints_from_run
-from robust_mc.store.checkpoint import load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import load_checkpoint
 from robust_mc.store.records import CurveRun
 
 
@@ -55,6 +55,16 @@ def random_maps(model, spec, plan, seed=1):
     return perm, rotations
 
 
+def mapped_at_random(b, a, spec, plan):
+    """b under random maps of the plan's classes, given a's LayerNorm gains and shifts: b
+    mapped (a model), the permutation and the record that undoes the rest."""
+    perm, rotations = random_maps(b, spec, plan)
+    state, record = map_state(b.state_dict(), a.state_dict(), spec, perm, rotations, plan)
+    mapped = copy.deepcopy(b)
+    mapped.load_state_dict(state)
+    return mapped, perm, record
+
+
 @pytest.mark.parametrize("family", list(TRANSFORMERS))
 @pytest.mark.parametrize("maps", ["head-rotations", "orthogonal"])
 def test_each_map_class_keeps_the_function(family, maps):
@@ -67,15 +77,11 @@ def test_each_map_class_keeps_the_function(family, maps):
     kinds = set(plan.kinds.values())
     assert "heads" in kinds
     assert ("stream" in kinds) == (stream and maps == "orthogonal")
-    perm, rotations = random_maps(b, spec, plan)
-    # b mapped and given a's LayerNorm gains and shifts: the same function as b
-    state, record = map_state(b.state_dict(), a.state_dict(), spec, perm, rotations, plan)
-    mapped = copy.deepcopy(b)
-    mapped.load_state_dict(state)
+    mapped, perm, record = mapped_at_random(b, a, spec, plan)  # the same function as b
     with torch.no_grad():
         assert relative_change(mapped(x), b(x)) < EXACT
     # and it can be undone: b's own parameters back
-    back = unmap_state(state, spec, perm, StreamMaps.from_state(record.to_state()))
+    back = unmap_state(mapped.state_dict(), spec, perm, StreamMaps.from_state(record.to_state()))
     for name, tensor in b.state_dict().items():
         torch.testing.assert_close(back[name], tensor, rtol=1e-10, atol=1e-12)
 
@@ -190,23 +196,14 @@ def test_the_cases_a_class_does_not_apply_to_keep_permutations_with_the_reason()
     assert not plan and not plan.refused
 
 
-@pytest.fixture(scope="module")
-def vit_files(tiny_endpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("vits")
-    settings = {"model.arch": "vit_cifar", "model.width": 0.5, "optim.optimizer": "adamw",
-                "optim.lr": 0.002, "optim.batch_size": 64}
-    return [save_checkpoint(tiny_endpoint(**settings, **{"optim.seed": s}), root / f"v{s}.pt")
-            for s in (0, 1)]
-
-
-def test_connect_records_the_maps_and_every_reader_undoes_them(vit_files, tmp_path, capsys,
+def test_connect_records_the_maps_and_every_reader_undoes_them(vit_endpoint_files, tmp_path, capsys,
                                                                runtime):
     """A ViT pair connected with the default maps: curve.pt holds rotations as tensors, and b as
     given comes back from b aligned. Both are float32 states and the maps are applied in float64
     and rounded once per stored tensor, so b returns within a few float32 roundings (1e-5 of
     each tensor's size; a map left undone moves entries by their own size)."""
     run = tmp_path / "run"
-    assert cli.main(["connect", *map(str, vit_files), "--curve", "line", "--points", "3",
+    assert cli.main(["connect", *map(str, vit_endpoint_files), "--curve", "line", "--points", "3",
                      "--eval-attack", "none", "--align-samples", "300", "--device", "cpu",
                      "--out", str(run), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -216,7 +213,7 @@ def test_connect_records_the_maps_and_every_reader_undoes_them(vit_files, tmp_pa
         "rotation", "rotation per head", "permutation"}
     example = torch.rand(2, 1, 8, 8)
     endpoints = endpoints_from_run(saved, runtime, example)
-    given = load_checkpoint(vit_files[1]).state_dict
+    given = load_checkpoint(vit_endpoint_files[1]).state_dict
     for name, tensor in endpoints.b_original.state_dict().items():
         key = name.removeprefix("net.")
         scale = float(given[key].abs().max()) or 1.0
@@ -236,10 +233,7 @@ def test_rotary_heads_keep_their_units_and_the_values_still_rotate():
     assert spec.fixed and all("strided slice" in why for why in spec.fixed)
     plan = plan_rotations(model, spec, x, "orthogonal")
     assert sorted(plan.kinds.values()) == ["heads", "heads"]  # one value space per block
-    perm, rotations = random_maps(model, spec, plan)
-    state, _ = map_state(model.state_dict(), model.state_dict(), spec, perm, rotations, plan)
-    mapped = copy.deepcopy(model)
-    mapped.load_state_dict(state)
+    mapped = mapped_at_random(model, model, spec, plan)[0]
     with torch.no_grad():
         assert relative_change(mapped(x), model(x)) < EXACT
 
@@ -285,9 +279,6 @@ def test_grouped_query_attention_is_refused_in_one_line_or_left_alone():
     assert any("repeat_interleave" in op for op in spec.unsupported)
     plan = plan_rotations(model, spec, x, "orthogonal")
     assert list(plan.kinds.values()) == ["stream"]
-    perm, rotations = random_maps(model, spec, plan)
-    state, _ = map_state(model.state_dict(), model.state_dict(), spec, perm, rotations, plan)
-    mapped = copy.deepcopy(model)
-    mapped.load_state_dict(state)
+    mapped = mapped_at_random(model, model, spec, plan)[0]
     with torch.no_grad():
         assert relative_change(mapped(x), model(x)) < EXACT

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**common.overrides(args), **section_flags(args)}
     cfg = load_bench_config(args.config, overrides)
     given = given_settings(args.config, overrides, section="connect.")
-    out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem}")
+    out = Path(args.out or Path("runs") / f"bench-{Path(args.config).stem.removeprefix('bench-')}")
     if args.print_commands:
         if args.shard or args.fresh:
             raise UserError("--print-commands lists every missing endpoint and cell (it runs "
