@@ -203,9 +203,10 @@ class EnsembleRunConfig:
 class BenchConfig:
     methods: list[str] = setting(["line", "line+align", "curve", "curve+align", "curve+pam"],
                                  help="line|curve, then +align (or +permutations, "
-                                      "+head-rotations, +orthogonal: its map class), +pam "
-                                      "and/or +repair (clean statistics) or +repair-adv "
-                                      "(adversarial)")
+                                      "+head-rotations, +orthogonal: its map class), "
+                                      "+learned or +learned-adv (the maps trained on the "
+                                      "line's clean or robust loss), +pam and/or +repair "
+                                      "(clean statistics) or +repair-adv (adversarial)")
     seeds: list[int] = setting([0], help="curve seeds: each curve method runs per pair and seed")
     pairs: list[list[str]] = setting([], help="endpoint checkpoint pairs: [[a.pt, b.pt], ...]")
     endpoint_seeds: list[list[int]] = setting(
