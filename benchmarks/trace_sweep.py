@@ -48,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-params", type=float, default=120e6)
     parser.add_argument("--tables", nargs="+", default=["cifar10/Linf", "imagenet/Linf"])
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N entries of each table (a smoke run)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -59,7 +61,7 @@ def main() -> None:
         dataset, threat = table.split("/")
         side = 224 if dataset == "imagenet" else 32
         entries = zoo.model_dicts[enums.BenchmarkDataset(dataset)][enums.ThreatModel(threat)]
-        for name, entry in entries.items():
+        for name, entry in list(entries.items())[:args.limit]:
             try:
                 model = entry["model"]().eval()
             except Exception as exc:  # noqa: BLE001 - a download or a missing extra
