@@ -37,6 +37,7 @@ from robust_mc.core.rotation import Rotations, mean_angle
 from robust_mc.core.rotation_align import fold_and_mix
 from robust_mc.core.spec import Permutation, PermutationSpec, Space
 from robust_mc.data import Split, batches
+from robust_mc.run import distributed
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.settings import CurveConfig
 from robust_mc.train.tasks import CurveTask
@@ -194,7 +195,9 @@ def learn_maps(a: nn.Module, b_aligned: nn.Module, spec: PermutationSpec, plan: 
             losses.append(float(loss.detach()))
             if len(losses) == settings.steps:
                 break
-    perm, rotations = maps.result()
+    # under torchrun every rank trains alike; rank 0's maps are taken everywhere, so that float
+    # nondeterminism (GPU atomics) cannot leave the ranks with different b's
+    perm, rotations = distributed.group().gather(maps.result())[0]
     tenth = max(len(losses) // 10, 1)
     record = LearnedRecord(settings.steps, settings.lr, settings.objective,
                            _mean(losses[:tenth]), _mean(losses[-tenth:]),
