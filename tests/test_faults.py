@@ -219,6 +219,7 @@ def test_connect_killed_again_and_again_resumes_to_the_same_figures(synthetic_en
     assert torch.equal(curves[0], curves[1])
 
 
+@pytest.mark.slow  # 14 s on a 2-core CPU: CI runs it in its end-to-end step
 def test_connect_sigterm_during_the_path_evaluation_exits_143_and_resumes(
         synthetic_endpoints, tmp_path, capsys):
     paths = synthetic_endpoints
