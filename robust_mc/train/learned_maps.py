@@ -31,7 +31,6 @@ from torch import nn
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import MAP_NAMES, Alignment
 from robust_mc.core.assignment import solve_assignment
-from robust_mc.core.curves import flatten_params
 from robust_mc.core.rotatable import RotationPlan
 from robust_mc.core.rotation import Rotations, mean_angle
 from robust_mc.core.rotation_align import fold_and_mix
@@ -160,7 +159,6 @@ class MappedLine:
     def __init__(self, a: nn.Module, b_aligned: nn.Module, spec: PermutationSpec,
                  plan: RotationPlan, maps: TrainableMaps) -> None:
         self.names = [n for n, _ in a.named_parameters()]
-        self.start = flatten_params(dict(a.named_parameters()), self.names).detach()
         self.a_state = {k: v.detach() for k, v in a.state_dict().items()}
         self.b_params = {n: p.detach() for n, p in b_aligned.named_parameters()}
         self.spec, self.plan, self.maps = spec, plan, maps
@@ -185,7 +183,7 @@ def learn_maps(a: nn.Module, b_aligned: nn.Module, spec: PermutationSpec, plan: 
     optimizer = torch.optim.Adam(maps.parameters(), lr=settings.lr)
     losses: list[float] = []
     start = time.perf_counter()
-    while len(losses) < settings.steps and len(maps):
+    while len(losses) < settings.steps and len(maps) and len(train):
         for x, y in batches(train, settings.batch_size, shuffle=True, generator=generator,
                             drop_last=True):
             loss, _ = task(runtime.images(x), y)
