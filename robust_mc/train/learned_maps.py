@@ -58,7 +58,7 @@ class LearnedRecord:
     steps: int
     lr: float
     objective: str
-    loss_first: float  # mean line loss of the first and last tenth of the steps
+    loss_first: float  # mean line loss of the first and last tenth of the steps (ten at least)
     loss_last: float
     seconds: float
     spaces: int  # maps trained
@@ -196,9 +196,10 @@ def learn_maps(a: nn.Module, b_aligned: nn.Module, spec: PermutationSpec, plan: 
     # under torchrun every rank trains alike; rank 0's maps are taken everywhere, so that float
     # nondeterminism (GPU atomics) cannot leave the ranks with different b's
     perm, rotations = distributed.group().gather(maps.result())[0]
-    tenth = max(len(losses) // 10, 1)
+    # t and the batch change every step: average a tenth of the steps, at least ten of them
+    window = max(len(losses) // 10, min(10, len(losses) // 2), 1)
     record = LearnedRecord(settings.steps, settings.lr, settings.objective,
-                           _mean(losses[:tenth]), _mean(losses[-tenth:]),
+                           _mean(losses[:window]), _mean(losses[-window:]),
                            time.perf_counter() - start, len(maps))
     return perm, rotations, record
 
