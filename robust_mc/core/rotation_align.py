@@ -54,7 +54,8 @@ class StreamMaps:
 
     def skip(self) -> frozenset[str]:
         """The folded norms' parameters, which a rotation fixing the ones leaves alone."""
-        return frozenset(f"{f.norm}.{p}" for f in self.folds for p in ("weight", "bias"))
+        return norm_parameters(self.folds)
+
 
     def to_state(self) -> dict:
         """Plain values and tensors, as ``curve.pt`` and checkpoints hold them."""
@@ -93,6 +94,11 @@ class StreamMaps:
             folds.append(NormFold(fold["norm"], tuple(fold["readers"])))
             norms[fold["norm"]] = (gain, shift)
         return cls(rotations, folds, norms)
+
+
+def norm_parameters(folds: list[NormFold]) -> frozenset[str]:
+    """The gains and shifts of the folded norms."""
+    return frozenset(f"{f.norm}.{p}" for f in folds for p in ("weight", "bias"))
 
 
 def solve_rotations(plan: RotationPlan, spec: PermutationSpec, perm: Permutation,
@@ -191,8 +197,7 @@ def fold_and_mix(state: dict[str, torch.Tensor], state_a: dict[str, torch.Tensor
     for fold in folds:
         state = fold_into_readers(state, fold, state[f"{fold.norm}.weight"],
                                   state[f"{fold.norm}.bias"])
-    skip = frozenset(f"{f.norm}.{p}" for f in folds for p in ("weight", "bias"))
-    state = mix_state(state, spec, matrices, dtype, skip)
+    state = mix_state(state, spec, matrices, dtype, norm_parameters(folds))
     for fold in folds:
         state = unfold_from_readers(state, fold, state_a[f"{fold.norm}.weight"],
                                     state_a[f"{fold.norm}.bias"])

@@ -44,16 +44,14 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
                    inputs=config.inputs, attack=build_attack(attack_config), spec=spec,
                    runtime=runtime, generator=torch.Generator().manual_seed(config.seed),
                    maps=maps or config.map_class(), tokens=config.tokens)
-    aligned = mapped(model_a, model_b, spec, result)
+    aligned, stream_maps = mapped(model_a, model_b, spec, result)
     if config.learn_steps:
         settings = LearnSettings(config.learn_steps, config.learn_lr, config.learn_batch,
                                  config.inputs, config.seed)
         learned = learn_maps(model_a, aligned, spec, result.plan, train.to(runtime.device),
                              attack_config, settings, runtime)
         result = with_learned_maps(result, *learned)
-        aligned = mapped(model_a, model_b, spec, result)
-    stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec, result.perm,
-                            result.rotations, result.plan)[1]
+        aligned, stream_maps = mapped(model_a, model_b, spec, result)
     probe = runtime.images(as_float(subset.images[: config.batch_size]))
     model_b.eval()
     aligned.eval()
@@ -63,9 +61,10 @@ def align_models(model_a: Classifier, model_b: Classifier, train: Split, config:
 
 
 def mapped(model_a: Classifier, model_b: Classifier, spec: PermutationSpec,
-           alignment: Alignment) -> Classifier:
-    """A copy of b with the alignment's maps applied."""
+           alignment: Alignment) -> tuple[Classifier, StreamMaps]:
+    """A copy of b with the alignment's maps applied, and the record that undoes them."""
+    state, stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec,
+                                   alignment.perm, alignment.rotations, alignment.plan)
     aligned = copy.deepcopy(model_b)
-    aligned.load_state_dict(map_state(model_b.state_dict(), model_a.state_dict(), spec,
-                                      alignment.perm, alignment.rotations, alignment.plan)[0])
-    return aligned
+    aligned.load_state_dict(state)
+    return aligned, stream_maps
