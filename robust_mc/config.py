@@ -39,7 +39,8 @@ from robust_mc.train.settings import CurveConfig, ObjectiveConfig, OptimConfig, 
 __all__ = [
     "AlignConfig", "AlignRunConfig", "AttackConfig", "BenchConfig", "BenchRunConfig",
     "ConnectRunConfig", "CurveConfig", "DataConfig", "EnsembleConfig", "EnsembleRunConfig",
-    "EvalConfig", "LayersConfig", "LayersRunConfig", "ModelConfig", "ObjectiveConfig",
+    "EvalConfig", "LayersConfig", "LayersRunConfig", "MergeConfig",
+    "MergeRunConfig", "ModelConfig", "ObjectiveConfig",
     "OptimConfig", "PamConfig", "PathConfig", "PlaneConfig", "SettingInfo", "SpawnConfig",
     "SpawnRunConfig", "SpeedConfig", "TrainRunConfig", "VerifyConfig", "build_config",
     "describe_setting", "find_preset", "flatten", "given_settings", "load_yaml",
@@ -197,6 +198,38 @@ class EnsembleRunConfig:
     """`robust-mc ensemble`: the choice of members; the path's settings come from its run."""
 
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+def _merge_path() -> PathConfig:
+    return PathConfig(test_limit=1000)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    frame: Literal["reference", "consensus", "pairwise"] = setting(
+        "consensus", help="how the members are put in one frame: reference (each aligned to "
+                          "one member), consensus (each to the average of the others, round "
+                          "after round) or pairwise (a balanced tree of two-model merges)")
+    reference: Literal["first", "robust"] = setting(
+        "first", help="the member the others are aligned to first: the first given, or the "
+                      "most robust on the validation images")
+    rounds: int = setting(5, lo=1, hi=100, help="consensus: at most this many rounds")
+    weights: list[float] = setting([], help="the members' weights in the average, summing to "
+                                            "1, e.g. 0.4,0.3,0.3 (default: equal)")
+
+
+@dataclass(frozen=True)
+class MergeRunConfig:
+    """`robust-mc merge`: align several endpoints to one frame, average them, repair the
+    average's statistics and measure it against the members and their ensemble."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    path: PathConfig = field(default_factory=_merge_path)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 
 
 @dataclass(frozen=True)

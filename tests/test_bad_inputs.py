@@ -34,7 +34,9 @@ def files(tmp_path_factory, tiny_endpoint, tiny_endpoint_files) -> dict[str, Pat
              "mlp": save_checkpoint(tiny_endpoint(**{"model.arch": "mlp"}),
                                     root / "mlp.pt"),
              "wide": save_checkpoint(tiny_endpoint(**{"model.width": 0.5}),
-                                     root / "wide.pt")}
+                                     root / "wide.pt"),
+             "clean": save_checkpoint(tiny_endpoint(**{"attack.steps": 0}),
+                                      root / "clean.pt")}
     paths["empty"] = root / "empty.pt"
     paths["empty"].write_bytes(b"")
     paths["corrupt"] = root / "corrupt.pt"
@@ -151,6 +153,16 @@ MATRIX = [
     (["layers", "{a}", "{wide}"], "differ in width"),
     (["connect", *PAIR, "--dataset", "synthetic"], "10 classes but synthetic has 4"),
     (["align", *PAIR, "--dataset", "synthetic"], "--dataset"),
+    # members that cannot be merged, weights that are no average
+    (["merge", "{a}"], "at least two models"),
+    (["merge", "{a}", "{mlp}"], "different architectures (cnn vs mlp)"),
+    (["merge", "{a}", "{b}", "{wide}"], "differ in width"),
+    (["merge", "{a}", "{clean}"], "trained on clean images"),
+    (["merge", *PAIR, "--merge-weights", "0.5,0.6"], "weights sum to 1.1, not 1"),
+    (["merge", *PAIR, "--merge-weights", "1"], "1 weights for 2 members"),
+    (["merge", *PAIR, "--merge-weights", "1.5,-0.5"], "at least 0"),
+    (["merge", *PAIR, "--merge-frame", "star"], "invalid choice: 'star'"),
+    (["merge", *PAIR, "--out", "{file}/m.pt"], "is a file, not a directory"),
     # map classes that the method or PAM cannot follow
     (["align", *PAIR, "--align-method", "weights", "--align-maps", "orthogonal"],
      "solved from activations"),

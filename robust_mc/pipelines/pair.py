@@ -47,20 +47,7 @@ class Pair:
         return build_model(self.a), build_model(self.b)
 
     def config_base(self, keep_attack: tuple[str, ...] | None = None) -> dict:
-        """Defaults taken from endpoint a's recorded training: its dataset, the augmentation it
-        was trained with (a curve trained on flipped digits that its ends never saw cannot
-        join them) and its attack (only the ``keep_attack`` keys of it, when given)."""
-        config = self.a.meta.config
-        base: dict = {}
-        if isinstance(config.get("data"), dict):
-            base["data"] = {k: v for k, v in config["data"].items()
-                            if k in ("dataset", "data_dir", "val_size", "val_seed", "augment")}
-        elif self.a.dataset:
-            base["data"] = {"dataset": self.a.dataset}
-        if isinstance(config.get("attack"), dict):
-            base["attack"] = {k: v for k, v in config["attack"].items()
-                              if keep_attack is None or k in keep_attack}
-        return base
+        return recorded_defaults(self.a, keep_attack)
 
     def describe(self) -> list[str]:
         return [self.a.describe(), self.b.describe()]
@@ -100,19 +87,43 @@ def load_pair(path_a: str, path_b: str, options: LoadOptions | None = None) -> P
     """Two endpoint files of one architecture, shape and normalization, read as ``options``
     (the user's ``--arch``, ``--trust-code``, ...) allow."""
     a, b = (load_checkpoint(path, options) for path in (path_a, path_b))
+    check_same_network(a, b, "connect")
+    return Pair(a, b)
+
+
+def check_same_network(a: Checkpoint, b: Checkpoint, verb: str) -> None:
+    """``a`` and ``b`` are networks of one architecture, shape and normalization, as two
+    networks must be to be aligned and joined; ``verb`` says what the user is doing with
+    them."""
     if a.arch != b.arch and not same_zoo_architecture(a, b):
-        raise UserError(f"the endpoints have different architectures ({a.arch} vs {b.arch}); "
-                        "connect two networks of one architecture")
+        raise UserError(f"{a.path} and {b.path} have different architectures ({a.arch} vs "
+                        f"{b.arch}); {verb} networks of one architecture")
     kwargs_a, kwargs_b = ({**c.arch_kwargs, **c.model_kwargs} for c in (a, b))
     if kwargs_a != kwargs_b:
         diff = sorted(k for k in set(kwargs_a) | set(kwargs_b)
                       if kwargs_a.get(k) != kwargs_b.get(k))
-        raise UserError(f"the endpoints differ in {diff[0]} ({kwargs_a.get(diff[0])} vs "
-                        f"{kwargs_b.get(diff[0])}); connect two networks of one shape")
+        raise UserError(f"{a.path} and {b.path} differ in {diff[0]} ({kwargs_a.get(diff[0])} "
+                        f"vs {kwargs_b.get(diff[0])}); {verb} networks of one shape")
     if a.normalization != b.normalization:
-        raise UserError("the endpoints normalize their inputs differently; connect networks "
-                        "trained on the same dataset")
-    return Pair(a, b)
+        raise UserError(f"{a.path} and {b.path} normalize their inputs differently; {verb} "
+                        "networks trained on the same dataset")
+
+
+def recorded_defaults(ckpt: Checkpoint, keep_attack: tuple[str, ...] | None = None) -> dict:
+    """Defaults taken from an endpoint's recorded training: its dataset, the augmentation it
+    was trained with (a curve trained on flipped digits that its ends never saw cannot join
+    them) and its attack (only the ``keep_attack`` keys of it, when given)."""
+    config = ckpt.meta.config
+    base: dict = {}
+    if isinstance(config.get("data"), dict):
+        base["data"] = {k: v for k, v in config["data"].items()
+                        if k in ("dataset", "data_dir", "val_size", "val_seed", "augment")}
+    elif ckpt.dataset:
+        base["data"] = {"dataset": ckpt.dataset}
+    if isinstance(config.get("attack"), dict):
+        base["attack"] = {k: v for k, v in config["attack"].items()
+                          if keep_attack is None or k in keep_attack}
+    return base
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from robust_mc.evaluation.robustness import Metrics
 from robust_mc.store.typed import read_record
 
-Kind = Literal["endpoint", "on-path", "ensemble"]
+Kind = Literal["endpoint", "on-path", "ensemble", "merged"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,44 @@ class AlignmentRecord:
 
 
 @dataclass(frozen=True)
+class MergeMemberRecord:
+    """One member of a merge: its file, its weights' digest, its weight in the average."""
+
+    path: str | None
+    digest: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class MergeRoundRecord:
+    """One round of the frame's search: the members' agreement after it, the members it moved."""
+
+    round: int
+    agreement: float
+    changed: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """How a merged network was made (`robust-mc merge`): its members, the frame they were
+    aligned to and how it was found, the alignment's settings, the statistics treatment."""
+
+    members: list[MergeMemberRecord]
+    frame: str
+    reference: int = 0
+    rounds: list[MergeRoundRecord] = field(default_factory=list)
+    align: dict[str, Any] = field(default_factory=dict)  # method, inputs, map class
+    repair: str = "reset"
+    repair_inputs: str = "clean"
+    function_error: float | None = None  # the largest change of a member's logits by its maps
+
+
+@dataclass(frozen=True)
 class CheckpointMeta:
-    """A checkpoint's ``meta``. ``kind``: a trained endpoint, the best network on a path, or an
-    ensemble of path points; ``config``: the resolved settings of the run that wrote it (its
-    command's run configuration, as written); ``source_format`` and ``normalization_from``:
-    a foreign file's, as it was read."""
+    """A checkpoint's ``meta``. ``kind``: a trained endpoint, the best network on a path, an
+    ensemble of path points, or endpoints merged into one; ``config``: the resolved settings
+    of the run that wrote it (its command's run configuration, as written); ``source_format``
+    and ``normalization_from``: a foreign file's, as it was read."""
 
     kind: Kind = "endpoint"
     dataset: str | None = None
@@ -116,6 +149,7 @@ class CheckpointMeta:
     members_t: list[float] | None = None  # ensemble: the members' t
     source: str | None = None  # ensemble: the run it was chosen from
     alignment: AlignmentRecord | None = None  # b aligned to a by `robust-mc align`
+    merge: MergeRecord | None = None  # merged: how (`robust-mc merge`)
     source_format: Literal["robust-mc", "foreign"] = "robust-mc"
     normalization_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know

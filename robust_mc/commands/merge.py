@@ -1,0 +1,66 @@
+"""`robust-mc merge a.pt b.pt c.pt ... -o merged.pt`: several robust endpoints as one network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from robust_mc.commands import common
+from robust_mc.config import MergeRunConfig, build_config
+from robust_mc.data import load_data
+from robust_mc.pipelines.merge import load_members, merge_weights, run_merge
+from robust_mc.pipelines.pair import recorded_defaults
+from robust_mc.report.merge import show_merge
+from robust_mc.run.files import check_writable_file
+from robust_mc.run.progress import Reporter
+from robust_mc.run.runtime import start_runtime
+from robust_mc.store.checkpoint import save_checkpoint
+
+ORDER = 55
+HELP = "merge several robust endpoints into one network (aligned, averaged, repaired)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("members", nargs="+", metavar="MODEL", help="two or more endpoints of one "
+                                                               "architecture")
+    common.add_config_flag(p)
+    common.add_settings(p.add_argument_group("merge"), MergeRunConfig, {
+        "--merge-frame": "merge.frame", "--merge-reference": "merge.reference",
+        "--merge-rounds": "merge.rounds", "--merge-weights": "merge.weights:W1,W2,..."})
+    common.add_data_flags(p, MergeRunConfig)
+    common.add_align_flags(p, MergeRunConfig)
+    common.add_attack_flags(p, MergeRunConfig, "training (alignment and repair inputs)")
+    common.add_settings(p.add_argument_group("statistics and evaluation"), MergeRunConfig, {
+        **common.REPAIR_FLAGS, "--bn-data": "path.bn_data", "--bn-images": "path.bn_images",
+        "--eval-attack": "path.attack:SPEC", "--eval-batch-size": "path.batch_size",
+        "--val-limit": "path.val_limit", "--eval-test-limit": "path.test_limit"})
+    common.add_speed_flags(p, MergeRunConfig)
+    common.add_model_file_flags(p)
+    common.add_output_flags(p, "where to write the merged model (default: merged.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    members = load_members(args.members, common.load_options(args))
+    cfg = build_config(MergeRunConfig, args.config, common.overrides(args),
+                       base=recorded_defaults(members[0]))
+    cfg.align.map_class()  # a rotation class with a method that reads no activations: refused
+    merge_weights(cfg, len(members))  # checked before any work
+    out = args.out or "merged.pt"
+    check_writable_file(out)
+    reporter = Reporter(quiet=args.json)
+    runtime = start_runtime(cfg.device, cfg.speed)
+    data = load_data(cfg.data)
+    for member in members:
+        reporter.print(member.describe())
+    result = run_merge(members, cfg, data, runtime, reporter.print, args.argv)
+    path = save_checkpoint(result.checkpoint, out)
+    if args.json:
+        print(json.dumps({"checkpoint": str(path), "weights": result.weights,
+                          "frame": cfg.merge.frame,
+                          "rounds": [vars(r) for r in result.framed.rounds],
+                          "function_error": result.framed.function_error,
+                          "contenders": [c.as_dict() for c in result.contenders]}, indent=2))
+        return 0
+    show_merge(result, cfg, len(members))
+    reporter.print(f"wrote {path} (robust-mc eval/info read it)")
+    return 0

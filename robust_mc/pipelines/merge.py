@@ -1,0 +1,215 @@
+"""`robust-mc merge a.pt b.pt c.pt ... -o merged.pt`: several robust endpoints of one
+architecture as one network. The members are put in one frame (:mod:`merge_frames`), averaged
+with the merge weights, their average's statistics set as along a path (batch norm recomputed,
+then with ``--repair repair`` every unit's moments repaired to the members' average), and the
+merge measured beside each member, their unaligned average and their ensemble."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from robust_mc.config import MergeRunConfig, to_dict
+from robust_mc.core.merge import average_moments, check_weights, uniform_weights
+from robust_mc.core.permutation import trace_permutation_spec
+from robust_mc.core.repair import measure, repair_network, repair_sites
+from robust_mc.data import Data
+from robust_mc.errors import UserError
+from robust_mc.evaluation.path import batchnorm_layers, path_attack, recompute_batchnorm
+from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
+from robust_mc.evaluation.segment_repair import repair_inputs
+from robust_mc.models import Classifier
+from robust_mc.models.ensemble import Ensemble
+from robust_mc.pipelines.merge_frames import (
+    Aligner,
+    Framed,
+    FrameRound,
+    averaged,
+    consensus_frame,
+    pairwise_frame,
+    reference_frame,
+)
+from robust_mc.pipelines.pair import check_fits_data, check_same_network
+from robust_mc.run import distributed
+from robust_mc.run.provenance import run_record
+from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import (
+    Checkpoint,
+    LoadOptions,
+    build_model,
+    load_checkpoint,
+    state_digest,
+)
+from robust_mc.store.meta import (
+    CheckpointMeta,
+    MergeMemberRecord,
+    MergeRecord,
+    MergeRoundRecord,
+    RecordedMetrics,
+)
+
+
+def load_members(paths: Sequence[str], options: LoadOptions | None = None) -> list[Checkpoint]:
+    """The members' files: at least two, of one architecture, shape and normalization, each
+    trained against an attack where its file says how it was trained."""
+    if len(paths) < 2:
+        raise UserError("merge needs at least two models; give two or more files")
+    members = [load_checkpoint(path, options) for path in paths]
+    for member in members[1:]:
+        check_same_network(members[0], member, "merge")
+    for member in members:
+        attack = member.meta.config.get("attack")
+        if isinstance(attack, dict) and (attack.get("steps") == 0 or attack.get("eps") == 0):
+            raise UserError(f"{member.path} was trained on clean images (no attack); merge "
+                            "robust models (trained with --attack-steps above 0)")
+    return members
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One model of the comparison: its figures on the test split, its size and its cost (the
+    network passes one prediction takes)."""
+
+    name: str
+    metrics: Metrics
+    parameters: int
+    forwards: int
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, **self.metrics.as_dict(), "parameters": self.parameters,
+                "forwards": self.forwards}
+
+
+@dataclass
+class MergeResult:
+    merged: Classifier  # the final stage
+    framed: Framed
+    weights: list[float]
+    contenders: list[Contender]
+    checkpoint: Checkpoint
+
+
+def merge_weights(cfg: MergeRunConfig, members: int) -> list[float]:
+    try:
+        return check_weights(cfg.merge.weights or uniform_weights(members), members)
+    except ValueError as exc:
+        raise UserError(f"--merge-weights: {exc}") from None
+
+
+def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data,
+              runtime: Runtime, say: Callable[[str], None],
+              argv: list[str] | None = None) -> MergeResult:
+    """Align, average, settle the statistics of and measure the merge of ``checkpoints``."""
+    for ckpt in checkpoints:
+        check_fits_data(ckpt, data)
+    weights = merge_weights(cfg, len(checkpoints))
+    models = [runtime.prepare(build_model(c)) for c in checkpoints]
+    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    test = data.test.take(cfg.path.test_limit).to(runtime.device)
+
+    def measured(model: nn.Module) -> Metrics:
+        return evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
+
+    reference = _reference(models, cfg, data, runtime, say)
+    framed = _frame(models, weights, reference, cfg, data, runtime, say)
+    say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
+        f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its maps "
+        f"{framed.function_error:.1e}")
+    stages = {"average, unaligned": _settled(averaged(models[0], models, weights), models,
+                                             weights, cfg, data, runtime)[-1][1]}
+    merged_stages = _settled(averaged(framed.members[0], framed.members, weights),
+                             framed.members, weights, cfg, data, runtime)
+    stages.update({f"merge, {name}": model for name, model in merged_stages})
+    size = sum(p.numel() for p in models[0].parameters())
+    contenders = [Contender(f"member {i + 1}", m, size, 1) for i, m in enumerate(
+        distributed.group().map(measured, models))]
+    best = max(contenders, key=lambda c: (c.metrics.robust_acc, -c.metrics.robust_loss))
+    contenders.append(replace(best, name=f"best member ({best.name})"))
+    ensemble = Ensemble(models)
+    contenders.append(Contender(f"ensemble of {len(models)}", measured(ensemble),
+                                size * len(models), len(models)))
+    figures = distributed.group().map(measured, list(stages.values()))
+    contenders += [Contender(name, m, size, 1) for name, m in zip(stages, figures, strict=True)]
+    merged = merged_stages[-1][1]
+    record = MergeRecord(
+        members=[MergeMemberRecord(c.path, state_digest(c.state_dict), w)
+                 for c, w in zip(checkpoints, weights, strict=True)],
+        frame=cfg.merge.frame, reference=framed.reference,
+        rounds=[MergeRoundRecord(r.round, r.agreement, r.changed) for r in framed.rounds],
+        align={"method": cfg.align.method, "inputs": cfg.align.inputs,
+               "maps": cfg.align.map_class()},
+        repair=cfg.path.repair, repair_inputs=cfg.path.repair_inputs,
+        function_error=framed.function_error)
+    meta = CheckpointMeta(kind="merged", dataset=cfg.data.dataset, config=to_dict(cfg),
+                          metrics=RecordedMetrics(test=contenders[-1].metrics,
+                                                  eval_attack=cfg.path.attack,
+                                                  eps=cfg.attack.eps),
+                          objective=checkpoints[0].meta.objective,
+                          record=run_record(argv), merge=record)
+    checkpoint = checkpoints[0].with_weights(merged, meta)
+    return MergeResult(merged, framed, weights, contenders, checkpoint)
+
+
+def _reference(models: list[Classifier], cfg: MergeRunConfig, data: Data, runtime: Runtime,
+               say: Callable[[str], None]) -> int:
+    """The member the others are aligned to first: the first, or the most robust on the
+    validation images."""
+    if cfg.merge.reference == "first":
+        return 0
+    if len(data.val) == 0:
+        raise UserError("--merge-reference robust chooses on the validation split, which is "
+                        "empty; set --val-size above 0 or use --merge-reference first")
+    val = data.val.take(cfg.path.val_limit).to(runtime.device)
+    attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
+    figures = distributed.group().map(lambda m: evaluate_seeded(
+        m, val, attack, runtime, cfg.path.batch_size, cfg.path.seed), models)
+    best = max(range(len(models)), key=lambda i: (figures[i].robust_acc, -i))
+    say(f"reference: member {best + 1} ({figures[best].robust_acc:.1f}% robust on "
+        f"{len(val)} validation images)")
+    return best
+
+
+def _frame(models: list[Classifier], weights: list[float], reference: int,
+           cfg: MergeRunConfig, data: Data, runtime: Runtime,
+           say: Callable[[str], None]) -> Framed:
+    align = Aligner(data.train, cfg.align, cfg.attack, runtime)
+
+    def show(r: FrameRound) -> None:
+        moved = ", ".join(str(i + 1) for i in r.changed) or "none"
+        say(f"  round {r.round}: agreement {r.agreement:.4f} (moved: {moved})")
+
+    if cfg.merge.frame == "reference":
+        return reference_frame(models, weights, reference, align)
+    if cfg.merge.frame == "consensus":
+        return consensus_frame(models, weights, reference, align, cfg.merge.rounds, show)
+    return pairwise_frame(models, weights, align, show)
+
+
+def _settled(model: Classifier, members: list[Classifier], weights: list[float],
+             cfg: MergeRunConfig, data: Data, runtime: Runtime
+             ) -> list[tuple[str, Classifier]]:
+    """The average at each stage of its statistics as ``--repair`` says: averaged (as the
+    weights average them), batch norm recomputed (networks that have it), repaired."""
+    stages = [("averaged", model)]
+    if cfg.path.repair == "off":
+        return stages
+    path = cfg.path
+    if batchnorm_layers(model):
+        model = copy.deepcopy(model)
+        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
+                            attack=cfg.attack, runtime=runtime, seed=path.seed)
+        stages.append(("batch norm reset", model))
+    if path.repair != "repair":
+        return stages
+    inputs = repair_inputs(data.train, path, cfg.attack, runtime)
+    probe = inputs.probe()
+    sites = repair_sites(members[0], trace_permutation_spec(members[0], probe, partial=True),
+                         probe)
+    target = average_moments([measure(m, sites, inputs.of(m)) for m in members], weights)
+    repaired = copy.deepcopy(model)
+    repair_network(repaired, sites, target, inputs.of(repaired))
+    stages.append(("repaired", repaired))
+    return stages

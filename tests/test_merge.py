@@ -1,0 +1,139 @@
+"""Merging: copies and permuted copies of one model merge back into it in every frame, the merge
+is the weighted average of the aligned members, consensus never lowers its objective, and the
+command writes a merged checkpoint that reads back."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from robust_mc import cli
+from robust_mc.config import AlignConfig, AttackConfig, MergeRunConfig, build_config
+from robust_mc.core.merge import agreement, average_states, check_weights
+from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
+from robust_mc.pipelines.merge import run_merge
+from robust_mc.pipelines.merge_frames import (
+    Aligner,
+    consensus_frame,
+    pairwise_frame,
+    parameter_names,
+    reference_frame,
+)
+from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
+
+FRAMES = ["reference", "consensus", "pairwise"]
+QUICK = {"path.test_limit": 100, "path.attack": "pgd:steps=2", "align.samples": 1000,
+         "device": "cpu"}
+
+
+def merge_config(**values) -> MergeRunConfig:
+    return build_config(MergeRunConfig, None, {"data.dataset": "digits", **QUICK, **values})
+
+
+def frame(name, models, weights, aligner):
+    if name == "reference":
+        return reference_frame(models, weights, 0, aligner)
+    if name == "consensus":
+        return consensus_frame(models, weights, 0, aligner, rounds=3)
+    return pairwise_frame(models, weights, aligner)
+
+
+def aligner(digits, runtime):
+    return Aligner(digits.train, AlignConfig(samples=500), AttackConfig(eps=0.1, steps=2),
+                   runtime)
+
+
+def test_the_average_is_the_weighted_sum_of_the_members():
+    g = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(3, 4, generator=g), "n": torch.tensor(i)} for i in range(3)]
+    merged = average_states(states, [0.5, 0.3, 0.2])
+    expected = 0.5 * states[0]["w"] + 0.3 * states[1]["w"] + 0.2 * states[2]["w"]
+    assert torch.allclose(merged["w"], expected, rtol=1e-6, atol=1e-7)  # float32 rounding
+    assert merged["n"] == states[0]["n"]  # integer buffers are the first member's
+    assert agreement(states, [0.5, 0.3, 0.2], ["w"]) < 1.0
+    assert agreement([states[0]] * 3, [0.5, 0.3, 0.2], ["w"]) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("weights, message", [([0.5, 0.6], "sum to 1.1"), ([1.0], "1 weights"),
+                                              ([1.5, -0.5], "at least 0"),
+                                              ([float("nan"), 1.0], "at least 0")])
+def test_weights_that_are_no_average_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        check_weights(weights, 2)
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_permuted_copies_of_one_model_merge_back_into_it(name, digits_endpoints, digits,
+                                                         runtime):
+    model = build_model(digits_endpoints[0]).eval()
+    spec = trace_permutation_spec(model, digits.train.images[:2])
+    copies = [copy.deepcopy(model)]
+    for seed in (1, 2, 3):
+        shuffled = copy.deepcopy(model)
+        permute_model(shuffled, spec,
+                      random_permutation(spec, torch.Generator().manual_seed(seed)))
+        copies.append(shuffled)
+    first = next(k for k in model.state_dict() if k.endswith("weight"))
+    assert not torch.equal(copies[1].state_dict()[first], model.state_dict()[first])
+    framed = frame(name, copies, [0.25] * 4, aligner(digits, runtime))
+    merged = average_states([m.state_dict() for m in framed.members], [0.25] * 4)
+    for key, value in model.state_dict().items():
+        # an average of four equal float32 values, summed in float64: the value itself
+        assert torch.equal(merged[key], value), key
+    assert framed.rounds[-1].agreement == pytest.approx(1.0, abs=1e-9)
+
+
+def test_consensus_never_lowers_its_objective_and_stops(tiny_endpoint, digits, runtime):
+    models = [build_model(tiny_endpoint(**{"optim.seed": s})).eval() for s in (0, 1, 2)]
+    weights = [0.5, 0.25, 0.25]
+    framed = consensus_frame(models, weights, 0, aligner(digits, runtime), rounds=3)
+    scores = [r.agreement for r in framed.rounds]
+    assert scores == sorted(scores)
+    assert not framed.rounds[-1].changed or len(framed.rounds) == 4  # stopped or ran out
+    names = parameter_names(models[0])
+    assert agreement([m.state_dict() for m in framed.members], weights, names) == \
+        pytest.approx(scores[-1], rel=1e-12)
+    unaligned = agreement([m.state_dict() for m in models], weights, names)
+    assert scores[0] > unaligned  # aligning to the reference already agrees more
+    for member, original in zip(framed.members, models, strict=True):  # each keeps its function
+        x = digits.test.images[:64].float() / 255
+        assert torch.allclose(member(x), original(x), atol=1e-4)
+
+
+def test_the_merge_is_the_weighted_average_of_the_aligned_members(tiny_endpoint, digits,
+                                                                  runtime):
+    checkpoints = [tiny_endpoint(**{"optim.seed": s}) for s in (0, 1, 2)]
+    cfg = merge_config(**{"merge.weights": [0.5, 0.3, 0.2], "path.repair": "off",
+                          "merge.frame": "reference"})
+    result = run_merge(checkpoints, cfg, digits, runtime, lambda _: None)
+    states = [m.state_dict() for m in result.framed.members]
+    for key, value in result.merged.state_dict().items():
+        if value.is_floating_point():
+            by_hand = sum(w * s[key].double() for w, s in zip((0.5, 0.3, 0.2), states,
+                                                              strict=True))
+            assert torch.allclose(value.double(), by_hand, rtol=1e-6, atol=1e-7), key
+    names = [c.name for c in result.contenders]
+    assert names[:3] == ["member 1", "member 2", "member 3"]
+    assert "ensemble of 3" in names and "average, unaligned" in names
+    for c in result.contenders:  # robust accuracy never exceeds clean
+        assert c.metrics.robust_acc <= c.metrics.clean_acc
+
+
+def test_merge_command_writes_a_merged_checkpoint(tiny_endpoint_files, tiny_endpoint, tmp_path,
+                                                  capsys):
+    third = save_checkpoint(tiny_endpoint(**{"optim.seed": 2}), tmp_path / "c.pt")
+    out = tmp_path / "merged.pt"
+    argv = ["merge", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), str(third),
+            "--out", str(out), "--repair", "repair", "--eval-test-limit", "100",
+            "--eval-attack", "pgd:steps=2", "--align-samples", "1000", "--json"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    merged = load_checkpoint(out)
+    assert merged.meta.kind == "merged" and merged.meta.merge is not None
+    assert [m.path for m in merged.meta.merge.members] == [
+        str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), str(third)]
+    assert merged.meta.merge.frame == "consensus" and merged.meta.merge.repair == "repair"
+    assert report["contenders"][-1]["name"] == "merge, repaired"
+    assert merged.meta.metrics.test.robust_acc == report["contenders"][-1]["robust_acc"]
+    build_model(merged)  # the file builds its network
