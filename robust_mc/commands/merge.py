@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
                           "function_error": result.framed.function_error,
                           "contenders": [c.as_dict() for c in result.contenders]}, indent=2))
         return 0
-    show_merge(result, cfg, len(members))
+    show_merge(result.contenders, cfg, len(members))
     reporter.print(f"wrote {path} (robust-mc eval/info read it)")
     return 0

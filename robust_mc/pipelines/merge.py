@@ -33,6 +33,7 @@ from robust_mc.pipelines.merge_frames import (
     reference_frame,
 )
 from robust_mc.pipelines.pair import check_fits_data, check_same_network
+from robust_mc.report.merge import Contender
 from robust_mc.run import distributed
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
@@ -66,21 +67,6 @@ def load_members(paths: Sequence[str], options: LoadOptions | None = None) -> li
             raise UserError(f"{member.path} was trained on clean images (no attack); merge "
                             "robust models (trained with --attack-steps above 0)")
     return members
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One model of the comparison: its figures on the test split, its size and its cost (the
-    network passes one prediction takes)."""
-
-    name: str
-    metrics: Metrics
-    parameters: int
-    forwards: int
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, **self.metrics.as_dict(), "parameters": self.parameters,
-                "forwards": self.forwards}
 
 
 @dataclass
