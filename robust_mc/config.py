@@ -216,6 +216,13 @@ class MergeConfig:
     rounds: int = setting(5, lo=1, hi=100, help="consensus: at most this many rounds")
     weights: list[float] = setting([], help="the members' weights in the average, summing to "
                                             "1, e.g. 0.4,0.3,0.3 (default: equal)")
+    finetune_epochs: int = setting(0, lo=0, hi=10_000, help="epochs of robust training of the "
+                                                            "merge (the first member's attack, "
+                                                            "objective and optimizer); 0: none")
+    finetune_lr: float | None = setting(None, lo=0.0, hi=10.0,
+                                        help="the fine-tune's starting learning rate, decayed "
+                                             "to 0 (default: the first member's recorded "
+                                             "peak)")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from robust_mc_testkit import StopAfter
 
 from robust_mc import cli
 from robust_mc.config import AlignConfig, AttackConfig, MergeRunConfig, build_config
@@ -20,7 +21,13 @@ from robust_mc.pipelines.merge_frames import (
     parameter_names,
     reference_frame,
 )
-from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.run.progress import Reporter
+from robust_mc.store.checkpoint import (
+    build_model,
+    load_checkpoint,
+    read_torch_file,
+    save_checkpoint,
+)
 
 FRAMES = ["reference", "consensus", "pairwise"]
 QUICK = {"path.test_limit": 100, "path.attack": "pgd:steps=2", "align.samples": 1000,
@@ -106,7 +113,7 @@ def test_the_merge_is_the_weighted_average_of_the_aligned_members(tiny_endpoint,
     checkpoints = [tiny_endpoint(**{"optim.seed": s}) for s in (0, 1, 2)]
     cfg = merge_config(**{"merge.weights": [0.5, 0.3, 0.2], "path.repair": "off",
                           "merge.frame": "reference"})
-    result = run_merge(checkpoints, cfg, digits, runtime, lambda _: None)
+    result = run_merge(checkpoints, cfg, digits, runtime, Reporter(quiet=True))
     states = [m.state_dict() for m in result.framed.members]
     for key, value in result.merged.state_dict().items():
         if value.is_floating_point():
@@ -137,3 +144,27 @@ def test_merge_command_writes_a_merged_checkpoint(tiny_endpoint_files, tiny_endp
     assert report["contenders"][-1]["name"] == "merge, repaired"
     assert merged.meta.metrics.test.robust_acc == report["contenders"][-1]["robust_acc"]
     build_model(merged)  # the file builds its network
+
+
+def test_the_fine_tune_stopped_and_rerun_ends_bit_for_bit_equal(tiny_endpoint_files, tmp_path,
+                                                                 monkeypatch, capsys):
+    argv = ["merge", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]),
+            "--finetune-epochs", "2", "--eval-test-limit", "100", "--eval-attack",
+            "pgd:steps=2", "--align-samples", "500", "--json"]
+    reference = tmp_path / "reference.pt"
+    assert cli.main([*argv, "--out", str(reference)]) == 0
+    out = tmp_path / "merged.pt"
+    stop = StopAfter(checks=16)  # a poll per step (11 an epoch) and two per epoch: in epoch 2
+    monkeypatch.setattr("robust_mc.commands.merge.StopSignals", lambda: stop)
+    assert cli.main([*argv, "--out", str(out)]) == 130
+    (state,) = tmp_path.glob("merged.finetune-*.state.pt")
+    assert read_torch_file(state)["position"]["epoch"] == 1 and not out.exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(out)]) == 0  # rerunning continues
+    resumed, whole = load_checkpoint(out), load_checkpoint(reference)
+    for name, value in whole.state_dict.items():
+        assert torch.equal(resumed.state_dict[name], value), name
+    assert resumed.meta.metrics == whole.meta.metrics
+    assert not state.exists()
+    assert resumed.meta.merge.finetune["optim"]["epochs"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from robust_mc.commands import common
 from robust_mc.config import MergeRunConfig, build_config
@@ -11,7 +12,8 @@ from robust_mc.data import load_data
 from robust_mc.pipelines.merge import load_members, merge_weights, run_merge
 from robust_mc.pipelines.pair import recorded_defaults
 from robust_mc.report.merge import show_merge
-from robust_mc.run.files import check_writable_file
+from robust_mc.run.files import check_writable_file, remove
+from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
@@ -26,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_config_flag(p)
     common.add_settings(p.add_argument_group("merge"), MergeRunConfig, {
         "--merge-frame": "merge.frame", "--merge-reference": "merge.reference",
-        "--merge-rounds": "merge.rounds", "--merge-weights": "merge.weights:W1,W2,..."})
+        "--merge-rounds": "merge.rounds", "--merge-weights": "merge.weights:W1,W2,...",
+        "--finetune-epochs": "merge.finetune_epochs:K", "--finetune-lr": "merge.finetune_lr:LR"})
     common.add_data_flags(p, MergeRunConfig)
     common.add_align_flags(p, MergeRunConfig)
     common.add_attack_flags(p, MergeRunConfig, "training (alignment and repair inputs)")
@@ -52,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(cfg.data)
     for member in members:
         reporter.print(member.describe())
-    result = run_merge(members, cfg, data, runtime, reporter.print, args.argv)
-    path = save_checkpoint(result.checkpoint, out)
+    with StopSignals() as stop:
+        result = run_merge(members, cfg, data, runtime, reporter, args.argv, Path(out), stop)
+        path = save_checkpoint(result.checkpoint, out)
+        if result.state_path is not None:
+            remove(result.state_path)
     if args.json:
         print(json.dumps({"checkpoint": str(path), "weights": result.weights,
                           "frame": cfg.merge.frame,

@@ -109,8 +109,12 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                    argv: list[str] | None = None, data: Data | None = None,
                    state_path: Path | None = None, policy: ResumePolicy = ResumePolicy.AUTO,
                    stop: StopSignals | None = None,
-                   snapshot: Callable[[int, TrainState], None] | None = None) -> Checkpoint:
+                   snapshot: Callable[[int, TrainState], None] | None = None,
+                   start: Classifier | None = None) -> Checkpoint:
     """Train, evaluate on the test split, and return the checkpoint with everything in ``meta``.
+
+    ``start``: a network to train further, in place (a merge's fine-tune), instead of a new one
+    built from ``cfg.model``.
 
     With ``state_path`` the run saves a resumable state there (see ``Trainer.fit``) and
     continues or replaces the one it finds, as ``policy`` decides. Weight initialisation (and
@@ -128,15 +132,16 @@ def train_endpoint(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter,
                         f"{cfg.objective.name}")
     with seeded(cfg.optim.seed):
         return _train(cfg, runtime, reporter, run_record(argv), data, state_path, policy,
-                      stop or StopSignals(), snapshot)
+                      stop or StopSignals(), snapshot, start)
 
 
 def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: dict,
            data: Data | None, state_path: Path | None, policy: ResumePolicy,
-           stop: StopSignals, snapshot: Callable[[int, TrainState], None] | None) -> Checkpoint:
+           stop: StopSignals, snapshot: Callable[[int, TrainState], None] | None,
+           start: Classifier | None) -> Checkpoint:
     saved = load_train_state(state_path, cfg, policy)
     data = data or load_data(cfg.data)
-    model = build_endpoint_model(cfg, data)
+    model = build_endpoint_model(cfg, data) if start is None else start.train()
     runtime.prepare(model)
     forward = torch.compile(model) if cfg.speed.compile else model
     on_device = data.to(runtime.device)

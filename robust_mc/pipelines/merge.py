@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from torch import nn
 
@@ -23,6 +24,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.evaluation.segment_repair import repair_inputs
 from robust_mc.models import Classifier
 from robust_mc.models.ensemble import Ensemble
+from robust_mc.pipelines.merge_finetune import finetune, finetune_state_path
 from robust_mc.pipelines.merge_frames import (
     Aligner,
     Framed,
@@ -35,6 +37,8 @@ from robust_mc.pipelines.merge_frames import (
 from robust_mc.pipelines.pair import check_fits_data, check_same_network
 from robust_mc.report.merge import Contender
 from robust_mc.run import distributed
+from robust_mc.run.interrupt import StopSignals
+from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.checkpoint import (
@@ -76,6 +80,7 @@ class MergeResult:
     weights: list[float]
     contenders: list[Contender]
     checkpoint: Checkpoint
+    state_path: Path | None = None  # the fine-tune's resumable state, removed once written
 
 
 def merge_weights(cfg: MergeRunConfig, members: int) -> list[float]:
@@ -86,9 +91,11 @@ def merge_weights(cfg: MergeRunConfig, members: int) -> list[float]:
 
 
 def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data,
-              runtime: Runtime, say: Callable[[str], None],
-              argv: list[str] | None = None) -> MergeResult:
-    """Align, average, settle the statistics of and measure the merge of ``checkpoints``."""
+              runtime: Runtime, reporter: Reporter, argv: list[str] | None = None,
+              out: Path | None = None, stop: StopSignals | None = None) -> MergeResult:
+    """Align, average, settle the statistics of, fine-tune and measure the merge of
+    ``checkpoints``; the fine-tune keeps its resumable state beside ``out``."""
+    say = reporter.print
     for ckpt in checkpoints:
         check_fits_data(ckpt, data)
     weights = merge_weights(cfg, len(checkpoints))
@@ -120,6 +127,14 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     figures = distributed.group().map(measured, list(stages.values()))
     contenders += [Contender(name, m, size, 1) for name, m in zip(stages, figures, strict=True)]
     merged = merged_stages[-1][1]
+    state_path, trained = None, {}
+    if cfg.merge.finetune_epochs:
+        merged = copy.deepcopy(merged)
+        state_path = finetune_state_path(out, merged) if out is not None else None
+        merged, metrics, train_cfg = finetune(merged, checkpoints[0], cfg, data, runtime,
+                                              reporter, state_path, stop)
+        contenders.append(Contender("merge, fine-tuned", metrics, size, 1))
+        trained = to_dict(train_cfg)
     record = MergeRecord(
         members=[MergeMemberRecord(c.path, state_digest(c.state_dict), w)
                  for c, w in zip(checkpoints, weights, strict=True)],
@@ -128,7 +143,7 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         align={"method": cfg.align.method, "inputs": cfg.align.inputs,
                "maps": cfg.align.map_class()},
         repair=cfg.path.repair, repair_inputs=cfg.path.repair_inputs,
-        function_error=framed.function_error)
+        function_error=framed.function_error, finetune=trained)
     meta = CheckpointMeta(kind="merged", dataset=cfg.data.dataset, config=to_dict(cfg),
                           metrics=RecordedMetrics(test=contenders[-1].metrics,
                                                   eval_attack=cfg.path.attack,
@@ -136,7 +151,7 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
                           objective=checkpoints[0].meta.objective,
                           record=run_record(argv), merge=record)
     checkpoint = checkpoints[0].with_weights(merged, meta)
-    return MergeResult(merged, framed, weights, contenders, checkpoint)
+    return MergeResult(merged, framed, weights, contenders, checkpoint, state_path)
 
 
 def _reference(models: list[Classifier], cfg: MergeRunConfig, data: Data, runtime: Runtime,

@@ -125,6 +125,7 @@ class MergeRecord:
     repair: str = "reset"
     repair_inputs: str = "clean"
     function_error: float | None = None  # the largest change of a member's logits by its maps
+    finetune: dict[str, Any] = field(default_factory=dict)  # the fine-tune's train settings
 
 
 @dataclass(frozen=True)
