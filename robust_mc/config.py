@@ -216,6 +216,9 @@ class MergeConfig:
     rounds: int = setting(5, lo=1, hi=100, help="consensus: at most this many rounds")
     weights: list[float] = setting([], help="the members' weights in the average, summing to "
                                             "1, e.g. 0.4,0.3,0.3 (default: equal)")
+    barrier_points: int = setting(5, lo=0, hi=101,
+                                  help="values of t on each member's line to the merge, for "
+                                       "its robust loss barrier; 0: not measured")
     finetune_epochs: int = setting(0, lo=0, hi=10_000, help="epochs of robust training of the "
                                                             "merge (the first member's attack, "
                                                             "objective and optimizer); 0: none")

@@ -141,7 +141,9 @@ def test_merge_command_writes_a_merged_checkpoint(tiny_endpoint_files, tiny_endp
     assert [m.path for m in merged.meta.merge.members] == [
         str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), str(third)]
     assert merged.meta.merge.frame == "consensus" and merged.meta.merge.repair == "repair"
-    assert report["contenders"][-1]["name"] == "merge, repaired"
+    assert report["contenders"][-1]["name"] == "merge + repair"
+    barriers = [c["barrier_to_merge"] for c in report["contenders"][:3]]
+    assert all(b is not None and b >= 0 for b in barriers)  # t = 0 is on the chord: >= 0
     assert merged.meta.metrics.test.robust_acc == report["contenders"][-1]["robust_acc"]
     build_model(merged)  # the file builds its network
 

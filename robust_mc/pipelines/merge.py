@@ -24,6 +24,7 @@ from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
 from robust_mc.evaluation.segment_repair import repair_inputs
 from robust_mc.models import Classifier
 from robust_mc.models.ensemble import Ensemble
+from robust_mc.pipelines.merge_barriers import member_barriers
 from robust_mc.pipelines.merge_finetune import finetune, finetune_state_path
 from robust_mc.pipelines.merge_frames import (
     Aligner,
@@ -84,6 +85,11 @@ class MergeResult:
 
 
 def merge_weights(cfg: MergeRunConfig, members: int) -> list[float]:
+    """The merge weights (equal unless given), checked; also refuses settings that cannot
+    work together, before any work."""
+    if cfg.merge.barrier_points == 1:
+        raise UserError("merge.barrier_points: 1 value of t measures no line; give 0 (none) "
+                        "or at least 2")
     try:
         return check_weights(cfg.merge.weights or uniform_weights(members), members)
     except ValueError as exc:
@@ -111,16 +117,16 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
         f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its maps "
         f"{framed.function_error:.1e}")
-    stages = {"average, unaligned": _settled(averaged(models[0], models, weights), models,
+    stages = {"unaligned average": _settled(averaged(models[0], models, weights), models,
                                              weights, cfg, data, runtime)[-1][1]}
     merged_stages = _settled(averaged(framed.members[0], framed.members, weights),
                              framed.members, weights, cfg, data, runtime)
-    stages.update({f"merge, {name}": model for name, model in merged_stages})
+    stages.update({name: model for name, model in merged_stages})
     size = sum(p.numel() for p in models[0].parameters())
     contenders = [Contender(f"member {i + 1}", m, size, 1) for i, m in enumerate(
         distributed.group().map(measured, models))]
     best = max(contenders, key=lambda c: (c.metrics.robust_acc, -c.metrics.robust_loss))
-    contenders.append(replace(best, name=f"best member ({best.name})"))
+    contenders.append(replace(best, name=f"best member ({best.name.split()[-1]})"))
     ensemble = Ensemble(models)
     contenders.append(Contender(f"ensemble of {len(models)}", measured(ensemble),
                                 size * len(models), len(models)))
@@ -133,8 +139,15 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         state_path = finetune_state_path(out, merged) if out is not None else None
         merged, metrics, train_cfg = finetune(merged, checkpoints[0], cfg, data, runtime,
                                               reporter, state_path, stop)
-        contenders.append(Contender("merge, fine-tuned", metrics, size, 1))
+        contenders.append(Contender("merge + fine-tune", metrics, size, 1))
         trained = to_dict(train_cfg)
+    barriers = (member_barriers(framed.members, merged, cfg, data, runtime)
+                if cfg.merge.barrier_points else None)
+    if barriers is not None:
+        contenders[:len(models)] = [replace(c, barrier=b)
+                                    for c, b in zip(contenders, barriers, strict=False)]
+    elif cfg.merge.barrier_points:
+        say("no barriers to the merge: repair gave a layer a bias its members lack")
     record = MergeRecord(
         members=[MergeMemberRecord(c.path, state_digest(c.state_dict), w)
                  for c, w in zip(checkpoints, weights, strict=True)],
@@ -143,7 +156,7 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         align={"method": cfg.align.method, "inputs": cfg.align.inputs,
                "maps": cfg.align.map_class()},
         repair=cfg.path.repair, repair_inputs=cfg.path.repair_inputs,
-        function_error=framed.function_error, finetune=trained)
+        function_error=framed.function_error, finetune=trained, barriers=barriers or [])
     meta = CheckpointMeta(kind="merged", dataset=cfg.data.dataset, config=to_dict(cfg),
                           metrics=RecordedMetrics(test=contenders[-1].metrics,
                                                   eval_attack=cfg.path.attack,
@@ -194,7 +207,7 @@ def _settled(model: Classifier, members: list[Classifier], weights: list[float],
              ) -> list[tuple[str, Classifier]]:
     """The average at each stage of its statistics as ``--repair`` says: averaged (as the
     weights average them), batch norm recomputed (networks that have it), repaired."""
-    stages = [("averaged", model)]
+    stages = [("merge", model)]
     if cfg.path.repair == "off":
         return stages
     path = cfg.path
@@ -202,7 +215,7 @@ def _settled(model: Classifier, members: list[Classifier], weights: list[float],
         model = copy.deepcopy(model)
         recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
                             attack=cfg.attack, runtime=runtime, seed=path.seed)
-        stages.append(("batch norm reset", model))
+        stages.append(("merge + BN reset", model))
     if path.repair != "repair":
         return stages
     inputs = repair_inputs(data.train, path, cfg.attack, runtime)
@@ -212,5 +225,5 @@ def _settled(model: Classifier, members: list[Classifier], weights: list[float],
     target = average_moments([measure(m, sites, inputs.of(m)) for m in members], weights)
     repaired = copy.deepcopy(model)
     repair_network(repaired, sites, target, inputs.of(repaired))
-    stages.append(("repaired", repaired))
+    stages.append(("merge + repair", repaired))
     return stages

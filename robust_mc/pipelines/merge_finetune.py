@@ -17,6 +17,7 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.checkpoint import Checkpoint, state_digest
 
+
 def finetune_config(member: Checkpoint, cfg: MergeRunConfig) -> TrainRunConfig:
     """How the merge is fine-tuned: the member's recorded optimizer, objective and batch size
     (the defaults where its file does not say), the merge's data, attack, device and speed; a

@@ -21,20 +21,25 @@ class Contender:
     metrics: Metrics
     parameters: int
     forwards: int
+    barrier: float | None = None  # a member: the robust loss barrier of its line to the merge
 
     def as_dict(self) -> dict:
         return {"name": self.name, **self.metrics.as_dict(), "parameters": self.parameters,
-                "forwards": self.forwards}
+                "forwards": self.forwards, "barrier_to_merge": self.barrier}
 
 
 def show_merge(contenders: Sequence[Contender], cfg: MergeRunConfig, members: int) -> None:
     table = Table(title=f"robust-mc merge: {members} members, {cfg.merge.frame} frame "
                         f"(test, {cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
-    for column in ("model", "clean acc", "robust acc", "robust loss", "parameters",
-                   "forwards"):
+    barriers = any(c.barrier is not None for c in contenders)
+    for column in ("model", "clean %", "robust %", "robust loss", "params", "passes",
+                   *(["barrier"] if barriers else [])):
         table.add_column(column, justify="left" if column == "model" else "right")
     for c in contenders:
         m = c.metrics
-        table.add_row(c.name, f"{m.clean_acc:.2f}%", f"{m.robust_acc:.2f}%",
-                      f"{m.robust_loss:.3f}", f"{c.parameters:,}", str(c.forwards))
+        barrier = ([] if not barriers else ["" if c.barrier is None else f"{c.barrier:.3f}"])
+        table.add_row(c.name, f"{m.clean_acc:.2f}", f"{m.robust_acc:.2f}",
+                      f"{m.robust_loss:.3f}", f"{c.parameters:,}", str(c.forwards), *barrier)
     Console().print(table)
+    note = "; barrier: each member's robust loss barrier to the merge" if barriers else ""
+    Console().print(f"passes: networks run per prediction{note}")

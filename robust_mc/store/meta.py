@@ -126,6 +126,7 @@ class MergeRecord:
     repair_inputs: str = "clean"
     function_error: float | None = None  # the largest change of a member's logits by its maps
     finetune: dict[str, Any] = field(default_factory=dict)  # the fine-tune's train settings
+    barriers: list[float] = field(default_factory=list)  # each member's robust loss barrier
 
 
 @dataclass(frozen=True)
