@@ -122,7 +122,7 @@ def test_the_merge_is_the_weighted_average_of_the_aligned_members(tiny_endpoint,
             assert torch.allclose(value.double(), by_hand, rtol=1e-6, atol=1e-7), key
     names = [c.name for c in result.contenders]
     assert names[:3] == ["member 1", "member 2", "member 3"]
-    assert "ensemble of 3" in names and "average, unaligned" in names
+    assert "ensemble of 3" in names and "unaligned average" in names
     for c in result.contenders:  # robust accuracy never exceeds clean
         assert c.metrics.robust_acc <= c.metrics.clean_acc
 
