@@ -236,6 +236,8 @@ class MergeRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    aligned: bool = setting(True, help="align the members to one frame first (--no-align: "
+                                       "average them as given)")
     merge: MergeConfig = field(default_factory=MergeConfig)
     path: PathConfig = field(default_factory=_merge_path)
     speed: SpeedConfig = field(default_factory=SpeedConfig)

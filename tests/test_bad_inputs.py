@@ -163,6 +163,8 @@ MATRIX = [
     (["merge", *PAIR, "--merge-weights", "1.5,-0.5"], "at least 0"),
     (["merge", *PAIR, "--merge-frame", "star"], "invalid choice: 'star'"),
     (["merge", *PAIR, "--out", "{file}/m.pt"], "is a file, not a directory"),
+    (["merge", *PAIR, "--no-align", "--merge-frame", "pairwise"], "merge.frame would be"),
+    (["merge", *PAIR, "--barrier-points", "1"], "measures no line"),
     # map classes that the method or PAM cannot follow
     (["align", *PAIR, "--align-method", "weights", "--align-maps", "orthogonal"],
      "solved from activations"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from robust_mc.commands import common
 from robust_mc.config import MergeRunConfig, build_config
 from robust_mc.data import load_data
+from robust_mc.errors import UserError
 from robust_mc.pipelines.merge import load_members, merge_weights, run_merge
 from robust_mc.pipelines.pair import recorded_defaults
 from robust_mc.report.merge import show_merge
@@ -19,6 +20,7 @@ from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
 
 ORDER = 55
+FRAME_SETTINGS = ("merge.frame", "merge.reference", "merge.rounds")
 HELP = "merge several robust endpoints into one network (aligned, averaged, repaired)"
 
 
@@ -45,8 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     members = load_members(args.members, common.load_options(args))
-    cfg = build_config(MergeRunConfig, args.config, common.overrides(args),
-                       base=recorded_defaults(members[0]))
+    typed = common.overrides(args)
+    cfg = build_config(MergeRunConfig, args.config, typed, base=recorded_defaults(members[0]))
+    ignored = [k for k in typed if k.startswith("align.") or k in FRAME_SETTINGS]
+    if not cfg.aligned and ignored:
+        raise UserError(f"--no-align averages the members as given, so {ignored[0]} would "
+                        "be ignored; drop it, or align")
     cfg.align.map_class()  # a rotation class with a method that reads no activations: refused
     merge_weights(cfg, len(members))  # checked before any work
     out = args.out or "merged.pt"

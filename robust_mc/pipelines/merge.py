@@ -30,6 +30,7 @@ from robust_mc.pipelines.merge_frames import (
     Aligner,
     Framed,
     FrameRound,
+    as_given,
     averaged,
     consensus_frame,
     pairwise_frame,
@@ -112,13 +113,17 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     def measured(model: nn.Module) -> Metrics:
         return evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
 
-    reference = _reference(models, cfg, data, runtime, say)
-    framed = _frame(models, weights, reference, cfg, data, runtime, say)
-    say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
-        f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its maps "
-        f"{framed.function_error:.1e}")
-    stages = {"unaligned average": _settled(averaged(models[0], models, weights), models,
-                                             weights, cfg, data, runtime)[-1][1]}
+    if cfg.aligned:
+        reference = _reference(models, cfg, data, runtime, say)
+        framed = _frame(models, weights, reference, cfg, data, runtime, say)
+        say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
+            f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its "
+            f"maps {framed.function_error:.1e}")
+        stages = {"unaligned average": _settled(averaged(models[0], models, weights), models,
+                                                 weights, cfg, data, runtime)[-1][1]}
+    else:  # the merge is the unaligned average, at each stage
+        framed, stages = as_given(models, weights), {}
+        say(f"no alignment: agreement {framed.rounds[0].agreement:.3f}")
     merged_stages = _settled(averaged(framed.members[0], framed.members, weights),
                              framed.members, weights, cfg, data, runtime)
     stages.update({name: model for name, model in merged_stages})
@@ -151,7 +156,7 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     record = MergeRecord(
         members=[MergeMemberRecord(c.path, state_digest(c.state_dict), w)
                  for c, w in zip(checkpoints, weights, strict=True)],
-        frame=cfg.merge.frame, reference=framed.reference,
+        frame=cfg.merge.frame if cfg.aligned else "as given", reference=framed.reference,
         rounds=[MergeRoundRecord(r.round, r.agreement, r.changed) for r in framed.rounds],
         align={"method": cfg.align.method, "inputs": cfg.align.inputs,
                "maps": cfg.align.map_class()},

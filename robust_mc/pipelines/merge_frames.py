@@ -87,6 +87,11 @@ def _agreement(members: Sequence[Classifier], weights: Sequence[float]) -> float
     return agreement([m.state_dict() for m in members], weights, parameter_names(members[0]))
 
 
+def as_given(models: Sequence[Classifier], weights: Sequence[float]) -> Framed:
+    """The members as they are (no alignment): the unaligned average's frame."""
+    return Framed(list(models), [FrameRound(0, _agreement(models, weights), [])], 0, 0.0)
+
+
 def reference_frame(models: Sequence[Classifier], weights: Sequence[float], reference: int,
                     align: Aligner) -> Framed:
     """Every member aligned to ``models[reference]``."""

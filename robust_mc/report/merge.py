@@ -29,7 +29,8 @@ class Contender:
 
 
 def show_merge(contenders: Sequence[Contender], cfg: MergeRunConfig, members: int) -> None:
-    table = Table(title=f"robust-mc merge: {members} members, {cfg.merge.frame} frame "
+    frame = f"{cfg.merge.frame} frame" if cfg.aligned else "not aligned"
+    table = Table(title=f"robust-mc merge: {members} members, {frame} "
                         f"(test, {cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
     barriers = any(c.barrier is not None for c in contenders)
     for column in ("model", "clean %", "robust %", "robust loss", "params", "passes",
