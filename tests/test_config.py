@@ -5,6 +5,7 @@ import pytest
 from robust_mc import cli
 from robust_mc.config import (
     ConnectRunConfig,
+    MergeRunConfig,
     SpawnRunConfig,
     TrainRunConfig,
     build_config,
@@ -68,7 +69,7 @@ PRESETS = resources.files("robust_mc.configs")
                                         if p.name.endswith(".yaml")))
 def test_every_shipped_preset_builds_its_command_config(name):
     """Each preset is a valid configuration of the command it is for (bench-*: bench, spawn-*:
-    spawn)."""
+    spawn, merge-*: merge)."""
     if name.startswith("spawn-"):
         cfg = build_config(SpawnRunConfig, name)
         assert max(cfg.spawn.epochs) < cfg.train.optim.epochs
@@ -78,6 +79,9 @@ def test_every_shipped_preset_builds_its_command_config(name):
         assert cfg.bench.endpoint_seeds or cfg.bench.pairs
         for method in cfg.bench.methods:
             parse_method(method)
+        return
+    if name.startswith("merge-"):
+        assert build_config(MergeRunConfig, name).merge.frame
         return
     cls = ConnectRunConfig if "connect" in name else TrainRunConfig
     build_config(cls, name)
