@@ -11,8 +11,6 @@ from robust_mc.run import distributed
 from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
-# what torchrun may launch (the others run in one process)
-DISTRIBUTED_COMMANDS = ("train", "connect", "eval", "ensemble", "layers", "plane")
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
 CHANNELS_LAST_VIEW = "view size is not compatible with input tensor's size and stride"
@@ -37,8 +35,17 @@ def build_parser() -> Parser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-        p.set_defaults(handler=module.run, command_parser=p)
+        p.set_defaults(handler=module.run, command_parser=p,
+                       distributed=getattr(module, "DISTRIBUTED", False))
     return parser
+
+
+def distributed_commands() -> list[str]:
+    """The commands torchrun may launch: those whose module says ``DISTRIBUTED = True`` (the
+    others run in one process)."""
+    from robust_mc.commands import commands
+
+    return [name for name, module in commands().items() if getattr(module, "DISTRIBUTED", False)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     if distributed.launched():
         prefix += f" (rank {os.environ.get('RANK', '?')})"
     try:
-        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+        if distributed.launched() and not args.distributed:
             raise UserError(f"{args.command} runs in one process; launch it without torchrun "
-                            f"(torchrun runs {', '.join(DISTRIBUTED_COMMANDS)}; a bench is "
+                            f"(torchrun runs {', '.join(distributed_commands())}; a bench is "
                             "shared by plain bench workers, see --shard)")
         with process_scope():  # the command sets up the process once its config is known
             return int(args.handler(args) or 0)

@@ -209,3 +209,23 @@ def test_two_bench_workers_fill_one_grid_each_cell_once(mlp_endpoints, tmp_path,
     assert cli.main([*argv[:-3], "--out", str(tmp_path / "serial"), "--json"]) == 0
     serial = json.loads(capsys.readouterr().out)
     assert serial["table"] == results[0]["table"]
+
+
+@pytest.mark.slow  # 30 s on a 2-core CPU: CI runs it in its end-to-end step
+def test_a_two_rank_merge_gives_the_figures_of_one_process(mlp_endpoints, tmp_path, capsys):
+    argv = ["merge", *mlp_endpoints, "--finetune-epochs", "1", "--eval-attack", "pgd:steps=3",
+            "--eval-test-limit", "200", "--align-samples", "300", "--barrier-points", "3",
+            "--device", "cpu", "--json"]
+    two, one = tmp_path / "two.pt", tmp_path / "one.pt"
+    code, out, err = finished(torchrun(*argv, "--out", str(two)))
+    assert code == 0, err
+    assert cli.main([*argv, "--out", str(one)]) == 0
+    single = json.loads(capsys.readouterr().out)["contenders"]
+    shared = json.loads(out)["contenders"]  # rank 0 alone prints
+    assert [c["name"] for c in single] == [c["name"] for c in shared]
+    for a, b in zip(single, shared, strict=True):  # the fine-tune's gradients summed in two
+        for key in ("clean_loss", "robust_loss"):  # halves: float32 rounding, as for a curve
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["name"], key)
+        for key in ("clean_acc", "robust_acc"):
+            assert a[key] == pytest.approx(b[key], abs=100 / 200 + 1e-9), (a["name"], key)
+    assert not list(tmp_path.glob("*.state.pt"))  # the fine-tune's state removed once written

@@ -1,6 +1,7 @@
 """CLI commands: each module with a ``HELP`` is one, with ``add_arguments(parser)`` and
-``run(args) -> int``; ``ORDER`` places it in ``robust-mc --help`` (workflow order). A new
-command is one module here."""
+``run(args) -> int``; ``ORDER`` places it in ``robust-mc --help`` (workflow order);
+``DISTRIBUTED = True`` lets torchrun launch it (its pipeline shares work through
+``run.distributed``). A new command is one module here."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 
 ORDER = 30
+DISTRIBUTED = True  # torchrun may launch it
 HELP = "align two endpoints, train a robust curve between them and report its barriers"
 
 

@@ -19,6 +19,7 @@ from robust_mc.run.runtime import start_runtime
 from robust_mc.store.records import CurveRun
 
 ORDER = 50
+DISTRIBUTED = True  # torchrun may launch it
 HELP = "choose K points on a trained path that together are most robust (greedy, validation)"
 
 

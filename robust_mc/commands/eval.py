@@ -21,6 +21,7 @@ from robust_mc.store.checkpoint import Checkpoint
 from robust_mc.store.records import open_model_file
 
 ORDER = 40
+DISTRIBUTED = True  # torchrun may launch it
 HELP = ("re-evaluate a trained curve (other attack, more points) without retraining, or "
         "measure a model or ensemble checkpoint")
 

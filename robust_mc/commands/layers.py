@@ -24,6 +24,7 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
 
 ORDER = 70
+DISTRIBUTED = True  # torchrun may launch it
 HELP = "layer-wise clean and robust barriers, measured and predicted to second order"
 
 

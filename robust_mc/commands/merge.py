@@ -20,6 +20,7 @@ from robust_mc.run.runtime import start_runtime
 from robust_mc.store.checkpoint import save_checkpoint
 
 ORDER = 55
+DISTRIBUTED = True  # torchrun may launch it
 FRAME_SETTINGS = ("merge.frame", "merge.reference", "merge.rounds")
 HELP = "merge several robust endpoints into one network (aligned, averaged, repaired)"
 

@@ -17,6 +17,7 @@ from robust_mc.run.runtime import start_runtime
 from robust_mc.store.records import CurveRun
 
 ORDER = 48
+DISTRIBUTED = True  # torchrun may launch it
 HELP = "evaluate the plane through a curve's endpoints and bend on a grid; contour plots"
 PLANE_FLAGS = {"--grid": "grid", "--margin": "margin", "--plane-images": "images",
                "--bend": "bend"}

@@ -18,6 +18,7 @@ from robust_mc.store.checkpoint import save_checkpoint
 from robust_mc.store.typed import write_record
 
 ORDER = 10
+DISTRIBUTED = True  # torchrun may launch it
 HELP = "PGD adversarial training of one endpoint (Madry et al.)"
 
 
