@@ -216,6 +216,10 @@ class MergeConfig:
     rounds: int = setting(5, lo=1, hi=100, help="consensus: at most this many rounds")
     weights: list[float] = setting([], help="the members' weights in the average, summing to "
                                             "1, e.g. 0.4,0.3,0.3 (default: equal)")
+    select: Literal["all", "greedy"] = setting(
+        "all", help="which members the merge averages: all (with --merge-weights), or a greedy "
+                    "soup: members ranked by validation robust accuracy, each kept if the "
+                    "merge's does not fall (equal weights among those kept)")
     barrier_points: int = setting(5, lo=0, hi=101,
                                   help="values of t on each member's line to the merge, for "
                                        "its robust loss barrier; 0: not measured")

@@ -165,6 +165,8 @@ MATRIX = [
     (["merge", *PAIR, "--out", "{file}/m.pt"], "is a file, not a directory"),
     (["merge", *PAIR, "--no-align", "--merge-frame", "pairwise"], "merge.frame would be"),
     (["merge", *PAIR, "--barrier-points", "1"], "measures no line"),
+    (["merge", *PAIR, "--merge-select", "greedy", "--merge-weights", "0.5,0.5"],
+     "chooses the weights"),
     # map classes that the method or PAM cannot follow
     (["align", *PAIR, "--align-method", "weights", "--align-maps", "orthogonal"],
      "solved from activations"),

@@ -170,3 +170,17 @@ def test_the_fine_tune_stopped_and_rerun_ends_bit_for_bit_equal(tiny_endpoint_fi
     assert resumed.meta.metrics == whole.meta.metrics
     assert not state.exists()
     assert resumed.meta.merge.finetune["optim"]["epochs"] == 2
+
+
+def test_the_greedy_soup_starts_from_the_best_member_and_keeps_what_does_not_hurt(
+        tiny_endpoint, digits, runtime):
+    checkpoints = [tiny_endpoint(**{"optim.seed": s}) for s in (0, 1, 2)]
+    cfg = merge_config(**{"merge.select": "greedy", "merge.barrier_points": 0,
+                          "path.val_limit": 100})
+    result = run_merge(checkpoints, cfg, digits, runtime, Reporter(quiet=True))
+    steps = result.checkpoint.meta.merge.selection
+    assert sorted(s.member for s in steps) == [0, 1, 2] and steps[0].kept
+    kept = [s.member for s in steps if s.kept]
+    assert result.weights == pytest.approx([1 / len(kept) if i in kept else 0 for i in range(3)])
+    accuracies = [s.val_robust_acc for s in steps if s.kept]
+    assert accuracies == sorted(accuracies)  # each kept member did not lower it

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_settings(p.add_argument_group("merge"), MergeRunConfig, {
         "--merge-frame": "merge.frame", "--merge-reference": "merge.reference",
         "--merge-rounds": "merge.rounds", "--merge-weights": "merge.weights:W1,W2,...",
-        "--barrier-points": "merge.barrier_points",
+        "--merge-select": "merge.select", "--barrier-points": "merge.barrier_points",
         "--finetune-epochs": "merge.finetune_epochs:K", "--finetune-lr": "merge.finetune_lr:LR"})
     common.add_data_flags(p, MergeRunConfig)
     common.add_align_flags(p, MergeRunConfig)

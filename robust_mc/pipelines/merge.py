@@ -14,14 +14,11 @@ from pathlib import Path
 from torch import nn
 
 from robust_mc.config import MergeRunConfig, to_dict
-from robust_mc.core.merge import average_moments, check_weights, uniform_weights
-from robust_mc.core.permutation import trace_permutation_spec
-from robust_mc.core.repair import measure, repair_network, repair_sites
+from robust_mc.core.merge import check_weights, uniform_weights
 from robust_mc.data import Data
 from robust_mc.errors import UserError
-from robust_mc.evaluation.path import batchnorm_layers, path_attack, recompute_batchnorm
+from robust_mc.evaluation.path import path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
-from robust_mc.evaluation.segment_repair import repair_inputs
 from robust_mc.models import Classifier
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.pipelines.merge_barriers import member_barriers
@@ -36,6 +33,8 @@ from robust_mc.pipelines.merge_frames import (
     pairwise_frame,
     reference_frame,
 )
+from robust_mc.pipelines.merge_select import SelectionStep, greedy_weights
+from robust_mc.pipelines.merge_statistics import settled
 from robust_mc.pipelines.pair import check_fits_data, check_same_network
 from robust_mc.report.merge import Contender
 from robust_mc.run import distributed
@@ -55,6 +54,7 @@ from robust_mc.store.meta import (
     MergeMemberRecord,
     MergeRecord,
     MergeRoundRecord,
+    MergeSelectionRecord,
     RecordedMetrics,
 )
 
@@ -91,6 +91,9 @@ def merge_weights(cfg: MergeRunConfig, members: int) -> list[float]:
     if cfg.merge.barrier_points == 1:
         raise UserError("merge.barrier_points: 1 value of t measures no line; give 0 (none) "
                         "or at least 2")
+    if cfg.merge.select == "greedy" and cfg.merge.weights:
+        raise UserError("--merge-select greedy chooses the weights; drop --merge-weights, or "
+                        "use --merge-select all")
     try:
         return check_weights(cfg.merge.weights or uniform_weights(members), members)
     except ValueError as exc:
@@ -119,22 +122,19 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
             f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its "
             f"maps {framed.function_error:.1e}")
-        stages = {"unaligned average": _settled(averaged(models[0], models, weights), models,
-                                                 weights, cfg, data, runtime)[-1][1]}
+        stages = {"unaligned average": settled(averaged(models[0], models, weights), models,
+                                                weights, cfg, data, runtime)[-1][1]}
     else:  # the merge is the unaligned average, at each stage
         framed, stages = as_given(models, weights), {}
         say(f"no alignment: agreement {framed.rounds[0].agreement:.3f}")
-    merged_stages = _settled(averaged(framed.members[0], framed.members, weights),
-                             framed.members, weights, cfg, data, runtime)
-    stages.update({name: model for name, model in merged_stages})
+    selection: list[SelectionStep] = []
+    if cfg.merge.select == "greedy":
+        weights, selection = greedy_weights(framed.members, cfg, data, runtime, say)
+    merged_stages = settled(averaged(framed.members[0], framed.members, weights),
+                            framed.members, weights, cfg, data, runtime)
+    stages.update(dict(merged_stages))
     size = sum(p.numel() for p in models[0].parameters())
-    contenders = [Contender(f"member {i + 1}", m, size, 1) for i, m in enumerate(
-        distributed.group().map(measured, models))]
-    best = max(contenders, key=lambda c: (c.metrics.robust_acc, -c.metrics.robust_loss))
-    contenders.append(replace(best, name=f"best member ({best.name.split()[-1]})"))
-    ensemble = Ensemble(models)
-    contenders.append(Contender(f"ensemble of {len(models)}", measured(ensemble),
-                                size * len(models), len(models)))
+    contenders = _baselines(models, measured, size)
     figures = distributed.group().map(measured, list(stages.values()))
     contenders += [Contender(name, m, size, 1) for name, m in zip(stages, figures, strict=True)]
     merged = merged_stages[-1][1]
@@ -161,7 +161,9 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         align={"method": cfg.align.method, "inputs": cfg.align.inputs,
                "maps": cfg.align.map_class()},
         repair=cfg.path.repair, repair_inputs=cfg.path.repair_inputs,
-        function_error=framed.function_error, finetune=trained, barriers=barriers or [])
+        function_error=framed.function_error, finetune=trained, barriers=barriers or [],
+        selection=[MergeSelectionRecord(s.member, s.val_robust_acc, s.kept)
+                   for s in selection])
     meta = CheckpointMeta(kind="merged", dataset=cfg.data.dataset, config=to_dict(cfg),
                           metrics=RecordedMetrics(test=contenders[-1].metrics,
                                                   eval_attack=cfg.path.attack,
@@ -170,6 +172,18 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
                           record=run_record(argv), merge=record)
     checkpoint = checkpoints[0].with_weights(merged, meta)
     return MergeResult(merged, framed, weights, contenders, checkpoint, state_path)
+
+
+def _baselines(models: list[Classifier], measured: Callable[[nn.Module], Metrics],
+               size: int) -> list[Contender]:
+    """Each member, the best of them and their ensemble, measured."""
+    contenders = [Contender(f"member {i + 1}", m, size, 1) for i, m in enumerate(
+        distributed.group().map(measured, models))]
+    best = max(contenders, key=lambda c: (c.metrics.robust_acc, -c.metrics.robust_loss))
+    contenders.append(replace(best, name=f"best member ({best.name.split()[-1]})"))
+    contenders.append(Contender(f"ensemble of {len(models)}", measured(Ensemble(models)),
+                                size * len(models), len(models)))
+    return contenders
 
 
 def _reference(models: list[Classifier], cfg: MergeRunConfig, data: Data, runtime: Runtime,
@@ -205,30 +219,3 @@ def _frame(models: list[Classifier], weights: list[float], reference: int,
     if cfg.merge.frame == "consensus":
         return consensus_frame(models, weights, reference, align, cfg.merge.rounds, show)
     return pairwise_frame(models, weights, align, show)
-
-
-def _settled(model: Classifier, members: list[Classifier], weights: list[float],
-             cfg: MergeRunConfig, data: Data, runtime: Runtime
-             ) -> list[tuple[str, Classifier]]:
-    """The average at each stage of its statistics as ``--repair`` says: averaged (as the
-    weights average them), batch norm recomputed (networks that have it), repaired."""
-    stages = [("merge", model)]
-    if cfg.path.repair == "off":
-        return stages
-    path = cfg.path
-    if batchnorm_layers(model):
-        model = copy.deepcopy(model)
-        recompute_batchnorm(model, data.train, images=path.bn_images, data=path.bn_data,
-                            attack=cfg.attack, runtime=runtime, seed=path.seed)
-        stages.append(("merge + BN reset", model))
-    if path.repair != "repair":
-        return stages
-    inputs = repair_inputs(data.train, path, cfg.attack, runtime)
-    probe = inputs.probe()
-    sites = repair_sites(members[0], trace_permutation_spec(members[0], probe, partial=True),
-                         probe)
-    target = average_moments([measure(m, sites, inputs.of(m)) for m in members], weights)
-    repaired = copy.deepcopy(model)
-    repair_network(repaired, sites, target, inputs.of(repaired))
-    stages.append(("merge + repair", repaired))
-    return stages

@@ -113,6 +113,16 @@ class MergeRoundRecord:
 
 
 @dataclass(frozen=True)
+class MergeSelectionRecord:
+    """One step of a greedy soup: the member tried, the merge's validation robust accuracy with
+    it, whether it was kept."""
+
+    member: int
+    val_robust_acc: float
+    kept: bool
+
+
+@dataclass(frozen=True)
 class MergeRecord:
     """How a merged network was made (`robust-mc merge`): its members, the frame they were
     aligned to and how it was found, the alignment's settings, the statistics treatment."""
@@ -127,6 +137,7 @@ class MergeRecord:
     function_error: float | None = None  # the largest change of a member's logits by its maps
     finetune: dict[str, Any] = field(default_factory=dict)  # the fine-tune's train settings
     barriers: list[float] = field(default_factory=list)  # each member's robust loss barrier
+    selection: list[MergeSelectionRecord] = field(default_factory=list)  # --merge-select greedy
 
 
 @dataclass(frozen=True)
