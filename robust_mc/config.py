@@ -244,6 +244,7 @@ class MergeRunConfig:
                                        "average them as given)")
     merge: MergeConfig = field(default_factory=MergeConfig)
     path: PathConfig = field(default_factory=_merge_path)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     device: str = setting("auto", may_change=True, help=DEVICE_HELP)
 

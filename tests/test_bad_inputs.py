@@ -167,6 +167,7 @@ MATRIX = [
     (["merge", *PAIR, "--barrier-points", "1"], "measures no line"),
     (["merge", *PAIR, "--merge-select", "greedy", "--merge-weights", "0.5,0.5"],
      "chooses the weights"),
+    (["merge", *PAIR, "--verify-images", "50"], "add --verify"),
     # map classes that the method or PAM cannot follow
     (["align", *PAIR, "--align-method", "weights", "--align-maps", "orthogonal"],
      "solved from activations"),

@@ -184,3 +184,18 @@ def test_the_greedy_soup_starts_from_the_best_member_and_keeps_what_does_not_hur
     assert result.weights == pytest.approx([1 / len(kept) if i in kept else 0 for i in range(3)])
     accuracies = [s.val_robust_acc for s in steps if s.kept]
     assert accuracies == sorted(accuracies)  # each kept member did not lower it
+
+
+def test_merge_verifies_the_members_the_ensemble_and_the_merge(tiny_endpoint_files, tmp_path,
+                                                               capsys):
+    argv = ["merge", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), "--out",
+            str(tmp_path / "m.pt"), "--eval-test-limit", "100", "--eval-attack", "pgd:steps=2",
+            "--align-samples", "500", "--barrier-points", "0", "--verify", "--verify-images",
+            "10", "--verify-queries", "20", "--json"]
+    assert cli.main(argv) == 0
+    verified = {c["name"]: c["verification"]
+                for c in json.loads(capsys.readouterr().out)["contenders"]}
+    for name in ("member 1", "member 2", "ensemble of 2", "merge + BN reset"):
+        assert verified[name]["images"] == 10, name  # AutoAttack where it matters
+        assert verified[name]["autoattack_torchattacks"] <= verified[name]["clean_acc"]
+    assert verified["unaligned average"] is None

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         **common.REPAIR_FLAGS, "--bn-data": "path.bn_data", "--bn-images": "path.bn_images",
         "--eval-attack": "path.attack:SPEC", "--eval-batch-size": "path.batch_size",
         "--val-limit": "path.val_limit", "--eval-test-limit": "path.test_limit"})
+    common.add_verify_flags(p)
     common.add_speed_flags(p, MergeRunConfig)
     common.add_model_file_flags(p)
     common.add_output_flags(p, "where to write the merged model (default: merged.pt)")
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     typed = common.overrides(args)
     cfg = build_config(MergeRunConfig, args.config, typed, base=recorded_defaults(members[0]))
     ignored = [k for k in typed if k.startswith("align.") or k in FRAME_SETTINGS]
+    details = [flag for flag, key in common.VERIFY_DETAILS.items() if key in typed]
+    if details and not cfg.verify.enabled:
+        raise UserError(f"{details[0]} sets how --verify measures; add --verify")
     if not cfg.aligned and ignored:
         raise UserError(f"--no-align averages the members as given, so {ignored[0]} would "
                         "be ignored; drop it, or align")

@@ -35,6 +35,7 @@ from robust_mc.pipelines.merge_frames import (
 )
 from robust_mc.pipelines.merge_select import SelectionStep, greedy_weights
 from robust_mc.pipelines.merge_statistics import settled
+from robust_mc.pipelines.merge_verify import verify_models
 from robust_mc.pipelines.pair import check_fits_data, check_same_network
 from robust_mc.report.merge import Contender
 from robust_mc.run import distributed
@@ -153,6 +154,8 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
                                     for c, b in zip(contenders, barriers, strict=False)]
     elif cfg.merge.barrier_points:
         say("no barriers to the merge: repair gave a layer a bias its members lack")
+    if cfg.verify.enabled:
+        contenders = _verified(contenders, models, merged, cfg, data, runtime)
     record = MergeRecord(
         members=[MergeMemberRecord(c.path, state_digest(c.state_dict), w)
                  for c, w in zip(checkpoints, weights, strict=True)],
@@ -184,6 +187,19 @@ def _baselines(models: list[Classifier], measured: Callable[[nn.Module], Metrics
     contenders.append(Contender(f"ensemble of {len(models)}", measured(Ensemble(models)),
                                 size * len(models), len(models)))
     return contenders
+
+
+def _verified(contenders: list[Contender], models: list[Classifier], merged: Classifier,
+              cfg: MergeRunConfig, data: Data, runtime: Runtime) -> list[Contender]:
+    """The contenders with AutoAttack and the checks on each member, their ensemble and the
+    final merge."""
+    ensemble = next(c.name for c in contenders if c.name.startswith("ensemble"))
+    chosen: list[tuple[str, nn.Module]] = [(f"member {i + 1}", m) for i, m in enumerate(models)]
+    chosen += [(ensemble, Ensemble(models)), (contenders[-1].name, merged)]
+    points = verify_models(chosen, cfg, data, runtime)
+    best = next(c for c in contenders if c.name.startswith("best member"))
+    points[best.name] = points[f"member {best.name.split('(')[1].rstrip(')')}"]
+    return [replace(c, verified=points.get(c.name)) for c in contenders]
 
 
 def _reference(models: list[Classifier], cfg: MergeRunConfig, data: Data, runtime: Runtime,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from robust_mc.config import MergeRunConfig
 from robust_mc.evaluation.robustness import Metrics
+from robust_mc.evaluation.verification import PointVerification
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,12 @@ class Contender:
     parameters: int
     forwards: int
     barrier: float | None = None  # a member: the robust loss barrier of its line to the merge
+    verified: PointVerification | None = None  # --verify: AutoAttack and the masking checks
 
     def as_dict(self) -> dict:
         return {"name": self.name, **self.metrics.as_dict(), "parameters": self.parameters,
-                "forwards": self.forwards, "barrier_to_merge": self.barrier}
+                "forwards": self.forwards, "barrier_to_merge": self.barrier,
+                "verification": None if self.verified is None else self.verified.to_state()}
 
 
 def show_merge(contenders: Sequence[Contender], cfg: MergeRunConfig, members: int) -> None:
@@ -33,14 +36,25 @@ def show_merge(contenders: Sequence[Contender], cfg: MergeRunConfig, members: in
     table = Table(title=f"robust-mc merge: {members} members, {frame} "
                         f"(test, {cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
     barriers = any(c.barrier is not None for c in contenders)
+    verified = any(c.verified is not None for c in contenders)
     for column in ("model", "clean %", "robust %", "robust loss", "params", "passes",
-                   *(["barrier"] if barriers else [])):
+                   *(["barrier"] if barriers else []), *(["AA %"] if verified else [])):
         table.add_column(column, justify="left" if column == "model" else "right")
     for c in contenders:
         m = c.metrics
         barrier = ([] if not barriers else ["" if c.barrier is None else f"{c.barrier:.3f}"])
+        attack = [] if not verified else ["" if c.verified is None else
+                                          f"{c.verified.autoattack_figure:.2f}"
+                                          + ("!" if c.verified.flagged else "")]
         table.add_row(c.name, f"{m.clean_acc:.2f}", f"{m.robust_acc:.2f}",
-                      f"{m.robust_loss:.3f}", f"{c.parameters:,}", str(c.forwards), *barrier)
+                      f"{m.robust_loss:.3f}", f"{c.parameters:,}", str(c.forwards), *barrier,
+                      *attack)
     Console().print(table)
+    for c in contenders:
+        if c.verified is not None and c.verified.flagged:
+            Console().print(f"{c.name}: {'; '.join(c.verified.hints)}")
     note = "; barrier: each member's robust loss barrier to the merge" if barriers else ""
+    if verified:
+        note += (f"; AA: AutoAttack on the first {cfg.verify.images} test images, ! where a "
+                 "gradient-masking check failed (below)")
     Console().print(f"passes: networks run per prediction{note}")
