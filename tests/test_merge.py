@@ -146,6 +146,8 @@ def test_merge_command_writes_a_merged_checkpoint(tiny_endpoint_files, tiny_endp
     assert all(b is not None and b >= 0 for b in barriers)  # t = 0 is on the chord: >= 0
     assert merged.meta.metrics.test.robust_acc == report["contenders"][-1]["robust_acc"]
     build_model(merged)  # the file builds its network
+    if report["figure"] is not None:  # matplotlib installed (the plot extra)
+        assert (tmp_path / "merged.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_fine_tune_stopped_and_rerun_ends_bit_for_bit_equal(tiny_endpoint_files, tmp_path,

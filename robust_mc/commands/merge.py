@@ -12,7 +12,7 @@ from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.merge import load_members, merge_weights, run_merge
 from robust_mc.pipelines.pair import recorded_defaults
-from robust_mc.report.merge import show_merge
+from robust_mc.report.merge import plot_merge, show_merge
 from robust_mc.run.files import check_writable_file, remove
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
@@ -72,13 +72,17 @@ def run(args: argparse.Namespace) -> int:
         path = save_checkpoint(result.checkpoint, out)
         if result.state_path is not None:
             remove(result.state_path)
+    frame = f"{cfg.merge.frame} frame" if cfg.aligned else "not aligned"
+    picture = plot_merge(result.contenders, Path(out).with_suffix(".png"),
+                         f"{len(members)} members merged ({frame}), test split")
     if args.json:
-        print(json.dumps({"checkpoint": str(path), "weights": result.weights,
-                          "frame": cfg.merge.frame,
+        print(json.dumps({"checkpoint": str(path), "figure": picture and str(picture),
+                          "weights": result.weights, "frame": frame,
                           "rounds": [vars(r) for r in result.framed.rounds],
                           "function_error": result.framed.function_error,
                           "contenders": [c.as_dict() for c in result.contenders]}, indent=2))
         return 0
     show_merge(result.contenders, cfg, len(members))
-    reporter.print(f"wrote {path} (robust-mc eval/info read it)")
+    reporter.print(f"wrote {path} (robust-mc eval/info read it)"
+                   + (f" and {picture}" if picture is not None else ""))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +12,7 @@ from rich.table import Table
 from robust_mc.config import MergeRunConfig
 from robust_mc.evaluation.robustness import Metrics
 from robust_mc.evaluation.verification import PointVerification
+from robust_mc.report.plot import figure
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,26 @@ def show_merge(contenders: Sequence[Contender], cfg: MergeRunConfig, members: in
         note += (f"; AA: AutoAttack on the first {cfg.verify.images} test images, ! where a "
                  "gradient-masking check failed (below)")
     Console().print(f"passes: networks run per prediction{note}")
+
+
+def plot_merge(contenders: Sequence[Contender], path: Path, title: str) -> Path | None:
+    """Each contender's clean and robust accuracy (and AutoAttack's, where verified) as bars,
+    written to ``path``; None where matplotlib is missing."""
+    rows = list(reversed(contenders))  # the first contender on top
+    with figure(path, 1, 1, size=(7.5, 0.45 * len(rows) + 1.4)) as (fig, ax):
+        if fig is None:
+            return None
+        y = list(range(len(rows)))
+        ax.barh(y, [c.metrics.clean_acc for c in rows], color="#c6dbef", label="clean")
+        ax.barh(y, [c.metrics.robust_acc for c in rows], color="#2171b5", label="robust (PGD)")
+        verified = [(i, c.verified.autoattack_figure) for i, c in enumerate(rows)
+                    if c.verified is not None]
+        if verified:
+            ax.scatter([v for _, v in verified], [i for i, _ in verified], color="black",
+                       marker="|", s=200, label="AutoAttack", zorder=3)
+        ax.set_yticks(y, [c.name for c in rows])
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("test accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(loc="lower right", fontsize=8)
+    return path
