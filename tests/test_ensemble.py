@@ -90,3 +90,22 @@ def test_an_ensemble_is_not_an_endpoint(run_dir, capsys):
     assert code == 2 and "is an ensemble of 1 networks" in capsys.readouterr().err
     assert cli.main(["ensemble", str(run_dir), "-k", "9"]) == 2
     assert "-k 9" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_model_files_is_chosen_on_validation_and_reads_back(
+        tiny_endpoint_files, tiny_endpoint, tmp_path, digits, runtime, capsys):
+    third = save_checkpoint(tiny_endpoint(**{"optim.seed": 2}), tmp_path / "c.pt")
+    files = [str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), str(third)]
+    out = tmp_path / "ens"
+    assert cli.main(["ensemble", *files, "-k", "2", "--eval-test-limit", "200",
+                     "--eval-attack", "pgd:steps=2", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["members"]) == 2 and set(printed["members"]) <= set(files)
+    assert set(printed["test"]) == {"ensemble", *files, "all 3"}
+    assert printed["selection"][0]["added"] == printed["members"][0]
+    ckpt = load_checkpoint(out / "ensemble.pt", allow_ensemble=True)
+    module = runtime.prepare(build_network(ckpt))
+    assert isinstance(module, Ensemble) and len(module.members) == 2
+    attack = build_attack("pgd:steps=2", eps=ckpt.meta.eps, num_classes=10)
+    direct = evaluate_seeded(module, digits.test.take(200), attack, runtime, 250, seed=0)
+    assert direct.as_dict() == printed["test"]["ensemble"]  # the file is what was measured

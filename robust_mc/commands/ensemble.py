@@ -14,17 +14,26 @@ from robust_mc.config import ConnectRunConfig, EnsembleRunConfig, build_config
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.ensemble import run_ensemble
+from robust_mc.pipelines.ensemble_files import check_ensemble_files, run_file_ensemble
+from robust_mc.pipelines.model_eval import model_config
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
-from robust_mc.store.records import CurveRun
+from robust_mc.store.checkpoint import Checkpoint
+from robust_mc.store.records import CurveRun, open_model_file
 
 ORDER = 50
 DISTRIBUTED = True  # torchrun may launch it
-HELP = "choose K points on a trained path that together are most robust (greedy, validation)"
+HELP = ("choose K points on a trained path, or K of several model files, that together are "
+        "most robust (greedy, validation)")
+# what a path's networks take and model files do not have
+PATH_ONLY = ("path.points", "path.bn_data", "path.bn_images", "path.repair",
+             "path.repair_inputs", "path.repair_images", "path.compare_line")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_path", metavar="RUN", help="a connect run directory, or its curve.pt")
+    p.add_argument("sources", nargs="+", metavar="RUN|MODEL",
+                   help="a connect run directory (or its curve.pt), or two or more model files "
+                        "of one architecture")
     common.add_settings(p, EnsembleRunConfig, {"-k": "ensemble.k:K",
                                                "--combine": "ensemble.combine"})
     common.add_data_flags(p, ConnectRunConfig)
@@ -36,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.run_path)
+    if len(args.sources) > 1:
+        return ensemble_of_files(args)
+    source = Path(args.sources[0])
     curve_file = source / "curve.pt" if source.is_dir() else source
     saved = CurveRun.read(curve_file, common.load_options(args))
     typed = common.overrides(args)
@@ -66,6 +77,45 @@ def run(args: argparse.Namespace) -> int:
     for name, metrics in result.test.items():
         table.add_row(name, described[name], f"{metrics.clean_acc:.2f}%",
                       f"{metrics.robust_acc:.2f}%", f"{metrics.robust_loss:.3f}")
+    Console().print(table)
+    reporter.print(f"wrote {out}/: ensemble.pt (robust-mc eval/info read it), ensemble.json")
+    return 0
+
+
+def ensemble_of_files(args: argparse.Namespace) -> int:
+    """The ensemble of several model files."""
+    options = common.load_options(args)
+    opened = [open_model_file(source, options) for source in args.sources]
+    checkpoints = [c for c in opened if isinstance(c, Checkpoint)]
+    if len(checkpoints) < len(opened) or any(c.members for c in checkpoints):
+        raise UserError("give one connect run, or two or more model files (not runs or "
+                        "ensembles among them)")
+    typed = common.overrides(args)
+    if path_only := [k for k in typed if k in PATH_ONLY]:
+        raise UserError(f"{path_only[0]} sets how a path's networks are built; model files "
+                        "have none: drop it")
+    choice = build_config(EnsembleRunConfig, None, {k: v for k, v in typed.items()
+                                                    if k.startswith("ensemble.")}).ensemble
+    check_ensemble_files(checkpoints, choice.k)
+    cfg = model_config(checkpoints[0], {k: v for k, v in typed.items()
+                                        if not k.startswith("ensemble.")})
+    out = Path(args.out or f"ensemble-k{choice.k}-{choice.combine}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory path")
+    reporter = Reporter(quiet=args.json)
+    runtime = start_runtime(cfg.device, cfg.speed)
+    result = run_file_ensemble(checkpoints, cfg, choice, out, runtime, reporter, args.argv)
+    if args.json:
+        print(json.dumps({"out": str(out), **result.summary()}, indent=2))
+        return 0
+    table = Table(title=f"robust-mc ensemble: {choice.k} of {len(checkpoints)} models "
+                        f"(test, {cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
+    for column in ("model", "clean acc", "robust acc", "robust loss"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in result.test.items():
+        label = f"ensemble ({', '.join(result.members)})" if name == "ensemble" else name
+        table.add_row(label, f"{metrics.clean_acc:.2f}%", f"{metrics.robust_acc:.2f}%",
+                      f"{metrics.robust_loss:.3f}")
     Console().print(table)
     reporter.print(f"wrote {out}/: ensemble.pt (robust-mc eval/info read it), ensemble.json")
     return 0
