@@ -188,6 +188,7 @@ def test_the_greedy_soup_starts_from_the_best_member_and_keeps_what_does_not_hur
     assert accuracies == sorted(accuracies)  # each kept member did not lower it
 
 
+@pytest.mark.slow  # 7 s on a 2-core CPU (AutoAttack): CI runs it in its end-to-end step
 def test_merge_verifies_the_members_the_ensemble_and_the_merge(tiny_endpoint_files, tmp_path,
                                                                capsys):
     argv = ["merge", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]), "--out",
