@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_mc.core.permutation import random_permutation
+from robust_mc.core.rotation import random_rotation
 from robust_mc.models import create_model
 from robust_mc.run.interrupt import StopSignals
 
@@ -130,3 +132,16 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
+
+
+def random_maps(model, spec, plan, seed=1):
+    """A random permutation of every space and a random rotation of every space ``plan``
+    rotates (a stream's rotation is its whole map): a map of the orthogonal class."""
+    generator = torch.Generator().manual_seed(seed)
+    perm = random_permutation(spec, generator)
+    rotations = {name: random_rotation(spec.space(name), kind == "stream", generator)
+                 for name, kind in plan.kinds.items()}
+    for name, kind in plan.kinds.items():  # rotated streams: the rotation is the whole map
+        if kind == "stream":
+            perm[name] = torch.arange(spec.space(name).size)
+    return perm, rotations

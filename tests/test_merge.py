@@ -7,12 +7,15 @@ import json
 
 import pytest
 import torch
-from robust_mc_testkit import StopAfter
+from robust_mc_testkit import StopAfter, random_maps, randomized, small_vit
 
 from robust_mc import cli
 from robust_mc.config import AlignConfig, AttackConfig, MergeRunConfig, build_config
 from robust_mc.core.merge import agreement, average_states, check_weights
 from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
+from robust_mc.core.rotatable import plan_rotations
+from robust_mc.core.rotation_align import map_state
+from robust_mc.data import Split
 from robust_mc.pipelines.merge import run_merge
 from robust_mc.pipelines.merge_frames import (
     Aligner,
@@ -202,3 +205,30 @@ def test_merge_verifies_the_members_the_ensemble_and_the_merge(tiny_endpoint_fil
         assert verified[name]["images"] == 10, name  # AutoAttack where it matters
         assert verified[name]["autoattack_torchattacks"] <= verified[name]["clean_acc"]
     assert verified["unaligned average"] is None
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_copies_of_a_vit_under_random_maps_merge_back_into_it(name, runtime):
+    """A transformer's members differ by permutations and rotations of heads and the residual
+    stream: every frame aligns them back with the orthogonal map class. The maps are solved
+    from float32 statistics, so each recovered weight errs by about 1e-6 of its size (see
+    test_rotations); 1e-4 leaves room, a wrong match errs by the weight's own size."""
+    torch.manual_seed(0)
+    a = randomized(small_vit(), 0).float()
+    x = torch.rand(200, 3, 32, 32)
+    spec = trace_permutation_spec(a, x[:2])
+    plan = plan_rotations(a, spec, x[:2], "orthogonal")
+    copies = [a]
+    for seed in (1, 2):
+        perm, rotations = random_maps(a, spec, plan, seed)
+        state, _ = map_state(a.state_dict(), a.state_dict(), spec, perm, rotations, plan)
+        copies.append(copy.deepcopy(a))
+        copies[-1].load_state_dict(state)
+    train = Split(x, torch.zeros(200, dtype=torch.long))
+    align = Aligner(train, AlignConfig(samples=200, maps="orthogonal", tokens=0),
+                    AttackConfig(eps=0.03, steps=1), runtime)
+    framed = frame(name, copies, [0.4, 0.3, 0.3], align)
+    merged = average_states([m.state_dict() for m in framed.members], [0.4, 0.3, 0.3])
+    for key, value in a.state_dict().items():
+        scale = float(value.abs().max()) or 1.0
+        assert float((merged[key] - value).abs().max()) < 1e-4 * scale, key

@@ -8,12 +8,12 @@ import json
 import pytest
 import timm
 import torch
-from robust_mc_testkit import EXACT, randomized, relative_change, small_vit
+from robust_mc_testkit import EXACT, random_maps, randomized, relative_change, small_vit
 from torch import nn
 
 from robust_mc import cli
 from robust_mc.core.align import align
-from robust_mc.core.permutation import random_permutation, trace_permutation_spec
+from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.core.rotatable import plan_rotations
 from robust_mc.core.rotation import procrustes, random_rotation
 from robust_mc.core.rotation_align import StreamMaps, map_state, unmap_state
@@ -42,17 +42,6 @@ TRANSFORMERS = {
 }
 
 
-
-
-def random_maps(model, spec, plan, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    perm = random_permutation(spec, generator)
-    rotations = {name: random_rotation(spec.space(name), kind == "stream", generator)
-                 for name, kind in plan.kinds.items()}
-    for name, kind in plan.kinds.items():  # rotated streams: the rotation is the whole map
-        if kind == "stream":
-            perm[name] = torch.arange(spec.space(name).size)
-    return perm, rotations
 
 
 def mapped_at_random(b, a, spec, plan):
