@@ -146,10 +146,11 @@ MATRIX = [
     (["ensemble", "{run}", "-k", "1", "--out", "{file}"], "is a file"),
     (["ensemble", "{run}", "--eval-attack", "apgd-c"], "did you mean 'apgd-ce'?"),
     (["eval", "{nodata}"], "curve.pt not found"),
-    (["ensemble", *PAIR, "-k", "3"], "-k 3: choose between 1 and the 2 models given"),
+    (["ensemble", *PAIR, "-k", "3"], "-k 3: choose between 1 and the 2 networks given"),
     (["ensemble", "{a}", "{mlp}", "-k", "1"], "different architectures"),
     (["ensemble", *PAIR, "--points", "5"], "path.points sets how a path's networks"),
-    (["ensemble", "{run}", "{a}"], "give one connect run, or two or more model files"),
+    (["ensemble", "{run}", "{a}", "-k", "4"], "-k 4: choose between 1 and the 3 networks"),
+    (["ensemble", "{run}", "{mlp}"], "different architectures"),
     # endpoints that cannot be connected, data that does not fit them
     (["connect", "{a}", "{mlp}"], "different architectures (cnn vs mlp)"),
     (["connect", "{a}", "{wide}"], "differ in width (0.25 vs 0.5)"),

@@ -109,3 +109,19 @@ def test_an_ensemble_of_model_files_is_chosen_on_validation_and_reads_back(
     attack = build_attack("pgd:steps=2", eps=ckpt.meta.eps, num_classes=10)
     direct = evaluate_seeded(module, digits.test.take(200), attack, runtime, 250, seed=0)
     assert direct.as_dict() == printed["test"]["ensemble"]  # the file is what was measured
+
+
+def test_an_ensemble_chooses_among_a_run_s_points_and_model_files(run_dir, tiny_endpoint,
+                                                                  digits_endpoints, tmp_path,
+                                                                  capsys):
+    other = save_checkpoint(digits_endpoints[1], tmp_path / "other.pt")
+    out = tmp_path / "ens"
+    assert cli.main(["ensemble", str(run_dir), str(other), "-k", "2", "--out", str(out),
+                     "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    labels = {f"run t={t:.2f}" for t in (0.0, 0.25, 0.5, 0.75, 1.0)} | {str(other)}
+    assert set(printed["members"]) <= labels and len(printed["members"]) == 2
+    assert set(printed["test"]) == {"ensemble", "run t=0.00", "run t=1.00", str(other)}
+    for result in printed["test"].values():
+        assert result["count"] == 300  # the run's settings: its test images
+    assert load_checkpoint(out / "ensemble.pt", allow_ensemble=True).members is not None

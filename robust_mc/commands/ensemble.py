@@ -14,7 +14,7 @@ from robust_mc.config import ConnectRunConfig, EnsembleRunConfig, build_config
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import reopened_config
 from robust_mc.pipelines.ensemble import run_ensemble
-from robust_mc.pipelines.ensemble_files import check_ensemble_files, run_file_ensemble
+from robust_mc.pipelines.ensemble_files import ensemble_template, run_file_ensemble
 from robust_mc.pipelines.model_eval import model_config
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
@@ -32,8 +32,8 @@ PATH_ONLY = ("path.points", "path.bn_data", "path.bn_images", "path.repair",
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="RUN|MODEL",
-                   help="a connect run directory (or its curve.pt), or two or more model files "
-                        "of one architecture")
+                   help="a connect run directory (or its curve.pt); or several model files "
+                        "and runs, of one architecture (a run gives its path's --points)")
     common.add_settings(p, EnsembleRunConfig, {"-k": "ensemble.k:K",
                                                "--combine": "ensemble.combine"})
     common.add_data_flags(p, ConnectRunConfig)
@@ -83,32 +83,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ensemble_of_files(args: argparse.Namespace) -> int:
-    """The ensemble of several model files."""
+    """The ensemble of several model files and runs' path points."""
     options = common.load_options(args)
-    opened = [open_model_file(source, options) for source in args.sources]
-    checkpoints = [c for c in opened if isinstance(c, Checkpoint)]
-    if len(checkpoints) < len(opened) or any(c.members for c in checkpoints):
-        raise UserError("give one connect run, or two or more model files (not runs or "
-                        "ensembles among them)")
+    sources = [open_model_file(source, options) for source in args.sources]
+    if any(isinstance(s, Checkpoint) and s.members for s in sources):
+        raise UserError("give endpoint files and connect runs (not ensemble checkpoints)")
     typed = common.overrides(args)
-    if path_only := [k for k in typed if k in PATH_ONLY]:
+    runs = [s for s in sources if isinstance(s, CurveRun)]
+    if not runs and (path_only := [k for k in typed if k in PATH_ONLY]):
         raise UserError(f"{path_only[0]} sets how a path's networks are built; model files "
                         "have none: drop it")
     choice = build_config(EnsembleRunConfig, None, {k: v for k, v in typed.items()
                                                     if k.startswith("ensemble.")}).ensemble
-    check_ensemble_files(checkpoints, choice.k)
-    cfg = model_config(checkpoints[0], {k: v for k, v in typed.items()
-                                        if not k.startswith("ensemble.")})
+    rest = {k: v for k, v in typed.items() if not k.startswith("ensemble.")}
+    cfg = (reopened_config(runs[0].config, rest) if runs else
+           model_config(next(s for s in sources if isinstance(s, Checkpoint)), rest))
+    ensemble_template(sources, choice.k, cfg.path.points)
     out = Path(args.out or f"ensemble-k{choice.k}-{choice.combine}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory path")
     reporter = Reporter(quiet=args.json)
     runtime = start_runtime(cfg.device, cfg.speed)
-    result = run_file_ensemble(checkpoints, cfg, choice, out, runtime, reporter, args.argv)
+    result = run_file_ensemble(sources, cfg, choice, out, runtime, reporter, args.argv)
     if args.json:
         print(json.dumps({"out": str(out), **result.summary()}, indent=2))
         return 0
-    table = Table(title=f"robust-mc ensemble: {choice.k} of {len(checkpoints)} models "
+    table = Table(title=f"robust-mc ensemble: {choice.k} of {len(args.sources)} sources' networks "
                         f"(test, {cfg.path.attack}, eps {cfg.attack.eps * 255:.3g}/255)")
     for column in ("model", "clean acc", "robust acc", "robust loss"):
         table.add_column(column, justify="left" if column == "model" else "right")
