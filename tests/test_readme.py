@@ -48,3 +48,24 @@ def test_every_command_and_flag_the_readme_shows_exists():
     if words[i] == "--config" and re.fullmatch(r"[a-z0-9-]+", words[i + 1])}))
 def test_every_preset_the_readme_names_loads(name):
     assert isinstance(load_yaml(find_preset(name)), dict)
+
+
+def test_the_attack_table_in_the_reference_names_every_registered_attack():
+    from robust_mc.attacks import describe_attacks
+
+    text = (README.parent / "docs" / "reference.md").read_text(encoding="utf-8")
+    section = text.split("## Attacks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {re.split(r"[:`]", span)[0] for row in rows
+             for span in re.findall(r"`([^`]+)`", row.split(" | ")[0])}
+    assert named == set(describe_attacks()), "docs/reference.md#attacks and the registry differ"
+
+
+def test_importing_the_package_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, robust_mc; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=README.parent)
+    assert out.stdout.strip() == "False"

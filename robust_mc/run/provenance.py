@@ -7,8 +7,6 @@ import sys
 import time
 from importlib import metadata
 
-import torch
-
 
 def version() -> str:
     try:
@@ -18,6 +16,8 @@ def version() -> str:
 
 
 def run_record(argv: list[str] | None = None) -> dict:
+    import torch  # here, not at import: `import robust_mc` stays light
+
     return {
         "robust_mc": version(),
         "torch": str(torch.__version__),

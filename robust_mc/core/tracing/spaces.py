@@ -63,9 +63,6 @@ class SpaceTable:
     def size(self, i: int) -> int:
         return self.entries[self.find(i)].size
 
-    def is_fixed(self, i: int) -> bool:
-        return all(self.entries[leaf].fixed for leaf in self.leaves(i))
-
     # --- changes
     def produce(self, i: int, producer: str) -> None:
         """A layer's outputs: a wild space becomes a hidden space named after the layer."""
