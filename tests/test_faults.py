@@ -338,3 +338,34 @@ def test_a_resumed_epoch_counts_each_step_once_on_the_progress_bar():
 
     assert trainer.train_one_epoch(CountingStep(None, None)) is not None
     assert CountingStep.count == 25
+
+
+@pytest.mark.slow  # 30 s on a 2-core CPU: CI runs it in its end-to-end step
+def test_merge_killed_during_its_fine_tune_resumes_to_the_same_network(synthetic_endpoints,
+                                                                       tmp_path):
+    merge = ["merge", *synthetic_endpoints, "--finetune-epochs", "4", "--eval-attack",
+             "pgd:steps=3", "--align-samples", "300", "--barrier-points", "0", "--device",
+             "cpu", "--threads", "2", "--json"]
+    reference = tmp_path / "reference.pt"
+    assert cli.main([*merge, "--out", str(reference)]) == 0
+    out = tmp_path / "merged.pt"
+    process = launch([*merge, "--out", str(out)])
+
+    def saved_epochs() -> int:  # epochs the interrupted fine-tune has saved so far
+        try:
+            (state,) = tmp_path.glob("merged.finetune-*.state.pt")
+            return read_torch_file(state)["position"]["epoch"]
+        except Exception:  # not written yet
+            return 0
+
+    assert wait_until(lambda: saved_epochs() >= 2, process), process.communicate()
+    process.kill()  # in a later epoch, whatever the machine's speed
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert_no_torn_files(tmp_path)
+    assert not out.exists()
+    resumed = launch([*merge, "--out", str(out)])
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err
+    assert_same_weights(final_weights(out), final_weights(reference))
+    assert not list(tmp_path.glob("*.state.pt"))
