@@ -75,6 +75,25 @@ def assert_no_torn_files(folder: Path) -> None:
             assert path.read_text().endswith("\n"), path
 
 
+def kill_after_two_saved_epochs(argv: list[str], folder: Path, state: str) -> None:
+    """Launch ``argv``, SIGKILL it once its resumable state (the file in ``folder`` matching
+    ``state``) holds two epochs, whatever the machine's speed, and check nothing is torn."""
+    process = launch(argv)
+
+    def saved_epochs() -> int:
+        try:
+            (path,) = folder.glob(state)
+            return read_torch_file(path)["position"]["epoch"]
+        except Exception:  # not written yet
+            return 0
+
+    assert wait_until(lambda: saved_epochs() >= 2, process), process.communicate()
+    process.kill()
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert_no_torn_files(folder)
+
+
 def final_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict
 
@@ -110,20 +129,9 @@ def test_train_stopped_mid_epoch_and_resumed_ends_bit_for_bit_equal(tmp_path, mo
 def test_train_killed_with_sigkill_and_resumed_matches_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference.pt"
     assert cli.main([*TRAIN, "--out", str(reference)]) == 0
-    out, state = tmp_path / "a.pt", tmp_path / "a.state.pt"
-    process = launch([*TRAIN, "--out", str(out), "--save-every", "1"])
-
-    def saved_epochs() -> int:  # epochs the interrupted run has saved so far
-        try:
-            return read_torch_file(state)["position"]["epoch"]
-        except Exception:  # not written yet
-            return 0
-
-    assert wait_until(lambda: saved_epochs() >= 2, process), process.communicate()
-    process.kill()  # in a later epoch, whatever the machine's speed
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    assert_no_torn_files(tmp_path)
+    out = tmp_path / "a.pt"
+    kill_after_two_saved_epochs([*TRAIN, "--out", str(out), "--save-every", "1"], tmp_path,
+                                "a.state.pt")
     assert not out.exists()
     resumed = launch([*TRAIN, "--out", str(out), "--resume"])
     _, err = resumed.communicate()
@@ -349,20 +357,8 @@ def test_merge_killed_during_its_fine_tune_resumes_to_the_same_network(synthetic
     reference = tmp_path / "reference.pt"
     assert cli.main([*merge, "--out", str(reference)]) == 0
     out = tmp_path / "merged.pt"
-    process = launch([*merge, "--out", str(out)])
-
-    def saved_epochs() -> int:  # epochs the interrupted fine-tune has saved so far
-        try:
-            (state,) = tmp_path.glob("merged.finetune-*.state.pt")
-            return read_torch_file(state)["position"]["epoch"]
-        except Exception:  # not written yet
-            return 0
-
-    assert wait_until(lambda: saved_epochs() >= 2, process), process.communicate()
-    process.kill()  # in a later epoch, whatever the machine's speed
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    assert_no_torn_files(tmp_path)
+    kill_after_two_saved_epochs([*merge, "--out", str(out)], tmp_path,
+                                "merged.finetune-*.state.pt")
     assert not out.exists()
     resumed = launch([*merge, "--out", str(out)])
     _, err = resumed.communicate()
