@@ -117,17 +117,7 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     def measured(model: nn.Module) -> Metrics:
         return evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)
 
-    if cfg.aligned:
-        reference = _reference(models, cfg, data, runtime, say)
-        framed = _frame(models, weights, reference, cfg, data, runtime, say)
-        say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
-            f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its "
-            f"maps {framed.function_error:.1e}")
-        stages = {"unaligned average": settled(averaged(models[0], models, weights), models,
-                                                weights, cfg, data, runtime)[-1][1]}
-    else:  # the merge is the unaligned average, at each stage
-        framed, stages = as_given(models, weights), {}
-        say(f"no alignment: agreement {framed.rounds[0].agreement:.3f}")
+    framed, stages = _framed(models, weights, cfg, data, runtime, say)
     selection: list[SelectionStep] = []
     if cfg.merge.select == "greedy":
         weights, selection = greedy_weights(framed.members, cfg, data, runtime, say)
@@ -173,8 +163,28 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
                                                   eps=cfg.attack.eps),
                           objective=checkpoints[0].meta.objective,
                           record=run_record(argv), merge=record)
-    checkpoint = checkpoints[0].with_weights(merged, meta)
-    return MergeResult(merged, framed, weights, contenders, checkpoint, state_path)
+    return MergeResult(merged, framed, weights, contenders,
+                       checkpoints[0].with_weights(merged, meta), state_path)
+
+
+def _framed(models: list[Classifier], weights: list[float], cfg: MergeRunConfig, data: Data,
+            runtime: Runtime, say: Callable[[str], None]
+            ) -> tuple[Framed, dict[str, Classifier]]:
+    """The members in one frame (as given with ``--no-align``), and the unaligned average at
+    its last stage, the baseline the aligned merge is judged by (none without alignment: the
+    merge is that average)."""
+    if not cfg.aligned:
+        framed = as_given(models, weights)
+        say(f"no alignment: agreement {framed.rounds[0].agreement:.3f}")
+        return framed, {}
+    reference = _reference(models, cfg, data, runtime, say)
+    framed = _frame(models, weights, reference, cfg, data, runtime, say)
+    say(f"frame: {cfg.merge.frame}, agreement {framed.rounds[0].agreement:.3f} -> "
+        f"{framed.rounds[-1].agreement:.3f}, largest change of a member's logits by its maps "
+        f"{framed.function_error:.1e}")
+    unaligned = settled(averaged(models[0], models, weights), models, weights, cfg, data,
+                        runtime)[-1][1]
+    return framed, {"unaligned average": unaligned}
 
 
 def _baselines(models: list[Classifier], measured: Callable[[nn.Module], Metrics],
