@@ -26,10 +26,11 @@ import torch
 from benchmarks.common import print_table
 from benchmarks.data import benchmark_data
 from robust_mc.config import AlignConfig
-from robust_mc.core.align import TOKENS, Alignment, align
+from robust_mc.core.align import Alignment, align
 from robust_mc.core.fold import fold_batchnorm
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.core.rotatable import MapClass
+from robust_mc.core.unit_statistics import TOKENS
 from robust_mc.data import DatasetInfo, Split, batches
 from robust_mc.models import create_model
 from robust_mc.run.runtime import Runtime, start_runtime

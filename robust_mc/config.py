@@ -15,8 +15,8 @@ from typing import Literal
 
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.align import METHODS as ALIGNMENT_METHODS
-from robust_mc.core.align import TOKENS as ALIGN_TOKENS
 from robust_mc.core.rotatable import MapClass
+from robust_mc.core.unit_statistics import TOKENS as ALIGN_TOKENS
 from robust_mc.data import DataConfig
 from robust_mc.errors import UserError
 from robust_mc.evaluation.settings import ATTACK_HELP, LayersConfig, PathConfig, VerifyConfig

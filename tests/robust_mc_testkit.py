@@ -71,7 +71,7 @@ def assert_units_separable(model, spec, batches, runtime) -> None:
     with any other unit of its space, by :data:`SEPARATION_MARGIN`."""
     import copy
 
-    from robust_mc.core.align import unit_statistics
+    from robust_mc.core.unit_statistics import unit_statistics
 
     stats = unit_statistics(model, copy.deepcopy(model), spec, batches, runtime)
     for name, corr in stats.corr.items():

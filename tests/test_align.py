@@ -12,13 +12,14 @@ from torch import nn
 
 from robust_mc import cli
 from robust_mc.config import AlignConfig, AttackConfig
-from robust_mc.core.align import align, unit_statistics
+from robust_mc.core.align import align
 from robust_mc.core.permutation import (
     permute_model,
     random_permutation,
     trace_graph,
     trace_permutation_spec,
 )
+from robust_mc.core.unit_statistics import unit_statistics
 from robust_mc.data import batches
 from robust_mc.pipelines.alignment import align_models
 from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint

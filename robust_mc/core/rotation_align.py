@@ -1,7 +1,7 @@
 """Solving the orthogonal maps of :mod:`robust_mc.core.rotatable`'s plan from activations, and
 applying or undoing a whole alignment (permutations, norm folds and rotations) on a state dict.
 
-From one pass of both networks over the alignment data (``core/align.unit_statistics``):
+From one pass of both networks over the alignment data (``core/unit_statistics``):
 
 - a residual stream takes the Procrustes solution, among maps fixing the all-ones vector, of the
   cross-covariance of its LayerNorm-normalised samples (every token of every tap counts alike,

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from robust_mc.attacks.training import TrainingAttack
-from robust_mc.core.align import solve_assignment, unit_statistics
+from robust_mc.core.assignment import solve_assignment
 from robust_mc.core.permutation import PermutationSpec
+from robust_mc.core.unit_statistics import unit_statistics
 from robust_mc.data import Split, batches
 from robust_mc.run.runtime import Runtime
 
