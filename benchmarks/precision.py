@@ -29,7 +29,7 @@ from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.pipelines.endpoint_training import train_endpoint
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime, cpu_features, start_runtime
-from robust_mc.store.checkpoint import build_network
+from robust_mc.store.model_building import build_network
 
 PRECISIONS = ("float32", "bfloat16")
 

@@ -22,7 +22,9 @@ from robust_mc.core.permutation import (
 from robust_mc.core.unit_statistics import unit_statistics
 from robust_mc.data import batches
 from robust_mc.pipelines.alignment import align_models
-from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 
 
 @pytest.mark.parametrize("method", ["corr", "weights"])

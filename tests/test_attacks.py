@@ -6,7 +6,7 @@ from robust_mc.attacks import PGD, attack_mode, build_attack, list_attacks, pars
 from robust_mc.errors import UserError
 from robust_mc.evaluation.robustness import evaluate_model
 from robust_mc.models import create_model
-from robust_mc.store.checkpoint import build_model
+from robust_mc.store.model_building import build_model
 
 
 def small_model():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from robust_mc import cli
 from robust_mc.models import create_model
-from robust_mc.store.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.train.awp import WeightPerturbation
 
 

@@ -7,13 +7,9 @@ import torch
 from robust_mc.data import Normalization
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
-from robust_mc.store.checkpoint import (
-    LoadOptions,
-    build_model,
-    checkpoint_from_model,
-    load_checkpoint,
-    save_checkpoint,
-)
+from robust_mc.store.checkpoint import LoadOptions, checkpoint_from_model, save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 
 KW = {"num_classes": 4, "in_channels": 3, "width": 0.5, "image_size": 12}
 NORM = {"mean": [0.5] * 3, "std": [0.25] * 3}

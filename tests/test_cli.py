@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robust_mc import cli
-from robust_mc.store.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
 
 TRAIN = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.25", "--epochs", "1",
          "--attack-steps", "2", "--eps", "4/255", "--eval-attack", "pgd:steps=2",

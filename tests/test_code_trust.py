@@ -15,7 +15,9 @@ from robust_mc import cli
 from robust_mc.errors import UserError
 from robust_mc.models import create_model
 from robust_mc.models.trust import CodeTrust
-from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 
 QUICK = {
     "connect": ["--epochs", "1", "--points", "2", "--attack-steps", "1", "--eval-attack", "none",

@@ -13,7 +13,9 @@ from robust_mc.pipelines.pair import Endpoints, Pair, make_curve
 from robust_mc.pipelines.path_evaluation import evaluate_run, summarize
 from robust_mc.pipelines.session import ConnectSession
 from robust_mc.run.progress import Reporter
-from robust_mc.store.checkpoint import build_model, load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 from robust_mc.store.records import CurveRun, PathLabel
 
 

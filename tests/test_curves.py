@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from robust_mc.config import AttackConfig, CurveConfig
 from robust_mc.core.curves import Curve, list_curves
-from robust_mc.store.checkpoint import build_model
+from robust_mc.store.model_building import build_model
 from robust_mc.train.tasks import CurveTask
 
 

@@ -9,7 +9,7 @@ import torch
 
 from robust_mc import cli
 from robust_mc.models import create_model
-from robust_mc.store.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.train.ema import WeightAverage
 
 QUICK = ["train", "--dataset", "synthetic", "--arch", "cnn", "--width", "0.5", "--epochs", "2",

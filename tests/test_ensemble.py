@@ -13,7 +13,9 @@ from robust_mc.attacks import build_attack
 from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.models.ensemble import Ensemble
-from robust_mc.store.checkpoint import build_model, build_network, load_checkpoint, save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model, build_network
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import torch
 
 from robust_mc import cli
 from robust_mc.data import Normalization
-from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
+from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 from robust_mc.store.safetensors_format import safetensors_bytes
 
 ROUND_TRIP = """

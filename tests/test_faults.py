@@ -21,7 +21,7 @@ from robust_mc.data import Split
 from robust_mc.errors import Interrupted
 from robust_mc.run.progress import Step
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import load_checkpoint, read_torch_file
+from robust_mc.store.checkpoint_files import load_checkpoint, read_torch_file
 from robust_mc.train.loop import NonFiniteLoss, Position, Trainer, TrainingContext
 
 ROOT = Path(__file__).resolve().parents[1]

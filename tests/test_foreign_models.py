@@ -67,7 +67,9 @@ def user_endpoints(user_net, tmp_path_factory) -> list[Path]:
 
 def test_a_user_class_keeps_its_own_width_and_trains_aligns_and_connects(
         user_net, user_endpoints, tmp_path, capsys):
-    from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
+    from robust_mc.store.checkpoint import LoadOptions
+    from robust_mc.store.checkpoint_files import load_checkpoint
+    from robust_mc.store.model_building import build_model
 
     model = build_model(load_checkpoint(user_endpoints[0], LoadOptions(arch=user_net)))
     assert model.net.stem[0].out_channels == 12  # its own width, not robust-mc's multiplier
@@ -85,7 +87,9 @@ def test_a_user_class_keeps_its_own_width_and_trains_aligns_and_connects(
 
 def test_a_permuted_copy_of_a_user_class_is_recovered_exactly(user_net, user_endpoints, digits,
                                                               runtime):
-    from robust_mc.store.checkpoint import LoadOptions, build_model, load_checkpoint
+    from robust_mc.store.checkpoint import LoadOptions
+    from robust_mc.store.checkpoint_files import load_checkpoint
+    from robust_mc.store.model_building import build_model
 
     model = build_model(load_checkpoint(user_endpoints[0], LoadOptions(arch=user_net))).eval()
     with torch.no_grad():  # dead units: zero after the ReLU that follows the concatenation

@@ -11,7 +11,7 @@ from robust_mc.evaluation.robustness import evaluate_model
 from robust_mc.pipelines.alignment import align_models
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import build_model
+from robust_mc.store.model_building import build_model
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -67,7 +67,8 @@ def test_connect_resumed_on_cuda_ends_where_an_uninterrupted_run_does(digits_end
     from robust_mc_testkit import StopAfter
 
     from robust_mc import cli
-    from robust_mc.store.checkpoint import read_torch_file, save_checkpoint
+    from robust_mc.store.checkpoint import save_checkpoint
+    from robust_mc.store.checkpoint_files import read_torch_file
 
     paths = [str(save_checkpoint(c, tmp_path / f"e{i}.pt")) for i, c in
              enumerate(digits_endpoints)]

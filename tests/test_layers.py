@@ -21,7 +21,8 @@ from robust_mc.evaluation.layers import (
     predicted_barrier,
 )
 from robust_mc.evaluation.path import PathNetworks
-from robust_mc.store.checkpoint import build_model, save_checkpoint
+from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.model_building import build_model
 
 
 def quadratic_problem():
@@ -67,7 +68,7 @@ def test_hessian_vector_product_matches_finite_differences():
 
 
 def test_batchnorm_goes_with_its_convolution(digits_endpoints):
-    from robust_mc.store.checkpoint import build_model
+    from robust_mc.store.model_building import build_model
 
     groups = parameter_groups(build_model(digits_endpoints[0]), "modules")
     conv = next(g for g in groups.values() if any("features.0.0" in n for n in g))

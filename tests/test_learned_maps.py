@@ -17,7 +17,7 @@ from robust_mc.core.rotation_align import fold_and_mix
 from robust_mc.pipelines.bench import cell_config
 from robust_mc.pipelines.pair import endpoints_from_run
 from robust_mc.store.bench_table import parse_method
-from robust_mc.store.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.records import CurveRun
 from robust_mc.train.learned_maps import MappedLine, TrainableMaps
 

@@ -25,12 +25,9 @@ from robust_mc.pipelines.merge_frames import (
     reference_frame,
 )
 from robust_mc.run.progress import Reporter
-from robust_mc.store.checkpoint import (
-    build_model,
-    load_checkpoint,
-    read_torch_file,
-    save_checkpoint,
-)
+from robust_mc.store.checkpoint import save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint, read_torch_file
+from robust_mc.store.model_building import build_model
 
 FRAMES = ["reference", "consensus", "pairwise"]
 QUICK = {"path.test_limit": 100, "path.attack": "pgd:steps=2", "align.samples": 1000,

@@ -2,12 +2,9 @@ import pytest
 import torch
 
 from robust_mc.models import create_model, list_models
-from robust_mc.store.checkpoint import (
-    build_model,
-    checkpoint_from_model,
-    load_checkpoint,
-    save_checkpoint,
-)
+from robust_mc.store.checkpoint import checkpoint_from_model, save_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 
 
 def tiny(arch: str, **kw):

@@ -16,7 +16,8 @@ from robust_mc.core.permutation import (
     trace_permutation_spec,
 )
 from robust_mc.models import create_model
-from robust_mc.store.checkpoint import build_model, checkpoint_from_model, save_checkpoint
+from robust_mc.store.checkpoint import checkpoint_from_model, save_checkpoint
+from robust_mc.store.model_building import build_model
 from robust_mc.train.pam import compose, moved_fraction, sinkhorn, soft_permute
 
 

@@ -172,7 +172,7 @@ def test_connect_with_repair_reproduces_the_endpoints_and_times_the_repair(tmp_p
 
 def test_repair_off_interpolates_the_endpoints_batch_norm_statistics(tiny_endpoint):
     from robust_mc.evaluation.path import interpolate_batchnorm
-    from robust_mc.store.checkpoint import build_model
+    from robust_mc.store.model_building import build_model
 
     a = build_model(tiny_endpoint())
     b = copy.deepcopy(a)
@@ -233,12 +233,9 @@ def test_a_layer_without_bias_or_norm_is_repaired_and_given_the_shift_as_its_bia
 
 
 def test_a_file_whose_bias_free_layer_was_given_a_bias_loads(tmp_path):
-    from robust_mc.store.checkpoint import (
-        build_model,
-        checkpoint_from_model,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    from robust_mc.store.checkpoint import checkpoint_from_model, save_checkpoint
+    from robust_mc.store.checkpoint_files import load_checkpoint
+    from robust_mc.store.model_building import build_model
 
     model = create_model("cnn", num_classes=10, in_channels=1, mean=[0.3], std=[0.4],
                          image_size=8).eval()

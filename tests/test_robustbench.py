@@ -115,7 +115,8 @@ def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
     import subprocess
     import sys
 
-    from robust_mc.store.checkpoint import build_model, checkpoint_from_model, save_checkpoint
+    from robust_mc.store.checkpoint import checkpoint_from_model, save_checkpoint
+    from robust_mc.store.model_building import build_model
 
     arch, kwargs = FAMILIES["WideResNet"]
     model = create_model(arch, num_classes=4, in_channels=3, mean=[0.0], std=[1.0],

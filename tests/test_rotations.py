@@ -20,7 +20,7 @@ from robust_mc.core.rotation_align import StreamMaps, map_state, unmap_state
 from robust_mc.models import Classifier, create_model
 from robust_mc.models.normalize import Normalize
 from robust_mc.pipelines.pair import endpoints_from_run
-from robust_mc.store.checkpoint import load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.records import CurveRun
 
 

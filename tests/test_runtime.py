@@ -71,7 +71,7 @@ def test_bfloat16_finds_the_attacks_and_float32_scores_them(digits_endpoints, di
     from robust_mc.evaluation.path import recompute_batchnorm
     from robust_mc.evaluation.robustness import evaluate_seeded
     from robust_mc.run.runtime import Runtime
-    from robust_mc.store.checkpoint import build_model
+    from robust_mc.store.model_building import build_model
 
     model = build_model(digits_endpoints[0])
     pgd = build_attack("pgd:steps=3", eps=0.1)

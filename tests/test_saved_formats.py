@@ -108,7 +108,7 @@ def test_a_checkpoint_of_the_first_format_is_described(untyped, name, capsys):
 
 def test_the_first_format_s_metadata_reads_as_typed_records(untyped):
     from robust_mc.evaluation.robustness import Metrics
-    from robust_mc.store.checkpoint import load_checkpoint
+    from robust_mc.store.checkpoint_files import load_checkpoint
 
     endpoint = load_checkpoint(untyped / "endpoint0.pt").meta
     assert isinstance(endpoint.metrics.test, Metrics) and endpoint.kind == "endpoint"
@@ -137,7 +137,7 @@ def test_training_continues_from_a_first_format_state(tmp_path, capsys):
     from robust_mc.pipelines.endpoint_training import train_endpoint
     from robust_mc.run.progress import Reporter
     from robust_mc.run.runtime import start_runtime
-    from robust_mc.store.checkpoint import load_checkpoint
+    from robust_mc.store.checkpoint_files import load_checkpoint
 
     cfg = build_config(TrainRunConfig, None, {
         "data.dataset": "digits", "model.arch": "cnn", "model.width": 0.25, "optim.epochs": 1,

@@ -20,7 +20,7 @@ from robust_mc.evaluation.verification import (
     points_to_verify,
     verify_point,
 )
-from robust_mc.store.checkpoint import build_network
+from robust_mc.store.model_building import build_network
 
 IMAGES = 64
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from robust_mc.commands import common
 from robust_mc.errors import UserError
 from robust_mc.run.files import check_writable_file
-from robust_mc.store.checkpoint import load_checkpoint, plain
+from robust_mc.store.checkpoint import plain
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.export import FORMATS, export_checkpoint
 from robust_mc.store.typed import write_record
 

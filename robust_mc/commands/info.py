@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from robust_mc.commands import common
-from robust_mc.store.checkpoint import build_network, load_checkpoint
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_network
 from robust_mc.store.typed import write_record
 
 ORDER = 80

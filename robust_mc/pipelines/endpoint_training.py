@@ -27,9 +27,9 @@ from robust_mc.store.checkpoint import (
     Checkpoint,
     LoadOptions,
     checkpoint_from_model,
-    load_checkpoint,
     save_checkpoint,
 )
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.meta import (
     CheckpointMeta,
     EpochRecord,

@@ -25,8 +25,9 @@ from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import Checkpoint, build_model, save_checkpoint
+from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.store.meta import CheckpointMeta, RecordedMetrics
+from robust_mc.store.model_building import build_model
 from robust_mc.store.records import CurveRun
 
 

@@ -43,13 +43,8 @@ from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import (
-    Checkpoint,
-    LoadOptions,
-    build_model,
-    load_checkpoint,
-    state_digest,
-)
+from robust_mc.store.checkpoint import Checkpoint, LoadOptions, state_digest
+from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.meta import (
     CheckpointMeta,
     MergeMemberRecord,
@@ -58,6 +53,7 @@ from robust_mc.store.meta import (
     MergeSelectionRecord,
     RecordedMetrics,
 )
+from robust_mc.store.model_building import build_model
 
 
 def load_members(paths: Sequence[str], options: LoadOptions | None = None) -> list[Checkpoint]:

@@ -16,7 +16,8 @@ from robust_mc.pipelines.pair import check_fits_data
 from robust_mc.run.files import atomic_write_json, ensure_out_dir
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import start_runtime
-from robust_mc.store.checkpoint import Checkpoint, build_network
+from robust_mc.store.checkpoint import Checkpoint
+from robust_mc.store.model_building import build_network
 
 
 @dataclass(frozen=True)

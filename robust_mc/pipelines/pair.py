@@ -21,13 +21,9 @@ from robust_mc.models.robustbench import is_robustbench
 from robust_mc.pipelines.alignment import align_models
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.checkpoint import (
-    Checkpoint,
-    LoadOptions,
-    build_model,
-    load_checkpoint,
-    state_digest,
-)
+from robust_mc.store.checkpoint import Checkpoint, LoadOptions, state_digest
+from robust_mc.store.checkpoint_files import load_checkpoint
+from robust_mc.store.model_building import build_model
 from robust_mc.store.records import CurveRun, PamHistory
 from robust_mc.train.learned_maps import describe_learned
 

@@ -31,16 +31,14 @@ from robust_mc.evaluation.robustness import Metrics
 from robust_mc.evaluation.verification import Verification
 from robust_mc.limits import check_regular_file
 from robust_mc.run.files import as_written, atomic_torch_save, atomic_write_json, read_json
-from robust_mc.store.checkpoint import (
-    Checkpoint,
-    LoadOptions,
+from robust_mc.store.checkpoint import Checkpoint, LoadOptions, plain
+from robust_mc.store.checkpoint_files import (
     checked_meta,
     checked_model_kwargs,
     checked_state_dict,
     checkpoint_from_object,
     load_checkpoint,
     malformed,
-    plain,
     read_checkpoint_file,
     read_torch_file,
     recorded_architecture,

@@ -11,7 +11,7 @@ import torch
 
 from robust_mc.errors import UserError
 from robust_mc.run.files import atomic_torch_save
-from robust_mc.store.checkpoint import read_torch_file
+from robust_mc.store.checkpoint_files import read_torch_file
 from robust_mc.store.meta import EpochRecord
 from robust_mc.store.typed import read_record, write_record
 
