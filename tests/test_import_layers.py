@@ -151,3 +151,19 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert {"robust_mc.pipelines", "robust_mc.pipelines.connect",
             "robust_mc.store.records"} <= found
     assert package_of("robust_mc.pipelines.connect")[0] > package_of("robust_mc.store.probe")[0]
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages a wheel holds: a package left out imports from a
+    checkout and is missing from every install."""
+    import os
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^packages = \[(.*?)\]", text, re.M | re.S)
+    assert block is not None
+    listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
+    found = {".".join(Path(folder).relative_to(ROOT).parts)
+             for folder, _, names in os.walk(ROOT / "robust_mc", followlinks=True)
+             if "__init__.py" in names}
+    assert found == listed, f"packages: {sorted(found ^ listed)}"
