@@ -23,7 +23,8 @@ from robust_mc.report.path import print_summary
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime, start_runtime
-from robust_mc.store.records import PathLabel, PathSummary
+from robust_mc.store.path_summary import PathSummary
+from robust_mc.store.records import PathLabel
 
 ORDER = 90
 HELP = "the whole story on embedded digits data: endpoints, alignment, robust curve, barriers"

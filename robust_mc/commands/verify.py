@@ -15,7 +15,7 @@ from robust_mc.pipelines.verification import verify_finished_run
 from robust_mc.report.verification import print_verification
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import start_runtime
-from robust_mc.store.records import PathSummary
+from robust_mc.store.path_summary import PathSummary
 
 ORDER = 45
 HELP = ("verify a finished run's endpoints, best and worst t with AutoAttack and "

@@ -51,7 +51,7 @@ from robust_mc.store.bench_table import (
     parse_method,
 )
 from robust_mc.store.checkpoint import LoadOptions
-from robust_mc.store.records import PathSummary
+from robust_mc.store.path_summary import PathSummary
 from robust_mc.store.resume import ResumePolicy, remove_stale_temps
 from robust_mc.store.verified_points import VerifiedPoints
 

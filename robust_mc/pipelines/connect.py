@@ -41,7 +41,8 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.store.checkpoint import LoadOptions
-from robust_mc.store.records import CurveRun, PathSummary
+from robust_mc.store.path_summary import PathSummary
+from robust_mc.store.records import CurveRun
 from robust_mc.store.resume import (
     Resume,
     ResumePolicy,

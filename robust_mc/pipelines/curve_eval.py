@@ -14,7 +14,8 @@ from robust_mc.pipelines.verification import verify_path
 from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
-from robust_mc.store.records import CurveRun, PathSummary
+from robust_mc.store.path_summary import PathSummary
+from robust_mc.store.records import CurveRun
 
 
 def run_eval(run: CurveRun, source: Path, cfg: ConnectRunConfig, out: Path, runtime: Runtime,

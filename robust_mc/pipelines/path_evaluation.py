@@ -23,14 +23,14 @@ from robust_mc.run.files import as_written, at_most, atomic_write_json
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.store.checkpoint import Checkpoint, save_checkpoint
 from robust_mc.store.meta import CheckpointMeta, RecordedMetrics
-from robust_mc.store.records import (
+from robust_mc.store.path_summary import (
     BestPoint,
     CurveInfo,
     EndpointCheck,
-    PathLabel,
     PathSummary,
     SecondsPerT,
 )
+from robust_mc.store.records import PathLabel
 from robust_mc.store.resume import saved_progress
 
 PROGRESS_FILE = "path-progress.json"

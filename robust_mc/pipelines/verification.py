@@ -25,7 +25,8 @@ from robust_mc.run import distributed
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
 from robust_mc.store.checkpoint import LoadOptions
-from robust_mc.store.records import CurveRun, PathSummary
+from robust_mc.store.path_summary import PathSummary
+from robust_mc.store.records import CurveRun
 from robust_mc.store.verified_points import VerifiedPoints
 
 

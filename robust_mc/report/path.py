@@ -16,7 +16,8 @@ from robust_mc.report.plot import figure
 from robust_mc.report.verification import print_verification
 from robust_mc.run.files import as_written, atomic_write_json, atomic_write_text, read_json
 from robust_mc.run.progress import Reporter
-from robust_mc.store.records import PathLabel, PathSummary
+from robust_mc.store.path_summary import PathSummary
+from robust_mc.store.records import PathLabel
 
 COLUMNS = ("t", "split", "clean_loss", "clean_acc", "robust_loss", "robust_acc", "count")
 
