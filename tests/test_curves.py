@@ -59,3 +59,15 @@ def test_curve_step_attacks_through_fixed_weights_and_trains_every_bend(digits_e
     loss.backward()
     assert curve.bends.grad is not None and (curve.bends.grad.abs().sum(1) > 0).all()
     assert all(p.grad is None for p in template.parameters())  # only the bends are trained
+
+
+def test_a_curve_kind_says_whether_it_has_bends():
+    from robust_mc.core.curves import CURVES, has_bends, register_curve
+
+    assert not has_bends("line") and has_bends("bezier") and has_bends("polychain")
+    with CURVES.scoped():
+        @register_curve("straight", bends=False)
+        def _straight(t, points):
+            return torch.stack([1 - torch.as_tensor(t), torch.as_tensor(t)])
+
+        assert not has_bends("straight")  # what connect, PAM and saving decide by

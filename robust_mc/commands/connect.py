@@ -9,6 +9,7 @@ from pathlib import Path
 
 from robust_mc.commands import common
 from robust_mc.config import ConnectRunConfig, build_config, given_settings
+from robust_mc.core.curves import has_bends
 from robust_mc.pipelines.connect import preflight, run_connect
 from robust_mc.pipelines.curve_optim import follow_endpoints
 from robust_mc.pipelines.pair import load_pair
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args.a, args.b)
     with StopSignals() as stop:
         summary = run_connect(pair, cfg, out, runtime, reporter, args.argv, policy, stop,
-                              notes=(curve_optim.describe(),) if cfg.curve.kind != "line"
-                              else ())
+                              notes=(curve_optim.describe(),)
+                              if has_bends(cfg.curve.kind) else ())
     show_path_run(out, summary, f"robust-mc connect: {Path(args.a).name} -> "
                                 f"{Path(args.b).name}", args.json, reporter)
     return 0

@@ -22,11 +22,21 @@ from robust_mc.registry import Registry
 # coefficients(t, points) -> (points,): the weights of the control points at t
 CurveFactory = Callable[[float | torch.Tensor, int], torch.Tensor]
 CURVES = Registry[CurveFactory]("curve kind")
-register_curve = CURVES.register
 list_curves = CURVES.names
 
 
-@register_curve("line")
+def register_curve(name: str, *, bends: bool = True) -> Callable[[CurveFactory], CurveFactory]:
+    """Register ``coefficients(t, points)`` as a curve kind; ``bends=False``: a kind with no
+    bends, nothing to train (the line)."""
+    return CURVES.register(name, bends=bends)
+
+
+def has_bends(kind: str) -> bool:
+    """Whether a curve of ``kind`` has bends, which connect trains (every kind but the line)."""
+    return bool(CURVES.entry(kind).meta["bends"])
+
+
+@register_curve("line", bends=False)
 def _line(t, points: int) -> torch.Tensor:
     t = torch.as_tensor(t, dtype=torch.float64)
     return torch.stack([1 - t, t])

@@ -30,6 +30,7 @@ from robust_mc.config import (
     load_yaml,
 )
 from robust_mc.core.align import Inputs
+from robust_mc.core.curves import has_bends
 from robust_mc.data import load_data, parse_normalization
 from robust_mc.errors import UserError
 from robust_mc.pipelines.connect import completed_run, run_connect
@@ -62,7 +63,7 @@ def cell_config(cfg: BenchRunConfig, method: Method, seed: int | None,
     method's curve, alignment and PAM, the curve's optimiser (``curve_optim``: the pair's, see
     :func:`pair_optims`; else the connect section's) and the cell's curve seed."""
     base = cfg.connect
-    kind = base.curve.kind if base.curve.kind != "line" else "bezier"
+    kind = base.curve.kind if has_bends(base.curve.kind) else "bezier"
     optim = curve_optim or base.optim
     optim = replace(optim, seed=seed) if seed is not None else optim
     align = replace(base.align, maps=method.maps) if method.maps is not None else base.align

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from robust_mc.attacks import parse_attack_spec
 from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
+from robust_mc.core.curves import has_bends
 from robust_mc.data import load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.curve_training import train_curve_run
@@ -66,11 +67,11 @@ def preflight(cfg: ConnectRunConfig, re_evaluation: bool = False) -> None:
     if cfg.path.similarity and not re_evaluation:
         raise UserError("path.similarity is measured by robust-mc eval RUN --similarity, not by "
                         "connect; remove it from the configuration")
-    if cfg.curve.kind != "line" and cfg.curve.bends < 1:
-        raise UserError("--bends must be at least 1 for bezier and polychain curves")
-    if cfg.pam.enabled and cfg.curve.kind == "line":
-        raise UserError("--pam alternates curve and permutation training; use --curve bezier "
-                        "or polychain")
+    if has_bends(cfg.curve.kind) and cfg.curve.bends < 1:
+        raise UserError(f"--bends must be at least 1 for a {cfg.curve.kind} curve")
+    if cfg.pam.enabled and not has_bends(cfg.curve.kind):
+        raise UserError("--pam alternates curve and permutation training; use a curve with "
+                        "bends (--curve bezier or polychain)")
     if cfg.pam.enabled and cfg.aligned and cfg.align.maps not in ("auto", "permutations"):
         raise UserError(f"--pam updates b's permutations while the curve trains; it cannot "
                         f"follow --align-maps {cfg.align.maps}: use --align-maps permutations")

@@ -10,7 +10,7 @@ import torch
 
 from robust_mc.attacks.pgd import ShardDraws
 from robust_mc.config import to_dict
-from robust_mc.core.curves import Curve, flatten_params
+from robust_mc.core.curves import Curve, flatten_params, has_bends
 from robust_mc.core.permutation import permute_model, trace_permutation_spec
 from robust_mc.models import Classifier
 from robust_mc.pipelines.pair import Endpoints
@@ -37,7 +37,7 @@ def curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     trained to the end."""
     pair, cfg = session.pair, session.cfg
     states = {"a": weights_of(endpoints.a), "b": weights_of(endpoints.b)}
-    position = position or Position(epoch=cfg.optim.epochs if cfg.curve.kind == "line" else 0)
+    position = position or Position(epoch=0 if has_bends(cfg.curve.kind) else cfg.optim.epochs)
     return CurveRun(curve, pair.a.arch, pair.a.arch_kwargs, pair.a.model_kwargs,
                     pair.a.normalization, states,
                     to_dict(cfg), {"a": pair.a.meta, "b": pair.b.meta},
@@ -53,7 +53,7 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     an interrupted run to continue. Returns the epoch history."""
     cfg, out, reporter = session.cfg, session.out / "curve.pt", session.reporter
     history: list[dict] = list(saved.history) if saved else []
-    if cfg.curve.kind == "line":
+    if not has_bends(cfg.curve.kind):
         if saved is None:
             curve_run(session, curve, endpoints, history).write(out)
         return history

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from robust_mc.core.curves import Curve
+from robust_mc.core.curves import CURVES, Curve, has_bends
 from robust_mc.core.rotation_align import StreamMaps
 from robust_mc.data import Normalization
 from robust_mc.errors import UserError
@@ -60,7 +60,7 @@ class PathLabel:
 
     @property
     def is_line(self) -> bool:
-        return self.kind == "line"
+        return self.kind in CURVES and not has_bends(self.kind)
 
     @classmethod
     def parse(cls, text: str) -> PathLabel:
