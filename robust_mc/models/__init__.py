@@ -7,7 +7,12 @@ import importlib
 import pkgutil
 from collections.abc import Sequence
 
-from robust_mc.models._registry import build_architecture, list_models, register_model
+from robust_mc.models._registry import (
+    build_architecture,
+    list_models,
+    register_model,
+    smallest_image_size,
+)
 from robust_mc.models.normalize import Classifier, Normalize
 
 # every module of this package is imported, so that a new architecture is one file here with
@@ -15,7 +20,8 @@ from robust_mc.models.normalize import Classifier, Normalize
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Classifier", "Normalize", "create_model", "list_models", "register_model"]
+__all__ = ["Classifier", "Normalize", "create_model", "list_models", "register_model",
+           "smallest_image_size"]
 
 
 def create_model(arch: str, *, num_classes: int, in_channels: int, mean: Sequence[float],

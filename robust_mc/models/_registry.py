@@ -20,9 +20,19 @@ MODELS = Registry[Callable[..., nn.Module]]("architecture")
 list_models = MODELS.names
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn(num_classes, in_channels, width, **kw) -> nn.Module`` under its name."""
-    return MODELS.register()(fn)
+def register_model(fn: Callable[..., nn.Module] | None = None, *, min_image_size: int = 1
+                   ) -> Any:
+    """Register ``fn(num_classes, in_channels, width, **kw) -> nn.Module`` under its name:
+    ``@register_model``, or ``@register_model(min_image_size=9)`` for an architecture that
+    needs inputs at least that many pixels a side."""
+    register = MODELS.register(min_image_size=min_image_size)
+    return register(fn) if fn is not None else register
+
+
+def smallest_image_size(arch: str) -> int:
+    """The smallest input side a zoo architecture takes (1 where it records none, or for an
+    architecture outside the zoo)."""
+    return int(MODELS.entry(arch).meta.get("min_image_size", 1)) if arch in MODELS else 1
 
 
 def is_registered(arch: str) -> bool:

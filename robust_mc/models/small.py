@@ -10,9 +10,6 @@ from robust_mc.models.blocks import conv_norm_relu, init_weights, scaled
 # (out channels, stride, kernel, padding) of TinyTen's eight conv-BN-ReLU blocks (Tatro et al.)
 TINYTEN_BLOCKS = ((16, 1, 3, 1), (16, 1, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1),
                   (32, 1, 3, 1), (64, 2, 3, 1), (64, 1, 3, 0), (64, 1, 1, 0))
-# the smallest input side TinyTen takes: two stride-2 convolutions leave ceil(ceil(s/2)/2)
-# pixels, which the unpadded 3x3 convolution needs to be at least 3
-TINYTEN_MIN_IMAGE_SIZE = 9
 
 
 class TinyTen(nn.Module):
@@ -60,7 +57,9 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-@register_model
+# the smallest input side TinyTen takes: two stride-2 convolutions leave ceil(ceil(s/2)/2)
+# pixels, which the unpadded 3x3 convolution needs to be at least 3
+@register_model(min_image_size=9)
 def tinyten(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
             norm: str = "batch", **_) -> nn.Module:
     """The 0.09M-parameter CNN of Tatro et al. (2020); ``norm``: batch (theirs), layer or

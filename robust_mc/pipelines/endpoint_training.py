@@ -15,8 +15,7 @@ from robust_mc.data import Data, DatasetInfo, as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import recompute_batchnorm
 from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
-from robust_mc.models import Classifier, create_model
-from robust_mc.models.small import TINYTEN_MIN_IMAGE_SIZE
+from robust_mc.models import Classifier, create_model, smallest_image_size
 from robust_mc.run import distributed
 from robust_mc.run.files import as_written, remove
 from robust_mc.run.interrupt import StopSignals
@@ -73,7 +72,7 @@ def endpoint_arch(cfg: TrainRunConfig, info: DatasetInfo) -> str:
     images (the 8x8 digits) get the small ``cnn``."""
     if cfg.model.arch != "auto":
         return cfg.model.arch
-    return "tinyten" if info.image_size >= TINYTEN_MIN_IMAGE_SIZE else "cnn"
+    return "tinyten" if info.image_size >= smallest_image_size("tinyten") else "cnn"
 
 
 def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
