@@ -67,7 +67,8 @@ def test_bad_train_inputs_exit_2_with_one_line(tmp_path, capsys, extra, message)
     assert not out.exists()
 
 
-SUBPROCESS = [BAD[5], BAD[10]]  # a library error and an argparse one, from a real process
+SUBPROCESS = [BAD[5], pytest.param(*BAD[10], marks=pytest.mark.slow)]  # a library error and
+# an argparse one, from a real process (5 s each on a 2-core CPU: the second in the slow step)
 
 
 @pytest.mark.parametrize("extra, message", SUBPROCESS)

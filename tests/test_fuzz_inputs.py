@@ -210,6 +210,7 @@ def run_copy(originals, tmp_path: Path, name: str) -> Path:
     return run
 
 
+@pytest.mark.slow  # 13 s on a 2-core CPU (16 cases, each an eval): CI runs it in its slow step
 def test_curve_files(originals, tmp_path, capsys):
     native = torch.load(originals["run"] / "curve.pt", weights_only=True)
     rng = random.Random(SEED + 4)

@@ -204,7 +204,8 @@ def test_merge_verifies_the_members_the_ensemble_and_the_merge(tiny_endpoint_fil
     assert verified["unaligned average"] is None
 
 
-@pytest.mark.parametrize("name", FRAMES)
+@pytest.mark.parametrize("name", [
+    "consensus", *(pytest.param(f, marks=pytest.mark.slow) for f in ("reference", "pairwise"))])
 def test_copies_of_a_vit_under_random_maps_merge_back_into_it(name, runtime):
     """A transformer's members differ by permutations and rotations of heads and the residual
     stream: every frame aligns them back with the orthogonal map class. The maps are solved

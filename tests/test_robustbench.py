@@ -111,6 +111,7 @@ print(json.dumps(model.eval()(x).tolist()))
 """
 
 
+@pytest.mark.slow  # 7 s on a 2-core CPU (a WideResNet): CI runs it in its slow step
 def test_a_robustbench_model_exports_as_robustbench_keeps_it(tmp_path, capsys):
     import subprocess
     import sys

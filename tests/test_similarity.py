@@ -9,6 +9,7 @@ import pytest
 from robust_mc import cli
 
 
+@pytest.mark.slow  # 7 s on a 2-core CPU: CI runs it in its slow step
 def test_eval_similarity_is_one_against_the_path_s_own_end_in_every_layer(tiny_endpoint_files,
                                                                           tmp_path, capsys):
     run = tmp_path / "run"
