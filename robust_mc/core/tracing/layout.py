@@ -14,7 +14,9 @@ result of ``unbind`` or ``chunk``) is a tuple of layouts.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,57 @@ def units(space: int, size: int) -> Units:
 def is_moving(dim: Dim) -> bool:
     """Whether a permutation can act on this axis."""
     return not isinstance(dim, Free)
+
+
+def is_dim(value: Any) -> bool:
+    """Whether ``value`` is an axis layout (free, units, or a split of units)."""
+    return isinstance(value, (Free, Units, Split))
+
+
+def dims_in(value: Any) -> list[Dim]:
+    """The axis layouts in ``value`` (one, or nested in lists and tuples), in order."""
+    if is_dim(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [d for item in value for d in dims_in(item)]
+    return []
+
+
+def spaces_of(dim: Dim) -> list[int]:
+    """The spaces an axis layout's units belong to (none for a free axis)."""
+    if isinstance(dim, Units):
+        return [seg.space for seg in dim.segs]
+    if isinstance(dim, Split):
+        return list(dim.parts)
+    return []
+
+
+def entry_bounds(dim: Units) -> list[int]:
+    """Where each segment of ``dim`` ends along the axis (cumulative sizes)."""
+    out, start = [], 0
+    for seg in dim.segs:
+        start += seg.size * seg.repeat
+        out.append(start)
+    return out
+
+
+def permutes_alike(fn: Any, shape: tuple[int, ...], layout: tuple, device: torch.device) -> bool:
+    """Whether ``fn`` keeps a random input's ``shape`` and, along each hidden axis of
+    ``layout``, permuting its input permutes its output the same way (an operation that acts
+    on every unit alike)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).to(device)
+    try:
+        with torch.no_grad():
+            out = fn(x)
+            for axis, dim in enumerate(layout):
+                if not is_moving(dim) or dim.size < 2:
+                    continue
+                order = torch.randperm(dim.size, generator=generator).to(device)
+                shuffled = fn(x.index_select(axis, order))
+                if not (isinstance(out, torch.Tensor) and torch.allclose(
+                        out.index_select(axis, order), shuffled, atol=1e-6, rtol=1e-5)):
+                    return False
+    except Exception:  # noqa: BLE001 - not callable on its own: not element-wise here
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == x.shape

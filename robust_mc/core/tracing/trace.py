@@ -18,7 +18,21 @@ import torch.fx
 
 from robust_mc.core.tracing import rulebook
 from robust_mc.core.tracing.graph import node_args
-from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Units, is_moving, units
+from robust_mc.core.tracing.layout import (
+    Dim,
+    Free,
+    Layout,
+    Seg,
+    Split,
+    Units,
+    dims_in,
+    entry_bounds,
+    is_dim,
+    is_moving,
+    permutes_alike,
+    spaces_of,
+    units,
+)
 from robust_mc.core.tracing.spaces import DOCS, SpaceTable
 from robust_mc.errors import UserError
 
@@ -92,7 +106,7 @@ class Trace:
 
     def tensor(self, node: torch.fx.Node, index: int = 0, name: str = "input") -> Layout:
         layout = self.layout(self.arg(node, index, name))
-        if not isinstance(layout, tuple) or (layout and not _is_dim(layout[0])):
+        if not isinstance(layout, tuple) or (layout and not is_dim(layout[0])):
             raise self.fail(node, "operation on a non-tensor")
         return layout
 
@@ -172,8 +186,8 @@ class Trace:
         return block[0] if block is not None else None
 
     def fix(self, dims: Any, why: str | None) -> None:
-        for dim in _dims(dims):
-            for space in _spaces_of(dim):
+        for dim in dims_in(dims):
+            for space in spaces_of(dim):
                 self.spaces.fix(space, why)
 
     def meet(self, dims: list[Dim], where: str) -> Dim:
@@ -229,7 +243,7 @@ class Trace:
             if any(s.repeat > 1 for s in other.segs) and self._is_wild_axis(wild):
                 self._substitute(wild.segs[0].space, other)
                 return
-        bounds = sorted(set(_entry_bounds(a)) | set(_entry_bounds(b)))
+        bounds = sorted(set(entry_bounds(a)) | set(entry_bounds(b)))
         try:  # both sides run through the same boundaries
             a, b = self.cut_at(a, bounds), self.cut_at(b, bounds)
         except ValueError:
@@ -374,51 +388,5 @@ class Trace:
         if fn is None or in_shape is None or self.shape(node) != in_shape \
                 or not isinstance(layout, tuple):
             return False
-        generator = torch.Generator().manual_seed(0)
         device = next(iter(self.gm.parameters()), torch.empty(0)).device
-        x = torch.randn(in_shape, generator=generator).to(device)
-        try:
-            with torch.no_grad():
-                out = fn(x)
-                for axis, dim in enumerate(layout):
-                    if not is_moving(dim) or dim.size < 2:
-                        continue
-                    order = torch.randperm(dim.size, generator=generator).to(device)
-                    shuffled = fn(x.index_select(axis, order))
-                    if not (isinstance(out, torch.Tensor) and torch.allclose(
-                            out.index_select(axis, order), shuffled, atol=1e-6, rtol=1e-5)):
-                        return False
-        except Exception:  # noqa: BLE001 - not callable on its own: not element-wise here
-            return False
-        return isinstance(out, torch.Tensor) and out.shape == x.shape
-
-
-def _is_dim(value: Any) -> bool:
-    return isinstance(value, (Free, Units, Split))
-
-
-def _dims(value: Any) -> list[Dim]:
-    if _is_dim(value):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [d for item in value for d in _dims(item)]
-    return []
-
-
-def _spaces_of(dim: Dim) -> list[int]:
-    if isinstance(dim, Units):
-        return [seg.space for seg in dim.segs]
-    if isinstance(dim, Split):
-        return list(dim.parts)
-    return []
-
-
-def _entry_bounds(dim: Units) -> list[int]:
-    out, start = [], 0
-    for seg in dim.segs:
-        start += seg.size * seg.repeat
-        out.append(start)
-    return out
-
-
-
+        return permutes_alike(fn, in_shape, layout, device)
