@@ -204,7 +204,9 @@ def _verified(contenders: list[Contender], models: list[Classifier], merged: Cla
     chosen += [(ensemble, Ensemble(models)), (contenders[-1].name, merged)]
     points = verify_models(chosen, cfg, data, runtime)
     best = next(c for c in contenders if c.name.startswith("best member"))
-    points[best.name] = points[f"member {best.name.split('(')[1].rstrip(')')}"]
+    # the best member's row is a copy of its member's (the same figures): the same verification
+    points[best.name] = points[next(c.name for c in contenders[:len(models)]
+                                    if c.metrics is best.metrics)]
     return [replace(c, verified=points.get(c.name)) for c in contenders]
 
 

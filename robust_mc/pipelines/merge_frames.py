@@ -122,12 +122,10 @@ def consensus_frame(models: Sequence[Classifier], weights: Sequence[float], refe
     for number in range(1, rounds + 1):
         changed: list[int] = []
         for i, model in enumerate(models):
-            others = [m for j, m in enumerate(members) if j != i]
-            rest = [w for j, w in enumerate(weights) if j != i]
-            total = sum(rest)
-            if total <= 0:
+            rest = [j for j in range(len(members)) if j != i]
+            if sum(weights[j] for j in rest) <= 0:
                 continue  # every other weight is 0: nothing to agree with
-            target = averaged(members[0], others, [w / total for w in rest])
+            target = averaged(members[0], [members[j] for j in rest], _shares(rest, weights))
             candidate, error = align(target, model)
             trial = members[:i] + [candidate] + members[i + 1:]
             score = _agreement(trial, weights)
@@ -177,10 +175,8 @@ def pairwise_frame(models: Sequence[Classifier], weights: Sequence[float], align
 
 def _node(members: dict[int, Classifier], weights: Sequence[float]) -> _Node:
     indices = sorted(members)
-    total = sum(weights[i] for i in indices)
-    share = [weights[i] / total if total > 0 else 1.0 / len(indices) for i in indices]
     group = [members[i] for i in indices]
-    return _Node(averaged(group[0], group, share), members)
+    return _Node(averaged(group[0], group, _shares(indices, weights)), members)
 
 
 def _agreement_within(nodes: Sequence[_Node], weights: Sequence[float]) -> float:
@@ -189,7 +185,12 @@ def _agreement_within(nodes: Sequence[_Node], weights: Sequence[float]) -> float
     for node in nodes:
         indices = sorted(node.members)
         mass = sum(weights[i] for i in indices)
-        share = [weights[i] / mass if mass > 0 else 1.0 / len(indices) for i in indices]
-        score += mass * _agreement([node.members[i] for i in indices], share)
+        score += mass * _agreement([node.members[i] for i in indices], _shares(indices, weights))
         total += mass
     return score / total if total > 0 else 1.0
+
+
+def _shares(indices: Sequence[int], weights: Sequence[float]) -> list[float]:
+    """The weights of the members ``indices`` rescaled to sum to 1 (equal where all are 0)."""
+    mass = sum(weights[i] for i in indices)
+    return [weights[i] / mass if mass > 0 else 1.0 / len(indices) for i in indices]
