@@ -7,7 +7,13 @@ import json
 
 import pytest
 import torch
-from robust_mc_testkit import StopAfter, random_maps, randomized, small_vit
+from robust_mc_testkit import (
+    StopAfter,
+    assert_units_separable,
+    random_maps,
+    randomized,
+    small_vit,
+)
 
 from robust_mc import cli
 from robust_mc.config import AlignConfig, AttackConfig, MergeRunConfig, build_config
@@ -15,7 +21,7 @@ from robust_mc.core.merge import agreement, average_states, check_weights
 from robust_mc.core.permutation import permute_model, random_permutation, trace_permutation_spec
 from robust_mc.core.rotatable import plan_rotations
 from robust_mc.core.rotation_align import map_state
-from robust_mc.data import Split
+from robust_mc.data import Split, batches
 from robust_mc.pipelines.merge import run_merge
 from robust_mc.pipelines.merge_frames import (
     Aligner,
@@ -83,7 +89,12 @@ def test_permuted_copies_of_one_model_merge_back_into_it(name, digits_endpoints,
         copies.append(shuffled)
     first = next(k for k in model.state_dict() if k.endswith("weight"))
     assert not torch.equal(copies[1].state_dict()[first], model.state_dict()[first])
-    framed = frame(name, copies, [0.25] * 4, aligner(digits, runtime))
+    # every training image, as test_align recovers a permuted copy: the units are told apart
+    # by a margin far above float32 rounding on any CPU
+    assert_units_separable(model, spec, list(batches(digits.train, 256)), runtime)
+    align = Aligner(digits.train, AlignConfig(samples=len(digits.train)),
+                    AttackConfig(eps=0.1, steps=2), runtime)
+    framed = frame(name, copies, [0.25] * 4, align)
     merged = average_states([m.state_dict() for m in framed.members], [0.25] * 4)
     for key, value in model.state_dict().items():
         # an average of four equal float32 values, summed in float64: the value itself
