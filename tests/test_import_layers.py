@@ -33,8 +33,8 @@ LAYERS: list[list[str]] = [
 
 
 def modules() -> dict[str, Path]:
-    """Every module by its import name; the top-level attacks/, configs/ and cli.py are
-    robust_mc.attacks, robust_mc.configs and robust_mc.cli (robust_mc/ links to them)."""
+    """Every module by its import name; the top-level attacks/ and configs/ are
+    robust_mc.attacks and robust_mc.configs (pyproject's package-dir)."""
     found = {}
     for path in [*ROOT.glob("robust_mc/**/*.py"), *ROOT.glob("attacks/*.py"),
                  *ROOT.glob("configs/*.py")]:
@@ -164,6 +164,17 @@ def test_every_package_is_installed():
     assert block is not None
     listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
     found = {".".join(Path(folder).relative_to(ROOT).parts)
-             for folder, _, names in os.walk(ROOT / "robust_mc", followlinks=True)
-             if "__init__.py" in names}
+             for folder, _, names in os.walk(ROOT / "robust_mc") if "__init__.py" in names}
+    mapped = dict(re.findall(r'^"([\w.]+)" = "(\w+)"$', text, re.M))
+    assert mapped == {"robust_mc.attacks": "attacks", "robust_mc.configs": "configs"}
+    found |= set(mapped)
     assert found == listed, f"packages: {sorted(found ^ listed)}"
+
+
+def test_the_checkout_holds_no_links():
+    """A link breaks the package on a checkout without links (Windows, a ZIP, git archive):
+    the top-level attacks/ and configs/ reach the package through package-dir instead."""
+    links = [path for top in ROOT.iterdir() if top.name != ".git" and not top.name.startswith(".")
+             for path in [top, *(top.rglob("*") if top.is_dir() and not top.is_symlink() else [])]
+             if path.is_symlink()]
+    assert not links, f"symbolic links: {links}"
