@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from robust_mc.errors import Interrupted, UserError
+from robust_mc.errors import Interrupted, UserError, path_problem
 from robust_mc.run import distributed
 from robust_mc.run.runtime import process_scope
 
@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a path the user gave that the system refuses
+        problem = path_problem(exc)
+        if args.debug or problem is None:
+            raise
+        print(f"{prefix}: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RuntimeError as exc:
         if args.debug:
             raise

@@ -127,7 +127,7 @@ class PlaneConfig:
     """The plane through a curve's endpoints and bend, evaluated on a grid."""
 
     grid: int = setting(7, lo=2, hi=101, help="grid points per side (grid x grid networks)")
-    margin: float = setting(0.2, lo=0, help="border around the endpoints and bend, as a "
+    margin: float = setting(0.2, lo=0, hi=10, help="border around the endpoints and bend, as a "
                                             "fraction of their extent")
     images: int = setting(500, lo=1, help="test images evaluated at each grid point")
     bend: int = setting(0, lo=0, help="which bend spans the plane (polychain/bezier with more)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -150,11 +151,7 @@ def _coerce(value: Any, tp: Any, key: str, meta: dict) -> Any:
         return [_coerce(v, element[0], f"{key}[{i}]", {}) for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if isinstance(value, str):  # from the command line: YAML or JSON
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise UserError(f"{key}: {value!r} is not a YAML mapping; write e.g. "
-                                "'{depth: 16}'") from None
+            value = parse_yaml(value, f"{key} ({value[:40]!r}; write e.g. '{{depth: 16}}')")
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -236,6 +233,20 @@ def find_preset(name: str) -> Path:
                     f"{', '.join(available)}")
 
 
+def parse_yaml(text: str, what: str) -> Any:
+    """YAML (or JSON) a user wrote, or one line naming ``what`` and what is wrong with it."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ValueError:  # an integer longer than Python converts from text
+        raise UserError(f"{what} holds an integer of more than {sys.get_int_max_str_digits()} "
+                        "digits; no setting takes one") from None
+    except RecursionError:
+        raise UserError(f"{what} nests deeper than Python can read; a configuration has "
+                        "sections and settings, two or three levels deep") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     try:
         text = check_regular_file(path, f"config {path}").read_text(encoding="utf-8")
@@ -243,13 +254,7 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"cannot read config {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UserError(f"config {path} is not UTF-8 text; save it as UTF-8") from None
-    try:
-        data = check_bounded(yaml.safe_load(text), f"config {path}")
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise UserError(f"config {path} nests deeper than Python can read; a configuration "
-                        "has sections and settings, two or three levels deep") from None
+    data = check_bounded(parse_yaml(text, f"config {path}"), f"config {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -69,6 +69,11 @@ def files(tmp_path_factory, tiny_endpoint, tiny_endpoint_files) -> dict[str, Pat
                                  f"{paths['b']}]], methods: [line]}}\n")
     paths["compile_yaml"] = root / "compile.yaml"
     paths["compile_yaml"].write_text("speed:\n  compile: true\n")
+    paths["statedir"] = root / "statedir"
+    (paths["statedir"] / "a.state.pt").mkdir(parents=True)  # where a training state belongs
+    for end in "ab":  # plain state dicts of a one-channel network
+        paths[f"plain_{end}"] = root / f"plain_{end}.pt"
+        torch.save(torch.load(paths[end], weights_only=True)["state_dict"], paths[f"plain_{end}"])
     paths["bad_yaml"] = root / "bad.yaml"
     paths["bad_yaml"].write_text("optim: [unclosed\n")
     return paths
@@ -245,6 +250,32 @@ MATRIX = [
     (["ensemble", "{run}", "--normalization", "cifar10"], "unrecognized arguments"),
     (["connect", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
     (["align", *PAIR, "--config", "{compile_yaml}"], "only train compiles"),
+    # names the file system refuses, folders that cannot exist, a home folder that does not
+    (["info", "{long}"], "longer than the file system allows"),
+    (["connect", *PAIR, "--out", "{long}"], "longer than the file system allows"),
+    (["train", "--config", "{long}"], "longer than the file system allows"),
+    (["train", "--dataset", "imagefolder:{long}"], "longer than the file system allows"),
+    (["train", "--out", "/proc/robust-mc-none/a.pt"], "no folder can be made in /proc"),
+    (["train", "--out", "{statedir}/a.pt", "--resume"], "a folder where a file is expected"),
+    (["train", "--dataset", "imagefolder:~robust-mc-no-such-user/x"], "has no home folder"),
+    # architecture arguments outside what the factory builds, refused before it runs
+    (["train", "--model-kwargs", "{{in_channels: -1}}"], "in_channels: -1 is outside [1, 1024]"),
+    (["train", "--model-kwargs", "{{width: .nan}}"], "width: nan is not a finite number"),
+    (["train", "--model-kwargs", "{{width: 1.0e+308}}"], "width: 1e+308 is outside"),
+    (["train", "--model-kwargs", "{{num_classes: 0}}"], "contradicts the 10 classes"),
+    (["train", "--model-kwargs", "{{depht: 3}}"], "takes no argument 'depht'"),
+    (["train", "--model-kwargs", "{{width: " + "1" * 5000 + "}}"], "digits; no setting takes"),
+    (["train", "--arch", "vit_cifar", "--model-kwargs", "{{heads: 0}}"], "heads: 0 is outside"),
+    (["train", "--arch", "tinyten", "--model-kwargs", "{{norm: batchy}}"],
+     "choose batch, layer, none"),
+    (["connect", "{plain_a}", "{plain_b}", "--arch", "cnn", "--width", "0.25",
+      "--normalization", "imagenet"], "normalization has 3 channels but the network takes 1"),
+    # import specs that name nothing importable, sizes no machine holds
+    *[(["train", "--arch", spec], "is not an import spec") for spec in (":", ":y", "..:x",
+                                                                         ".x:Net")],
+    (["train", "--arch", "a" * 300 + ".py:Net"], "longer than the file system allows"),
+    (["connect", *PAIR, "--bends", "1000000"], "curve.bends: 1000000 is above the maximum 64"),
+    (["plane", "{run}", "--margin", "1e308"], "margin: 1e+308 is above the maximum 10"),
     # malformed native checkpoints: every field missing or of the wrong type, every reader
     *[(["info", f"{{{name}}}"], message) for name, (_, message) in MALFORMED.items()],
     (["connect", "{a}", "{no_num_classes}"], "lacks 'num_classes'"),
@@ -283,7 +314,7 @@ def test_bad_input_gives_one_line_and_exit_2(argv, message, files, run_dir, tmp_
     out = tmp_path / "out"
     names = {k: str(v) for k, v in files.items()}
     names.update(missing=str(tmp_path / "missing.pt"), run=str(run_dir), out=str(out),
-                 unwritable=str(unwritable))
+                 unwritable=str(unwritable), long=str(tmp_path / ("x" * 300 + ".pt")))
     args = [a.format(**names) for a in argv]
     if "--out" not in args and args[0] != "info":
         args += ["--out", str(out)]

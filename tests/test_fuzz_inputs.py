@@ -202,6 +202,16 @@ def test_safetensors_files(originals, tmp_path, capsys):
         target = case / "a.safetensors"
         target.write_bytes(content)
         exits_cleanly(["info", str(target)], capsys, case)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata()
+    float8 = tmp_path / "float8" / "a.safetensors"
+    float8.parent.mkdir()
+    save_file({k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v
+               for k, v in load_file(str(source)).items()}, str(float8), metadata=metadata)
+    exits_cleanly(["info", str(float8)], capsys, float8.parent, "float8 weights", refused=True)
 
 
 def run_copy(originals, tmp_path: Path, name: str) -> Path:
@@ -264,8 +274,11 @@ def test_summary_files(originals, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(verification, "verify_point", CleanOnlyVerification())
     state = json.loads((originals["run"] / "summary.json").read_text())
     named = {"format version 999": {**state, "format": "robust-mc-summary/999"},
-             "best t 1e308": {**state, "best": {**(state.get("best") or {}), "t": 1e308}}}
-    for i, (name, text) in enumerate(json_cases(originals["run"] / "summary.json", named, 6,
+             "best t 1e308": {**state, "best": {**(state.get("best") or {}), "t": 1e308}},
+             "config a list": {**state, "config": [1]}, "files a string": {**state, "files": "ab"},
+             "source a number": {**state, "source": 5}, "no barriers": {**state, "barriers": {}},
+             "timings a list": {**state, "timings": [1]}}
+    for i, (name, text) in enumerate(json_cases(originals["run"] / "summary.json", named, 2,
                                                 5)):
         run = run_copy(originals, tmp_path, f"case{i}")
         (run / "summary.json").write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -348,6 +361,13 @@ def test_training_states(tmp_path, capsys):
     check_torch_kind(state_path, [
         lambda f, out: [*train, "--out", str(f.parent / "o.pt"), "--resume"],
     ], 8, cases, capsys, 8)
+    state = torch.load(state_path, weights_only=True)
+    state["position"]["epoch"] = 10**9  # past the run: nothing to train, nothing to divide by
+    far = tmp_path / "far"
+    far.mkdir()
+    torch.save(state, far / "o.state.pt")
+    exits_cleanly([*train, "--out", str(far / "o.pt"), "--resume"], capsys, far,
+                  "epoch 10^9", refused=True)
 
 
 def test_yaml_configs(tmp_path, capsys):
@@ -464,3 +484,22 @@ def test_a_spawn_snapshot_that_is_not_the_parent_s_state_is_refused(tmp_path, co
     with pytest.raises(UserError, match="epoch1.state.pt"):
         fork(tmp_path, 1, child, tmp_path / "child.pt", torch.device("cpu"))
     assert not (tmp_path / "child.state.pt").exists()
+
+
+def test_a_decompression_bomb_in_an_image_folder_is_refused(tmp_path, capsys, monkeypatch):
+    """An image whose header claims more pixels than Pillow's bomb limit is refused in one line
+    before it is decoded (the limit lowered here, so the test image stays small)."""
+    from PIL import Image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "images" / "train" / "a" / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > twice the limit
+    exits_cleanly(["train", "--dataset", f"imagefolder:{tmp_path / 'images'}", "--epochs", "1",
+                   "--device", "cpu", "--out", str(tmp_path / "out" / "a.pt")], capsys,
+                  tmp_path / "images", "decompression bomb", refused=True)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from robust_mc.errors import UserError
 from robust_mc.models import create_model, list_models
 from robust_mc.store.checkpoint import checkpoint_from_model, save_checkpoint
 from robust_mc.store.checkpoint_files import load_checkpoint
@@ -68,3 +69,30 @@ def test_folded_batchnorm_is_the_same_function(arch):
     if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and arch != "mlp":
         assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < \
             sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_every_zoo_architecture_names_its_arguments_and_their_ranges():
+    """A zoo factory swallows no unknown argument (no ``**kwargs``): every argument has a
+    default of a checkable type, and every bound or choice it registers names one of them."""
+    import inspect
+
+    from robust_mc.models._registry import MODELS
+
+    for arch in list_models():
+        entry = MODELS.entry(arch)
+        parameters = inspect.signature(MODELS.get(arch)).parameters.values()
+        assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters), arch
+        assert all(type(p.default) in (int, float, str, bool) for p in parameters), arch
+        names = {p.name for p in parameters}
+        assert {"num_classes", "in_channels", "width"} <= names, arch
+        assert set(entry.meta["bounds"]) | set(entry.meta["choices"]) <= names, arch
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"depth": 0}, "depth: 0 is outside"), ({"heads": 2.5}, "heads: 2.5 is not a whole number"),
+    ({"depth": True}, "depth: True is not a number"), ({"width": float("inf")}, "not a finite"),
+    ({"dim": 8}, "takes no argument 'dim'"), ({"depth": 10**40}, "more than 19 digits")])
+def test_zoo_arguments_are_checked_before_anything_is_built(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        create_model("vit_cifar", num_classes=10, in_channels=3, mean=[0.0], std=[1.0],
+                     kwargs=kwargs)

@@ -49,3 +49,32 @@ def test_spawn_forks_children_from_the_parent_and_caches_everything(tmp_path, ca
     assert cli.main(argv) == 0  # everything read back
     assert json.loads(capsys.readouterr().out)["points"] == first["points"]
     assert (out / "epoch1" / "child1.pt").read_bytes() == saved
+
+
+def test_a_saved_layers_file_of_the_wrong_shape_is_refused_in_one_line(tmp_path):
+    """spawn takes up layers.json again with the settings it was measured with; groups that
+    are not the rows layers writes end in one line naming the file, whatever their shape."""
+    import pytest
+
+    from robust_mc.config import LayersRunConfig, build_config
+    from robust_mc.errors import UserError
+    from robust_mc.pipelines.spawn import WHOLE, layer_figures
+    from robust_mc.settings import to_dict
+
+    cfg = build_config(LayersRunConfig, None, {"device": "cpu"})
+    row = {"group": WHOLE, "measured_clean_midpoint": 0.1, "predicted_clean_barrier": 0.1,
+           "measured_robust_midpoint": 0.2, "predicted_robust_barrier": 0.2,
+           "measured_robust_barrier": 0.3}
+    shapes = {"a mapping": {"x": 1}, "a string": "rows", "rows without names": [[1, 2]],
+              "no whole network": [{**row, "group": "block1"}],
+              "a barrier that is text": [row, {**row, "group": "b", "measured_robust_barrier":
+                                               "high"}]}
+    for groups in shapes.values():
+        (tmp_path / "layers.json").write_text(json.dumps(
+            {"config": to_dict(cfg), "aligned": {"groups": groups}}))
+        with pytest.raises(UserError, match="layers.json is not what robust-mc writes"):
+            layer_figures(None, cfg, tmp_path, None, None, None)  # type: ignore[arg-type]
+    (tmp_path / "layers.json").write_text(json.dumps(  # the rows layers writes are read back
+        {"config": to_dict(cfg), "aligned": {"groups": [row, {**row, "group": "b"}]}}))
+    figures = layer_figures(None, cfg, tmp_path, None, None, None)  # type: ignore[arg-type]
+    assert (figures.worst_group, figures.measured_robust) == ("b", 0.2)

@@ -10,8 +10,6 @@ import argparse
 import dataclasses
 from typing import Any
 
-import yaml
-
 from robust_mc.config import (
     ConnectRunConfig,
     SettingInfo,
@@ -20,6 +18,7 @@ from robust_mc.config import (
 )
 from robust_mc.data import parse_normalization
 from robust_mc.errors import UserError
+from robust_mc.settings import parse_yaml
 from robust_mc.store.checkpoint import LoadOptions
 from robust_mc.store.resume import ResumePolicy
 
@@ -247,11 +246,7 @@ def load_options(args: argparse.Namespace, **shape: Any) -> LoadOptions:
 
 def parse_mapping(text: str, flag: str) -> dict:
     """A YAML (or JSON) mapping typed on the command line."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{flag}: not YAML ({str(exc).splitlines()[0]}); write e.g. "
-                        "'{depth: 16}'") from None
+    value = parse_yaml(text, f"{flag} (write e.g. '{{depth: 16}}')")
     if not isinstance(value, dict):
         raise UserError(f"{flag}: give a mapping of argument names to values, e.g. "
                         "'{depth: 16}'")

@@ -12,7 +12,7 @@ from robust_mc.data.image_folder import image_folder
 from robust_mc.data.normalization import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from robust_mc.data.registry import DatasetRequest, Loaded, register_dataset
 from robust_mc.data.splits import DatasetInfo, Split
-from robust_mc.errors import UserError
+from robust_mc.errors import UserError, home_of
 
 
 @register_dataset("synthetic", argument="SIZE")
@@ -39,7 +39,7 @@ def _cifar100(request: DatasetRequest) -> Loaded:
 
 @register_dataset("imagefolder", argument="PATH", argument_required=True)
 def _imagefolder(request: DatasetRequest) -> Loaded:
-    return image_folder(Path(request.argument or "").expanduser())
+    return image_folder(Path(home_of(request.argument or "")))
 
 
 def _synthetic_size(argument: str | None) -> int:

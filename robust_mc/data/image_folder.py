@@ -84,6 +84,9 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
                 return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
         except OSError as exc:
             raise UserError(f"cannot decode image {path}: {exc}") from None
+        except Image.DecompressionBombError:
+            raise UserError(f"image {path} claims more pixels than Pillow decodes safely (a "
+                            "decompression bomb, or no dataset's image); remove it") from None
 
     decoded = [decode(path) for path in files]  # serial PIL beats threads here (the GIL)
     shapes = {tuple(t.shape) for t in decoded}

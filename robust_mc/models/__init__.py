@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 from collections.abc import Sequence
 
+from robust_mc.errors import UserError
 from robust_mc.models._registry import (
     build_architecture,
     list_models,
@@ -55,6 +56,10 @@ def create_model(arch: str, *, num_classes: int, in_channels: int, mean: Sequenc
                              mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26])
         logits = model(torch.rand(8, 3, 32, 32))  # (8, 10)
     """
+    if len(mean) not in (1, in_channels):
+        raise UserError(f"{source or 'the model'}: its normalization has {len(mean)} channels "
+                        f"but the network takes {in_channels}; pass --normalization with one "
+                        "mean and std per channel (or one for all), e.g. none")
     standard = {"num_classes": num_classes, "in_channels": in_channels, "width": width,
                 "image_size": image_size}
     net = build_architecture(arch, standard, kwargs or {}, factory_ok=factory_ok, source=source)

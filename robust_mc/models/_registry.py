@@ -13,19 +13,24 @@ from typing import Any
 
 from torch import nn
 
-from robust_mc.errors import UserError
+from robust_mc.errors import UserError, home_of
+from robust_mc.models.arguments import check_arguments
 from robust_mc.registry import Registry
 
 MODELS = Registry[Callable[..., nn.Module]]("architecture")
 list_models = MODELS.names
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, min_image_size: int = 1
-                   ) -> Any:
-    """Register ``fn(num_classes, in_channels, width, **kw) -> nn.Module`` under its name:
-    ``@register_model``, or ``@register_model(min_image_size=9)`` for an architecture that
-    needs inputs at least that many pixels a side."""
-    register = MODELS.register(min_image_size=min_image_size)
+def register_model(fn: Callable[..., nn.Module] | None = None, *, min_image_size: int = 1,
+                   bounds: dict[str, tuple[float, float]] | None = None,
+                   choices: dict[str, tuple[str, ...]] | None = None) -> Any:
+    """Register ``fn(num_classes, in_channels, width, ...) -> nn.Module`` under its name:
+    ``@register_model``, or with what it needs stated: ``min_image_size`` (the smallest input
+    side it takes), ``bounds`` (the range of a numeric argument of its own; the standard
+    arguments' are :data:`~robust_mc.models.arguments.STANDARD_BOUNDS`) and ``choices`` (the
+    values a string argument takes). Every argument is named with a typed default."""
+    register = MODELS.register(min_image_size=min_image_size, bounds=dict(bounds or {}),
+                               choices=dict(choices or {}))
     return register(fn) if fn is not None else register
 
 
@@ -55,9 +60,10 @@ def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[...,
 
         return robustbench_factory(arch)
     if ":" not in arch:
-        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())} "
-                        "or give path/to/file.py:ClassName")
+        raise UserError(f"unknown architecture {arch[:80]!r}; choose one of "
+                        f"{', '.join(list_models())} or give path/to/file.py:ClassName")
     location, _, name = arch.rpartition(":")
+    _check_spec(arch, location, name)
     module = _import_file(arch, location) if location.endswith(".py") else _import(arch, location)
     target = getattr(module, name, None)
     if target is None and location == "timm" and name in module.list_models():
@@ -79,8 +85,17 @@ def _timm_factory(timm: Any, name: str) -> Callable[..., nn.Module]:
     return build
 
 
+def _check_spec(arch: str, location: str, name: str) -> None:
+    """``location`` is a ``.py`` file or a dotted module path, ``name`` a Python name."""
+    dotted = all(part.isidentifier() for part in location.split("."))
+    if name.isidentifier() and location and (location.endswith(".py") or dotted):
+        return
+    raise UserError(f"architecture {arch[:80]!r} is not an import spec; write "
+                    "path/to/file.py:ClassName or package.module:ClassName")
+
+
 def _import_file(arch: str, location: str) -> Any:
-    path = Path(location).expanduser()
+    path = Path(home_of(location))
     if not path.is_file():
         raise UserError(f"architecture {arch}: file {path} not found")
     module_name = f"robust_mc_user_{abs(hash(str(path.resolve())))}"
@@ -169,8 +184,17 @@ def build_architecture(arch: str, standard: dict, kwargs: dict, *, factory_ok: b
     ``source``."""
     factory = resolve_architecture(arch, factory_ok=factory_ok)
     source = source or f"architecture {arch}"
+    recorded = kwargs.get("num_classes")
+    if "num_classes" in standard and recorded is not None and recorded != standard["num_classes"]:
+        raise UserError(f"{source}: model argument num_classes {recorded!r} contradicts the "
+                        f"{standard['num_classes']} classes of the data; drop it")
     if arch in MODELS:
-        offered = dict(standard)
+        entry = MODELS.entry(arch)
+        named = inspect.signature(factory).parameters
+        offered = {k: v for k, v in standard.items() if k in named}
+        offered.update(kwargs)
+        check_arguments(arch, factory, offered, entry.meta["bounds"], entry.meta["choices"],
+                        source)
     else:
         if standard.get("width", 1.0) != 1.0:
             raise UserError(f"{source}: width {standard['width']} scales robust-mc's zoo "
@@ -190,8 +214,9 @@ def build_architecture(arch: str, standard: dict, kwargs: dict, *, factory_ok: b
                             f"{sorted(offered)}: {exc}") from None
     try:
         module = factory(**offered)
-    except TypeError as exc:
-        raise UserError(f"{source}: cannot build {arch} with {sorted(offered)}: {exc}") from None
+    except Exception as exc:  # the user's code, or arguments it refuses in its own way
+        raise UserError(f"{source}: cannot build {arch} with {sorted(offered)} "
+                        f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"{source}: {arch} did not return an nn.Module")
     return module

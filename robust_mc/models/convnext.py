@@ -63,6 +63,6 @@ class ConvNeXt(nn.Module):
 
 @register_model
 def convnext_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                   image_size: int = 32, **_) -> nn.Module:
+                   image_size: int = 32) -> nn.Module:
     """Two ConvNeXt stages of 2 blocks (32 and 64 channels at width 1, ~0.1M parameters)."""
     return ConvNeXt(num_classes, in_channels, width, image_size)

@@ -98,30 +98,30 @@ def _cifar_resnet(depth: int, num_classes: int, in_channels: int, width: float) 
 
 
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **_) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     return _cifar_resnet(20, num_classes, in_channels, width)
 
 
 @register_model
-def resnet32(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **_) -> nn.Module:
+def resnet32(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     return _cifar_resnet(32, num_classes, in_channels, width)
 
 
 @register_model
-def resnet56(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **_) -> nn.Module:
+def resnet56(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     return _cifar_resnet(56, num_classes, in_channels, width)
 
 
 @register_model
-def preact_resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                    **_) -> nn.Module:
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0
+                    ) -> nn.Module:
     widths = tuple(scaled(c, width) for c in (64, 128, 256, 512))
     return PreActResNet((2, 2, 2, 2), widths, num_classes, in_channels, widths[0])
 
 
-@register_model
+@register_model(bounds={"dropout": (0.0, 0.99)})
 def wrn28_10(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             dropout: float = 0.0, **_) -> nn.Module:
+             dropout: float = 0.0) -> nn.Module:
     """Wide ResNet-28-10 (Zagoruyko & Komodakis 2016); ``width`` scales the widen factor 10."""
     widths = tuple(scaled(c * 10, width) for c in (16, 32, 64))
     return PreActResNet((4, 4, 4), widths, num_classes, in_channels, scaled(16, width), dropout)

@@ -59,22 +59,22 @@ class MLP(nn.Module):
 
 # the smallest input side TinyTen takes: two stride-2 convolutions leave ceil(ceil(s/2)/2)
 # pixels, which the unpadded 3x3 convolution needs to be at least 3
-@register_model(min_image_size=9)
+@register_model(min_image_size=9, choices={"norm": ("batch", "layer", "none")})
 def tinyten(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-            norm: str = "batch", **_) -> nn.Module:
+            norm: str = "batch") -> nn.Module:
     """The 0.09M-parameter CNN of Tatro et al. (2020); ``norm``: batch (theirs), layer or
     none (``--model-kwargs '{norm: none}'``: a network without batch norm, for repair)."""
     return TinyTen(num_classes, in_channels, width, norm)
 
 
 @register_model
-def cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, **_) -> nn.Module:
+def cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> nn.Module:
     """Three conv-BN-ReLU blocks, for 8x8 digits."""
     return SmallCNN(num_classes, in_channels, width)
 
 
-@register_model
+@register_model(bounds={"hidden": (1, 65_536)})
 def mlp(num_classes: int = 10, in_channels: int = 1, width: float = 1.0, image_size: int = 8,
-        hidden: int = 128, **_) -> nn.Module:
+        hidden: int = 128) -> nn.Module:
     """Two hidden layers of ``hidden * width`` units."""
     return MLP(num_classes, in_channels, width, image_size, hidden)

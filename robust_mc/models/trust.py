@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from robust_mc.errors import UserError
+from robust_mc.errors import UserError, home_of
 from robust_mc.models._registry import is_registered
 
 
@@ -29,7 +29,7 @@ def canonical_spec(arch: str) -> str:
     arch = arch.strip()
     location, sep, name = arch.rpartition(":")
     if sep and location.endswith(".py"):
-        return f"{Path(location).expanduser().resolve()}:{name}"
+        return f"{Path(home_of(location)).resolve()}:{name}"
     return arch
 
 

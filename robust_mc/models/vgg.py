@@ -37,11 +37,11 @@ class VGG(nn.Module):
 
 @register_model
 def vgg11_bn(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             image_size: int = 32, **_) -> nn.Module:
+             image_size: int = 32) -> nn.Module:
     return VGG(11, num_classes, in_channels, width, image_size)
 
 
 @register_model
 def vgg16_bn(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             image_size: int = 32, **_) -> nn.Module:
+             image_size: int = 32) -> nn.Module:
     return VGG(16, num_classes, in_channels, width, image_size)

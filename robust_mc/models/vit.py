@@ -68,8 +68,8 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-@register_model
+@register_model(bounds={"depth": (1, 64), "heads": (1, 64)})
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-              image_size: int = 32, depth: int = 4, heads: int = 4, **_) -> nn.Module:
+              image_size: int = 32, depth: int = 4, heads: int = 4) -> nn.Module:
     """A 4-block, 4-head vision transformer (64 features at width 1, ~0.14M parameters)."""
     return ViT(num_classes, in_channels, width, image_size, depth, heads)

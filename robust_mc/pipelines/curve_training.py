@@ -66,6 +66,7 @@ def train_curve_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     if saved is not None:
         position = saved.position or position
         with as_written(out, RESTORE_FIX):
+            position.check_within(cfg.optim.epochs, out)
             if saved.optimizer is not None:
                 load_optimizer_state(optimizer, saved.optimizer)
             if saved.rng is not None:

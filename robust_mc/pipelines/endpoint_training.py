@@ -163,6 +163,7 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
             model.load_state_dict(saved.model)
             load_optimizer_state(optimizer, saved.optimizer)
             position = Position.from_state(saved.position)
+            position.check_within(cfg.optim.epochs, state_path or "the saved training state")
             history = list(saved.history)
             record = saved.record
             restore_rng(saved.rng, generator, attack_stream)

@@ -68,6 +68,10 @@ def check_fits_data(ckpt: Checkpoint, data: Data) -> None:
     if channels != data.info.in_channels:
         raise UserError(f"{ckpt.path} takes {channels}-channel images but {data.info.name} "
                         f"has {data.info.in_channels}; choose its dataset with --dataset")
+    if len(ckpt.normalization.mean) not in (1, channels):
+        raise UserError(f"{ckpt.path}: its normalization has {len(ckpt.normalization.mean)} "
+                        f"channels but the network takes {channels}; pass --normalization with "
+                        "one mean and std per channel (or one for all), e.g. none")
 
 
 def same_zoo_architecture(a: Checkpoint, b: Checkpoint) -> bool:

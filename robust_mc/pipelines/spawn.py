@@ -152,15 +152,27 @@ def layer_figures(pair: Pair, cfg: LayersRunConfig, out: Path, runtime: Runtime,
     """The whole network's measured and predicted midpoint barriers (aligned), and the layer
     group with the largest measured robust barrier; read back when computed with ``cfg``."""
     saved = saved_progress(out / "layers.json", to_dict(cfg))
-    if saved is not None:
-        with as_written(out / "layers.json", "delete it to measure the layers again"):
-            rows = list(saved["aligned"]["groups"])
-    else:
+    if saved is None:
         rows = [r.as_dict() for r in run_layers(pair, cfg, runtime, reporter, out,
                                                 argv)["aligned"]]
-    whole = next(r for r in rows if r["group"] == WHOLE)
+        return _layer_figures(rows)
+    with as_written(out / "layers.json", "delete it to measure the layers again"):
+        return _layer_figures(saved["aligned"]["groups"])
+
+
+def _layer_figures(rows: list[dict]) -> LayerFigures:
+    """The figures of the whole network's row and the worst group's; ValueError for rows that
+    are not what ``layers`` writes."""
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("group"), str) for r in rows):
+        raise ValueError("groups must be a list of rows, each naming its group")
+    whole = next((r for r in rows if r["group"] == WHOLE), None)
+    if whole is None:
+        raise ValueError(f"no row for the whole network ({WHOLE!r})")
     groups = [r for r in rows if r["group"] != WHOLE]
-    worst = max(groups, key=lambda r: r["measured_robust_barrier"]) if groups else whole
-    return LayerFigures(whole["measured_clean_midpoint"], whole["predicted_clean_barrier"],
-                        whole["measured_robust_midpoint"], whole["predicted_robust_barrier"],
-                        worst["group"], worst["measured_robust_barrier"])
+    worst = max(groups, key=lambda r: float(r["measured_robust_barrier"])) if groups else whole
+    return LayerFigures(float(whole["measured_clean_midpoint"]),
+                        float(whole["predicted_clean_barrier"]),
+                        float(whole["measured_robust_midpoint"]),
+                        float(whole["predicted_robust_barrier"]),
+                        worst["group"], float(worst["measured_robust_barrier"]))

@@ -149,9 +149,10 @@ def ensure_out_dir(path: str | Path, files: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def _check_can_create(path: Path, what: str) -> None:
+def _check_can_create(path: Path, what: str, file_name: str | None = None) -> None:
     """``path`` (a folder) exists and is writable, or its nearest existing ancestor is a
-    writable folder."""
+    writable folder in which a folder can be made; no name on the way (nor ``file_name``) is
+    longer than the file system allows. Nothing is left behind."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -159,6 +160,25 @@ def _check_can_create(path: Path, what: str) -> None:
         raise UserError(f"cannot write {what}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK):
         raise UserError(f"cannot write {what}: {existing} is not writable; choose another --out")
+    missing = path.relative_to(existing).parts
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for name in (*missing, *([file_name] if file_name else [])):
+        if len(os.fsencode(name)) > limit:
+            raise UserError(f"cannot write {what}: the name {name[:30]}... is longer than the "
+                            f"{limit} bytes the file system allows; shorten it")
+    if missing:  # /proc, a read-only or full disk: a folder cannot be made there at all
+        probe = existing / missing[0]
+        try:
+            probe.mkdir()
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise UserError(f"cannot write {what}: no folder can be made in {existing} "
+                            f"({exc.strerror}); choose another --out") from None
+        probe.rmdir()
 
 
 def check_writable_file(path: str | Path) -> None:
@@ -166,4 +186,4 @@ def check_writable_file(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file path, e.g. {path}/a.pt")
-    _check_can_create(path.parent, str(path))
+    _check_can_create(path.parent, str(path), path.name)

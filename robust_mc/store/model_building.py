@@ -15,6 +15,8 @@ from robust_mc.models import Classifier, create_model
 from robust_mc.models.ensemble import Ensemble
 from robust_mc.store.checkpoint import ARCH_STANDARD_KEYS, Checkpoint
 
+READABLE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def build_model(ckpt: Checkpoint) -> Classifier:
     """Instantiate the architecture and load the weights strictly, with one-line errors. The
@@ -64,6 +66,10 @@ def load_weights(model: Classifier, state_dict: dict[str, torch.Tensor], source:
         if value.shape != ref.shape:
             raise UserError(f"{source}: shape mismatch at {key!r}: file {tuple(value.shape)}, "
                             f"model {tuple(ref.shape)}; check --arch and --width")
+        if ref.is_floating_point() and value.dtype not in READABLE_FLOATS:
+            raise UserError(f"{source}: {key!r} holds {str(value.dtype).removeprefix('torch.')} "
+                            "values; robust-mc reads float16, bfloat16, float32 and float64 "
+                            "weights: convert them to one of those")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{source}: non-finite values in {key!r}; the checkpoint is corrupt "
                             "or its training diverged")

@@ -25,6 +25,18 @@ from robust_mc.store.records import PamHistory, PathLabel
 SUMMARY_FORMAT = "robust-mc-summary/1"
 
 
+def _field(state: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    """``state[key]`` when it is a ``kind``; ``default`` when absent or null; ValueError naming
+    the field otherwise (a list where a mapping belongs is not read as one)."""
+    value = state.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} must be a {'JSON object' if kind is dict else kind.__name__}, "
+                         f"not {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class CurveInfo:
     kind: str
@@ -153,7 +165,7 @@ class PathSummary:
             raise ValueError("not a JSON object")
         if state.get("format", SUMMARY_FORMAT) != SUMMARY_FORMAT:
             raise ValueError(f"format {state['format']!r}, not {SUMMARY_FORMAT!r}")
-        timings = dict(state.get("timings") or {})
+        timings = dict(_field(state, "timings", dict, {}))
         per_t = SecondsPerT(**timings.pop("per_t", {}))
         curve = state["curve"]
         if not (isinstance(curve["kind"], str) and isinstance(curve["bends"], int)
@@ -162,19 +174,28 @@ class PathSummary:
         best = state.get("best")
         if best and not (isinstance(best.get("t"), (int, float)) and 0 <= best["t"] <= 1):
             raise ValueError("best t must be a number in [0, 1]")
+        barriers = _field(state, "barriers", dict, None)
+        if not barriers:
+            raise ValueError("barriers must hold at least one split")
+        files = _field(state, "files", list, [])
+        if not all(isinstance(name, str) for name in files):
+            raise ValueError("files must be a list of file names")
         return cls(CurveInfo(curve["kind"], curve["bends"], curve["aligned"]),
-                   {split: PathStats.from_state(s) for split, s in state["barriers"].items()},
-                   state.get("config") or {},
+                   {split: PathStats.from_state(s) for split, s in barriers.items()},
+                   _field(state, "config", dict, {}),
                    {PathLabel.parse(label): {split: PathStats.from_state(s)
                                              for split, s in splits.items()}
-                    for label, splits in (state.get("lines") or {}).items()},
+                    for label, splits in _field(state, "lines", dict, {}).items()},
                    BestPoint.from_state(state["best"]) if state.get("best") else None,
                    {end: EndpointCheck.from_state(c)
-                    for end, c in (state.get("endpoints") or {}).items()},
-                   timings, per_t, state.get("alignment"), PamHistory.from_state(state.get("pam")),
-                   list(state.get("training") or []), state.get("record"), state.get("runtime"),
-                   state.get("endpoint_digests"), list(state.get("files") or []),
-                   state.get("source"), Verification.from_state(state.get("verification")))
+                    for end, c in _field(state, "endpoints", dict, {}).items()},
+                   timings, per_t, _field(state, "alignment", dict, None),
+                   PamHistory.from_state(state.get("pam")),
+                   _field(state, "training", list, []), _field(state, "record", dict, None),
+                   _field(state, "runtime", dict, None),
+                   _field(state, "endpoint_digests", dict, None), files,
+                   _field(state, "source", str, None),
+                   Verification.from_state(state.get("verification")))
 
     @classmethod
     def read(cls, path: Path) -> PathSummary | None:

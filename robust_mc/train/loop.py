@@ -76,6 +76,14 @@ class Position:
             raise ValueError("order must be a 1-D tensor of indices")
         return position
 
+    def check_within(self, epochs: int, source: object) -> None:
+        """Refuse a saved position past a run of ``epochs`` epochs (the end of the last epoch
+        is within it): ``source`` stopped later than this run goes."""
+        if self.epoch > epochs or (self.epoch == epochs and self.step > 0):
+            shown = "beyond 10^9" if self.epoch > 10**9 else str(self.epoch + 1)
+            raise UserError(f"{source} is at epoch {shown}, past the {epochs} epochs asked; "
+                            "raise --epochs, or pass --fresh to start again")
+
     def next_epoch(self) -> None:
         self.epoch += 1
         self.step, self.order = 0, None

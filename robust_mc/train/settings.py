@@ -57,7 +57,7 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class CurveConfig:
     kind: str = setting("bezier", choices=CURVES, help="the curve between the endpoints")
-    bends: int = setting(1, lo=1, help="trainable control points (bezier/polychain)")
+    bends: int = setting(1, lo=1, hi=64, help="trainable control points (bezier/polychain)")
     objective: str = setting("adversarial", choices=OBJECTIVES,
                              help="what the curve is trained on: PGD examples (adversarial), "
                                   "TRADES, or clean images")
