@@ -23,6 +23,21 @@ Mode = Literal["train", "eval", "keep"]
 
 
 @contextmanager
+def parameters_frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradient is computed or left behind while the block runs (a library attack
+    that calls ``backward`` would otherwise accumulate them into ``.grad``, where a training
+    step could pick them up); each parameter's ``requires_grad`` is restored after."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for p in parameters:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
+
+
+@contextmanager
 def attack_mode(model: nn.Module | None, mode: Mode) -> Iterator[None]:
     """Run the attack with the network in ``mode``, then restore its state.
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_mc.attacks.pgd import parameters_frozen
 from robust_mc.attacks.spec import Param, register_attack
 from robust_mc.errors import UserError
 
@@ -82,7 +83,7 @@ class ReferenceAutoAttack:
         attack = self.module.AutoAttack(model, norm=norm, eps=self.eps, version="standard",
                                         device=x.device, seed=self.seed)
         try:
-            with _warnings_into(self.warnings):
+            with _warnings_into(self.warnings), parameters_frozen(model):
                 # the reference reshapes with .view(): it needs the plain (NCHW) layout
                 x_adv, _ = attack.run_standard_evaluation(x.contiguous(), y,
                                                           batch_size=self.batch_size)

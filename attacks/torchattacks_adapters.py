@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_mc.attacks.pgd import parameters_frozen
 from robust_mc.attacks.spec import Param, register_attack
 
 
@@ -32,7 +33,8 @@ class TorchattacksAttack:
         was_training = model.training
         model.eval()
         try:
-            return attack(x.contiguous(), y).detach()  # torchattacks assumes NCHW memory
+            with parameters_frozen(model):
+                return attack(x.contiguous(), y).detach()  # torchattacks assumes NCHW memory
         finally:
             model.train(was_training)
 

@@ -74,3 +74,44 @@ def test_a_registered_training_attack_is_offered_by_the_flag_and_used_by_trainin
         task = EndpointTask(model, model, cfg.attack, runtime)
         loss, _ = task(torch.rand(5, 1, 4, 4), torch.zeros(5, dtype=torch.long))
         assert seen == ["eval"] and loss.requires_grad
+
+
+# every evaluation attack at its cheapest settings; the contract below covers the whole registry
+QUICK_SPECS = {"none": "none", "pgd": "pgd:steps=2", "ta-pgd": "ta-pgd:steps=2",
+               "fgsm": "fgsm", "apgd-ce": "apgd-ce:steps=2", "apgd-dlr": "apgd-dlr:steps=2",
+               "apgd-t": "apgd-t:steps=2", "autoattack": "autoattack:steps=2",
+               "square": "square:queries=10", "cw": "cw:steps=2",
+               "pyautoattack": "pyautoattack"}
+UNBOUNDED = {"cw"}  # Carlini-Wagner minimises an L2 norm instead of keeping to eps
+
+
+def test_the_contract_covers_every_registered_evaluation_attack():
+    from robust_mc.attacks import list_attacks
+
+    assert set(QUICK_SPECS) == set(list_attacks()), "add the new attack to QUICK_SPECS"
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_SPECS))
+def test_every_evaluation_attack_stays_in_the_ball_and_the_box_and_restores_the_mode(name):
+    """Adversarial images within eps of the clean ones (but for an L2 minimiser) and in [0, 1],
+    no parameter gradient left behind, and the model in the mode it was given (a model in
+    training mode comes back in it, its batch-norm statistics untouched)."""
+    from robust_mc.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,),
+                         width=0.5)
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # correctly classified: every attack has work to do
+    eps = 8 / 255
+    for training in (False, True):
+        model.train(training)
+        statistics = {k: v.clone() for k, v in model.state_dict().items()}
+        adv = build_attack(QUICK_SPECS[name], eps=eps, num_classes=10)(model, x, y)
+        assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+        if name not in UNBOUNDED:
+            assert (adv - x).abs().max() <= eps + 1e-6  # float32 rounding of x + delta
+        assert model.training is training
+        assert all(torch.equal(v, statistics[k]) for k, v in model.state_dict().items())
+        assert all(p.grad is None for p in model.parameters())
