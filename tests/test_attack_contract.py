@@ -91,7 +91,12 @@ def test_the_contract_covers_every_registered_evaluation_attack():
     assert set(QUICK_SPECS) == set(list_attacks()), "add the new attack to QUICK_SPECS"
 
 
-@pytest.mark.parametrize("name", sorted(QUICK_SPECS))
+# the two AutoAttacks take 6-10 s each even at their cheapest: CI's slow step runs them
+SLOW = {"autoattack", "pyautoattack"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(QUICK_SPECS)])
 def test_every_evaluation_attack_stays_in_the_ball_and_the_box_and_restores_the_mode(name):
     """Adversarial images within eps of the clean ones (but for an L2 minimiser) and in [0, 1],
     no parameter gradient left behind, and the model in the mode it was given (a model in

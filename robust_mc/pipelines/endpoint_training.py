@@ -139,106 +139,149 @@ def _train(cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: di
            stop: StopSignals, snapshot: Callable[[int, TrainState], None] | None,
            start: Classifier | None) -> Checkpoint:
     saved = load_train_state(state_path, cfg, policy)
-    data = data or load_data(cfg.data)
-    model = build_endpoint_model(cfg, data) if start is None else start.train()
-    runtime.prepare(model)
-    forward = torch.compile(model) if cfg.speed.compile else model
-    on_device = data.to(runtime.device)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    generator = torch.Generator().manual_seed(cfg.optim.seed)
-    attack_stream = attack_generator(cfg.optim.seed, runtime.device)
-    obj = cfg.objective
-    perturbation = WeightPerturbation(model, obj.awp) if obj.awp is not None else None
-    group = distributed.group()
-    # several processes: each trains on its rows of every global batch, through a DDP wrapper
-    # (the attack runs on the network itself), with the random starts the whole batch draws
-    draws = ShardDraws(attack_stream, group.rank, group.world) if group.active else attack_stream
-    wrapper = DistributedDataParallel(model) if group.active else None
-    task = EndpointTask(model, forward, cfg.attack, runtime, draws, obj.name, perturbation,
-                        train_forward=wrapper, beta=obj.beta)
-    average = WeightAverage(model, obj.ema) if obj.ema is not None else None
-    position, history = Position(), []
+    run = EndpointRun(cfg, runtime, reporter, record, data or load_data(cfg.data), start)
     if saved is not None:
-        with as_written(state_path or "the saved training state", RESTORE_FIX):
-            model.load_state_dict(saved.model)
-            load_optimizer_state(optimizer, saved.optimizer)
-            position = Position.from_state(saved.position)
-            position.check_within(cfg.optim.epochs, state_path or "the saved training state")
-            history = list(saved.history)
-            record = saved.record
-            restore_rng(saved.rng, generator, attack_stream)
-            if average is not None and saved.ema is not None:
-                average.load(saved.ema)
-    a = cfg.attack
-    monitor = build_attack(a)
-    arch = endpoint_arch(cfg, data.info)
-    reporter.print(f"[bold]train[/] {arch} on {data.info.name}: "
-                   f"{len(data.train)} train "
-                   f"/ {len(data.val)} val / {len(data.test)} test images, PGD-{a.steps} "
-                   f"eps {a.eps * 255:.3g}/255; {runtime.summary()}")
-    if saved is not None:
-        reporter.print(f"resuming {state_path} at epoch {position.epoch + 1}, step "
-                       f"{position.step}")
-
-    def after_step() -> None:  # the update lands on the unperturbed weights, then is averaged
-        if perturbation is not None:
-            perturbation.restore()
-        if average is not None:
-            average.update()
-
-    def on_epoch(epoch: int, result: EpochResult) -> None:
-        task.perturbing = perturbation is not None and epoch + 1 >= obj.awp_warmup
-        val = evaluate_model(model, on_device.val.take(MONITOR_IMAGES), monitor, runtime,
-                             cfg.eval.batch_size)
-        history.append(EpochRecord(epoch + 1, result.loss, result.train_acc,
-                                   result.images_per_s, result.seconds, val.clean_acc,
-                                   val.robust_acc))
-        reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, {result.images_per_s:.0f} "
-                       f"img/s, val clean {val.clean_acc:.1f}% robust {val.robust_acc:.1f}%")
-
-    def state() -> TrainState:
-        return TrainState(to_dict(cfg), model.state_dict(), optimizer.state_dict(),
-                          position.state(), rng_state(generator, attack_stream), list(history),
-                          record, average.state() if average is not None else None)
-
-    def save() -> None:
-        if state_path is not None or snapshot is not None:
-            current = state()
-            if state_path is not None:
-                current.write(state_path)
-            if snapshot is not None:
-                snapshot(position.epoch, current)
-
+        run.restore(saved, state_path)
+    run.announce(state_path if saved is not None else None)
     if saved is None and snapshot is not None:
-        snapshot(0, state())
+        snapshot(0, run.state())
+    run.fit(stop, state_path, snapshot)
+    return run.finish()
 
-    context = TrainingContext(runtime, reporter, stop, generator, attack_stream, on_device.train,
-                              data.info, cfg.data.augment)
-    task.perturbing = perturbation is not None and position.epoch >= obj.awp_warmup
-    Trainer(task, optimizer, cfg.optim, context, position, after_step=after_step,
-            reduced_by_wrapper=wrapper is not None).fit(
-        "epoch", on_epoch, save,
-        resume_hint=f"state saved in {state_path}; rerun the same command to continue")
-    if average is not None:  # the endpoint is the average (BN statistics recomputed below)
-        average.copy_to(model)
-    if cfg.optim.precise_bn != "off":
-        recompute_batchnorm(model, on_device.train, images=PRECISE_BN_IMAGES,
-                            data=cfg.optim.precise_bn,
-                            attack=cfg.attack, runtime=runtime)
-    test = evaluate_test(model, on_device, cfg, runtime)
-    reporter.print(f"[bold]test[/] clean {test.clean_acc:.2f}%  robust {test.robust_acc:.2f}% "
-                   f"({cfg.eval.attack}, eps {a.eps * 255:.3g}/255)")
-    meta = CheckpointMeta(
-        kind="endpoint", dataset=cfg.data.dataset, config=to_dict(cfg),
-        metrics=RecordedMetrics(test=test, eval_attack=cfg.eval.attack, eps=a.eps),
-        objective=ObjectiveRecord(obj.name, obj.beta, obj.ema, obj.awp, obj.awp_warmup),
-        recipe=recipe_of(cfg.optim),
-        history=history, runtime=runtime.describe(),
-        timings=Timings(sum(h.seconds for h in history),
-                        sum(h.images_per_s for h in history) / len(history)),
-        record=record)
-    return checkpoint_from_model(model, arch, arch_kwargs_for(data, cfg.model.width), meta,
-                                 model_kwargs=cfg.model.kwargs)
+
+class EndpointRun:
+    """One endpoint's training as it goes: the network and its optimizer, the random streams
+    (batches, attack starts), the objective's task with AWP and EMA where asked, the position
+    in the schedule and the epochs' history; saved and restored as a :class:`TrainState`."""
+
+    def __init__(self, cfg: TrainRunConfig, runtime: Runtime, reporter: Reporter, record: dict,
+                 data: Data, start: Classifier | None) -> None:
+        self.cfg, self.runtime, self.reporter, self.record = cfg, runtime, reporter, record
+        self.data = data
+        self.model = build_endpoint_model(cfg, data) if start is None else start.train()
+        runtime.prepare(self.model)
+        forward = torch.compile(self.model) if cfg.speed.compile else self.model
+        self.on_device = data.to(runtime.device)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)
+        self.generator = torch.Generator().manual_seed(cfg.optim.seed)
+        self.attack_stream = attack_generator(cfg.optim.seed, runtime.device)
+        obj = cfg.objective
+        self.perturbation = (WeightPerturbation(self.model, obj.awp) if obj.awp is not None
+                             else None)
+        group = distributed.group()
+        # several processes: each trains on its rows of every global batch, through a DDP
+        # wrapper (the attack runs on the network itself), with the random starts the whole
+        # batch draws
+        draws = (ShardDraws(self.attack_stream, group.rank, group.world) if group.active
+                 else self.attack_stream)
+        self.wrapper = DistributedDataParallel(self.model) if group.active else None
+        self.task = EndpointTask(self.model, forward, cfg.attack, runtime, draws, obj.name,
+                                 self.perturbation, train_forward=self.wrapper, beta=obj.beta)
+        self.average = WeightAverage(self.model, obj.ema) if obj.ema is not None else None
+        self.monitor = build_attack(cfg.attack)
+        self.position = Position()
+        self.history: list[EpochRecord] = []
+
+    def restore(self, saved: TrainState, source: Path | None) -> None:
+        """Continue from ``saved``; one line naming ``source`` where it does not fit."""
+        where = source or "the saved training state"
+        with as_written(where, RESTORE_FIX):
+            self.model.load_state_dict(saved.model)
+            load_optimizer_state(self.optimizer, saved.optimizer)
+            self.position = Position.from_state(saved.position)
+            self.position.check_within(self.cfg.optim.epochs, where)
+            self.history = list(saved.history)
+            self.record = saved.record
+            restore_rng(saved.rng, self.generator, self.attack_stream)
+            if self.average is not None and saved.ema is not None:
+                self.average.load(saved.ema)
+
+    def announce(self, resumed_from: Path | None) -> None:
+        a, info = self.cfg.attack, self.data.info
+        self.reporter.print(
+            f"[bold]train[/] {endpoint_arch(self.cfg, info)} on {info.name}: "
+            f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} "
+            f"test images, PGD-{a.steps} eps {a.eps * 255:.3g}/255; {self.runtime.summary()}")
+        if resumed_from is not None:
+            self.reporter.print(f"resuming {resumed_from} at epoch {self.position.epoch + 1}, "
+                                f"step {self.position.step}")
+
+    def state(self) -> TrainState:
+        return TrainState(to_dict(self.cfg), self.model.state_dict(),
+                          self.optimizer.state_dict(), self.position.state(),
+                          rng_state(self.generator, self.attack_stream), list(self.history),
+                          self.record, self.average.state() if self.average is not None else None)
+
+    def fit(self, stop: StopSignals, state_path: Path | None,
+            snapshot: Callable[[int, TrainState], None] | None) -> None:
+        """Train the remaining steps, saving to ``state_path`` and showing ``snapshot`` the
+        state at every save."""
+
+        def save() -> None:
+            if state_path is not None or snapshot is not None:
+                current = self.state()
+                if state_path is not None:
+                    current.write(state_path)
+                if snapshot is not None:
+                    snapshot(self.position.epoch, current)
+
+        cfg = self.cfg
+        context = TrainingContext(self.runtime, self.reporter, stop, self.generator,
+                                  self.attack_stream, self.on_device.train, self.data.info,
+                                  cfg.data.augment)
+        self._start_perturbing(self.position.epoch)
+        Trainer(self.task, self.optimizer, cfg.optim, context, self.position,
+                after_step=self._after_step, reduced_by_wrapper=self.wrapper is not None).fit(
+            "epoch", self._after_epoch, save,
+            resume_hint=f"state saved in {state_path}; rerun the same command to continue")
+
+    def _start_perturbing(self, epochs_done: int) -> None:
+        self.task.perturbing = (self.perturbation is not None
+                                and epochs_done >= self.cfg.objective.awp_warmup)
+
+    def _after_step(self) -> None:  # the update lands on the unperturbed weights, then averaged
+        if self.perturbation is not None:
+            self.perturbation.restore()
+        if self.average is not None:
+            self.average.update()
+
+    def _after_epoch(self, epoch: int, result: EpochResult) -> None:
+        self._start_perturbing(epoch + 1)
+        val = evaluate_model(self.model, self.on_device.val.take(MONITOR_IMAGES), self.monitor,
+                             self.runtime, self.cfg.eval.batch_size)
+        self.history.append(EpochRecord(epoch + 1, result.loss, result.train_acc,
+                                        result.images_per_s, result.seconds, val.clean_acc,
+                                        val.robust_acc))
+        self.reporter.print(f"  epoch {epoch + 1}: loss {result.loss:.3f}, "
+                            f"{result.images_per_s:.0f} img/s, val clean {val.clean_acc:.1f}% "
+                            f"robust {val.robust_acc:.1f}%")
+
+    def finish(self) -> Checkpoint:
+        """The trained endpoint: the average where EMA ran, batch norm re-estimated as asked,
+        evaluated on the test split, with everything recorded in its meta."""
+        cfg, model, obj = self.cfg, self.model, self.cfg.objective
+        if self.average is not None:  # the endpoint is the average (BN recomputed below)
+            self.average.copy_to(model)
+        if cfg.optim.precise_bn != "off":
+            recompute_batchnorm(model, self.on_device.train, images=PRECISE_BN_IMAGES,
+                                data=cfg.optim.precise_bn, attack=cfg.attack,
+                                runtime=self.runtime)
+        test = evaluate_test(model, self.on_device, cfg, self.runtime)
+        eps = cfg.attack.eps
+        self.reporter.print(f"[bold]test[/] clean {test.clean_acc:.2f}%  robust "
+                            f"{test.robust_acc:.2f}% ({cfg.eval.attack}, eps {eps * 255:.3g}/255)")
+        history = self.history
+        meta = CheckpointMeta(
+            kind="endpoint", dataset=cfg.data.dataset, config=to_dict(cfg),
+            metrics=RecordedMetrics(test=test, eval_attack=cfg.eval.attack, eps=eps),
+            objective=ObjectiveRecord(obj.name, obj.beta, obj.ema, obj.awp, obj.awp_warmup),
+            recipe=recipe_of(cfg.optim), history=history, runtime=self.runtime.describe(),
+            timings=Timings(sum(h.seconds for h in history),
+                            sum(h.images_per_s for h in history) / max(len(history), 1)),
+            record=self.record)
+        return checkpoint_from_model(model, endpoint_arch(cfg, self.data.info),
+                                     arch_kwargs_for(self.data, cfg.model.width), meta,
+                                     model_kwargs=cfg.model.kwargs)
 
 
 def recipe_of(optim: OptimConfig) -> RecipeRecord:
