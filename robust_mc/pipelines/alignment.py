@@ -6,20 +6,24 @@ aligned b computes what b did."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from robust_mc.attacks import build_attack
 from robust_mc.attacks.training import AttackConfig
-from robust_mc.config import AlignConfig
+from robust_mc.config import AlignConfig, AlignRunConfig, to_dict
 from robust_mc.core.align import Alignment, align
 from robust_mc.core.permutation import PermutationSpec, trace_permutation_spec
 from robust_mc.core.rotatable import MapClass
 from robust_mc.core.rotation_align import StreamMaps, map_state
 from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
+from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.checkpoint import Checkpoint
+from robust_mc.store.meta import AlignmentRecord
+from robust_mc.store.typed import read_record
 from robust_mc.train.learned_maps import LearnSettings, learn_maps, with_learned_maps
 
 
@@ -68,3 +72,18 @@ def mapped(model_a: Classifier, model_b: Classifier, spec: PermutationSpec,
     aligned = copy.deepcopy(model_b)
     aligned.load_state_dict(state)
     return aligned, stream_maps
+
+
+def aligned_checkpoint(b: Checkpoint, result: AlignedPair, cfg: AlignRunConfig,
+                       paths: tuple[str, str], argv: list[str] | None
+                       ) -> tuple[Checkpoint, dict]:
+    """``b`` with the aligned weights, recording the alignment (its settings, the
+    permutation and maps, the report per space) in its meta; and that report as a mapping
+    (``align --json`` prints it)."""
+    summary = {**result.alignment.as_dict(), "function_error": result.function_error,
+               "a": paths[0], "b": paths[1], "left_alone": result.spec.unsupported}
+    meta = replace(b.meta, alignment=read_record(AlignmentRecord, {
+        **summary, "config": to_dict(cfg), "record": run_record(argv),
+        "permutation": {k: v.tolist() for k, v in result.alignment.perm.items()},
+        "maps": result.maps.to_state() if result.maps else {}}))
+    return b.with_weights(result.model_b, meta), summary
