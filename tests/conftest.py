@@ -72,6 +72,20 @@ def tiny_endpoint_files(tmp_path_factory, tiny_endpoint) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_endpoint_files) -> Path:
+    """A finished connect run between the tiny endpoints with the QUICK_CONNECT settings, made
+    once; tests read it, and copy it before changing anything in it."""
+    from robust_mc_testkit import QUICK_CONNECT
+
+    from robust_mc import cli
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert cli.main(["connect", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]),
+                     *QUICK_CONNECT, "--out", str(run), "--json"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def vit_endpoint_files(tiny_endpoint, tmp_path_factory) -> list[Path]:
     """Two one-epoch digits endpoints of the zoo's ViT at half width (AdamW), seeds 0 and 1."""
     root = tmp_path_factory.mktemp("vits")

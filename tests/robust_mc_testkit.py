@@ -14,6 +14,14 @@ from robust_mc.core.rotation import random_rotation
 from robust_mc.models import create_model
 from robust_mc.run.interrupt import StopSignals
 
+# The quick settings the tests share: a connect run of one curve epoch, two path points, PGD-1
+# training, no evaluation attack and small statistics and evaluation sets (about a second on
+# the tiny endpoints); eval, ensemble and verify of such a run with the same evaluation.
+QUICK_EVAL = ["--eval-attack", "none", "--bn-images", "50", "--eval-test-limit", "20",
+              "--val-limit", "20", "--device", "cpu"]
+QUICK_CONNECT = ["--epochs", "1", "--points", "2", "--attack-steps", "1", "--align-samples",
+                 "100", *QUICK_EVAL]
+
 
 class UserNet(nn.Module):
     """A user-style net: functional ReLUs, a residual add, a channel concat, a spatial flatten."""

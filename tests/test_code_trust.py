@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from robust_mc_testkit import QUICK_CONNECT
 from torch import nn
 
 from robust_mc import cli
@@ -20,8 +21,7 @@ from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.model_building import build_model
 
 QUICK = {
-    "connect": ["--epochs", "1", "--points", "2", "--attack-steps", "1", "--eval-attack", "none",
-                "--bn-images", "100", "--align-samples", "100"],
+    "connect": QUICK_CONNECT,
     "align": ["--align-samples", "100"],
     "layers": ["--points", "3", "--samples", "100", "--groups", "blocks", "--attack-steps",
                "1"],
@@ -33,7 +33,7 @@ QUICK = {
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory, tiny_endpoint_files) -> dict[str, Path]:
+def hostile(tmp_path_factory, tiny_endpoint_files, tiny_run) -> dict[str, Path]:
     """Checkpoints and runs that name code: a process-starting callable, and a Python file
     that writes a marker when imported (and otherwise defines a working network)."""
     root = tmp_path_factory.mktemp("hostile")
@@ -56,9 +56,7 @@ def hostile(tmp_path_factory, tiny_endpoint_files) -> dict[str, Path]:
         paths[name] = root / f"{name}.pt"
         torch.save({**source, "arch": arch, "arch_kwargs": {**source["arch_kwargs"], **extra}},
                    paths[name])
-    run = root / "run"
-    assert cli.main(["connect", str(tiny_endpoint_files["a"]), str(tiny_endpoint_files["b"]),
-                     "--out", str(run), *QUICK["connect"], "--device", "cpu", "--json"]) == 0
+    run = tiny_run
     for name, arch in (("popen_run", "subprocess:Popen"), ("file_run", str(paths["spec"]))):
         record = torch.load(run / "curve.pt", weights_only=True)
         (root / name).mkdir()

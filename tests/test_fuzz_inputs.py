@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from robust_mc_testkit import CleanOnlyVerification
+from robust_mc_testkit import QUICK_CONNECT, QUICK_EVAL, CleanOnlyVerification
 
 from robust_mc import cli
 from robust_mc.run import claims
@@ -30,10 +30,8 @@ from robust_mc.store.verified_points import VerifiedPoints
 
 SEED = 20261202
 CASE_SECONDS = 120  # a case still running then is a hang (each takes about a second)
-FAST_EVAL = ["--eval-attack", "none", "--bn-images", "50", "--eval-test-limit", "20",
-             "--val-limit", "20", "--device", "cpu"]
-CONNECT = ["--epochs", "1", "--points", "2", "--attack-steps", "1", "--align-samples", "100",
-           *FAST_EVAL]
+FAST_EVAL = QUICK_EVAL
+CONNECT = QUICK_CONNECT  # as the shared run was made: a continued copy reads every file
 # values of every wrong kind a field could be given
 BAD_VALUES: list[Any] = [None, "x", -1, 0, 10**19, 1e308, math.nan, math.inf, True, [], {},
                          [1, "x"], {"x": 1}, [[[[[[]]]]]], torch.zeros(3, 3),
@@ -90,13 +88,12 @@ def byte_damage(data: bytes, rng: random.Random) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def originals(tmp_path_factory, tiny_endpoint, tiny_endpoint_files) -> dict[str, Path]:
-    """Real files of every kind, made once (a second or two each)."""
+def originals(tmp_path_factory, tiny_endpoint_files, tiny_run) -> dict[str, Path]:
+    """Real files of every kind, made once (a second or two each); the run is shared, and only
+    its copies are changed."""
     root = tmp_path_factory.mktemp("originals")
     files = {"a": tiny_endpoint_files["a"], "b": tiny_endpoint_files["b"]}
-    run = root / "run"
-    assert cli.main(["connect", str(files["a"]), str(files["b"]), *CONNECT, "--out", str(run),
-                     "--json"]) == 0
+    run = tiny_run
     assert cli.main(["ensemble", str(run), "-k", "1", *FAST_EVAL, "--out",
                      str(root / "ens"), "--json"]) == 0
     assert cli.main(["export", str(files["a"]), "--format", "safetensors", "-o",
