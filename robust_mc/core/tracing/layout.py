@@ -64,6 +64,9 @@ class Split:
 
 Dim = Free | Units | Split
 Layout = tuple[Dim, ...]
+# what the walk records for a node: a tensor's layout, the layouts of the tensors a node returns
+# together (split, unbind, attention's output and weights), or nothing (sizes, numbers)
+Traced = Layout | tuple["Traced", ...] | list["Traced"] | None
 
 
 def units(space: int, size: int) -> Units:

@@ -6,12 +6,17 @@ imported; the walk (:mod:`robust_mc.core.tracing.trace`) reads it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.fx
 
-# (the walk: a robust_mc.core.tracing.trace.Trace, the node) -> the output's layout
-Rule = Callable[[Any, torch.fx.Node], Any]
+from robust_mc.core.tracing.layout import Traced
+
+if TYPE_CHECKING:
+    from robust_mc.core.tracing.trace import Trace
+
+# (the walk, the node) -> what the node computes: its output's layout, or its outputs'
+Rule = Callable[["Trace", torch.fx.Node], Traced]
 
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}

@@ -24,6 +24,7 @@ from robust_mc.core.tracing.layout import (
     Layout,
     Seg,
     Split,
+    Traced,
     Units,
     dims_in,
     entry_bounds,
@@ -62,7 +63,7 @@ class Trace:
     gm: torch.fx.GraphModule
     partial: bool = False
     spaces: SpaceTable = field(default_factory=SpaceTable)
-    layouts: dict[str, Any] = field(default_factory=dict)
+    layouts: dict[str, Traced] = field(default_factory=dict)
     records: list[tuple[int, Record]] = field(default_factory=list)
     activations: list[str] = field(default_factory=list)  # post-activation outputs: taps
     producers: list[str] = field(default_factory=list)  # layer outputs: fallback taps
@@ -84,7 +85,7 @@ class Trace:
             return []
         return [tuple(m.shape) for m in meta if hasattr(m, "shape")]
 
-    def layout(self, arg: Any) -> Any:
+    def layout(self, arg: Any) -> Traced:
         return self.layouts.get(arg.name) if isinstance(arg, torch.fx.Node) else None
 
     def arg(self, node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -104,9 +105,17 @@ class Trace:
             return type(obj)(self.value(o) for o in obj)
         return obj
 
+    def operand(self, arg: Any) -> Layout | None:
+        """The layout of a tensor argument; None for anything else (an absent bias, a number,
+        a tuple of tensors)."""
+        layout = self.layout(arg)
+        if isinstance(layout, tuple) and all(is_dim(d) for d in layout):
+            return layout  # type: ignore[return-value]  # every entry is a Dim
+        return None
+
     def tensor(self, node: torch.fx.Node, index: int = 0, name: str = "input") -> Layout:
-        layout = self.layout(self.arg(node, index, name))
-        if not isinstance(layout, tuple) or (layout and not is_dim(layout[0])):
+        layout = self.operand(self.arg(node, index, name))
+        if layout is None:
             raise self.fail(node, "operation on a non-tensor")
         return layout
 
@@ -315,7 +324,7 @@ class Trace:
                                     f"(--partial-alignment leaves it alone)") from None
                 self.layouts[node.name] = self.leave_alone(node, str(exc))
 
-    def leave_alone(self, node: torch.fx.Node, why: str) -> Any:
+    def leave_alone(self, node: torch.fx.Node, why: str) -> Traced:
         """``--partial-alignment``: every space ``node`` touches stays as it is."""
         for arg in node_args((node.args, node.kwargs)):
             self.fix(self.layout(arg), None)
@@ -325,7 +334,7 @@ class Trace:
             return tuple(Free(s) for s in shape)
         return tuple(tuple(Free(s) for s in sh) for sh in self.shapes(node)) or None
 
-    def visit(self, node: torch.fx.Node) -> Any:
+    def visit(self, node: torch.fx.Node) -> Traced:
         shape = self.shape(node)
         if node.op == "placeholder":
             if shape is None:

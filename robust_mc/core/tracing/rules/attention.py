@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Layout, Units, units
+from robust_mc.core.tracing.layout import Dim, Layout, Traced, Units, units
 from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 from robust_mc.core.tracing.rules.layers import open_space
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace
 
 
-def contract(trace: Trace, node, operands: list[Layout], subscripts: list[str],
+def contract(trace: Trace, node: Node, operands: list[Layout], subscripts: list[str],
              output: str) -> Layout:
     """The layout of ``einsum(f"{','.join(subscripts)}->{output}", *operands)``."""
     where = f"'{node.name}'"
@@ -52,7 +53,7 @@ def _matmul_subscripts(rank_a: int, rank_b: int) -> tuple[str, str, str]:
 
 @for_functions(torch.matmul, operator.matmul, torch.bmm)
 @for_methods("matmul", "bmm", "__matmul__")
-def matmul(trace: Trace, node):
+def matmul(trace: Trace, node: Node) -> Traced:
     a, b = trace.tensor(node, 0), trace.tensor(node, 1, "other")
     if len(a) < 2 or len(b) < 2:
         raise trace.fail(node, "product with a vector:")
@@ -61,13 +62,14 @@ def matmul(trace: Trace, node):
 
 
 @for_functions(torch.einsum)
-def einsum(trace: Trace, node):
+def einsum(trace: Trace, node: Node) -> Traced:
     equation = str(node.args[0]).replace(" ", "")
     operands = node.args[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
-    layouts = [trace.layout(o) for o in operands]
-    if "->" not in equation or not all(isinstance(x, tuple) for x in layouts):
+    found = [trace.operand(o) for o in operands]
+    layouts = [x for x in found if x is not None]
+    if "->" not in equation or len(layouts) < len(found):
         raise trace.fail(node, "einsum without an explicit output:")
     inputs, output = equation.split("->")
     subscripts = inputs.split(",")
@@ -82,7 +84,7 @@ def einsum(trace: Trace, node):
     return contract(trace, node, layouts, subscripts, output)
 
 
-def attention_layout(trace: Trace, node, q: Layout, k: Layout, v: Layout,
+def attention_layout(trace: Trace, node: Node, q: Layout, k: Layout, v: Layout,
                      mask: Layout | None) -> Layout:
     """softmax(q @ k^T + mask) @ v, on (..., tokens, units) tensors."""
     batch = string.ascii_uppercase[:len(q) - 2]
@@ -93,13 +95,13 @@ def attention_layout(trace: Trace, node, q: Layout, k: Layout, v: Layout,
 
 
 @for_functions(F.scaled_dot_product_attention)
-def sdpa(trace: Trace, node):
+def sdpa(trace: Trace, node: Node) -> Traced:
     q, k, v = (trace.tensor(node, i, name) for i, name in enumerate(("query", "key", "value")))
-    mask = trace.layout(trace.arg(node, 3, "attn_mask"))
+    mask = trace.operand(trace.arg(node, 3, "attn_mask"))
     return attention_layout(trace, node, q, k, v, mask if isinstance(mask, tuple) else None)
 
 
-def packed_projection(trace: Trace, node, x: Dim, qkv_weight: Layout, qkv_bias: Layout | None,
+def packed_projection(trace: Trace, node: Node, x: Dim, qkv_weight: Layout, qkv_bias: Layout | None,
                       proj_weight: Layout, proj_bias: Layout | None, heads: int,
                       names: tuple[str, str]) -> tuple[Units, int | None]:
     """A packed query/key/value projection of ``x``'s units, ``heads`` heads, and the output
@@ -123,7 +125,7 @@ def packed_projection(trace: Trace, node, x: Dim, qkv_weight: Layout, qkv_bias: 
 
 
 @for_modules(nn.MultiheadAttention)
-def multihead_attention(trace: Trace, node):
+def multihead_attention(trace: Trace, node: Node) -> Traced:
     """``nn.MultiheadAttention`` (self-attention: query, key and value from the same units)."""
     attention = trace.module(node)
     if not attention._qkv_same_embed_dim:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
 from robust_mc.core.tracing.graph import node_args
-from robust_mc.core.tracing.layout import Free
+from robust_mc.core.tracing.layout import Free, Traced
 from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 from robust_mc.models.normalize import Normalize
 
@@ -55,13 +56,13 @@ if TYPE_CHECKING:
 @for_modules(*ACTIVATION_MODULES)
 @for_functions(*ACTIVATION_FUNCTIONS)
 @for_methods(*ACTIVATION_METHODS)
-def activation(trace: Trace, node):
+def activation(trace: Trace, node: Node) -> Traced:
     trace.activation(node)
     return trace.tensor(node)
 
 
 @for_modules(nn.PReLU)
-def prelu(trace: Trace, node):
+def prelu(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     module = trace.module(node)
     if module.num_parameters > 1:  # one slope per channel
@@ -73,17 +74,17 @@ def prelu(trace: Trace, node):
 @for_modules(*PASS_MODULES)
 @for_functions(*UNARY_FUNCTIONS)
 @for_methods(*UNARY_METHODS)
-def unary(trace: Trace, node):
+def unary(trace: Trace, node: Node) -> Traced:
     """Unit-wise functions (softmax too: it treats every entry of its axis alike)."""
     return trace.tensor(node)
 
 
 @for_functions(*ARITHMETIC_FUNCTIONS)
 @for_methods(*ARITHMETIC_METHODS)
-def arithmetic(trace: Trace, node):
+def arithmetic(trace: Trace, node: Node) -> Traced:
     """Tensors combined entry by entry, broadcast on their trailing axes."""
-    tensors = [trace.layout(a) for a in node_args((node.args, node.kwargs))]
-    tensors = [t for t in tensors if isinstance(t, tuple)]
+    operands = [trace.operand(a) for a in node_args((node.args, node.kwargs))]
+    tensors = [t for t in operands if t is not None]
     shape = trace.shape(node)
     if not tensors or shape is None:
         raise trace.fail(node, "arithmetic on non-tensors:")

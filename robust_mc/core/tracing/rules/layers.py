@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Free, Layout, Units
+from robust_mc.core.tracing.layout import Free, Layout, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace
 
 
-def open_space(trace: Trace, node, weight: Layout, bias: Layout | None,
+def open_space(trace: Trace, node: Node, weight: Layout, bias: Layout | None,
                name: str | None = None) -> Units:
     """The layer's outputs: the weight's first axis becomes a new hidden space, named after
     the layer."""
@@ -35,7 +36,7 @@ def open_space(trace: Trace, node, weight: Layout, bias: Layout | None,
     return out
 
 
-def _linear(trace: Trace, node, x: Layout, weight: Layout, bias: Layout | None) -> Layout:
+def _linear(trace: Trace, node: Node, x: Layout, weight: Layout, bias: Layout | None) -> Layout:
     if len(weight) != 2 or not isinstance(weight[0], Units):
         raise trace.fail(node, "linear layer with a weight of this shape:")
     trace.meet([x[-1], weight[1]], f"'{node.name}'")
@@ -43,20 +44,20 @@ def _linear(trace: Trace, node, x: Layout, weight: Layout, bias: Layout | None) 
 
 
 @for_modules(nn.Linear)
-def linear_module(trace: Trace, node):
+def linear_module(trace: Trace, node: Node) -> Traced:
     weight = trace.module_parameter(node, "weight")
     assert weight is not None
     return _linear(trace, node, trace.tensor(node), weight, trace.module_parameter(node, "bias"))
 
 
 @for_functions(F.linear)
-def linear_function(trace: Trace, node):
-    weight = trace.layout(trace.arg(node, 1, "weight"))
-    bias = trace.layout(trace.arg(node, 2, "bias"))
+def linear_function(trace: Trace, node: Node) -> Traced:
+    weight = trace.tensor(node, 1, "weight")
+    bias = trace.operand(trace.arg(node, 2, "bias"))
     return _linear(trace, node, trace.tensor(node), weight, bias)
 
 
-def _spatial(trace: Trace, node, x: Layout, channels) -> Layout:
+def _spatial(trace: Trace, node: Node, x: Layout, channels) -> Layout:
     shape = trace.shape(node)
     assert shape is not None
     for dim in x[2:]:
@@ -66,7 +67,7 @@ def _spatial(trace: Trace, node, x: Layout, channels) -> Layout:
 
 
 @for_modules(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv_module(trace: Trace, node):
+def conv_module(trace: Trace, node: Node) -> Traced:
     conv = trace.module(node)
     x = trace.tensor(node)
     if conv.groups == 1:
@@ -80,7 +81,7 @@ def conv_module(trace: Trace, node):
                                              f"{node.target}.weight", bias))
 
 
-def _grouped(trace: Trace, node, channels, groups: int, out_channels: int, weight: str,
+def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int, weight: str,
              bias: str | None) -> Units | Free:
     """Input units in ``groups`` blocks, each read by its own block of output units; the
     parameters are ``weight`` (out, in / groups, ...) and ``bias``."""
@@ -120,10 +121,10 @@ def _grouped(trace: Trace, node, channels, groups: int, out_channels: int, weigh
 
 
 @for_functions(F.conv1d, F.conv2d, F.conv3d)
-def conv_function(trace: Trace, node):
+def conv_function(trace: Trace, node: Node) -> Traced:
     x = trace.tensor(node)
-    weight = trace.layout(trace.arg(node, 1, "weight"))
-    bias = trace.layout(trace.arg(node, 2, "bias"))
+    weight = trace.operand(trace.arg(node, 1, "weight"))
+    bias = trace.operand(trace.arg(node, 2, "bias"))
     groups = trace.arg(node, 6, "groups", 1)
     if not isinstance(weight, tuple) or not isinstance(weight[0], Units):
         raise trace.fail(node, "convolution with a weight that is not a parameter:")

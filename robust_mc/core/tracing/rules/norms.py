@@ -10,23 +10,24 @@ from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Layout, Units
+from robust_mc.core.tracing.layout import Layout, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 if TYPE_CHECKING:
     from robust_mc.core.tracing.trace import Trace
 
 
-def _params(trace: Trace, node, names: tuple[str, ...]) -> list[Layout]:
+def _params(trace: Trace, node: Node, names: tuple[str, ...]) -> list[Layout]:
     if node.op == "call_module":
         found = [trace.module_parameter(node, name) for name in names]
     else:
-        found = [trace.layout(trace.arg(node, index, name)) for index, name in names_at(node)]
+        found = [trace.operand(trace.arg(node, index, name)) for index, name in names_at(node)]
     return [p for p in found if isinstance(p, tuple) and p]
 
 
-def names_at(node) -> list[tuple[int, str]]:
+def names_at(node: Node) -> list[tuple[int, str]]:
     """Positions of the parameter arguments of a functional norm."""
     if node.target is F.batch_norm:
         return [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
@@ -39,7 +40,7 @@ def names_at(node) -> list[tuple[int, str]]:
 
 @for_modules(nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 @for_functions(F.batch_norm, F.instance_norm)
-def batch_norm(trace: Trace, node):
+def batch_norm(trace: Trace, node: Node) -> Traced:
     """Per-channel statistics and parameters on axis 1."""
     x = trace.tensor(node)
     params = _params(trace, node, ("weight", "bias", "running_mean", "running_var"))
@@ -50,7 +51,7 @@ def batch_norm(trace: Trace, node):
 
 @for_modules(nn.LayerNorm)
 @for_functions(F.layer_norm)
-def layer_norm(trace: Trace, node):
+def layer_norm(trace: Trace, node: Node) -> Traced:
     """Statistics over the trailing axes; the parameters follow each of them."""
     x = trace.tensor(node)
     for param in _params(trace, node, ("weight", "bias")):
@@ -61,7 +62,7 @@ def layer_norm(trace: Trace, node):
 
 @for_modules(nn.GroupNorm)
 @for_functions(F.group_norm)
-def group_norm(trace: Trace, node):
+def group_norm(trace: Trace, node: Node) -> Traced:
     x = trace.tensor(node)
     groups = (trace.module(node).num_groups if node.op == "call_module"
               else int(trace.arg(node, 1, "num_groups")))

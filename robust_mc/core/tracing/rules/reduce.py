@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Free, Split
+from robust_mc.core.tracing.layout import Dim, Free, Split, Traced
 from robust_mc.core.tracing.rulebook import for_functions, for_methods
 from robust_mc.core.tracing.rules.elementwise import arithmetic
 
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 @for_functions(*REDUCTIONS)
 @for_methods(*REDUCTION_METHODS)
-def reduction(trace: Trace, node):
-    if isinstance(trace.layout(trace.arg(node, 1, "other")), tuple):
+def reduction(trace: Trace, node: Node) -> Traced:
+    if isinstance(trace.operand(trace.arg(node, 1, "other")), tuple):
         return arithmetic(trace, node)  # torch.max(a, b): entry by entry
     layout = trace.tensor(node)
     name = getattr(node.target, "__name__", str(node.target))
@@ -58,6 +59,6 @@ def reduction(trace: Trace, node):
 
 
 @for_functions(F.normalize)
-def normalize(trace: Trace, node):
+def normalize(trace: Trace, node: Node) -> Traced:
     """Each vector divided by its norm: unit-wise along the axis."""
     return trace.tensor(node)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Free, Layout, Split, Units
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Split, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_methods
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def slice_units(trace: Trace, dim: Units, start: int, stop: int) -> Units:
     return Units(tuple(out))
 
 
-def _pieces(trace: Trace, node, dim: Dim, sizes: list[int]) -> list[Dim]:
+def _pieces(trace: Trace, node: Node, dim: Dim, sizes: list[int]) -> list[Dim]:
     """``dim`` cut into consecutive pieces of ``sizes`` entries."""
     if isinstance(dim, Free):
         return [Free(s) for s in sizes]
@@ -54,7 +55,7 @@ def _pick_parts(layout: Layout, group: Split, parts: tuple[int, ...]) -> Layout:
                  for d in layout)
 
 
-def _split_along(trace: Trace, node, layout: Layout, axis: int, sizes: list[int],
+def _split_along(trace: Trace, node: Node, layout: Layout, axis: int, sizes: list[int],
                  keep_axis: bool = True) -> tuple[Layout, ...]:
     dim = trace.resolve(layout[axis])
     out = []
@@ -73,7 +74,7 @@ def _split_along(trace: Trace, node, layout: Layout, axis: int, sizes: list[int]
 
 @for_functions(torch.unbind)
 @for_methods("unbind")
-def unbind(trace: Trace, node):
+def unbind(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     axis = int(trace.arg(node, 1, "dim", 0)) % len(layout)
     return _split_along(trace, node, layout, axis, [1] * layout[axis].size, keep_axis=False)
@@ -81,23 +82,24 @@ def unbind(trace: Trace, node):
 
 @for_functions(torch.chunk, torch.split, torch.tensor_split)
 @for_methods("chunk", "split", "tensor_split", "split_with_sizes")
-def split(trace: Trace, node):
+def split(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     axis = int(trace.arg(node, 2, "dim", 0)) % len(layout)
     return _split_along(trace, node, layout, axis, [s[axis] for s in trace.shapes(node)])
 
 
 @for_functions(operator.getitem)
-def getitem(trace: Trace, node):
+def getitem(trace: Trace, node: Node) -> Traced:
     source = trace.layout(node.args[0])
     index = node.args[1]
     if isinstance(source, tuple) and source and not isinstance(source[0], (Free, Units,
                                                                               Split)):
-        return source[index]  # an item of a tuple (of unbind, chunk, an attention module)
+        # an item of a tuple (of unbind, chunk, an attention module)
+        return source[index]  # type: ignore[index]  # an int or a slice; fx types it as any
     return _index(trace, node, trace.tensor(node), index)
 
 
-def _index(trace: Trace, node, layout: Layout, index) -> Layout:
+def _index(trace: Trace, node: Node, layout: Layout, index) -> Layout:
     """The layout of ``tensor[index]`` (basic indexing, and one gathered axis)."""
     shape = trace.shape(node)
     assert shape is not None
@@ -135,7 +137,7 @@ def _index(trace: Trace, node, layout: Layout, index) -> Layout:
     return tuple(Free(s) if isinstance(d, Free) else d for d, s in zip(out, shape, strict=True))
 
 
-def _sliced(trace: Trace, node, dim: Dim, item: slice) -> Dim:
+def _sliced(trace: Trace, node: Node, dim: Dim, item: slice) -> Dim:
     start, stop, step = item.indices(dim.size)
     if (start, stop, step) == (0, dim.size, 1):
         return dim
@@ -152,7 +154,7 @@ def _sliced(trace: Trace, node, dim: Dim, item: slice) -> Dim:
 
 @for_methods("select")
 @for_functions(torch.select)
-def select(trace: Trace, node):
+def select(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     axis = int(trace.arg(node, 1, "dim")) % len(layout)
     index = int(trace.arg(node, 2, "index"))
@@ -162,7 +164,7 @@ def select(trace: Trace, node):
 
 @for_methods("narrow")
 @for_functions(torch.narrow)
-def narrow(trace: Trace, node):
+def narrow(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     axis = int(trace.arg(node, 1, "dim")) % len(layout)
     start, length = int(trace.arg(node, 2, "start")), int(trace.arg(node, 3, "length"))
@@ -171,7 +173,7 @@ def narrow(trace: Trace, node):
 
 
 @for_functions(torch.cat, torch.concat, torch.concatenate)
-def cat(trace: Trace, node):
+def cat(trace: Trace, node: Node) -> Traced:
     layouts = _tensors(trace, node, "concatenation")
     rank = len(layouts[0])
     axis = int(trace.arg(node, 1, "dim", 0)) % rank
@@ -191,7 +193,7 @@ def cat(trace: Trace, node):
 
 
 @for_functions(torch.stack)
-def stack(trace: Trace, node):
+def stack(trace: Trace, node: Node) -> Traced:
     layouts = _tensors(trace, node, "stack")
     rank = len(layouts[0])
     axis = int(trace.arg(node, 1, "dim", 0)) % (rank + 1)
@@ -202,7 +204,7 @@ def stack(trace: Trace, node):
 
 @for_methods("index_select")
 @for_functions(torch.index_select)
-def index_select(trace: Trace, node):
+def index_select(trace: Trace, node: Node) -> Traced:
     layout = list(trace.tensor(node))
     axis = int(trace.arg(node, 1, "dim")) % len(layout)
     trace.meet([layout[axis], Free(layout[axis].size)], f"'{node.name}'")
@@ -212,9 +214,10 @@ def index_select(trace: Trace, node):
     return tuple(layout)
 
 
-def _tensors(trace: Trace, node, what: str) -> list[Layout]:
+def _tensors(trace: Trace, node: Node, what: str) -> list[Layout]:
     """The layouts of a sequence of tensors (``cat``'s and ``stack``'s first argument)."""
-    layouts = [trace.layout(t) for t in trace.arg(node, 0, "tensors")]
-    if not layouts or not all(isinstance(layout, tuple) for layout in layouts):
+    layouts = [trace.operand(t) for t in trace.arg(node, 0, "tensors")]
+    tensors = [layout for layout in layouts if layout is not None]
+    if not tensors or len(tensors) < len(layouts):
         raise trace.fail(node, f"{what} of non-tensors:")
-    return layouts
+    return tensors

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Units
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 
 ROLES = ("part", "block", "inner")
@@ -33,7 +34,7 @@ def _axes(node, first: int) -> list:
 
 @for_functions(torch.permute)
 @for_methods("permute")
-def permute(trace: Trace, node):
+def permute(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     order = [int(a) % len(layout) for a in _axes(node, 1)]
     return tuple(layout[a] for a in order)
@@ -41,7 +42,7 @@ def permute(trace: Trace, node):
 
 @for_functions(torch.transpose, torch.swapaxes, torch.swapdims)
 @for_methods("transpose", "swapaxes", "swapdims")
-def transpose(trace: Trace, node):
+def transpose(trace: Trace, node: Node) -> Traced:
     layout = list(trace.tensor(node))
     a = int(trace.arg(node, 1, "dim0")) % len(layout)
     b = int(trace.arg(node, 2, "dim1")) % len(layout)
@@ -51,13 +52,13 @@ def transpose(trace: Trace, node):
 
 @for_functions(torch.t)
 @for_methods("t")
-def t(trace: Trace, node):
+def t(trace: Trace, node: Node) -> Traced:
     return tuple(reversed(trace.tensor(node)))
 
 
 @for_functions(torch.movedim, torch.moveaxis)
 @for_methods("movedim", "moveaxis")
-def movedim(trace: Trace, node):
+def movedim(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     source, dest = trace.arg(node, 1, "source"), trace.arg(node, 2, "destination")
     source = [source] if isinstance(source, int) else list(source)
@@ -73,7 +74,7 @@ def movedim(trace: Trace, node):
 
 
 @for_functions(getattr)
-def attribute(trace: Trace, node):
+def attribute(trace: Trace, node: Node) -> Traced:
     layout = trace.tensor(node)
     if node.args[1] == "T":
         return tuple(reversed(layout))
@@ -87,14 +88,14 @@ def attribute(trace: Trace, node):
 @for_methods("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
              "reshape_as")
 @for_modules(nn.Flatten, nn.Unflatten)
-def reshape(trace: Trace, node):
+def reshape(trace: Trace, node: Node) -> Traced:
     arg = node.args[0]
     layout, in_shape, out_shape = trace.tensor(node), trace.shape(arg), trace.shape(node)
     assert in_shape is not None and out_shape is not None
     return reshaped(trace, node, layout, in_shape, out_shape)
 
 
-def reshaped(trace: Trace, node, layout: Layout, in_shape, out_shape) -> Layout:
+def reshaped(trace: Trace, node: Node, layout: Layout, in_shape, out_shape) -> Layout:
     """The layout after viewing a tensor of ``in_shape`` as ``out_shape`` (same entries, same
     order): axes are matched in runs of equal size, each run merged, split or copied."""
     ins = [(d, s) for d, s in zip(layout, in_shape, strict=True) if s != 1]
@@ -117,7 +118,7 @@ def reshaped(trace: Trace, node, layout: Layout, in_shape, out_shape) -> Layout:
     return tuple(result)
 
 
-def _run(trace: Trace, node, dims: list[Dim], sizes: list[int]) -> list[Dim]:
+def _run(trace: Trace, node: Node, dims: list[Dim], sizes: list[int]) -> list[Dim]:
     if len(dims) == 1 and len(sizes) == 1:
         return dims
     if all(isinstance(d, Free) for d in dims):
@@ -129,7 +130,7 @@ def _run(trace: Trace, node, dims: list[Dim], sizes: list[int]) -> list[Dim]:
     raise trace.fail(node, "reshape that both merges and splits hidden axes:")
 
 
-def _merge(trace: Trace, node, dims: list[Dim]) -> Dim:
+def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
     moving = [k for k, d in enumerate(dims) if not isinstance(d, Free)]
     first, last = moving[0], moving[-1]
     tiles = math.prod(d.size for d in dims[:first])  # positions before the units: tiled
@@ -151,7 +152,7 @@ def _merge(trace: Trace, node, dims: list[Dim]) -> Dim:
     return Units(tuple(Seg(s.space, s.size, s.repeat * repeat) for s in segs) * tiles)
 
 
-def _split(trace: Trace, node, dim: Dim, sizes: list[int]) -> list[Dim]:
+def _split(trace: Trace, node: Node, dim: Dim, sizes: list[int]) -> list[Dim]:
     if not isinstance(dim, Units):
         raise trace.fail(node, "reshape of heads:")
     repeats = {s.repeat for s in dim.segs}
@@ -193,19 +194,19 @@ def _split(trace: Trace, node, dim: Dim, sizes: list[int]) -> list[Dim]:
 
 @for_methods("expand", "expand_as", "broadcast_to")
 @for_functions(torch.broadcast_to)
-def expand(trace: Trace, node):
+def expand(trace: Trace, node: Node) -> Traced:
     """Size-1 axes broadcast: what they hold does not change."""
     return _resized(trace, node, None)
 
 
 @for_methods("repeat", "tile")
 @for_functions(torch.tile)
-def repeat(trace: Trace, node):
+def repeat(trace: Trace, node: Node) -> Traced:
     """Axes tiled: tiled positions stay positions; tiled units are left as they are."""
     return _resized(trace, node, f"'{node.name}': hidden units tiled")
 
 
-def _resized(trace: Trace, node, tiled: str | None) -> Layout:
+def _resized(trace: Trace, node: Node, tiled: str | None) -> Layout:
     layout, shape = trace.tensor(node), trace.shape(node)
     assert shape is not None
     lead = len(shape) - len(layout)
@@ -219,7 +220,7 @@ def _resized(trace: Trace, node, tiled: str | None) -> Layout:
 
 @for_functions(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
                torch.rand_like, torch.randn_like)
-def like(trace: Trace, node):
+def like(trace: Trace, node: Node) -> Traced:
     """A tensor of the input's shape whose entries do not depend on the units: any permutation
     leaves it as it is, so it takes the input's layout."""
     return trace.tensor(node)
@@ -227,6 +228,6 @@ def like(trace: Trace, node):
 
 @for_functions(torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.ones, torch.full,
                torch.empty, torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint)
-def created(trace: Trace, node):
+def created(trace: Trace, node: Node) -> Traced:
     """A tensor made in the forward pass from numbers (an index, a mask): no units."""
     return tuple(Free(s) for s in trace.shape(node) or ())

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Free
+from robust_mc.core.tracing.layout import Free, Traced
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 @for_modules(*POOL_MODULES, *PAD_MODULES)
 @for_functions(*POOL_FUNCTIONS)
-def spatial(trace: Trace, node):
+def spatial(trace: Trace, node: Node) -> Traced:
     x = trace.tensor(node)
     shape = trace.shape(node)
     assert shape is not None
@@ -40,7 +41,7 @@ def spatial(trace: Trace, node):
 
 
 @for_functions(F.pad)
-def pad(trace: Trace, node):
+def pad(trace: Trace, node: Node) -> Traced:
     """Padding of the last ``len(pad) / 2`` axes: those padded must hold no hidden units."""
     x = trace.tensor(node)
     widths = trace.arg(node, 1, "pad", ())

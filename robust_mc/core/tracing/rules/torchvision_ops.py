@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from torch.fx import Node
 from torchvision.models import swin_transformer as swin
 
-from robust_mc.core.tracing.layout import Free, Units, units
+from robust_mc.core.tracing.layout import Free, Traced, Units, units
 from robust_mc.core.tracing.rulebook import for_functions
 from robust_mc.core.tracing.rules.attention import packed_projection
 
@@ -17,14 +18,14 @@ if TYPE_CHECKING:
 
 
 @for_functions(swin.shifted_window_attention)
-def shifted_window_attention(trace: Trace, node):
+def shifted_window_attention(trace: Trace, node: Node) -> Traced:
     """Window attention on (B, H, W, C): a packed projection in heads, a relative position bias
     per head (and Swin V2's per-head logit scale)."""
     x = trace.tensor(node)
-    layout = [trace.layout(trace.arg(node, i, name)) for i, name in enumerate(
+    layout = [trace.tensor(node, i, name) for i, name in enumerate(
         ("input", "qkv_weight", "proj_weight", "relative_position_bias"))]
     heads = int(trace.arg(node, 5, "num_heads"))
-    qkv_bias, proj_bias, logit_scale = (trace.layout(trace.arg(node, i, name)) for i, name in (
+    qkv_bias, proj_bias, logit_scale = (trace.operand(trace.arg(node, i, name)) for i, name in (
         (9, "qkv_bias"), (10, "proj_bias"), (11, "logit_scale")))
     name = node.name
     out, head_space = packed_projection(trace, node, x[-1], layout[1], qkv_bias, layout[2],
@@ -38,7 +39,7 @@ def shifted_window_attention(trace: Trace, node):
 
 
 @for_functions(swin._get_relative_position_bias)
-def relative_position_bias(trace: Trace, node):
+def relative_position_bias(trace: Trace, node: Node) -> Traced:
     """(1, heads, N, N) gathered from a (positions, heads) table: one bias per head."""
     table = trace.tensor(node)
     shape = trace.shape(node)
@@ -48,7 +49,7 @@ def relative_position_bias(trace: Trace, node):
 
 
 @for_functions(swin._patch_merging_pad)
-def patch_merging_pad(trace: Trace, node):
+def patch_merging_pad(trace: Trace, node: Node) -> Traced:
     """(..., H, W, C) -> (..., H/2, W/2, 4C): four neighbours' units side by side."""
     x = trace.tensor(node)
     shape = trace.shape(node)
