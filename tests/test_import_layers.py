@@ -178,3 +178,18 @@ def test_the_checkout_holds_no_links():
              for path in [top, *(top.rglob("*") if top.is_dir() and not top.is_symlink() else [])]
              if path.is_symlink()]
     assert not links, f"symbolic links: {links}"
+
+
+def test_the_library_map_names_every_module():
+    """docs/design.md's library map names each module, or the folder it belongs to: a module
+    added without a line there is a part of the house nobody was shown."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    unnamed = []
+    for path in sorted((ROOT / "robust_mc").rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        folders = [f"`{folder}/`" for folder in list(relative.parents)[:-2]]
+        if path.name == "__init__.py" or f"`{relative}`" in text or f"`{path.name}`" in text:
+            continue
+        if not any(folder in text for folder in folders):
+            unnamed.append(str(relative))
+    assert not unnamed, f"docs/design.md's library map lacks {unnamed}"

@@ -6,17 +6,15 @@ imported; the walk (:mod:`robust_mc.core.tracing.trace`) reads it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.fx
 
 from robust_mc.core.tracing.layout import Traced
 
-if TYPE_CHECKING:
-    from robust_mc.core.tracing.trace import Trace
-
-# (the walk, the node) -> what the node computes: its output's layout, or its outputs'
-Rule = Callable[["Trace", torch.fx.Node], Traced]
+# (the walk: a robust_mc.core.tracing.trace.Trace, which reads this book, so it is not named
+# here; the node) -> what the node computes: its output's layout, or its outputs'
+Rule = Callable[[Any, torch.fx.Node], Traced]
 
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}
