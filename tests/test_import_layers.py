@@ -193,3 +193,10 @@ def test_the_library_map_names_every_module():
         if not any(folder in text for folder in folders):
             unnamed.append(str(relative))
     assert not unnamed, f"docs/design.md's library map lacks {unnamed}"
+
+
+def test_no_module_is_over_400_lines():
+    """A module that long holds more than one concept: split it along its seams."""
+    long = {str(p.relative_to(ROOT)): n for p in modules().values()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"

@@ -87,7 +87,7 @@ class Curve(nn.Module):
         super().__init__()
         if kind not in CURVES:
             raise ValueError(f"unknown curve kind {kind!r}; choose one of {list_curves()}")
-        if kind == "line":
+        if not has_bends(kind):
             bends = 0
         elif bends < 1:
             raise ValueError(f"a {kind} curve needs at least one bend")
@@ -170,7 +170,7 @@ class Curve(nn.Module):
             raise ValueError("start, end and bends must be finite")
         curve = cls(state["kind"], names, [tuple(s) for s in shapes],
                     state["start"], state["end"], max(int(bends.shape[0]), 1))
-        if state["kind"] != "line":
+        if has_bends(state["kind"]):
             with torch.no_grad():
                 curve.bends.copy_(state["bends"])
         return curve

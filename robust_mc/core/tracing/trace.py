@@ -106,8 +106,7 @@ class Trace:
         return obj
 
     def operand(self, arg: Any) -> Layout | None:
-        """The layout of a tensor argument; None for anything else (an absent bias, a number,
-        a tuple of tensors)."""
+        """A tensor argument's layout; None for an absent bias, a number, a tuple of tensors."""
         layout = self.layout(arg)
         if isinstance(layout, tuple) and all(is_dim(d) for d in layout):
             return layout  # type: ignore[return-value]  # every entry is a Dim
