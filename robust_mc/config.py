@@ -19,7 +19,7 @@ from robust_mc.core.rotatable import MapClass
 from robust_mc.core.unit_statistics import TOKENS as ALIGN_TOKENS
 from robust_mc.data import DataConfig
 from robust_mc.errors import UserError
-from robust_mc.evaluation.settings import ATTACK_HELP, LayersConfig, PathConfig, VerifyConfig
+from robust_mc.evaluation.settings import LayersConfig, PathConfig, VerifyConfig, attack_help
 from robust_mc.run.runtime import DEVICE_HELP, SpeedConfig
 from robust_mc.settings import (
     SettingInfo,
@@ -62,7 +62,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    attack: str = setting("pgd:steps=20", help=ATTACK_HELP)
+    attack: str = setting("pgd:steps=20", help=attack_help)
     batch_size: int = setting(256, lo=1, may_change=True)
     seed: int = setting(0)
 

@@ -20,6 +20,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
@@ -45,7 +46,7 @@ class Choices(Protocol):
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None, pixel: bool = False,
-            help: str = "", may_change: bool = False,
+            help: str | Callable[[], str] = "", may_change: bool = False,
             choices: Choices | None = None) -> Any:
     """A dataclass field with a range check, pixel-unit parsing and a help string (which the
     command-line flag that sets it shows). ``may_change``: a run may continue with another value
@@ -354,5 +355,6 @@ def describe_setting(cls: type, key: str) -> SettingInfo:
         exact = all(meta["choices"].accepts(label) for label in valid)
     else:
         valid = None
-    return SettingInfo(key, tp, getattr(defaults, name), meta.get("help", ""), valid,
+    text = meta.get("help", "")  # a function: a help that lists a registry as it is now
+    return SettingInfo(key, tp, getattr(defaults, name), text() if callable(text) else text, valid,
                        bool(meta.get("pixel")), exact)

@@ -8,8 +8,11 @@ from typing import Literal
 from robust_mc.attacks import list_attacks
 from robust_mc.settings import setting
 
-ATTACK_HELP = (f"eval attack spec NAME[:key=value,...], NAME one of {', '.join(list_attacks())} "
-               "(docs/reference.md#attacks); pgd's alpha defaults to eps/4")
+
+def attack_help() -> str:
+    """``--eval-attack``'s help, naming the attacks registered when the parser is built."""
+    return (f"eval attack spec NAME[:key=value,...], NAME one of {', '.join(list_attacks())} "
+            "(docs/reference.md#attacks); pgd's alpha defaults to eps/4")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class PathConfig:
                       "images, or each network's own PGD examples (the training attack, random "
                       "starts from the path's seed)")
     repair_images: int = setting(1000, lo=1, help="training images for repair's unit statistics")
-    attack: str = setting("pgd:steps=20", help=ATTACK_HELP)
+    attack: str = setting("pgd:steps=20", help=attack_help)
     batch_size: int = setting(250, lo=1, help="images per evaluation batch (250 measured "
                                               "fastest on a 2-core CPU)", may_change=True)
     val_limit: int | None = setting(None, lo=1, help="validation images evaluated (all)")
