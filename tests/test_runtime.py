@@ -50,16 +50,75 @@ def test_runs_leave_the_global_random_streams_as_they_found_them(tiny_endpoint, 
     assert torch.equal(torch.get_rng_state(), state) and ckpt.meta.metrics
 
 
-@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, None)])
-def test_auto_precision_takes_bfloat16_on_a_cpu_with_amx_tiles_only(monkeypatch, amx, expected):
+class SteppedClock:
+    """A timer whose float32 passes take ``fp32`` seconds and bfloat16 passes ``bf16`` (the
+    measurement alternates float32, bfloat16): the rule is tested, not this CPU's speed."""
+
+    def __init__(self, fp32: float, bf16: float) -> None:
+        self.durations = [fp32, bf16]
+        self.now, self.calls = 0.0, 0
+
+    def __call__(self) -> float:
+        if self.calls % 2:  # the end of a pass
+            self.now += self.durations[(self.calls // 2) % 2]
+        self.calls += 1
+        return self.now
+
+
+@pytest.mark.parametrize("fp32, bf16, expected", [(2.0, 1.0, torch.bfloat16),
+                                                  (1.1, 1.0, None), (1.0, 2.0, None)])
+def test_auto_takes_bfloat16_where_the_network_measured_faster_in_it(fp32, bf16, expected):
+    from robust_mc.models import create_model
+    from robust_mc.run.precision import measured_choice
+
+    model = create_model("cnn", num_classes=10, in_channels=1, mean=[0.5], std=[0.5]).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choice = measured_choice(model, torch.rand(2, 1, 8, 8), timer=SteppedClock(fp32, bf16))
+    assert choice.dtype == expected and "measured" in choice.why
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_choice_is_measured_once_per_network_and_machine(monkeypatch, tmp_path):
+    from robust_mc.models import create_model
+    from robust_mc.run import precision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(precision, "measured_choice", lambda model, example: measured.append(
+        1) or precision.Choice(torch.bfloat16, "measured 2.00x faster than float32 here"))
+    model = create_model("cnn", num_classes=10, in_channels=1, mean=[0.5], std=[0.5])
+    x = torch.rand(2, 1, 8, 8)
+    first, second = (precision.calibrated_choice(model, x) for _ in range(2))
+    assert measured == [1] and first.dtype == second.dtype == torch.bfloat16
+    assert second.why.endswith("(cached)")
+    wider = create_model("cnn", num_classes=10, in_channels=1, mean=[0.5], std=[0.5], width=2)
+    precision.calibrated_choice(wider, x)  # another network: measured again
+    assert measured == [1, 1]
+    (tmp_path / "robust-mc" / "precision.json").write_text("[not a table")  # a torn cache
+    assert precision.calibrated_choice(model, x).dtype == torch.bfloat16 and len(measured) == 3
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, measures", [(True, False, True), (False, True, True),
+                                                        (False, False, False)])
+def test_auto_measures_only_where_the_cpu_computes_bfloat16(monkeypatch, amx, avx512_bf16,
+                                                            measures):
+    from robust_mc.run import precision
     from robust_mc.run import runtime as rt
 
-    monkeypatch.setattr(rt, "cpu_features", lambda: {"amx": amx, "avx512_bf16": True,
+    monkeypatch.setattr(rt, "cpu_features", lambda: {"amx": amx, "avx512_bf16": avx512_bf16,
                                                      "capability": "AVX512"})
+    monkeypatch.setattr(precision, "calibrated_choice", lambda model, example: precision.Choice(
+        torch.bfloat16, "measured 1.50x faster than float32 here"))
     chosen = rt.Runtime(torch.device("cpu"), SpeedConfig(precision="auto"))
-    assert chosen.dtype == expected
-    assert ("AMX tiles" in chosen.summary()) and (("no AMX" in chosen.summary()) != amx)
-    assert chosen.describe()["precision"] == str(expected or torch.float32)
+    assert chosen.dtype is None  # float32 until the network is measured
+    chosen.settle_precision(torch.nn.Linear(4, 2), torch.rand(1, 4))
+    assert chosen.dtype == (torch.bfloat16 if measures else None)
+    assert ("1.50x faster" in chosen.summary()) == measures
+    assert ("emulates" in chosen.summary()) != measures
+    fixed = rt.Runtime(torch.device("cpu"), SpeedConfig(precision="float32"))
+    fixed.settle_precision(torch.nn.Linear(4, 2), torch.rand(1, 4))
+    assert fixed.dtype is None  # only auto is decided by measuring
 
 
 def test_bfloat16_finds_the_attacks_and_float32_scores_them(digits_endpoints, digits):

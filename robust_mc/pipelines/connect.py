@@ -15,7 +15,7 @@ from pathlib import Path
 from robust_mc.attacks import parse_attack_spec
 from robust_mc.config import ConnectRunConfig, build_config, flatten, to_dict
 from robust_mc.core.curves import has_bends
-from robust_mc.data import load_data
+from robust_mc.data import as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.pipelines.curve_training import train_curve_run
 from robust_mc.pipelines.pair import Pair, endpoints_from_run, make_curve, prepare_endpoints
@@ -42,6 +42,7 @@ from robust_mc.run.progress import Reporter
 from robust_mc.run.provenance import run_record
 from robust_mc.run.runtime import Runtime, seeded
 from robust_mc.store.checkpoint import LoadOptions
+from robust_mc.store.model_building import build_model
 from robust_mc.store.path_summary import PathSummary
 from robust_mc.store.records import CurveRun
 from robust_mc.store.resume import (
@@ -206,6 +207,8 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     """Align (or take the saved run's endpoints), train the curve from where ``saved`` stopped,
     evaluate along it and write every output file; summary.json last."""
     pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
+    runtime.settle_precision(runtime.prepare(build_model(pair.a)),
+                             as_float(session.data.train.images[:1]))
     session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
                            f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
                            f"output {out}; {runtime.summary()}")

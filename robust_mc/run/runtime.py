@@ -26,8 +26,9 @@ class SpeedConfig:
     channels_last: bool = setting(True, help="NHWC memory layout",
                                   may_change=True)
     precision: Literal["auto", "float32", "bfloat16"] = setting(
-        "float32", help="autocast dtype; auto = bfloat16 where the hardware makes it fast (a "
-                        "CUDA device that supports it, a CPU with AMX tiles), else float32")
+        "float32", help="autocast dtype; auto = bfloat16 where it is faster: a CUDA device that "
+                        "supports it, or a CPU with AMX or AVX-512 BF16 where the run's network "
+                        "measured faster in it (cached per machine), else float32")
     compile: bool = setting(False, help="torch.compile the network for its training passes",
                             may_change=True)
     threads: int | None = setting(None, lo=1, hi=1024, help="CPU threads (default: all cores)",
@@ -110,7 +111,14 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":  # precision == "auto"
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_features()["amx"] else None
+    return None  # a CPU: float32 until the run's network is measured (Runtime.settle_precision)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """A CPU that computes bfloat16 in hardware (AMX tiles or AVX-512 BF16): ``auto`` measures
+    there; elsewhere bfloat16 is emulated and never chosen."""
+    features = cpu_features()
+    return device.type == "cpu" and bool(features["amx"] or features["avx512_bf16"])
 
 
 def emulated_bfloat16_note(device: torch.device, dtype: torch.dtype | None) -> str | None:
@@ -196,6 +204,24 @@ class Runtime:
         self.speed = speed
         self.dtype = autocast_dtype(device, speed.precision)
         self.channels_last = speed.channels_last
+        self.auto_reason = ("the GPU supports bfloat16" if device.type == "cuda" else
+                            "not measured: the CPU emulates bfloat16"
+                            if not native_bfloat16(device) else "not measured yet")
+
+    def settle_precision(self, model: nn.Module, example: torch.Tensor) -> None:
+        """With ``--precision auto`` on a CPU that computes bfloat16 natively, measure ``model``
+        on inputs shaped like ``example`` and take the faster precision (see
+        :mod:`robust_mc.run.precision`); anywhere else nothing changes. Under torchrun every
+        process takes float32 unless all measured bfloat16 faster."""
+        if self.speed.precision != "auto" or not native_bfloat16(self.device):
+            return
+        from robust_mc.run.precision import calibrated_choice
+
+        choice = calibrated_choice(model, self.images(example.to(self.device)))
+        faster = all(distributed.group().gather(choice.dtype is not None))
+        self.dtype = torch.bfloat16 if faster else None
+        self.auto_reason = choice.why if faster == (choice.dtype is not None) else \
+            "another process measured float32 faster"
 
     @classmethod
     def for_device(cls, device: str, speed: SpeedConfig | None = None,
@@ -230,9 +256,7 @@ class Runtime:
         """One line for the terminal: where, in what precision (and why, for ``auto``)."""
         precision = str(self.dtype or torch.float32).removeprefix("torch.")
         if self.speed.precision == "auto":
-            why = ("the GPU supports bfloat16" if self.device.type == "cuda" else
-                   "AMX tiles" if cpu_features()["amx"] else "no AMX tiles")
-            precision = f"{precision} (auto: {why})"
+            precision = f"{precision} (auto: {self.auto_reason})"
         layout = ", channels-last" if self.channels_last else ""
         return f"{self.device}, {precision}{layout}, {torch.get_num_threads()} threads"
 
