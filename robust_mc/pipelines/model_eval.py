@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robust_mc.config import ConnectRunConfig, build_config
-from robust_mc.data import DatasetInfo, load_data
+from robust_mc.data import DatasetInfo, as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
@@ -57,6 +57,7 @@ def evaluate_model_file(ckpt: Checkpoint, cfg: ConnectRunConfig, out: Path | Non
     check_fits_data(ckpt, data)
     out = ensure_out_dir(out) if out is not None else None
     model = runtime.prepare(build_network(ckpt))
+    runtime.settle_precision(model, as_float(data.test.images[:1]))
     attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
     test = data.test.take(cfg.path.test_limit).to(runtime.device)
     metrics = evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from robust_mc.config import ConnectRunConfig
 from robust_mc.core.curves import Curve
-from robust_mc.data import Data, load_data
+from robust_mc.data import Data, as_float, load_data
 from robust_mc.pipelines.pair import Endpoints, Pair, endpoints_from_run
 from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
@@ -59,4 +59,5 @@ def open_saved_run(run: CurveRun, cfg: ConnectRunConfig, out: Path, runtime: Run
     out = ensure_out_dir(out)
     session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device))
     endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
+    runtime.settle_precision(endpoints.a, as_float(data.train.images[:1]))
     return SavedRun(session, endpoints, run.curve.to(runtime.device))
