@@ -170,11 +170,9 @@ def _check_can_create(path: Path, what: str, file_name: str | None = None) -> No
             raise UserError(f"cannot write {what}: the name {name[:30]}... is longer than the "
                             f"{limit} bytes the file system allows; shorten it")
     if missing:  # /proc, a read-only or full disk: a folder cannot be made there at all
-        probe = existing / missing[0]
-        try:
+        probe = existing / f".robust-mc-probe-{os.getpid()}"  # its own name: no other process
+        try:                                                   # (torchrun's ranks) races it
             probe.mkdir()
-        except FileExistsError:
-            return
         except OSError as exc:
             raise UserError(f"cannot write {what}: no folder can be made in {existing} "
                             f"({exc.strerror}); choose another --out") from None
