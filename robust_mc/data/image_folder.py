@@ -4,7 +4,6 @@ uint8 tensors, cached on disk by the files' names and times."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from robust_mc.data.registry import Loaded
 from robust_mc.data.splits import DatasetInfo, Split, as_float
 from robust_mc.errors import UserError
 from robust_mc.limits import checked_stat
+from robust_mc.run.files import cache_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -66,7 +66,7 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
     # under an image's name would block the decoder)
     key = hashlib.sha256("\n".join(f"{p}:{checked_stat(p, f'image {p}').st_mtime_ns}"
                                    for p in files).encode())
-    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
+    cache = cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
@@ -101,8 +101,3 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
     except OSError:
         pass  # caching is an optimisation; a read-only cache directory is fine
     return split
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "robust-mc"

@@ -60,6 +60,12 @@ def _fsync_directory(folder: Path) -> None:
             os.close(fd)
 
 
+def cache_dir() -> Path:
+    """robust-mc's cache folder: ``$XDG_CACHE_HOME/robust-mc``, else ``~/.cache/robust-mc``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robust-mc"
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda handle: torch.save(obj, handle))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robust_mc.run.files import atomic_write_json
+from robust_mc.run.files import atomic_write_json, cache_dir
 
 MARGIN = 1.2  # bfloat16 must be this much faster: below it, float32's exact figures win
 REPEATS = 3  # timed passes per precision, after one warm-up each
@@ -43,8 +42,7 @@ class Choice:
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "robust-mc" / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def cache_key(model: nn.Module, example: torch.Tensor) -> str:
