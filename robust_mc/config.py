@@ -53,8 +53,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = setting("auto", help="zoo name, path/file.py:Class or package.module:Class; "
-                                     "auto: tinyten, or cnn for images under 9x9 (the digits)")
+    arch: str = setting("auto", help="zoo name, path/file.py:Class, package.module:Class or "
+                                     "hf:DIR (a transformers model directory's config); auto: "
+                                     "tinyten, or cnn for images under 9x9 (the digits)")
     width: float = setting(1.0, lo=0.01, hi=64, help="width multiplier")
     kwargs: dict = setting({}, help="the architecture's own keyword arguments, e.g. "
                                     "'{depth: 16}' (a user class gets its own width here)")

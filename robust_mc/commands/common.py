@@ -67,7 +67,7 @@ def add_data_flags(p: argparse.ArgumentParser, config: type) -> None:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p.add_argument_group("model"), TrainRunConfig, {
-        "--arch": "model.arch:NAME|file.py:Class", "--width": "model.width",
+        "--arch": "model.arch:NAME|file.py:Class|hf:DIR", "--width": "model.width",
         "--model-kwargs": "model.kwargs:YAML"})
 
 
@@ -203,9 +203,11 @@ def add_model_file_flags(p: argparse.ArgumentParser, foreign: bool = True) -> No
     reads one. ``foreign``: the command reads model files other tools wrote (not only runs,
     which record everything about their networks)."""
     g = p.add_argument_group("model files")
-    g.add_argument("--arch", dest="load_arch", metavar="NAME|file.py:Class",
-                   help="architecture of a plain state_dict; for a file that records an import "
-                        "spec (file.py:Class, module:Class), naming the same spec allows it")
+    g.add_argument("--arch", dest="load_arch", metavar="NAME|file.py:Class|hf:DIR",
+                   help="architecture of a plain state_dict (hf:DIR: the transformers model "
+                        "whose config.json is in DIR); for a file that records an import spec "
+                        "(file.py:Class, module:Class), naming the same spec allows it. A "
+                        "Hugging Face model directory is given as the model itself")
     if foreign:
         g.add_argument("--width", dest="load_width", type=float, metavar="X",
                        help="width multiplier of a plain state_dict's zoo architecture, as "

@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from robust_mc.errors import UserError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -32,6 +34,14 @@ class Normalization:
     @classmethod
     def of(cls, mean: Sequence[float], std: Sequence[float]) -> Normalization:
         return cls(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+    def same_as(self, other: Normalization) -> bool:
+        """The same normalization as a model applies it: values equal in float32, its buffers'
+        precision (0.3 read from a JSON file is the 0.30000001... a network's buffer holds)."""
+        def stored(values: tuple[float, ...]) -> list[float]:
+            return torch.tensor(values, dtype=torch.float32).tolist()
+
+        return (stored(self.mean), stored(self.std)) == (stored(other.mean), stored(other.std))
 
 
 NO_NORMALIZATION = Normalization((0.0,), (1.0,))

@@ -15,6 +15,12 @@ from torch import nn
 
 from robust_mc.errors import UserError, home_of
 from robust_mc.models.arguments import check_arguments
+from robust_mc.models.huggingface import (
+    DIR_PREFIX,
+    huggingface_factory,
+    is_huggingface,
+    is_image_classifier_name,
+)
 from robust_mc.registry import Registry
 
 MODELS = Registry[Callable[..., nn.Module]]("architecture")
@@ -41,8 +47,10 @@ def smallest_image_size(arch: str) -> int:
 
 
 def is_registered(arch: str) -> bool:
-    """A zoo name (its code ships with robust-mc), or an entry of RobustBench's zoo table."""
-    return arch in MODELS or arch.startswith("robustbench:")
+    """A zoo name (its code ships with robust-mc), an entry of RobustBench's zoo table, or one
+    of transformers' image classifiers (a model directory's, ``hf:DIR``)."""
+    return (arch in MODELS or arch.startswith(("robustbench:", DIR_PREFIX))
+            or is_image_classifier_name(arch))
 
 
 def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[..., nn.Module]:
@@ -59,6 +67,8 @@ def resolve_architecture(arch: str, *, factory_ok: bool = True) -> Callable[...,
         from robust_mc.models.robustbench import robustbench_factory
 
         return robustbench_factory(arch)
+    if is_huggingface(arch):
+        return huggingface_factory(arch)
     if ":" not in arch:
         raise UserError(f"unknown architecture {arch[:80]!r}; choose one of "
                         f"{', '.join(list_models())} or give path/to/file.py:ClassName")

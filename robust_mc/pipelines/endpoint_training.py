@@ -16,6 +16,7 @@ from robust_mc.errors import UserError
 from robust_mc.evaluation.path import recompute_batchnorm
 from robust_mc.evaluation.robustness import Metrics, evaluate_model, evaluate_seeded
 from robust_mc.models import Classifier, create_model, smallest_image_size
+from robust_mc.models.huggingface import expand
 from robust_mc.run import distributed
 from robust_mc.run.files import as_written, remove
 from robust_mc.run.interrupt import StopSignals
@@ -75,19 +76,26 @@ def endpoint_arch(cfg: TrainRunConfig, info: DatasetInfo) -> str:
     return "tinyten" if info.image_size >= smallest_image_size("tinyten") else "cnn"
 
 
+def endpoint_model(cfg: TrainRunConfig, info: DatasetInfo) -> tuple[str, dict]:
+    """The architecture and its own arguments as the endpoint's file records them (a Hugging
+    Face model directory, ``hf:DIR``, becomes its class and config)."""
+    return expand(endpoint_arch(cfg, info), dict(cfg.model.kwargs))
+
+
 def build_endpoint_model(cfg: TrainRunConfig, data: Data) -> Classifier:
     """The network ``cfg`` trains on ``data``, checked on one image of it: an architecture that
     cannot take the data's images is refused in one line."""
     info, arch = data.info, endpoint_arch(cfg, data.info)
-    model = create_model(arch, num_classes=info.num_classes,
+    recorded, kwargs = endpoint_model(cfg, info)
+    model = create_model(recorded, num_classes=info.num_classes,
                          in_channels=info.in_channels, mean=info.mean, std=info.std,
                          width=cfg.model.width, image_size=info.image_size,
-                         kwargs=cfg.model.kwargs)
+                         kwargs=kwargs, source=f"--arch {arch}")
     probe = as_float(data.train.images[:1])
     try:
         with torch.no_grad(), seeded(0):
             model.eval()(probe)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: transformers' shape checks
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"--arch {arch} cannot take {data.info.name}'s "
                         f"{info.in_channels}x{info.image_size}x{info.image_size} images "
@@ -280,9 +288,9 @@ class EndpointRun:
             timings=Timings(sum(h.seconds for h in history),
                             sum(h.images_per_s for h in history) / max(len(history), 1)),
             record=self.record)
-        return checkpoint_from_model(model, endpoint_arch(cfg, self.data.info),
-                                     arch_kwargs_for(self.data, cfg.model.width), meta,
-                                     model_kwargs=cfg.model.kwargs)
+        arch, model_kwargs = endpoint_model(cfg, self.data.info)
+        return checkpoint_from_model(model, arch, arch_kwargs_for(self.data, cfg.model.width),
+                                     meta, model_kwargs=model_kwargs)
 
 
 def recipe_of(optim: OptimConfig) -> RecipeRecord:

@@ -104,7 +104,7 @@ def check_same_network(a: Checkpoint, b: Checkpoint, verb: str) -> None:
                       if kwargs_a.get(k) != kwargs_b.get(k))
         raise UserError(f"{a.path} and {b.path} differ in {diff[0]} ({kwargs_a.get(diff[0])} "
                         f"vs {kwargs_b.get(diff[0])}); {verb} networks of one shape")
-    if a.normalization != b.normalization:
+    if not a.normalization.same_as(b.normalization):
         raise UserError(f"{a.path} and {b.path} normalize their inputs differently; {verb} "
                         "networks trained on the same dataset")
 

@@ -191,3 +191,12 @@ def check_writable_file(path: str | Path) -> None:
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file path, e.g. {path}/a.pt")
     _check_can_create(path.parent, str(path), path.name)
+
+
+def check_writable_folder(path: str | Path) -> None:
+    """Fail before any work when ``path``, a new directory the command writes (or an empty
+    one), cannot be made."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise UserError(f"--out {path} exists; give a new directory path")
+    _check_can_create(path.parent, str(path), path.name)

@@ -20,6 +20,7 @@ from robust_mc.data import NO_NORMALIZATION, Normalization
 from robust_mc.errors import UserError
 from robust_mc.limits import check_bounded, check_regular_file
 from robust_mc.models._registry import is_registered
+from robust_mc.models.huggingface import DIR_PREFIX, is_model_dir
 from robust_mc.models.trust import canonical_spec
 from robust_mc.store.checkpoint import (
     ARCH_STANDARD_KEYS,
@@ -90,6 +91,10 @@ def load_checkpoint(path: str | Path, options: LoadOptions | None = None, *,
     if str(path).startswith("robustbench:"):  # a zoo entry whose weights are in --model-dir
         path, options = _zoo_entry(str(path), options)
     path = Path(path)
+    if is_model_dir(path):
+        from robust_mc.store.huggingface_dir import load_model_dir
+
+        return load_model_dir(path, options)
     return checkpoint_from_object(read_checkpoint_file(path, options.unpickle), path, options,
                                   allow_ensemble=allow_ensemble)
 
@@ -137,6 +142,10 @@ def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = N
     if options.arch is None:
         raise UserError(f"{path} is a plain state_dict without an architecture; pass --arch NAME")
     options.code.check(options.arch, str(path))
+    if options.arch.startswith(DIR_PREFIX):  # the library's names, its config in that folder
+        from robust_mc.store.huggingface_dir import checkpoint_of
+
+        return checkpoint_of(Path(options.arch[len(DIR_PREFIX):]), state, options, str(path))
     meta = CheckpointMeta(source_format="foreign", normalization_from=(
         "as given" if options.normalization is not None else
         "none (the file records none; --normalization sets it)"))

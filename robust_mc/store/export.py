@@ -1,6 +1,7 @@
 """A checkpoint in formats other tools read: safetensors (weights, and the architecture, its
-arguments, normalization and meta as JSON metadata) and a plain state dict (``torch.save`` of
-the architecture's own weights, the rest in a JSON file beside it)."""
+arguments, normalization and meta as JSON metadata), a plain state dict (``torch.save`` of
+the architecture's own weights, the rest in a JSON file beside it), RobustBench's, and a Hugging
+Face model directory (for transformers' image classifiers)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,16 @@ def _robustbench(ckpt: Checkpoint, out: Path) -> list[Path]:
             atomic_write_json(sidecar, _record(ckpt))]
 
 
+def _huggingface(ckpt: Checkpoint, out: Path) -> list[Path]:
+    from robust_mc.store.huggingface_dir import write_model_dir
+
+    return write_model_dir(ckpt, out)
+
+
 FORMATS: dict[str, Callable[[Checkpoint, Path], list[Path]]] = {
-    "safetensors": _safetensors, "state-dict": _state_dict, "robustbench": _robustbench}
+    "safetensors": _safetensors, "state-dict": _state_dict, "robustbench": _robustbench,
+    "huggingface": _huggingface}
+DIRECTORY_FORMATS = ("huggingface",)  # written as a new directory, not a file
 
 
 def export_checkpoint(ckpt: Checkpoint, fmt: str, out: Path) -> list[Path]:

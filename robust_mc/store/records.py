@@ -25,6 +25,7 @@ from robust_mc.core.curves import CURVES, Curve, has_bends
 from robust_mc.core.rotation_align import StreamMaps
 from robust_mc.data import Normalization
 from robust_mc.errors import UserError
+from robust_mc.models.huggingface import is_model_dir
 from robust_mc.run.files import atomic_torch_save
 from robust_mc.store.checkpoint import Checkpoint, LoadOptions, plain
 from robust_mc.store.checkpoint_files import (
@@ -219,12 +220,14 @@ def open_model_file(source: str | Path, options: LoadOptions | None = None
                     ) -> Checkpoint | CurveRun:
     """The one way a command opens what it was given, read once and checked: a connect run
     directory or its curve.pt (a :class:`CurveRun`); a model or ensemble checkpoint, robust-mc's
-    or another tool's (a :class:`Checkpoint`); or ``robustbench:<dataset>/<threat>/<Name>``
-    with its weights in ``options.model_dir``."""
+    or another tool's (a :class:`Checkpoint`), a Hugging Face model directory; or
+    ``robustbench:<dataset>/<threat>/<Name>`` with its weights in ``options.model_dir``."""
     options = options or LoadOptions()
     if str(source).startswith("robustbench:"):
         return load_checkpoint(str(source), options)
     path = Path(source)
+    if is_model_dir(path):
+        return load_checkpoint(path, options)
     if path.is_dir():
         return CurveRun.read(path / "curve.pt", options)
     obj = read_checkpoint_file(path, options.unpickle)

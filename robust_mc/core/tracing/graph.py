@@ -51,7 +51,8 @@ def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> torch.fx.
     from torch.export import Dim
 
     batch = getattr(Dim, "AUTO", None) or Dim("batch")  # AUTO: dynamic wherever it can be
-    try:
+    model = copy.deepcopy(model)  # what the export leaves on modules (transformers' Swin keeps
+    try:                          # a traced input) stays on this copy, not on the user's model
         with torch.no_grad():
             gm, _ = torch._dynamo.export(model, dynamic_shapes=({0: batch},))(example)
             gm(example[:1].expand(3, *example.shape[1:]))  # any batch size, not only 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
@@ -40,7 +41,11 @@ def spatial(trace: Trace, node: Node) -> Traced:
     return (*x[:2], *(Free(s) for s in shape[2:]))
 
 
-@for_functions(F.pad)
+# F.pad as written, as an exported graph records it (torch._C._nn.pad), and its constant form
+PAD_FUNCTIONS = (F.pad, torch._C._nn.pad, torch.constant_pad_nd)
+
+
+@for_functions(*PAD_FUNCTIONS)
 def pad(trace: Trace, node: Node) -> Traced:
     """Padding of the last ``len(pad) / 2`` axes: those padded must hold no hidden units."""
     x = trace.tensor(node)
