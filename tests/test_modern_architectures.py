@@ -3,6 +3,7 @@ traced, a random permutation leaves the function unchanged, and it moves every w
 moved. Models are built small (few blocks, narrow) where the family's constructor allows, so the
 whole file runs in seconds."""
 
+import copy
 import json
 
 import pytest
@@ -12,7 +13,12 @@ from torch import nn
 from torchvision.models.convnext import CNBlockConfig
 from torchvision.models.resnet import Bottleneck
 
-from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
+from robust_mc.core.permutation import (
+    apply_permutation,
+    permute_model,
+    random_permutation,
+    trace_permutation_spec,
+)
 from robust_mc.models import create_model
 
 timm = pytest.importorskip("timm")
@@ -244,10 +250,11 @@ def test_partial_alignment_leaves_what_it_cannot_follow_and_says_so(tmp_path, ca
               "--align-samples", "100", "--device", "cpu", "--out", str(tmp_path / "x.pt")]
     assert cli.main(["align", *common]) == 2  # stops by default, naming the operation and flag
     err = capsys.readouterr().err
-    assert "roll" in err and "--partial-alignment" in err and "Traceback" not in err
+    assert "roll in module 'net'" in err and "--partial-alignment" in err
+    assert "Traceback" not in err
     assert cli.main(["align", *common, "--partial-alignment", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert any("roll" in op for op in report["left_alone"])
+    report = json.loads(capsys.readouterr().out)  # each node left alone: operation and module
+    assert any("roll in module 'net'" in op for op in report["left_alone"])
     assert report["function_error"] < 1e-5  # what is aligned still computes the same function
     moved = {space["name"] for space in report["spaces"]}
     assert "net.a" in moved and "net.b" not in moved and "net.c" in moved
@@ -288,3 +295,37 @@ def test_connect_between_two_pgd_trained_vits(tmp_path, capsys):
         assert any(space["name"].endswith("/groups") for space in summary["alignment"]["spaces"])
         for file in ("curve.pt", "summary.json", "path.json", "path.csv", "best.pt"):
             assert (out / file).is_file(), file
+
+
+class RecurrentMixer(nn.Module):
+    """Tokens mixed by an LSTM (whose gates no permutation of its units commutes with), and an
+    MLP on the residual stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.rnn = nn.Conv2d(3, 16, 4, 4), nn.LSTM(16, 16, batch_first=True)
+        self.norm, self.fc = nn.LayerNorm(16), nn.Linear(16, 5)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        mixed, _ = self.rnn(self.norm(x))  # the (h, c) pair is a nested tuple
+        x = x + mixed
+        return self.fc((x + self.mlp(self.norm(x))).mean(1))
+
+
+def test_a_recurrent_token_mixer_is_refused_in_one_line_or_left_alone():
+    from robust_mc.errors import UserError
+    from robust_mc.models.normalize import Classifier, Normalize
+
+    model = randomized(Classifier(Normalize((0.5,) * 3, (0.25,) * 3), RecurrentMixer()))
+    example = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(UserError, match=r"module 'net.rnn' \(LSTM\)"):
+        trace_permutation_spec(model, example)
+    spec = trace_permutation_spec(model, example, partial=True)
+    assert [space.name for space in spec] == ["net.mlp.0"]
+    assert "net.rnn" in spec.left_alone(model)
+    shuffled = copy.deepcopy(model)
+    permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert torch.allclose(shuffled(example), model(example), rtol=1e-10, atol=1e-12)

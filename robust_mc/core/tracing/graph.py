@@ -86,3 +86,28 @@ def node_args(obj: Any) -> list[torch.fx.Node]:
 
     torch.fx.node.map_arg(obj, collect)
     return out
+
+
+def module_path(node: torch.fx.Node) -> str:
+    """The path of the module whose forward ran ``node`` ('' at the top level): the called
+    module's own for a layer, else the innermost on the module stack the trace recorded
+    (an exported graph writes it as ``L['self'].a.b``)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    for prefix in ("L['self'].", "L['self']"):
+        path = path.removeprefix(prefix)
+    return path
+
+
+def where_of(node: torch.fx.Node, layer: nn.Module | None = None) -> str:
+    """How a message names ``node``: the layer (``layer``, the module it calls) with its class,
+    or the operation and the module whose forward ran it, so a user sees what to rewrite."""
+    if layer is not None:
+        return f"module '{node.target}' ({type(layer).__name__})"
+    path = module_path(node)
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"{name} in module '{path}'" if path else name

@@ -69,6 +69,16 @@ Layout = tuple[Dim, ...]
 Traced = Layout | tuple["Traced", ...] | list["Traced"] | None
 
 
+def free_layout(meta: Any) -> Traced:
+    """A value's layout with nothing moving: a tensor's axes all free, a (nested) tuple of
+    tensors' likewise, None for anything else (``meta``: the trace's ``tensor_meta``)."""
+    if hasattr(meta, "shape"):
+        return tuple(Free(s) for s in meta.shape)
+    if isinstance(meta, (tuple, list)):
+        return tuple(free_layout(m) for m in meta)
+    return None
+
+
 def units(space: int, size: int) -> Units:
     return Units((Seg(space, size),))
 

@@ -17,7 +17,7 @@ import torch
 import torch.fx
 
 from robust_mc.core.tracing import rulebook
-from robust_mc.core.tracing.graph import node_args
+from robust_mc.core.tracing.graph import node_args, where_of
 from robust_mc.core.tracing.layout import (
     Dim,
     Free,
@@ -28,6 +28,7 @@ from robust_mc.core.tracing.layout import (
     Units,
     dims_in,
     entry_bounds,
+    free_layout,
     is_dim,
     is_moving,
     permutes_alike,
@@ -122,11 +123,8 @@ class Trace:
         return self.modules[str(node.target)]
 
     def fail(self, node: torch.fx.Node, what: str) -> Unsupported:
-        if node.op == "call_module":
-            where = f"module '{node.target}' ({type(self.module(node)).__name__})"
-        else:
-            where = getattr(node.target, "__name__", str(node.target))
-        return Unsupported(f"unsupported {what} {where} at node '{node.name}'")
+        layer = self.module(node) if node.op == "call_module" else None
+        return Unsupported(f"unsupported {what} {where_of(node, layer)} at node '{node.name}'")
 
     # --- what rules do
     def activation(self, node: torch.fx.Node) -> None:
@@ -328,10 +326,7 @@ class Trace:
         for arg in node_args((node.args, node.kwargs)):
             self.fix(self.layout(arg), None)
         self.unsupported.append(why)
-        shape = self.shape(node)
-        if shape is not None:
-            return tuple(Free(s) for s in shape)
-        return tuple(tuple(Free(s) for s in sh) for sh in self.shapes(node)) or None
+        return free_layout(node.meta.get("tensor_meta"))
 
     def visit(self, node: torch.fx.Node) -> Traced:
         shape = self.shape(node)
