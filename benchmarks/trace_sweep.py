@@ -1,12 +1,14 @@
 """Which networks the permutation tracer follows: every distinct architecture of RobustBench's
-CIFAR-10 Linf and ImageNet Linf tables that builds offline (random weights), traced and checked.
+CIFAR-10 Linf and ImageNet Linf tables that builds offline (random weights), traced and checked;
+with ``--timm``, the smallest variant of every architecture family timm offers.
 
     python -m benchmarks.trace_sweep [--max-params 120e6] [--tables cifar10/Linf imagenet/Linf]
+    python -m benchmarks.trace_sweep --timm [--families resnet vision_transformer] [--out DIR]
 
 For each architecture (entries sharing a class and a parameter count are one architecture): the
 spec is traced on two random images, a random permutation is applied, and the outputs are
 compared (relative float32 difference). A network that does not build offline, or is larger than
-``--max-params``, is listed with the reason.
+``--max-params``, is listed with the reason. The timm sweep: see :mod:`benchmarks.timm_families`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,20 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", default=["cifar10/Linf", "imagenet/Linf"])
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N entries of each table (a smoke run)")
+    parser.add_argument("--timm", action="store_true",
+                        help="sweep timm's architecture families instead")
+    parser.add_argument("--families", nargs="+", default=None,
+                        help="--timm: only these families (timm's module names)")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="--timm: seconds one family may take")
+    parser.add_argument("--out", default=None,
+                        help="--timm: folder for the rows (timm_sweep.json, .md), resumable")
     args = parser.parse_args()
+    if args.timm:
+        from benchmarks.timm_families import sweep
+
+        sweep(args.families, args.timeout, args.out)
+        return
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     import_robustbench()

@@ -31,7 +31,7 @@ SMOKE = {
 
 
 def test_every_benchmark_module_is_smoke_run():
-    helpers = {"__init__", "common", "data", "reference_path_eval"}
+    helpers = {"__init__", "common", "data", "reference_path_eval", "timm_families"}
     modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - helpers
     assert modules == set(SMOKE)
 
@@ -44,3 +44,16 @@ def test_a_benchmark_runs_at_its_smallest_size(module):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert expected in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_the_timm_sweep_runs_on_a_sample_of_families():
+    """``trace_sweep --timm`` on three families (the whole sweep is a benchmark run): each
+    traced exactly, none wrong."""
+    pytest.importorskip("timm")
+    families = ["resnet", "vision_transformer", "convnext"]
+    run = subprocess.run([sys.executable, "-m", "benchmarks.trace_sweep", "--timm",
+                          "--families", *families], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "3 families, 3 tried: 3 exact" in run.stdout, run.stdout[-2000:]

@@ -1,0 +1,165 @@
+"""The tracer on every architecture family timm offers (``python -m benchmarks.trace_sweep
+--timm``): for each of timm's model modules, its smallest variant that builds offline (random
+weights) within the memory bound, every parameter and buffer perturbed, in float64; traced,
+permuted at random and compared.
+
+One row per family: ``exact`` (every hidden space permuted, the logits unchanged to 1e-10
+relative), ``partial`` (some spaces left as they are: the share of weights they hold and why),
+``refused`` (the tracer's one line), ``WRONG`` (a permuted copy computes another function: a bug
+to fix), or why it was not tried (does not build offline, too large, over the time limit). With
+``--out`` the rows are kept in ``timm_sweep.json`` and a family already there is not tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import print_table
+from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
+from robust_mc.errors import UserError
+
+MAX_PARAMS = 60e6  # float64 weights, a permuted copy and the originals within about 2 GiB
+CANDIDATES = 3  # the variants built per family to find the smallest
+# name tokens from small to large: variants are tried in this order
+SIZES = ("atto", "femto", "pico", "nano", "micro", "xxs", "xxxs", "tiny", "xs", "mini", "small",
+         "lite", "s", "b0", "050", "075", "100", "base", "m", "medium", "large", "l", "huge")
+EXACT = 1e-10  # relative logit change of a float64 permuted copy
+
+
+class TimedOut(Exception):
+    pass
+
+
+def size_rank(name: str) -> int:
+    """Where ``name``'s size token falls in :data:`SIZES` (unknown sizes in the middle)."""
+    tokens = re.split(r"[_\-.]", name.lower())
+    ranks = [SIZES.index(t) for t in tokens if t in SIZES]
+    return min(ranks) if ranks else len(SIZES) // 2
+
+
+def smallest(timm: Any, family: str) -> tuple[str, torch.nn.Module] | str:
+    """The smallest of the family's first few variants by size token that builds offline, or
+    why none was tried."""
+    names = sorted(timm.list_models(module=family), key=lambda n: (size_rank(n), len(n), n))
+    best: tuple[int, str, torch.nn.Module] | None = None
+    failure = "no variants"
+    for name in names[:CANDIDATES]:
+        try:
+            model = timm.create_model(name, pretrained=False)
+        except Exception as exc:  # noqa: BLE001 - an extra missing, a download needed
+            failure = f"does not build offline ({type(exc).__name__}: {str(exc)[:80]})"
+            continue
+        count = sum(p.numel() for p in model.parameters())
+        if best is None or count < best[0]:
+            best = (count, name, model)
+    if best is None:
+        return failure
+    if best[0] > MAX_PARAMS:
+        return f"too large ({best[0] / 1e6:.0f}M parameters at the smallest)"
+    return best[1], best[2]
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """float64, every floating parameter and buffer moved off its value (unit gains and zero
+    shifts would hide a wrongly moved tensor); variances kept positive."""
+    generator = torch.Generator().manual_seed(0)
+    model = model.double().eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            if "running_var" in name:
+                tensor.copy_(noise.abs() + 0.5)
+            else:
+                tensor.add_(0.1 * noise * (tensor.std() if tensor.numel() > 1 else 1.0))
+    return model
+
+
+def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
+    """(result, detail) for one network on two random images of ``size``."""
+    x = torch.rand(2, *size, dtype=torch.float64)
+    start = time.perf_counter()
+    try:
+        spec = trace_permutation_spec(model, x)
+    except UserError as exc:
+        return "refused", str(exc)[:200]
+    traced = time.perf_counter() - start
+    with torch.no_grad():
+        reference = model(x)
+        original = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            model.load_state_dict(apply_permutation(original, spec, random_permutation(
+                spec, torch.Generator().manual_seed(0))))
+        except Exception as exc:  # noqa: BLE001 - a traced spec that cannot be applied is a bug
+            return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
+        error = float((model(x) - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+        model.load_state_dict(original)
+    if error > EXACT:
+        return "WRONG", f"permuted copy differs by {error:.1e} (relative, float64)"
+    fixed = 1 - spec.moved_share(model)
+    detail = f"{len(spec)} spaces, traced in {traced:.1f} s, error {error:.0e}"
+    if spec.fixed:
+        reasons = "; ".join(spec.fixed)[:200]
+        return "partial", f"{detail}; {100 * fixed:.1f}% of weights fixed: {reasons}"
+    return "exact", detail
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise TimedOut
+
+
+def sweep(families: list[str] | None, timeout: float, out: str | None) -> list[list[str]]:
+    import timm
+
+    warnings.filterwarnings("ignore")
+    path = Path(out) / "timm_sweep.json" if out else None
+    done: dict[str, list[str]] = {}
+    if path is not None and path.is_file():
+        done = {row[0]: row for row in json.loads(path.read_text())["rows"]}
+    start = time.perf_counter()
+    for family in families or timm.list_modules():
+        if family in done:
+            continue
+        began = time.perf_counter()
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(int(timeout))
+        try:
+            picked = smallest(timm, family)
+            if isinstance(picked, str):
+                row = [family, "-", "-", "not tried", picked]
+            else:
+                name, model = picked
+                size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+                params = sum(p.numel() for p in model.parameters())
+                result, detail = check(perturbed(model), size)
+                row = [family, name, f"{params / 1e6:.1f}M", result, detail]
+        except TimedOut:
+            row = [family, "-", "-", "not tried", f"over {timeout:.0f} s"]
+        except Exception as exc:  # noqa: BLE001 - a failure of the model's own code
+            row = [family, "-", "-", "error", f"{type(exc).__name__}: {str(exc)[:160]}"]
+        finally:
+            signal.alarm(0)
+        row.append(f"{time.perf_counter() - began:.0f} s")
+        done[family] = row
+        print(" | ".join(row), flush=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"rows": list(done.values())}, indent=1))
+    rows = [done[f] for f in sorted(done)]
+    counts = {r: sum(row[3] == r for row in rows)
+              for r in ("exact", "partial", "refused", "WRONG", "error", "not tried")}
+    print_table("timm architecture families and the tracer",
+                ["family", "variant", "params", "result", "detail", "time"], rows)
+    tried = len(rows) - counts["not tried"]
+    print(f"\n{len(rows)} families, {tried} tried: " + ", ".join(
+        f"{n} {r}" for r, n in counts.items()) + f"; {time.perf_counter() - start:.0f} s")
+    return rows
