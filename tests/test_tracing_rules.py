@@ -130,7 +130,21 @@ class Shuffle(nn.Module):
         return self.fc(torch.relu(self.b(x)).mean((2, 3)))
 
 
-NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0),
+class Masked(nn.Module):
+    """operations that see no hidden units (a mask made from positions with ``~``, ``%`` and a
+    comparison), whatever they are, pass through: only units can be permuted."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        keep = ~(torch.arange(h.shape[-1], device=h.device) % 3 == 0)
+        return self.fc((h * keep.to(h.dtype)).mean((2, 3)))
+
+
+NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
             "shuffle": (Shuffle, 0)}

@@ -369,6 +369,9 @@ class Trace:
         if self.elementwise_alike(node, fallback):  # e.g. a custom activation
             self.activation(node)
             return self.tensor(node)
+        if node.op != "call_module" and all(isinstance(d, Free) for a in node_args(
+                (node.args, node.kwargs)) for d in dims_in(self.layout(a))):
+            return free_layout(node.meta.get("tensor_meta"))  # no units in: none out (masks)
         raise self.fail(node, "operation" if node.op != "call_module" else "layer")
 
     def call_of(self, node: torch.fx.Node) -> Any:
