@@ -329,3 +329,24 @@ def test_a_recurrent_token_mixer_is_refused_in_one_line_or_left_alone():
     permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(0)))
     with torch.no_grad():
         assert torch.allclose(shuffled(example), model(example), rtol=1e-10, atol=1e-12)
+
+
+def test_rotary_heads_move_as_wholes():
+    """EVA-02's rotary embedding rotates pairs of each head's dimensions by position, so no
+    permutation within a head commutes with it; whole heads still do, and are permuted."""
+    model = randomized(timm.create_model(
+        "eva02_tiny_patch14_224", pretrained=False, num_classes=7, img_size=32, patch_size=8,
+        depth=2, embed_dim=32, num_heads=4))
+    example = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    spec = trace_permutation_spec(model, example)
+    heads = [s for s in spec if any(a.name == "blocks.0.attn.qkv.weight" and a.repeat == 8
+                                    for a in s.axes)]
+    assert len(heads) == 1 and heads[0].size == 4  # q and k rows moved a head (8 rows) at a time
+    shuffled = copy.deepcopy(model)
+    permute_model(shuffled, spec, random_permutation(spec, torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        assert torch.allclose(shuffled(example), model(example), rtol=1e-10, atol=1e-12)
+    before = model.state_dict()["blocks.0.attn.q_bias"].reshape(4, 8)  # rows: no stream axis
+    after = shuffled.state_dict()["blocks.0.attn.q_bias"].reshape(4, 8)
+    order = [next(j for j in range(4) if torch.equal(after[i], before[j])) for i in range(4)]
+    assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]

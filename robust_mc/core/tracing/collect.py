@@ -18,14 +18,21 @@ def build_spec(trace: Trace) -> PermutationSpec:
 
     def live(root: int) -> bool:
         e = entries[root]
-        return not e.fixed and not e.wild and e.size >= 2
+        return not e.fixed and not e.wild and not e.within_fixed and e.size >= 2
 
+    # units fixed within blocks move with their blocks where no axis of theirs is a grouped
+    # convolution's (one shared by every block, in the order within one, stays as it is)
+    plain = {r for r in roots if entries[r].within_fixed and not entries[r].fixed
+             and not entries[r].wild and all(
+                 rec.groups == 1 for sid, rec in trace.records
+                 if r in {table.find(leaf) for leaf in table.leaves(sid)})}
     changed = True
     while changed:  # a grouped space that stays keeps its groups in place
         changed = False
         for root in roots:
             block = entries[root].block
-            if block is not None and not live(root) and not entries[table.find(block[0])].fixed:
+            if block is not None and not live(root) and root not in plain \
+                    and not entries[table.find(block[0])].fixed:
                 entries[table.find(block[0])].fixed = changed = True
 
     axes: dict[int, list[Axis]] = {}
@@ -38,6 +45,12 @@ def build_spec(trace: Trace) -> PermutationSpec:
             if axis not in found:
                 found.append(axis)
             offset += table.size(leaf)
+
+    for root in plain & set(axes):  # their block space moves them, a block a unit
+        space, units = entries[root].block or (root, 1)
+        found = axes.setdefault(table.find(space), [])
+        found.extend(a for a in (Axis(a.name, a.axis, a.offset, a.repeat * units)
+                                 for a in axes.pop(root) if not a.within) if a not in found)
 
     block_spaces = {table.find(block[0]) for r in roots
                     if (block := entries[r].block) is not None and live(r)}

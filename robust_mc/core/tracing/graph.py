@@ -111,3 +111,14 @@ def where_of(node: torch.fx.Node, layer: nn.Module | None = None) -> str:
     path = module_path(node)
     name = getattr(node.target, "__name__", str(node.target))
     return f"{name} in module '{path}'" if path else name
+
+
+def uniform_along(gm: torch.fx.GraphModule, name: str, axis: int) -> bool:
+    """Whether the tensor ``name`` of ``gm`` holds equal values along ``axis`` (a constant
+    that any permutation of that axis leaves as it is, such as a zero key bias)."""
+    tensor: Any = gm
+    for part in name.split("."):
+        tensor = getattr(tensor, part, None)
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() <= axis:
+        return False
+    return bool(torch.equal(tensor, tensor.narrow(axis, 0, 1).expand_as(tensor)))

@@ -5,7 +5,9 @@ spaces into one; a space can be *cut* into consecutive parts that are permuted s
 query, key and value rows of one packed projection); and a space can be *blocked*: its units
 fall into equal consecutive blocks (attention heads, convolution groups) that another space, the
 *block space*, permutes as wholes, with any permutation inside each block. A space tied to the
-network's input or logits, or met by an operation that cannot follow it, is *fixed*.
+network's input or logits, or met by an operation that cannot follow it, is *fixed*; a blocked
+space met by one that acts within each block alone (a rotary embedding along a head's
+dimensions) is *fixed within*: its blocks still move as wholes, their units in their order.
 
 *Wild* spaces stand for a parameter's axes before the tracer knows what they meet: a position
 embedding's feature axis becomes the residual space when it is added to it; a wild space that
@@ -31,6 +33,7 @@ class _Entry:
     children: list[int] | None = None  # a space cut into consecutive parts
     block: tuple[int, int] | None = None  # (block space, units per block)
     shared: bool = False  # every block orders its units alike
+    within_fixed: bool = False  # blocked units that keep their order within each block
 
 
 class SpaceTable:
@@ -80,6 +83,18 @@ class SpaceTable:
         if why and changed and why not in self.notes:
             self.notes.append(why)
 
+    def fix_within(self, i: int, why: str | None = None) -> None:
+        """Keep ``i``'s units in their order within each block, the blocks free to move (a
+        space without blocks is fixed)."""
+        for leaf in self.leaves(i):
+            entry = self.entries[leaf]
+            if entry.block is None:
+                self.fix(leaf, why)
+            elif not (entry.fixed or entry.wild or entry.within_fixed):
+                entry.within_fixed = True
+                if why and why not in self.notes:
+                    self.notes.append(why)
+
     def cut(self, i: int, offsets: list[int]) -> None:
         """Cut space ``i`` at unit ``offsets`` (0 < offset < size) into parts."""
         root = self.find(i)
@@ -125,6 +140,7 @@ class SpaceTable:
         kept.fixed = kept.fixed or dropped.fixed
         kept.wild = kept.wild and dropped.wild
         kept.shared = kept.shared or dropped.shared
+        kept.within_fixed = kept.within_fixed or dropped.within_fixed
         if kept.block is None:
             kept.block = dropped.block
         elif dropped.block is not None:

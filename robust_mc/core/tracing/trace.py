@@ -17,7 +17,7 @@ import torch
 import torch.fx
 
 from robust_mc.core.tracing import rulebook
-from robust_mc.core.tracing.graph import node_args, where_of
+from robust_mc.core.tracing.graph import node_args, uniform_along, where_of
 from robust_mc.core.tracing.layout import (
     Dim,
     Free,
@@ -167,15 +167,16 @@ class Trace:
                 offset += seg.size * seg.repeat
 
     def parameter(self, name: str, shape: tuple[int, ...]) -> Layout:
-        """A parameter or buffer as a tensor: each axis a wild space until it meets another."""
-        kept = name in self.state_names
-        dims: list[Dim] = []
+        """A parameter or buffer as a tensor: each axis a wild space until it meets another (a
+        constant outside the state dict only along an axis where its values are all equal)."""
+        kept, dims = name in self.state_names, []  # type: bool, list[Dim]
         for axis, size in enumerate(shape):
             if size == 1:
                 dims.append(Free(1))
                 continue
+            fixed = not kept and not uniform_along(self.gm, name, axis)
             space = self.spaces.new(size, name if kept else f"'{name}' (not in the state dict)",
-                                    wild=True, fixed=not kept)
+                                    wild=True, fixed=fixed)
             dims.append(units(space, size))
             if kept:
                 self.record(dims[-1], name, axis)
@@ -192,9 +193,10 @@ class Trace:
         return block[0] if block is not None else None
 
     def fix(self, dims: Any, why: str | None) -> None:
-        for dim in dims_in(dims):
+        for dim in dims_in(dims):  # an axis within heads: whole heads still move
+            fix = self.spaces.fix_within if getattr(dim, "role", "") == "inner" else self.spaces.fix
             for space in spaces_of(dim):
-                self.spaces.fix(space, why)
+                fix(space, why)
 
     def meet(self, dims: list[Dim], where: str) -> Dim:
         """The axis where ``dims`` meet element by element (broadcast: size-1 axes drop out):
