@@ -144,7 +144,25 @@ class Masked(nn.Module):
         return self.fc((h * keep.to(h.dtype)).mean((2, 3)))
 
 
+class Blurred(nn.Module):
+    """a depthwise blur by a filter kept outside the state dict (TResNet's anti-aliasing): the
+    same for every channel, so the channels still move; with ``varied`` the filter differs per
+    channel, and those channels stay."""
+
+    def __init__(self, varied=False):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+        kernel = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16
+        scale = torch.arange(1.0, 7.0) if varied else torch.ones(6)
+        self.register_buffer("filt", kernel * scale.view(6, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        x = F.pad(torch.relu(self.a(x)), (1, 1, 1, 1), mode="reflect")
+        return self.fc(F.conv2d(x, self.filt, groups=6).mean((2, 3)))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
+            "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
             "shuffle": (Shuffle, 0)}
@@ -211,3 +229,12 @@ def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     permute_model(shuffled, spec, result.perm)
     for key, value in model.state_dict().items():
         assert torch.equal(shuffled.state_dict()[key], value), key
+
+
+def test_a_constant_that_differs_per_unit_keeps_its_units_in_place():
+    """The blur filter outside the state dict differs per channel: permuting the channels would
+    need the filter permuted too, which no state dict carries, so they stay (and say why)."""
+    model = Blurred(varied=True).double().eval()
+    spec = trace_permutation_spec(model, torch.rand(2, 3, 8, 8, dtype=torch.float64))
+    assert any("'filt' is not in the state dict" in why for why in spec.fixed)
+    assert not any(axis.name == "a.weight" for space in spec for axis in space.axes)

@@ -36,6 +36,22 @@ class _Entry:
     within_fixed: bool = False  # blocked units that keep their order within each block
 
 
+@dataclass(frozen=True)
+class Record:
+    """A parameter axis that a space moves: units at ``offset`` of axis ``axis`` of ``name``,
+    each ``repeat`` entries long; ``groups`` > 1: a grouped convolution's input axis, whose
+    order within each group follows the group of the row (``axis`` 0) it belongs to;
+    ``within`` > 0: a parameter shared by every head (a per-dimension query/key norm), ordered
+    as the units within each head."""
+
+    name: str
+    axis: int
+    offset: int = 0
+    repeat: int = 1
+    groups: int = 1
+    within: int = 0
+
+
 class SpaceTable:
     def __init__(self) -> None:
         self.entries: list[_Entry] = []

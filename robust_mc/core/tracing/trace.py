@@ -35,24 +35,8 @@ from robust_mc.core.tracing.layout import (
     spaces_of,
     units,
 )
-from robust_mc.core.tracing.spaces import DOCS, SpaceTable
+from robust_mc.core.tracing.spaces import DOCS, Record, SpaceTable
 from robust_mc.errors import UserError
-
-
-@dataclass(frozen=True)
-class Record:
-    """A parameter axis that a space moves: units at ``offset`` of axis ``axis`` of ``name``,
-    each ``repeat`` entries long; ``groups`` > 1: a grouped convolution's input axis, whose
-    order within each group follows the group of the row (``axis`` 0) it belongs to;
-    ``within`` > 0: a parameter shared by every head (a per-dimension query/key norm), ordered
-    as the units within each head."""
-
-    name: str
-    axis: int
-    offset: int = 0
-    repeat: int = 1
-    groups: int = 1
-    within: int = 0
 
 
 class Unsupported(Exception):
@@ -159,8 +143,12 @@ class Trace:
         return Units(segs)
 
     def record(self, dim: Dim, name: str, axis: int, groups: int = 1) -> None:
-        """Parameter ``name``'s axis ``axis`` holds the units of ``dim``."""
-        if isinstance(dim, Units):
+        """Parameter ``name``'s axis ``axis`` holds the units of ``dim``; a tensor outside the
+        state dict (a blur filter) cannot move: uniform along the axis it need not, else the
+        units stay."""
+        if name not in self.state_names and not uniform_along(self.gm, name, axis):
+            self.fix([dim], f"'{name}' is not in the state dict and varies along its units")
+        elif isinstance(dim, Units) and name in self.state_names:
             offset = 0
             for seg in dim.segs:
                 self.records.append((seg.space, Record(name, axis, offset, seg.repeat, groups)))
