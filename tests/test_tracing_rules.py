@@ -161,7 +161,22 @@ class Blurred(nn.Module):
         return self.fc(F.conv2d(x, self.filt, groups=6).mean((2, 3)))
 
 
+class Unfolded(nn.Module):
+    """nn.Unfold as a patch embedding (TNT, VOLO): each channel repeated over the kernel
+    positions of its patch, read by a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.unfold = nn.Conv2d(3, 6, 3, padding=1), nn.Unfold(2, stride=2)
+        self.embed, self.fc = nn.Linear(24, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        patches = self.unfold(torch.relu(self.conv(x))).transpose(1, 2)  # (B, 16, 6 x 4)
+        return self.fc(torch.relu(self.embed(patches)).mean(1))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
+            "unfold": (Unfolded, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),

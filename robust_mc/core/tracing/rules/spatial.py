@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Free, Traced
+from robust_mc.core.tracing.layout import Free, Seg, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
@@ -61,3 +61,24 @@ def pad(trace: Trace, node: Node) -> Traced:
             raise trace.fail(node, "padding of a hidden axis:")
         out[k] = Free(shape[k])
     return tuple(out)
+
+
+@for_modules(nn.Unfold)
+@for_functions(F.unfold)
+def unfold(trace: Trace, node: Node) -> Traced:
+    """Sliding patches (``nn.Unfold``, a patch embedding or a token's neighbourhood): (B, C, H,
+    W) -> (B, C x kernel positions, patches), each channel repeated over its kernel positions,
+    channel-major, as a flatten of C x kh x kw repeats it; the spatial axes become patches."""
+    x = trace.tensor(node)
+    shape, source = trace.shape(node), trace.shape(node.args[0])
+    assert shape is not None and source is not None
+    if len(x) != 4 or any(not isinstance(d, Free) for d in x[2:]):
+        raise trace.fail(node, "unfolding of a hidden axis:")
+    channels = trace.resolve(x[1])
+    if isinstance(channels, Free):
+        return (x[0], Free(shape[1]), Free(shape[2]))
+    if not isinstance(channels, Units):
+        raise trace.fail(node, "unfolding of heads:")
+    positions = shape[1] // source[1]
+    return (x[0], Units(tuple(Seg(s.space, s.size, s.repeat * positions) for s in channels.segs)),
+            Free(shape[2]))
