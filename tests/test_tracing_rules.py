@@ -175,7 +175,29 @@ class Unfolded(nn.Module):
         return self.fc(torch.relu(self.embed(patches)).mean(1))
 
 
+class CrossCovariance(nn.Module):
+    """attention over units (XCiT): q and k normalised along the tokens, a per-head
+    temperature, rows of q's units, heads merged from v's head axis."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads, self.embed = heads, nn.Conv2d(3, dim, 2, 2)
+        self.qkv, self.proj, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), \
+            nn.Linear(dim, 2)
+        self.temperature = nn.Parameter(torch.rand(heads, 1, 1) + 0.5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(
+            2, 0, 3, 4, 1).unbind(0)  # each (B, heads, units, tokens)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        x = ((attn * self.temperature).softmax(-1) @ v).permute(0, 3, 1, 2).reshape(b, n, c)
+        return self.head((x + self.proj(x)).mean(1))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
+            "cross_covariance": (CrossCovariance, 1),
             "unfold": (Unfolded, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),

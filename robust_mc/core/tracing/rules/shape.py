@@ -130,6 +130,21 @@ def _run(trace: Trace, node: Node, dims: list[Dim], sizes: list[int]) -> list[Di
     raise trace.fail(node, "reshape that both merges and splits hidden axes:")
 
 
+def _heads_of_another_part(trace: Trace, inner: list[Dim]) -> bool:
+    """Heads of one part merged with the units within heads of another (attention computed
+    over units, as cross-covariance attention does): whole when both parts' heads are one
+    space, grouped alike."""
+    if len(inner) != 2 or not all(isinstance(d, Split) and len(d.parts) == 1 for d in inner):
+        return False
+    heads, units = inner
+    assert isinstance(heads, Split) and isinstance(units, Split)
+    if (heads.role, units.role) != ("block", "inner") or (heads.blocks, heads.block_size) != (
+            units.blocks, units.block_size):
+        return False
+    spaces = [trace.block_space(heads.parts[0]), trace.block_space(units.parts[0])]
+    return None not in spaces and len({trace.spaces.find(s) for s in spaces if s is not None}) == 1
+
+
 def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
     moving = [k for k, d in enumerate(dims) if not isinstance(d, Free)]
     first, last = moving[0], moving[-1]
@@ -147,6 +162,8 @@ def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
             trace.fix(inner, f"'{node.name}': hidden units merged in another order")
             return Free(math.prod(d.size for d in dims))
         segs = tuple(Seg(p, trace.spaces.size(p)) for p in group.parts)
+    elif _heads_of_another_part(trace, inner):  # XCiT: attention over units, v's heads
+        segs = (Seg(inner[1].parts[0], trace.spaces.size(inner[1].parts[0])),)  # type: ignore[union-attr]
     else:
         raise trace.fail(node, "merge of hidden axes:")
     return Units(tuple(Seg(s.space, s.size, s.repeat * repeat) for s in segs) * tiles)
