@@ -198,6 +198,7 @@ class CrossCovariance(nn.Module):
 
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
             "cross_covariance": (CrossCovariance, 1),
+            "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
             "unfold": (Unfolded, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),

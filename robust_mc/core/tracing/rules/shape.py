@@ -112,6 +112,9 @@ def reshaped(trace: Trace, node: Node, layout: Layout, in_shape, out_shape) -> L
             else:
                 run_out.append(outs[j])
                 j += 1
+        if len(run_in) == 1 and isinstance(run_in[0][0], Units) and len(run_out) == 2 \
+                and run_out[1] - run_out[0] == 2:  # (parts, 1 head, units): a head axis of one
+            run_out.insert(1, run_out[0] + 1)
         dims = _run(trace, node, [d for d, _ in run_in], [out_shape[o] for o in run_out])
         for o, dim in zip(run_out, dims, strict=True):
             result[o] = dim
