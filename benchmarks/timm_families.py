@@ -3,8 +3,9 @@
 weights) within the memory bound, every parameter and buffer perturbed, in float64; traced,
 permuted at random and compared.
 
-One row per family: ``exact`` (every hidden space permuted, the logits unchanged to 1e-10
-relative), ``partial`` (some spaces left as they are: the share of weights they hold and why),
+One row per family: ``exact`` (every weight moved by some permutation, if only with its whole
+head, and the logits unchanged to 1e-10 relative), ``partial`` (spaces holding 0.1% of the
+weights or more left as they are: the share and why),
 ``refused`` (the tracer's one line), ``WRONG`` (a permuted copy computes another function: a bug
 to fix), or why it was not tried (does not build offline, too large, over the time limit). With
 ``--out`` the rows are kept in ``timm_sweep.json`` and a family already there is not tried again.
@@ -32,6 +33,7 @@ CANDIDATES = 3  # the variants built per family to find the smallest
 SIZES = ("atto", "femto", "pico", "nano", "micro", "xxs", "xxxs", "tiny", "xs", "mini", "small",
          "lite", "s", "b0", "050", "075", "100", "base", "m", "medium", "large", "l", "huge")
 EXACT = 1e-10  # relative logit change of a float64 permuted copy
+LEFT = 1e-3  # a share of weights no space moves beyond the logits' bias: partial
 
 
 class TimedOut(Exception):
@@ -114,10 +116,10 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
         return "WRONG", f"{precision}permuted copy differs by {error:.1e} (relative)"
     fixed = 1 - spec.moved_share(model)
     detail = f"{precision}{len(spec)} spaces, traced in {traced:.1f} s, error {error:.0e}"
-    if spec.fixed:
-        reasons = "; ".join(spec.fixed)[:200]
+    reasons = "; ".join(spec.fixed)[:200]
+    if spec.fixed and fixed >= LEFT:
         return "partial", f"{detail}; {100 * fixed:.1f}% of weights fixed: {reasons}"
-    return "exact", detail
+    return "exact", f"{detail}; every weight moves{' (' + reasons + ')' if reasons else ''}"
 
 
 def _alarm(signum: int, frame: Any) -> None:

@@ -196,7 +196,29 @@ class CrossCovariance(nn.Module):
         return self.head((x + self.proj(x)).mean(1))
 
 
+class Interleaved(nn.Module):
+    """each head's query, key and value side by side in the projection, split apart per head,
+    keys narrower than values (LeViT, EfficientFormer; MaxViT chunks them): whole heads move,
+    the units within them keep their order."""
+
+    def __init__(self, dim=8, heads=2, key=3, value=4):
+        super().__init__()
+        self.heads, self.key, self.value = heads, key, value
+        self.embed, self.qkv = nn.Conv2d(3, dim, 2, 2), nn.Linear(dim, heads * (2 * key + value))
+        self.proj, self.head = nn.Linear(heads * value, dim), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, -1).permute(0, 2, 1, 3).split(
+            [self.key, self.key, self.value], dim=3)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        return self.head(x.mean(1))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
+            "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
             "unfold": (Unfolded, 0),
@@ -218,7 +240,7 @@ def test_each_rule_keeps_the_function(name):
         else torch.rand(2, 3, 3, 4, dtype=torch.float64)
     spec = trace_permutation_spec(model, x)
     assert sum(s.blocks is not None for s in spec) >= grouped
-    assert (name == "shuffle") == bool(spec.fixed), spec.fixed
+    assert (name in ("shuffle", "interleaved")) == bool(spec.fixed), spec.fixed
     permuted = build().double().eval()
     permuted.load_state_dict(apply_permutation(model.state_dict(), spec, random_permutation(
         spec, torch.Generator().manual_seed(1))))
@@ -276,3 +298,11 @@ def test_a_constant_that_differs_per_unit_keeps_its_units_in_place():
     spec = trace_permutation_spec(model, torch.rand(2, 3, 8, 8, dtype=torch.float64))
     assert any("'filt' is not in the state dict" in why for why in spec.fixed)
     assert not any(axis.name == "a.weight" for space in spec for axis in space.axes)
+
+
+def test_heads_split_into_query_key_and_value_move_as_wholes():
+    model = Interleaved().double().eval()
+    spec = trace_permutation_spec(model, torch.rand(2, 3, 8, 8, dtype=torch.float64))
+    heads = [s for s in spec if s.size == 2 and {(a.name, a.repeat) for a in s.axes} >= {
+        ("qkv.weight", 10), ("proj.weight", 4)}]  # a head: 3 + 3 + 4 rows, 4 columns of proj
+    assert len(heads) == 1, [(s.name, s.axes) for s in spec]

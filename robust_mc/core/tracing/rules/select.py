@@ -46,6 +46,9 @@ def _pieces(trace: Trace, node: Node, dim: Dim, sizes: list[int]) -> list[Dim]:
     if dim.role == "part":
         return [Split(dim.parts[a:b], dim.blocks, dim.block_size, "part")
                 for a, b in zip(starts, starts[1:], strict=False)]
+    if dim.role == "inner":  # each head's units cut into query, key and value (LeViT, MaxViT):
+        trace.fix([dim], f"'{node.name}': each head's units split into parts")  # heads move
+        return [Free(s) for s in sizes]
     raise trace.fail(node, "split of heads:")
 
 
@@ -61,8 +64,7 @@ def _split_along(trace: Trace, node: Node, layout: Layout, axis: int, sizes: lis
     out = []
     for piece in _pieces(trace, node, dim, sizes):
         new = list(layout)
-        if isinstance(dim, Split):
-            assert isinstance(piece, Split)
+        if isinstance(dim, Split) and isinstance(piece, Split):  # parts; a head's units: Free
             new = list(_pick_parts(layout, dim, piece.parts))
         if keep_axis:
             new[axis] = piece

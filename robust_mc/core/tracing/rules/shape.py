@@ -148,6 +148,21 @@ def _heads_of_another_part(trace: Trace, inner: list[Dim]) -> bool:
     return None not in spaces and len({trace.spaces.find(s) for s in spaces if s is not None}) == 1
 
 
+def _units_moved_by_heads(trace: Trace, node: Node, heads: Split, within: int) -> Seg:
+    """A new space for heads merged with ``within`` entries each that are no hidden units
+    (the parts of a head's units split apart, kept in their order): blocked by the heads'
+    space, fixed within."""
+    units = trace.new_units(heads.blocks * within, node.name).segs[0]
+    space = trace.block_space(heads.parts[0])
+    blocks = trace.spaces.block(units.space, heads.blocks, node.name)
+    if space is None or blocks is None:
+        trace.fix([Units((units,))], f"'{node.name}': heads merged with units of no head")
+    else:
+        trace.spaces.union(blocks, space, f"'{node.name}'")
+        trace.spaces.fix_within(units.space, f"'{node.name}': units kept in their heads' order")
+    return units
+
+
 def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
     moving = [k for k, d in enumerate(dims) if not isinstance(d, Free)]
     first, last = moving[0], moving[-1]
@@ -156,6 +171,9 @@ def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
     inner = dims[first:last + 1]
     if len(inner) == 1 and isinstance(inner[0], Units):
         segs = trace.resolve(inner[0]).segs  # type: ignore[union-attr]
+    elif len(inner) == 1 and isinstance(inner[0], Split) and inner[0].role == "block" \
+            and repeat > 1:  # heads merged with what each holds, kept in its order
+        return Units((_units_moved_by_heads(trace, node, inner[0], repeat),) * tiles)
     elif all(isinstance(d, Split) and d.same_group(inner[0]) for d in inner):
         roles = tuple(d.role for d in inner)  # type: ignore[union-attr]
         group: Split = inner[0]  # type: ignore[assignment]
