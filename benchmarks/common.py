@@ -1,10 +1,13 @@
-"""Helpers shared by the benchmarks: timing with warm-up, and a table printer."""
+"""Helpers shared by the benchmarks: timing with warm-up, a table printer, and how far a
+randomly permuted copy of a network strays from it."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+
+import torch
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float]:
@@ -25,3 +28,34 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def permutation_error(model: torch.nn.Module, spec, x: torch.Tensor) -> float:
+    """The largest change of ``model``'s outputs on ``x`` under a random permutation of
+    ``spec`` (relative to the largest output); the model is left as it was. Raises what
+    applying the spec raises."""
+    from robust_mc.core.permutation import apply_permutation, random_permutation
+
+    with torch.no_grad():
+        reference = model(x)
+        original = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            model.load_state_dict(apply_permutation(original, spec, random_permutation(
+                spec, torch.Generator().manual_seed(0))))
+            moved = model(x)
+        finally:
+            model.load_state_dict(original)
+    return float((moved - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+
+
+def traced(model: torch.nn.Module, x: torch.Tensor):
+    """``(spec, seconds)`` of tracing ``model`` on ``x``, or the tracer's one line."""
+    from robust_mc.core.permutation import trace_permutation_spec
+    from robust_mc.errors import UserError
+
+    start = time.perf_counter()
+    try:
+        spec = trace_permutation_spec(model, x)
+    except UserError as exc:
+        return str(exc)
+    return spec, time.perf_counter() - start

@@ -23,9 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import print_table
-from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
-from robust_mc.errors import UserError
+from benchmarks.common import permutation_error, print_table, traced
 
 MAX_PARAMS = 60e6  # float64 weights, a permuted copy and the originals within about 2 GiB
 CANDIDATES = 3  # the variants built per family to find the smallest
@@ -96,26 +94,18 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
             model(x)
     except RuntimeError:
         model, x, exact, precision = model.float(), x.float(), 1e-5, "float32; "
-    start = time.perf_counter()
+    result = traced(model, x)
+    if isinstance(result, str):
+        return "refused", result[:200]
+    spec, seconds = result
     try:
-        spec = trace_permutation_spec(model, x)
-    except UserError as exc:
-        return "refused", str(exc)[:200]
-    traced = time.perf_counter() - start
-    with torch.no_grad():
-        reference = model(x)
-        original = {k: v.clone() for k, v in model.state_dict().items()}
-        try:
-            model.load_state_dict(apply_permutation(original, spec, random_permutation(
-                spec, torch.Generator().manual_seed(0))))
-        except Exception as exc:  # noqa: BLE001 - a traced spec that cannot be applied is a bug
-            return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
-        error = float((model(x) - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
-        model.load_state_dict(original)
+        error = permutation_error(model, spec, x)
+    except Exception as exc:  # noqa: BLE001 - a traced spec that cannot be applied is a bug
+        return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
     if error > exact:
         return "WRONG", f"{precision}permuted copy differs by {error:.1e} (relative)"
     fixed = 1 - spec.moved_share(model)
-    detail = f"{precision}{len(spec)} spaces, traced in {traced:.1f} s, error {error:.0e}"
+    detail = f"{precision}{len(spec)} spaces, traced in {seconds:.1f} s, error {error:.0e}"
     reasons = "; ".join(spec.fixed)[:200]
     if spec.fixed and fixed >= LEFT:
         return "partial", f"{detail}; {100 * fixed:.1f}% of weights fixed: {reasons}"

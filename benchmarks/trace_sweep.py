@@ -14,32 +14,21 @@ compared (relative float32 difference). A network that does not build offline, o
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
 
-from benchmarks.common import print_table
-from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
-from robust_mc.errors import UserError
+from benchmarks.common import permutation_error, print_table, traced
 from robust_mc.models.robustbench import import_robustbench
 
 
 def check(model: torch.nn.Module, side: int) -> tuple[str, str]:
     x = torch.rand(2, 3, side, side)
-    start = time.perf_counter()
-    try:
-        spec = trace_permutation_spec(model, x)
-    except UserError as exc:
-        return "fails", str(exc)[:160]
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        reference = model(x)
-        original = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(apply_permutation(original, spec, random_permutation(
-            spec, torch.Generator().manual_seed(0))))
-        error = float((model(x) - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
-        model.load_state_dict(original)
+    result = traced(model, x)
+    if isinstance(result, str):
+        return "fails", result[:160]
+    spec, seconds = result
+    error = permutation_error(model, spec, x)
     status = "permutes" if error < 1e-4 else "WRONG"
     fixed = f"; fixed: {len(spec.fixed)}" if spec.fixed else ""
     return status, (f"{len(spec)} spaces, moved {spec.moved_share(model):.3f}, error {error:.1e}, "
