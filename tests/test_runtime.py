@@ -166,3 +166,20 @@ def test_asking_for_bfloat16_on_a_cpu_that_emulates_it_says_so(monkeypatch, feat
     assert (note is not None) == noted
     if noted:
         assert "--precision auto" in note and "slower" in note
+
+
+@pytest.mark.parametrize("command", ["align", "layers"])
+def test_align_and_layers_settle_auto_precision_and_say_it(command, tiny_endpoint_files,
+                                                            tmp_path, capsys):
+    """``--precision auto`` is decided (by measurement where the CPU has native bfloat16, else
+    float32 with the reason) before align and layers work, and their first line says which."""
+    from robust_mc import cli
+
+    a, b = (str(tiny_endpoint_files[k]) for k in ("a", "b"))
+    extra = {"align": ["--align-samples", "100", "--out", str(tmp_path / "b.pt")],
+             "layers": ["--points", "3", "--samples", "100", "--align-samples", "100",
+                        "--out", str(tmp_path / "layers")]}[command]
+    assert cli.main([command, a, b, "--precision", "auto", "--device", "cpu", *extra]) == 0
+    said = capsys.readouterr()
+    out = said.out + said.err  # the run's lines go to stderr
+    assert "not measured yet" not in out and ("bfloat16" in out or "float32" in out)

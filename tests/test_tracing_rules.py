@@ -258,8 +258,8 @@ def test_per_head_parameters_follow_their_heads():
     assert ("bias", 0) in {(a.name, a.axis) for a in heads.axes}
 
 
-@pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved", "cross_covariance",
-                                  "one_head", "unfold", "blurred", "masked"])
+@pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
+                                  "cross_covariance", "one_head", "unfold", "blurred", "masked"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from robust_mc.commands import common
 from robust_mc.config import AlignRunConfig, build_config
-from robust_mc.data import load_data
+from robust_mc.data import as_float, load_data
 from robust_mc.pipelines.alignment import align_models, aligned_checkpoint
 from robust_mc.pipelines.pair import load_pair
 from robust_mc.report.alignment import alignment_notes, alignment_table
@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     for line in pair.describe():
         reporter.print(line)
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    runtime.settle_precision(model_a, as_float(data.train.images[:1]))
     reporter.print(f"[bold]align[/] {args.b} to {args.a}: {cfg.align.method}, "
-                   f"{cfg.align.inputs} inputs, {min(cfg.align.samples, len(data.train))} images")
+                   f"{cfg.align.inputs} inputs, {min(cfg.align.samples, len(data.train))} images; "
+                   f"{runtime.summary()}")
     result = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)
     if (note := result.spec.left_alone(model_a)) is not None:
         reporter.print(note)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_mc.config import LayersRunConfig, to_dict
-from robust_mc.data import load_data
+from robust_mc.data import as_float, load_data
 from robust_mc.evaluation.layers import GroupResult, layer_report, rank_agreement
 from robust_mc.pipelines.alignment import align_models
 from robust_mc.pipelines.pair import Pair
@@ -26,6 +26,8 @@ def run_layers(pair: Pair, cfg: LayersRunConfig, runtime: Runtime, reporter: Rep
     for line in pair.describe():
         reporter.print(line)
     model_a, model_b = (runtime.prepare(m) for m in pair.models())
+    runtime.settle_precision(model_a, as_float(data.train.images[:1]))
+    reporter.print(f"[bold]layers[/] {pair.a.path} -> {pair.b.path}; {runtime.summary()}")
     variants = {}
     if cfg.aligned or cfg.layers.compare_align:
         aligned = align_models(model_a, model_b, data.train, cfg.align, cfg.attack, runtime)

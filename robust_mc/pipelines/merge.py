@@ -15,7 +15,7 @@ from torch import nn
 
 from robust_mc.config import MergeRunConfig, to_dict
 from robust_mc.core.merge import check_weights, uniform_weights
-from robust_mc.data import Data
+from robust_mc.data import Data, as_float
 from robust_mc.errors import UserError
 from robust_mc.evaluation.path import path_attack
 from robust_mc.evaluation.robustness import Metrics, evaluate_seeded
@@ -107,6 +107,8 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
         check_fits_data(ckpt, data)
     weights = merge_weights(cfg, len(checkpoints))
     models = [runtime.prepare(build_model(c)) for c in checkpoints]
+    runtime.settle_precision(models[0], as_float(data.train.images[:1]))
+    say(f"[bold]merge[/] {len(models)} members on {data.info.name}; {runtime.summary()}")
     attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
     test = data.test.take(cfg.path.test_limit).to(runtime.device)
 
