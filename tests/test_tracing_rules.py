@@ -217,7 +217,25 @@ class Interleaved(nn.Module):
         return self.head(x.mean(1))
 
 
+class Standardised(nn.Module):
+    """weights standardised inside forward, with a gain per output (NFNet's ScaledStdConv,
+    BiT's StdConv): the weight itself reshaped and batch-normalised before the convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(6, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = F.batch_norm(self.b.weight.reshape(1, 6, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-6).reshape_as(self.b.weight)
+        x = F.conv2d(torch.relu(self.a(x)), w * self.gain, self.b.bias, padding=1)
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
+            "standardised": (Standardised, 0),
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
@@ -259,7 +277,8 @@ def test_per_head_parameters_follow_their_heads():
 
 
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
-                                  "cross_covariance", "one_head", "unfold", "blurred", "masked"])
+                                  "cross_covariance", "one_head", "unfold", "blurred", "masked",
+                                  "standardised"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

@@ -163,8 +163,20 @@ def _units_moved_by_heads(trace: Trace, node: Node, heads: Split, within: int) -
     return units
 
 
+def _wild(trace: Trace, dim: Dim) -> bool:
+    """Axes of a parameter that have met no hidden units yet (a kernel's positions)."""
+    return isinstance(dim, Units) and all(
+        trace.spaces.entry(seg.space).wild for seg in trace.resolve(dim).segs)  # type: ignore[union-attr]
+
+
 def _merge(trace: Trace, node: Node, dims: list[Dim]) -> Dim:
     moving = [k for k, d in enumerate(dims) if not isinstance(d, Free)]
+    if len(moving) > 1 and all(_wild(trace, dims[k]) for k in moving[1:]):
+        # a parameter reshaped (a weight standardised in forward): its first axis keeps the
+        # units, the axes merged after it are positions and stay
+        trace.fix([dims[k] for k in moving[1:]], None)
+        dims = [Free(d.size) if k in moving[1:] else d for k, d in enumerate(dims)]
+        moving = moving[:1]
     first, last = moving[0], moving[-1]
     tiles = math.prod(d.size for d in dims[:first])  # positions before the units: tiled
     repeat = math.prod(d.size for d in dims[last + 1:])
