@@ -8,7 +8,7 @@ from pathlib import Path
 
 from robust_mc.commands import common
 from robust_mc.errors import UserError
-from robust_mc.run.files import check_writable_file, check_writable_folder
+from robust_mc.run.files import check_writable_file
 from robust_mc.store.checkpoint import plain
 from robust_mc.store.checkpoint_files import load_checkpoint
 from robust_mc.store.export import DIRECTORY_FORMATS, FORMATS, export_checkpoint
@@ -40,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.checkpoint} records no {missing[0]}; give its shape with "
                         "--model-kwargs '{num_classes: 10, in_channels: 3}'")
     out = Path(args.out)
-    if args.format in DIRECTORY_FORMATS:
-        check_writable_folder(out)
-    else:
+    if args.format not in DIRECTORY_FORMATS:  # a directory's writer checks its folder first
         check_writable_file(out)
     written = export_checkpoint(ckpt, args.format, out)
     print(f"wrote {', '.join(str(p) for p in written)} ({ckpt.arch}, "

@@ -77,7 +77,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"hf:{folder}: no {CONFIG_FILE} in it; give a folder written by "
                         "save_pretrained")
     config = _read_json(path)
-    _class_name(config, path)
+    class_name(config, path)
     return config
 
 
@@ -107,7 +107,7 @@ def expand(arch: str, kwargs: dict) -> tuple[str, dict]:
     if not arch.startswith(DIR_PREFIX):
         return arch, kwargs
     config = read_config(arch[len(DIR_PREFIX):])
-    return CLASS_PREFIX + _class_name(config, arch), {**kwargs, "config": config}
+    return CLASS_PREFIX + class_name(config, arch), {**kwargs, "config": config}
 
 
 def huggingface_factory(arch: str) -> Callable[..., nn.Module]:
@@ -156,13 +156,13 @@ def library_config(arch: str, cls: Any, config: Any, num_classes: int | None = N
     return hf_config
 
 
-def pretrained_network(folder: Path) -> nn.Module:
-    """The network ``folder`` holds, its weights read by the library itself (which renames
-    parameters it has renamed since they were saved): offline, with robust-mc's checked config,
-    from safetensors only."""
-    config = read_config(folder)
-    arch = CLASS_PREFIX + _class_name(config, folder)
-    cls = _library_class(arch[len(CLASS_PREFIX):], arch)
+def pretrained_network(folder: Path, config: dict[str, Any]) -> nn.Module:
+    """The network ``folder`` holds (``config``: its ``config.json``, as :func:`read_config`
+    gave it), its weights read by the library itself (which renames parameters it has renamed
+    since they were saved): offline, with robust-mc's checked config, from safetensors only."""
+    name = class_name(config, folder)
+    arch = CLASS_PREFIX + name
+    cls = _library_class(name, arch)
     try:
         net = logits_class(cls).from_pretrained(
             folder, config=library_config(arch, cls, config), local_files_only=True,
@@ -209,7 +209,9 @@ def _library_class(name: str, arch: str) -> Any:
     return cls
 
 
-def _class_name(config: dict, source: Any) -> str:
+def class_name(config: dict, source: Any) -> str:
+    """The image classifier class a ``config.json`` names (one line where it names none or
+    another kind)."""
     names = config.get("architectures")
     if not (isinstance(names, list) and names and isinstance(names[0], str)):
         raise UserError(f"{source}: config.json names no class ('architectures'); save the "

@@ -20,7 +20,7 @@ from robust_mc.data import NO_NORMALIZATION, Normalization
 from robust_mc.errors import UserError
 from robust_mc.limits import check_bounded, check_regular_file
 from robust_mc.models._registry import is_registered
-from robust_mc.models.huggingface import DIR_PREFIX, is_model_dir
+from robust_mc.models.huggingface import DIR_PREFIX, is_model_dir, read_config
 from robust_mc.models.trust import canonical_spec
 from robust_mc.store.checkpoint import (
     ARCH_STANDARD_KEYS,
@@ -145,7 +145,8 @@ def checkpoint_from_object(obj: Any, path: Path, options: LoadOptions | None = N
     if options.arch.startswith(DIR_PREFIX):  # the library's names, its config in that folder
         from robust_mc.store.huggingface_dir import checkpoint_of
 
-        return checkpoint_of(Path(options.arch[len(DIR_PREFIX):]), state, options, str(path))
+        folder = Path(options.arch[len(DIR_PREFIX):])
+        return checkpoint_of(folder, read_config(folder), state, options, str(path))
     meta = CheckpointMeta(source_format="foreign", normalization_from=(
         "as given" if options.normalization is not None else
         "none (the file records none; --normalization sets it)"))

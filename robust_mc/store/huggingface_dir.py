@@ -22,7 +22,8 @@ from robust_mc.models.huggingface import (
     CLASS_PREFIX,
     CONFIG_FILE,
     PREPROCESSOR_FILE,
-    expand,
+    class_name,
+    read_config,
     read_normalization,
 )
 from robust_mc.run.files import check_writable_folder
@@ -42,16 +43,17 @@ def load_model_dir(folder: Path, options: LoadOptions | None = None) -> Checkpoi
     if options.arch is not None and options.arch != f"hf:{folder}":
         raise UserError(f"{folder} is a Hugging Face model directory, which names its own "
                         f"class; drop --arch {options.arch}")
-    state = read_weights(folder)
-    return checkpoint_of(folder, state, options, source=str(folder))
+    config = read_config(folder)
+    return checkpoint_of(folder, config, read_weights(folder, config), options, str(folder))
 
 
-def checkpoint_of(folder: Path, state: dict[str, torch.Tensor], options: LoadOptions,
-                  source: str) -> Checkpoint:
-    """A checkpoint of ``state`` (the library's parameter names) built as ``folder``'s config
-    says; ``source`` is the file or directory the weights came from."""
-    arch, kwargs = expand(f"hf:{folder}", dict(options.arch_kwargs or {}))
-    config = kwargs["config"]
+def checkpoint_of(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor],
+                  options: LoadOptions, source: str) -> Checkpoint:
+    """A checkpoint of ``state`` (the library's parameter names) built as ``config`` (the
+    ``config.json`` of ``folder``) says; ``source`` is the file or directory the weights came
+    from."""
+    arch = CLASS_PREFIX + class_name(config, folder)
+    kwargs = {**(options.arch_kwargs or {}), "config": config}
     shape = {"num_classes": _count(config.get("num_labels", _labels(config)), "num_labels",
                                    folder),
              "in_channels": _count(config.get("num_channels", 3), "num_channels", folder),
@@ -73,7 +75,7 @@ def checkpoint_of(folder: Path, state: dict[str, torch.Tensor], options: LoadOpt
                       trust=options.code)
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def read_weights(folder: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The directory's weights under the installed library's parameter names: the library
     reads ``model.safetensors`` (or its shards) and renames parameters it has renamed since
     they were saved. A pickled ``pytorch_model.bin`` is not read: unpickling can run code."""
@@ -87,7 +89,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                             "load from a model directory: save it again with "
                             "save_pretrained(..., safe_serialization=True)" if pickled else
                             "; save the model with save_pretrained"))
-    net = pretrained_network(folder)
+    net = pretrained_network(folder, config)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

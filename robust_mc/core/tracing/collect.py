@@ -20,21 +20,6 @@ def build_spec(trace: Trace) -> PermutationSpec:
         e = entries[root]
         return not e.fixed and not e.wild and not e.within_fixed and e.size >= 2
 
-    # units fixed within blocks move with their blocks where no axis of theirs is a grouped
-    # convolution's (one shared by every block, in the order within one, stays as it is)
-    plain = {r for r in roots if entries[r].within_fixed and not entries[r].fixed
-             and not entries[r].wild and all(
-                 rec.groups == 1 for sid, rec in trace.records
-                 if r in {table.find(leaf) for leaf in table.leaves(sid)})}
-    changed = True
-    while changed:  # a grouped space that stays keeps its groups in place
-        changed = False
-        for root in roots:
-            block = entries[root].block
-            if block is not None and not live(root) and root not in plain \
-                    and not entries[table.find(block[0])].fixed:
-                entries[table.find(block[0])].fixed = changed = True
-
     axes: dict[int, list[Axis]] = {}
     for sid, record in trace.records:
         offset = 0
@@ -45,6 +30,19 @@ def build_spec(trace: Trace) -> PermutationSpec:
             if axis not in found:
                 found.append(axis)
             offset += table.size(leaf)
+
+    # units fixed within blocks move with their blocks where no axis of theirs is a grouped
+    # convolution's (one shared by every block, in the order within one, stays as it is)
+    plain = {r for r in roots if entries[r].within_fixed and not entries[r].fixed
+             and not entries[r].wild and all(a.groups == 1 for a in axes.get(r, []))}
+    changed = True
+    while changed:  # a grouped space that stays keeps its groups in place
+        changed = False
+        for root in roots:
+            block = entries[root].block
+            if block is not None and not live(root) and root not in plain \
+                    and not entries[table.find(block[0])].fixed:
+                entries[table.find(block[0])].fixed = changed = True
 
     for root in plain & set(axes):  # their block space moves them, a block a unit
         space, units = entries[root].block or (root, 1)

@@ -144,8 +144,8 @@ def _heads_of_another_part(trace: Trace, inner: list[Dim]) -> bool:
     if (heads.role, units.role) != ("block", "inner") or (heads.blocks, heads.block_size) != (
             units.blocks, units.block_size):
         return False
-    spaces = [trace.block_space(heads.parts[0]), trace.block_space(units.parts[0])]
-    return None not in spaces and len({trace.spaces.find(s) for s in spaces if s is not None}) == 1
+    a, b = trace.block_space(heads.parts[0]), trace.block_space(units.parts[0])
+    return a is not None and b is not None and trace.spaces.find(a) == trace.spaces.find(b)
 
 
 def _units_moved_by_heads(trace: Trace, node: Node, heads: Split, within: int) -> Seg:
