@@ -7,8 +7,6 @@ import os
 import sys
 
 from robust_mc.errors import Interrupted, UserError, path_problem
-from robust_mc.run import distributed
-from robust_mc.run.runtime import process_scope
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -23,7 +21,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The whole command line, or with ``only`` just that command's options (the others are
+    listed by name and help, their modules not imported: torch and the rest load for the
+    command that runs)."""
     from robust_mc.commands import commands
     from robust_mc.run.provenance import version
 
@@ -31,12 +32,13 @@ def build_parser() -> Parser:
                     "align their neurons, connect them with robust curves and measure barriers.")
     parser.add_argument("--version", action="version", version=f"robust-mc {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name, module in commands().items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-        p.set_defaults(handler=module.run, command_parser=p,
-                       distributed=getattr(module, "DISTRIBUTED", False))
+    for name, command in commands().items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if only in (None, name):
+            module = command.module()
+            module.add_arguments(p)
+            p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+            p.set_defaults(handler=module.run, command_parser=p, distributed=command.distributed)
     return parser
 
 
@@ -45,12 +47,18 @@ def distributed_commands() -> list[str]:
     others run in one process)."""
     from robust_mc.commands import commands
 
-    return [name for name, module in commands().items() if getattr(module, "DISTRIBUTED", False)]
+    return [name for name, command in commands().items() if command.distributed]
+
+
+def named_command(argv: list[str]) -> str | None:
+    """The command word of a command line: the top level takes options only (``--help``,
+    ``--version``), so it is the first word that is not one."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(only=named_command(argv) or "")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the command, whose --help lists what it takes
         getattr(args, "command_parser", parser).error(
@@ -59,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     args.argv = ["robust-mc", *argv]
+    from robust_mc.run import distributed
+    from robust_mc.run.runtime import process_scope
+
     distributed.quiet_unless_main()
     prefix = f"robust-mc {args.command}"
     if distributed.launched():

@@ -148,3 +148,33 @@ def test_a_tracing_rule_is_one_registered_function(monkeypatch):
     before = net(x)
     permute_model(net, spec, {space.name: torch.randperm(space.size) for space in spec})
     assert torch.allclose(net(x), before, rtol=1e-5, atol=1e-6)  # sums in another order
+
+
+def test_a_command_is_one_module_and_only_the_one_that_runs_is_imported(tmp_path, monkeypatch):
+    """A module with a ``HELP`` literal in ``commands/`` is a command; ``robust-mc --help``
+    lists it from its source without importing it (nor torch), and running it imports it."""
+    import subprocess
+    import sys
+
+    from robust_mc import commands
+
+    module = tmp_path / "probe_cmd.py"
+    module.write_text('ORDER = 5\nDISTRIBUTED = True\nHELP = ("a probe " "command")\n'
+                      "IMPORTED = True\n\n"
+                      "def add_arguments(p):\n    p.add_argument('--n', type=int, default=1)\n\n"
+                      "def run(args):\n    print('ran', args.n)\n    return 0\n")
+    monkeypatch.setattr(commands, "__path__", [*commands.__path__, str(tmp_path)])
+    found = commands.commands()
+    assert next(iter(found)) == "probe_cmd" and found["probe_cmd"].help == "a probe command"
+    assert "probe_cmd" in cli.distributed_commands()
+    assert "robust_mc.commands.probe_cmd" not in sys.modules
+    assert cli.main(["probe_cmd", "--n", "3"]) == 0
+    assert sys.modules.pop("robust_mc.commands.probe_cmd").IMPORTED
+
+    listing = ("import sys; from robust_mc import cli\n"
+               "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+               "heavy = [m for m in sys.modules if m == 'torch' or m.startswith('robust_mc.commands.')]\n"
+               "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
+                         check=True).stdout
+    assert "HEAVY []" in out and "connect" in out
