@@ -173,7 +173,8 @@ def test_a_command_is_one_module_and_only_the_one_that_runs_is_imported(tmp_path
 
     listing = ("import sys; from robust_mc import cli\n"
                "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-               "heavy = [m for m in sys.modules if m == 'torch' or m.startswith('robust_mc.commands.')]\n"
+               "heavy = [m for m in sys.modules\n"
+               "         if m == 'torch' or m.startswith('robust_mc.commands.')]\n"
                "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
                          check=True).stdout
