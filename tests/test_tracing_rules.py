@@ -234,8 +234,40 @@ class Standardised(nn.Module):
         return self.fc(torch.relu(x).mean((2, 3)))
 
 
+class Ghost(nn.Module):
+    """depthwise convolutions over concatenations (GhostNet's cheap features, a dense block):
+    each filter follows its channel, whichever space it comes from."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(14, 14, 3, padding=1, groups=14)
+        self.fc = nn.Linear(14, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        x = torch.cat([h, self.cheap(h), torch.relu(self.b(x))], 1)
+        return self.fc(torch.relu(self.dw(x)).mean((2, 3)))
+
+
+class Cached(nn.Module):
+    """a table kept as a plain attribute, in a network that torch.fx cannot trace (it iterates
+    over a chunk), so the graph comes from TorchDynamo's export, which reads the table as a
+    constant (ConViT's relative positions, TinyViT's cached attention biases)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+        self.table = torch.linspace(0.5, 1.5, 64).view(1, 1, 8, 8)  # over positions only
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)) * self.table
+        return self.fc(torch.cat([part.mean((2, 3)) for part in h.chunk(2, dim=1)], 1))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
-            "standardised": (Standardised, 0),
+            "standardised": (Standardised, 0), "ghost": (Ghost, 0), "cached": (Cached, 0),
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
@@ -278,7 +310,7 @@ def test_per_head_parameters_follow_their_heads():
 
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
-                                  "standardised"])
+                                  "standardised", "ghost", "cached"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +20,20 @@ from robust_mc.core.tracing.spaces import DOCS
 from robust_mc.errors import UserError
 from robust_mc.models.normalize import Normalize
 
-_EXPORTED: dict[tuple, torch.fx.Graph] = {}  # architecture -> its exported graph
+_EXPORTED: dict[tuple, Exported] = {}  # architecture -> its exported graph
+CONSTANT = "_traced_constant_"  # an exported graph's tensor that the model does not hold
+
+
+@dataclass(frozen=True)
+class Exported:
+    """An architecture's exported graph, and the tensors it reads that are none of the model's
+    parameters or buffers (a cache or a table computed once and kept as a plain attribute:
+    ConViT's relative positions, TinyViT's attention biases). Those are taken from the model
+    exported, so the tracer treats them as constants that vary along every axis: a space they
+    meet stays as it is, whatever values another model of the architecture holds there."""
+
+    graph: torch.fx.Graph
+    constants: dict[str, torch.Tensor]
 
 
 class _Tracer(torch.fx.Tracer):
@@ -39,14 +53,37 @@ def trace_graph(model: nn.Module, example: torch.Tensor | None = None) -> torch.
         _EXPORTED[key] = _export(model, example, symbolic)
     if key not in _EXPORTED:
         raise UserError(f"cannot trace {type(model).__name__} with torch.fx ({symbolic}); {DOCS}")
-    return torch.fx.GraphModule(model, copy.deepcopy(_EXPORTED[key]))
+    return _with_constants(model, _EXPORTED[key])
+
+
+def _with_constants(model: nn.Module, exported: Exported) -> torch.fx.GraphModule:
+    """The graph module of ``exported`` over ``model``, its constants held beside the model's
+    own modules and tensors (outside the state dict)."""
+    graph = copy.deepcopy(exported.graph)
+    if not exported.constants:
+        return torch.fx.GraphModule(model, graph)
+    root: dict[str, Any] = dict(exported.constants)
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr") and node.target not in root:
+            root[node.target] = _attribute(model, str(node.target))
+    gm = torch.fx.GraphModule(root, graph)
+    for name in exported.constants:  # buffers of the graph module, yet not state
+        gm._non_persistent_buffers_set.add(name)
+    return gm
+
+
+def _attribute(module: nn.Module, name: str) -> Any:
+    value: Any = module
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _architecture(model: nn.Module) -> tuple:
     return (type(model), tuple((n, tuple(t.shape)) for n, t in model.state_dict().items()))
 
 
-def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> torch.fx.Graph:
+def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> Exported:
     import torch._dynamo
     from torch.export import Dim
 
@@ -62,18 +99,16 @@ def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> torch.fx.
                         f"{str(exc).splitlines()[0][:200]}); {DOCS}") from None
     own = {id(t): n for n, t in itertools.chain(model.named_parameters(remove_duplicate=False),
                                                 model.named_buffers(remove_duplicate=False))}
+    constants: dict[str, torch.Tensor] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            tensor: Any = gm
-            for part in str(node.target).split("."):
-                tensor = getattr(tensor, part)
+            tensor = _attribute(gm, str(node.target))
             name = own.get(id(tensor))
             if name is None:
-                raise UserError(f"cannot trace {type(model).__name__}: its exported graph uses "
-                                f"a tensor '{node.target}' that is none of its parameters or "
-                                f"buffers; {DOCS}")
+                name = f"{CONSTANT}{len(constants)}"
+                constants[name] = tensor.detach().clone()
             node.target = name
-    return gm.graph
+    return Exported(gm.graph, constants)
 
 
 def node_args(obj: Any) -> list[torch.fx.Node]:
@@ -116,6 +151,8 @@ def where_of(node: torch.fx.Node, layer: nn.Module | None = None) -> str:
 def uniform_along(gm: torch.fx.GraphModule, name: str, axis: int) -> bool:
     """Whether the tensor ``name`` of ``gm`` holds equal values along ``axis`` (a constant
     that any permutation of that axis leaves as it is, such as a zero key bias)."""
+    if name.startswith(CONSTANT):  # another model of the architecture may hold other values
+        return False
     tensor: Any = gm
     for part in name.split("."):
         tensor = getattr(tensor, part, None)

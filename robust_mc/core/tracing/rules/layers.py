@@ -88,6 +88,9 @@ def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int,
     name = weight.removesuffix(".weight")
     channels = trace.resolve(channels)
     depthwise = out_channels == channels.size == groups
+    if depthwise and isinstance(channels, Units):  # each output follows its input channel,
+        _record_filters(trace, node, channels, weight, bias)  # whatever spaces they are of
+        return channels
     if isinstance(channels, Free):  # channels left in place: groups stay in place too
         if depthwise:
             return channels
@@ -99,25 +102,28 @@ def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int,
         group_space = None
     if group_space is None:  # the input stays as it is: so do the groups
         trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
-    if depthwise and group_space is not None:
-        out = trace.resolve(channels)  # each output follows its input channel
+    out = trace.new_units(out_channels, name)
+    out_groups = trace.spaces.block(out.segs[0].space, groups, name)
+    if group_space is None or out_groups is None:
+        if out_groups is not None:
+            trace.spaces.fix(out_groups)
     else:
-        out = trace.new_units(out_channels, name)
-        out_groups = trace.spaces.block(out.segs[0].space, groups, name)
-        if group_space is None or out_groups is None:
-            if out_groups is not None:
-                trace.spaces.fix(out_groups)
-        else:
-            trace.spaces.union(out_groups, group_space, f"'{node.name}'")
-        out = trace.resolve(out)
-        if channels.size // groups > 1 and group_space is not None:
-            trace.record(channels, weight, 1, groups=groups)
+        trace.spaces.union(out_groups, group_space, f"'{node.name}'")
+    out = trace.resolve(out)
+    if channels.size // groups > 1 and group_space is not None:
+        trace.record(channels, weight, 1, groups=groups)
     assert isinstance(out, Units)
+    _record_filters(trace, node, out, weight, bias)
+    return out
+
+
+def _record_filters(trace: Trace, node: Node, out: Units, weight: str,
+                      bias: str | None) -> None:
+    """The filters (and biases) of ``out``'s units move with them."""
     trace.record(out, weight, 0)
     if bias is not None:
         trace.record(out, bias, 0)
     trace.producer(node)
-    return out
 
 
 @for_functions(F.conv1d, F.conv2d, F.conv3d)
