@@ -266,8 +266,27 @@ class Cached(nn.Module):
         return self.fc(torch.cat([part.mean((2, 3)) for part in h.chunk(2, dim=1)], 1))
 
 
+class Radix(nn.Module):
+    """split attention (ResNeSt): a grouped convolution makes two branches, summed unit by
+    unit and weighted by a softmax over the branches; every branch orders its units alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 12, 3, padding=1, groups=2)
+        self.fc1, self.fc2 = nn.Conv2d(6, 4, 1), nn.Conv2d(4, 12, 1)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(torch.relu(self.a(x))))
+        x = x.reshape(x.shape[0], 2, 6, x.shape[2], x.shape[3])
+        gap = x.sum(1).mean((2, 3), keepdim=True)
+        attn = self.fc2(torch.relu(self.fc1(gap))).view(x.shape[0], 2, 6, 1, 1).softmax(1)
+        return self.out((x * attn).sum(1).mean((2, 3)))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
             "standardised": (Standardised, 0), "ghost": (Ghost, 0), "cached": (Cached, 0),
+            "radix": (Radix, 1),
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
@@ -310,7 +329,7 @@ def test_per_head_parameters_follow_their_heads():
 
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
-                                  "standardised", "ghost", "cached"])
+                                  "standardised", "ghost", "cached", "radix"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:
@@ -358,3 +377,12 @@ def test_heads_split_into_query_key_and_value_move_as_wholes():
     heads = [s for s in spec if s.size == 2 and {(a.name, a.repeat) for a in s.axes} >= {
         ("qkv.weight", 10), ("proj.weight", 4)}]  # a head: 3 + 3 + 4 rows, 4 columns of proj
     assert len(heads) == 1, [(s.name, s.axes) for s in spec]
+
+
+def test_branches_summed_unit_by_unit_share_one_order():
+    """ResNeSt's radix sum: the branches' space keeps one order for every branch, and the layers
+    reading the sum take that order (``within``), not a space of their own."""
+    spec = trace_permutation_spec(Radix().double(), torch.rand(2, 3, 8, 8, dtype=torch.float64))
+    branches = next(s for s in spec if s.name == "conv")
+    assert branches.blocks is not None and branches.blocks.shared
+    assert {(a.name, a.within) for a in branches.axes} >= {("fc1.weight", 6), ("out.weight", 6)}

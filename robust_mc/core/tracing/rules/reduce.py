@@ -1,7 +1,8 @@
 """Reductions: a sum, mean, maximum or variance over a whole axis is unchanged by any permutation
 of the units on it (a LayerNorm written by hand as ``x - x.mean(1, keepdim=True)``); over
 spatial axes and tokens it is pooling. Summing over heads while keeping the units within each
-head would mix the heads' own orders: that is not followed."""
+head adds unit c of every head: it is followed where every head takes one order of its units
+(the space is *shared*); other reductions over heads that keep units are not."""
 
 from __future__ import annotations
 
@@ -49,13 +50,27 @@ def reduction(trace: Trace, node: Node) -> Traced:
             out.append(dim)
             continue
         if isinstance(dim, Split) and (dim.role == "part" or kept_inner):
-            raise trace.fail(node, "reduction over heads that keeps units within heads:")
+            if not _sums_heads(layout, axes, dim, name):
+                raise trace.fail(node, "reduction over heads that keeps units within heads:")
+            for part in dim.parts:  # every head's units in one order: the sum's units
+                trace.spaces.entry(part).shared = True
         if keepdim:
             out.append(Free(1))
     result = tuple(out)
     if trace.shapes(node) and trace.shape(node) is None:  # (values, indices)
         return tuple(result for _ in trace.shapes(node))
     return result
+
+
+def _sums_heads(layout: tuple[Dim, ...], axes: set[int], dim: Split, name: str) -> bool:
+    """Whether a reduction ``name`` over ``axes`` adds heads up unit by unit (ResNeSt's split
+    attention sums its radix branches): a sum or mean over the head axis alone, the units
+    within the heads kept. Under one order of the units shared by every head the sum's units
+    follow that order, and a permutation of the heads leaves it as it is."""
+    kept = [d for k, d in enumerate(layout) if k not in axes and isinstance(d, Split)]
+    return (name in ("sum", "mean") and dim.role == "block"
+            and sum(isinstance(layout[k], Split) for k in axes) == 1
+            and len(kept) == 1 and kept[0].role == "inner" and dim.same_group(kept[0]))
 
 
 @for_functions(F.normalize)
