@@ -284,9 +284,33 @@ class Radix(nn.Module):
         return self.out((x * attn).sum(1).mean((2, 3)))
 
 
+class SharedAggregated(nn.Module):
+    """CoaT's head: one position-encoding module shared by two blocks (saved under both
+    names, which must move alike), and a one-output Conv1d that weighs stacked class tokens
+    unit by unit (a kernel of one over the units), then a one-output score."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.pos = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.block1, self.block2 = nn.Module(), nn.Module()
+        self.block1.pos = self.block2.pos = self.pos
+        self.aggregate, self.fc = nn.Conv1d(2, 1, 1), nn.Linear(6, 2)
+        self.score = nn.Linear(6, 1)
+
+    def forward(self, x):
+        h1 = torch.relu(self.a(x))
+        h1 = h1 + self.block1.pos(h1)
+        h2 = torch.relu(self.b(h1))
+        h2 = h2 + self.block2.pos(h2)
+        tokens = torch.stack([h1.mean((2, 3)), h2.mean((2, 3))], 1)  # (B, 2, units)
+        pooled = self.aggregate(tokens).squeeze(1)
+        return self.fc(pooled) * torch.sigmoid(self.score(pooled))
+
+
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
             "standardised": (Standardised, 0), "ghost": (Ghost, 0), "cached": (Cached, 0),
-            "radix": (Radix, 1),
+            "radix": (Radix, 1), "shared_aggregated": (SharedAggregated, 0),
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
@@ -329,7 +353,8 @@ def test_per_head_parameters_follow_their_heads():
 
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
-                                  "standardised", "ghost", "cached", "radix"])
+                                  "standardised", "ghost", "cached", "radix",
+                                  "shared_aggregated"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:
@@ -386,3 +411,10 @@ def test_branches_summed_unit_by_unit_share_one_order():
     branches = next(s for s in spec if s.name == "conv")
     assert branches.blocks is not None and branches.blocks.shared
     assert {(a.name, a.within) for a in branches.axes} >= {("fc1.weight", 6), ("out.weight", 6)}
+
+
+def test_a_module_shared_by_two_parents_moves_under_both_names():
+    model = SharedAggregated().double().eval()
+    spec = trace_permutation_spec(model, torch.rand(2, 3, 8, 8, dtype=torch.float64))
+    names = {a.name for space in spec for a in space.axes}
+    assert {"pos.weight", "block1.pos.weight", "block2.pos.weight"} <= names

@@ -31,6 +31,7 @@ from robust_mc.core.spec import (
     inverse,
     permute_model,
     random_permutation,
+    with_aliases,
 )
 from robust_mc.core.tracing import rules  # noqa: F401  (registers every rule)
 from robust_mc.core.tracing.collect import build_spec
@@ -87,4 +88,4 @@ def trace_permutation_spec(model: nn.Module, example: torch.Tensor, *,
         model.train(was_training)
     trace = Trace(gm, partial=partial)
     trace.run()
-    return build_spec(trace)
+    return with_aliases(build_spec(trace), model)

@@ -11,7 +11,7 @@ same for every space.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -172,6 +172,25 @@ def mix_state(state: dict[str, torch.Tensor], spec: PermutationSpec,
             if axis.name in out and axis.name not in skip:
                 out[axis.name] = mix_axis(out[axis.name], axis, matrix, dtype)
     return out
+
+
+def with_aliases(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
+    """``spec`` with every axis also under the other names its tensor has in ``model``'s state
+    dict: a module shared by several parents (CoaT's position encodings, tied embeddings) is
+    saved once per name, and each copy must move alike or loading the state dict would put
+    an unmoved copy back."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    others = {name: [o for o in group if o != name]
+              for group in names.values() if len(group) > 1 for name in group}
+    if not others:
+        return spec
+    for space in spec:
+        extra = [replace(axis, name=alias) for axis in space.axes
+                 for alias in others.get(axis.name, [])]
+        space.axes.extend(a for a in extra if a not in space.axes)
+    return spec
 
 
 def apply_permutation(state: dict[str, torch.Tensor], spec: PermutationSpec,

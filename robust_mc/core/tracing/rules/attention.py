@@ -103,7 +103,7 @@ def sdpa(trace: Trace, node: Node) -> Traced:
 
 def packed_projection(trace: Trace, node: Node, x: Dim, qkv_weight: Layout, qkv_bias: Layout | None,
                       proj_weight: Layout, proj_bias: Layout | None, heads: int,
-                      names: tuple[str, str]) -> tuple[Units, int | None]:
+                      names: tuple[str, str]) -> tuple[Units | Free, int | None]:
     """A packed query/key/value projection of ``x``'s units, ``heads`` heads, and the output
     projection: the query and key rows share one space (q . k within a head is unchanged when
     both are permuted alike), value rows and the output projection's inputs another, and the
@@ -111,6 +111,8 @@ def packed_projection(trace: Trace, node: Node, x: Dim, qkv_weight: Layout, qkv_
     where = f"'{node.name}'"
     trace.meet([x, qkv_weight[1]], where)
     qkv = open_space(trace, node, qkv_weight, qkv_bias, names[0])
+    if not isinstance(qkv, Units):
+        raise trace.fail(node, "attention of one unit:")
     space = qkv.segs[0].space
     size = trace.spaces.size(space)
     trace.spaces.cut(space, [size // 3, 2 * size // 3])

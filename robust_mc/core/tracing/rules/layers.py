@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 
 def open_space(trace: Trace, node: Node, weight: Layout, bias: Layout | None,
-               name: str | None = None) -> Units:
+               name: str | None = None) -> Units | Free:
     """The layer's outputs: the weight's first axis becomes a new hidden space, named after
-    the layer."""
+    the layer (one output is no space: a score, CoaT's aggregation of its class tokens)."""
     out = trace.resolve(weight[0])
+    if isinstance(out, Free) and out.size == 1:
+        return out
     if not isinstance(out, Units):
         raise trace.fail(node, "layer with a weight that is not a parameter:")
     if name is None:
@@ -37,7 +39,7 @@ def open_space(trace: Trace, node: Node, weight: Layout, bias: Layout | None,
 
 
 def _linear(trace: Trace, node: Node, x: Layout, weight: Layout, bias: Layout | None) -> Layout:
-    if len(weight) != 2 or not isinstance(weight[0], Units):
+    if len(weight) != 2:
         raise trace.fail(node, "linear layer with a weight of this shape:")
     trace.meet([x[-1], weight[1]], f"'{node.name}'")
     return (*x[:-1], open_space(trace, node, weight, bias))
@@ -57,13 +59,29 @@ def linear_function(trace: Trace, node: Node) -> Traced:
     return _linear(trace, node, trace.tensor(node), weight, bias)
 
 
-def _spatial(trace: Trace, node: Node, x: Layout, channels) -> Layout:
+def _spatial(trace: Trace, node: Node, x: Layout, channels, pointwise: tuple[bool, ...] = ()
+             ) -> Layout:
+    """The convolution's output: ``channels``, then its spatial axes, free; an axis of hidden
+    units may be one only where the kernel reads each entry alone (``pointwise``: size 1,
+    stride 1, no padding), which keeps it as it is."""
     shape = trace.shape(node)
     assert shape is not None
-    for dim in x[2:]:
-        if not isinstance(dim, Free):
+    out: list = [x[0], channels]
+    for k, (dim, size) in enumerate(zip(x[2:], shape[2:], strict=True)):
+        if isinstance(dim, Free):
+            out.append(Free(size))
+        elif k < len(pointwise) and pointwise[k]:
+            out.append(dim)
+        else:
             raise trace.fail(node, "convolution over a hidden axis:")
-    return (x[0], channels, *(Free(s) for s in shape[2:]))
+    return tuple(out)
+
+
+def _pointwise(conv: nn.Module) -> tuple[bool, ...]:
+    return tuple(k == 1 and s == 1 and (conv.padding == "valid" or p == 0)
+                 for k, s, p in zip(conv.kernel_size, conv.stride,
+                                    conv.padding if isinstance(conv.padding, tuple)
+                                    else (0,) * len(conv.kernel_size), strict=True))
 
 
 @for_modules(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -75,10 +93,10 @@ def conv_module(trace: Trace, node: Node) -> Traced:
         assert weight is not None
         trace.meet([x[1], weight[1]], f"'{node.name}'")
         out = open_space(trace, node, weight, trace.module_parameter(node, "bias"))
-        return _spatial(trace, node, x, out)
+        return _spatial(trace, node, x, out, _pointwise(conv))
     bias = f"{node.target}.bias" if conv.bias is not None else None
     return _spatial(trace, node, x, _grouped(trace, node, x[1], conv.groups, conv.out_channels,
-                                             f"{node.target}.weight", bias))
+                                             f"{node.target}.weight", bias), _pointwise(conv))
 
 
 def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int, weight: str,
