@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Layout, Traced, Units, units
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Traced, Units, units
 from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 from robust_mc.core.tracing.rules.layers import open_space
 
