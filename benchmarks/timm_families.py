@@ -30,6 +30,9 @@ CANDIDATES = 3  # the variants built per family to find the smallest
 # name tokens from small to large: variants are tried in this order
 SIZES = ("atto", "femto", "pico", "nano", "micro", "xxs", "xxxs", "tiny", "xs", "mini", "small",
          "lite", "s", "b0", "050", "075", "100", "base", "m", "medium", "large", "l", "huge")
+CLASSES = 10  # a classifier's head, as robust-mc trains one: a variant timm builds as a feature
+# extractor by default (EVA-02's pretraining weights) would otherwise return its residual
+# stream, which as the output cannot move
 EXACT = 1e-10  # relative logit change of a float64 permuted copy
 LEFT = 1e-3  # a share of weights no space moves beyond the logits' bias: partial
 
@@ -53,7 +56,7 @@ def smallest(timm: Any, family: str) -> tuple[str, torch.nn.Module] | str:
     failure = "no variants"
     for name in names[:CANDIDATES]:
         try:
-            model = timm.create_model(name, pretrained=False)
+            model = timm.create_model(name, pretrained=False, num_classes=CLASSES)
         except Exception as exc:  # noqa: BLE001 - an extra missing, a download needed
             failure = f"does not build offline ({type(exc).__name__}: {str(exc)[:80]})"
             continue
