@@ -77,11 +77,11 @@ def _spatial(trace: Trace, node: Node, x: Layout, channels, pointwise: tuple[boo
     return tuple(out)
 
 
-def _pointwise(conv: nn.Module) -> tuple[bool, ...]:
-    return tuple(k == 1 and s == 1 and (conv.padding == "valid" or p == 0)
-                 for k, s, p in zip(conv.kernel_size, conv.stride,
-                                    conv.padding if isinstance(conv.padding, tuple)
-                                    else (0,) * len(conv.kernel_size), strict=True))
+def _pointwise(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> tuple[bool, ...]:
+    """Per spatial axis: whether the kernel reads each entry alone (size 1, stride 1, unpadded)."""
+    padding = conv.padding if isinstance(conv.padding, tuple) else (0,) * len(conv.kernel_size)
+    return tuple(k == 1 and s == 1 and p == 0
+                 for k, s, p in zip(conv.kernel_size, conv.stride, padding, strict=True))
 
 
 @for_modules(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -120,14 +120,14 @@ def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int,
         group_space = None
     if group_space is None:  # the input stays as it is: so do the groups
         trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
-    out = trace.new_units(out_channels, name)
-    out_groups = trace.spaces.block(out.segs[0].space, groups, name)
+    made = trace.new_units(out_channels, name)
+    out_groups = trace.spaces.block(made.segs[0].space, groups, name)
     if group_space is None or out_groups is None:
         if out_groups is not None:
             trace.spaces.fix(out_groups)
     else:
         trace.spaces.union(out_groups, group_space, f"'{node.name}'")
-    out = trace.resolve(out)
+    out = trace.resolve(made)
     if channels.size // groups > 1 and group_space is not None:
         trace.record(channels, weight, 1, groups=groups)
     assert isinstance(out, Units)
@@ -135,8 +135,8 @@ def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int,
     return out
 
 
-def _record_filters(trace: Trace, node: Node, out: Units, weight: str,
-                      bias: str | None) -> None:
+def _record_filters(trace: Trace, node: Node, out: Units, weight: str, bias: str | None
+                    ) -> None:
     """The filters (and biases) of ``out``'s units move with them."""
     trace.record(out, weight, 0)
     if bias is not None:
