@@ -104,7 +104,8 @@ def _refusal(space: Space, modules: dict[str, nn.Module], folds: dict[str, NormF
     """Why ``space`` cannot take a rotation, from what the trace says it touches (``modules``:
     the network's, by name); else None and the norm folds it needs."""
     if space.blocks is not None and space.blocks.shared:
-        return "a per-dimension query/key norm scales its units one by one", []
+        return ("its heads share one order of units (a per-dimension query/key norm, a sum of "
+                "heads unit by unit)"), []
     if any(a.groups > 1 or a.within or getattr(modules.get(a.name.rsplit(".", 1)[0]), "groups",
                                                1) > 1 for a in space.axes):
         return "a grouped or depthwise convolution reads its units group by group", []
