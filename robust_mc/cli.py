@@ -58,7 +58,7 @@ def named_command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(only=named_command(argv) or "")
+    parser = build_parser(only=named_command(argv) or "")  # no command named: none built
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the command, whose --help lists what it takes
         getattr(args, "command_parser", parser).error(

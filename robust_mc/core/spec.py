@@ -175,10 +175,10 @@ def mix_state(state: dict[str, torch.Tensor], spec: PermutationSpec,
 
 
 def with_aliases(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
-    """``spec`` with every axis also under the other names its tensor has in ``model``'s state
-    dict: a module shared by several parents (CoaT's position encodings, tied embeddings) is
-    saved once per name, and each copy must move alike or loading the state dict would put
-    an unmoved copy back."""
+    """``spec`` (extended in place) with every axis also under the other names its tensor has in
+    ``model``'s state dict: a module shared by several parents (CoaT's position encodings, tied
+    embeddings) is saved once per name, and each copy must move alike or loading the state
+    dict would put an unmoved copy back."""
     names: dict[int, list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         names.setdefault(id(tensor), []).append(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -65,18 +66,11 @@ def _with_constants(model: nn.Module, exported: Exported) -> torch.fx.GraphModul
     root: dict[str, Any] = dict(exported.constants)
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr") and node.target not in root:
-            root[node.target] = _attribute(model, str(node.target))
+            root[node.target] = attrgetter(str(node.target))(model)
     gm = torch.fx.GraphModule(root, graph)
     for name in exported.constants:  # buffers of the graph module, yet not state
         gm._non_persistent_buffers_set.add(name)
     return gm
-
-
-def _attribute(module: nn.Module, name: str) -> Any:
-    value: Any = module
-    for part in name.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _architecture(model: nn.Module) -> tuple:
@@ -102,7 +96,7 @@ def _export(model: nn.Module, example: torch.Tensor, symbolic: str) -> Exported:
     constants: dict[str, torch.Tensor] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            tensor = _attribute(gm, str(node.target))
+            tensor = attrgetter(str(node.target))(gm)
             name = own.get(id(tensor))
             if name is None:
                 name = f"{CONSTANT}{len(constants)}"
@@ -153,9 +147,10 @@ def uniform_along(gm: torch.fx.GraphModule, name: str, axis: int) -> bool:
     that any permutation of that axis leaves as it is, such as a zero key bias)."""
     if name.startswith(CONSTANT):  # another model of the architecture may hold other values
         return False
-    tensor: Any = gm
-    for part in name.split("."):
-        tensor = getattr(tensor, part, None)
+    try:
+        tensor = attrgetter(name)(gm)
+    except AttributeError:
+        return False
     if not isinstance(tensor, torch.Tensor) or tensor.dim() <= axis:
         return False
     return bool(torch.equal(tensor, tensor.narrow(axis, 0, 1).expand_as(tensor)))
