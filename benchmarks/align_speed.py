@@ -90,9 +90,7 @@ def measure(arch: str, subset: Split, info: DatasetInfo, batch: int, repeats: in
         "every token": lambda: run_align(tokens=0)}
     if reference is not None and arch == "tinyten":  # equal work: the reference has TinyTen
         theirs = [reference_align.reference_model(reference, m) for m in models]
-        normalised = (as_float(subset.images) - torch.tensor(info.mean).view(1, 3, 1, 1)) \
-            / torch.tensor(info.std).view(1, 3, 1, 1)
-        runs["reference"] = lambda: reference_align.align(reference, *theirs, normalised,
+        runs["reference"] = lambda: reference_align.align(reference, *theirs, subset.images,
                                                           subset.labels)
     forward(models)  # warm-up
     times: dict[str, list[float]] = {key: [] for key in runs}

@@ -4,8 +4,10 @@ What it runs (NeuronAlignment at 5b82b60, ``alignment/align_models.py`` for Tiny
 reference's own ``utils.alignment.compute_model_alignment`` (per layer, both networks' activations
 stored for the whole alignment set, warm-started from the previous layer's, z-scored and
 multiplied in NumPy, then ``linear_sum_assignment``) and ``align_models`` (b's weights permuted),
-on the reference's own ``TinyTen``, fed by a ``DataLoader`` over images already in memory
-(normalised as its transform does, no workers: the figure is the reference's compute alone).
+on the reference's own ``TinyTen``, fed as its CIFAR-10 loader feeds it: each item a PIL image
+made from the dataset's uint8 array (as torchvision's ``CIFAR10`` does) and put through the
+reference's own TinyTen test transform (``ToTensor``, ``Normalize``), batches of 128, in the
+main process (no loader workers: one core is timed).
 
 The checkout is the one ``fetch`` brings (``github:IBM/NeuronAlignment``), unchanged. What its
 imports need and the repository lacks is supplied at import level only: ``models/__init__.py``
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy
 import torch
+from PIL import Image
 from torch import nn
 
 BATCH = 128  # align_models.py's --batch_size default
@@ -61,7 +64,24 @@ def load(checkout: Path) -> types.SimpleNamespace:
         sys.modules[name] = _stand_in(name, why)
     tiny_ten = importlib.import_module("models.tiny_ten")
     alignment = importlib.import_module("utils.alignment")
-    return types.SimpleNamespace(TinyTen=tiny_ten.TinyTen, alignment=alignment)
+    transform = importlib.import_module("utils.data").Transforms.CIFAR10.TinyTen.test
+    return types.SimpleNamespace(TinyTen=tiny_ten.TinyTen, alignment=alignment,
+                                 transform=transform)
+
+
+class ReferenceImages(torch.utils.data.Dataset):
+    """uint8 (N, 3, H, W) images served as torchvision's CIFAR10 serves its arrays: a PIL image
+    per item, then ``transform``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Any) -> None:
+        self.arrays = images.permute(0, 2, 3, 1).contiguous().numpy()  # CIFAR10.data: NHWC
+        self.labels, self.transform = labels.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.arrays[i])), self.labels[i]
 
 
 def _stand_in(name: str, why: str) -> types.ModuleType:
@@ -95,8 +115,8 @@ def reference_model(reference: types.SimpleNamespace, ours: nn.Module) -> nn.Mod
 def align(reference: types.SimpleNamespace, model_a: nn.Module, model_b: nn.Module,
           images: torch.Tensor, labels: torch.Tensor) -> Any:
     """One alignment as ``align_models.py`` makes it: the matching on the alignment set, then
-    b permuted. ``images`` normalised, (N, 3, 32, 32) float32."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+    b permuted. ``images``: uint8 (N, 3, 32, 32)."""
+    loader = torch.utils.data.DataLoader(ReferenceImages(images, labels, reference.transform),
                                          batch_size=BATCH, shuffle=False)
     with contextlib.redirect_stdout(io.StringIO()):  # its per-layer progress lines
         hard_match, _, _, _ = reference.alignment.compute_model_alignment(

@@ -94,19 +94,25 @@ def _token_subset(t: torch.Tensor, axis: int, tokens: int, batch: int) -> torch.
 
 
 def _as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """(N, ..., C at ``axis``, ...) -> (samples, C) float32: every position (or token) of every
-    image is a sample. A view where the layout allows it (channels-last), else one copy."""
-    t = t.detach().float()
+    """(N, ..., C at ``axis``, ...) -> (samples, C) in the pass's precision: every position (or
+    token) of every image is a sample. A view where the layout allows it (channels-last), else
+    one copy."""
+    t = t.detach()
     if axis != t.dim() - 1:
         t = t.movedim(axis, -1)
     return t.reshape(-1, t.shape[-1])
 
 
+# samples per product: a chunk of both networks' activations, in float32, stays in the core's
+# cache while its sums, squares and cross products are taken (a whole batch of a wide map is
+# tens of MiB: reading it once per reduction, the statistics cost more than the convolutions)
+CHUNK = 8192
+
+
 class UnitMoments:
     """Running float64 sums for the cross-correlation of A's and B's units of one space: sums,
-    sums of squares and cross products. Each batch's are reduced in float32 by matrix products
-    (the cross products by one (units, units) product; sums and squares as products with a
-    vector of ones, several times faster than column reductions of a tall, narrow matrix) and
+    sums of squares and cross products. Each batch's are reduced in float32, a cache-sized chunk
+    of samples at a time (the cross products by one (units, units) product per chunk), and
     accumulated in float64."""
 
     def __init__(self, units: int, rotation: str | None = None) -> None:
@@ -118,26 +124,34 @@ class UnitMoments:
         self.cross: torch.Tensor | None = None  # (units, units)
         self.b_cross: torch.Tensor | None = None  # (units, units) B with itself: rotations
         self.normed_cross: torch.Tensor | None = None  # stream: LayerNorm-normalised samples
-        self._ones: torch.Tensor | None = None
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:  # (samples, units) each
-        ones = self._ones
-        if ones is None or ones.shape[0] != a.shape[0] or ones.device != a.device:
-            ones = self._ones = torch.ones(a.shape[0], dtype=a.dtype, device=a.device)
-        sums = torch.stack([ones @ a, ones @ b]).double()
-        squares = torch.stack([ones @ (a * a), ones @ (b * b)]).double()
-        cross = (a.T @ b).double()
-        if self.sums is None or self.squares is None or self.cross is None:
-            self.sums, self.squares, self.cross = sums, squares, cross
-        else:
-            self.sums += sums
-            self.squares += squares
-            self.cross += cross
-        if self.rotation is not None:
-            self.b_cross = _accumulate(self.b_cross, b.T @ b)
-        if self.rotation == "stream":
-            self.normed_cross = _accumulate(self.normed_cross,
-                                            _layer_normalised(a).T @ _layer_normalised(b))
+        """One batch's samples, of any float dtype: reduced chunk by chunk in float32
+        (:data:`CHUNK`), accumulated over batches in float64."""
+        units, device = a.shape[1], a.device
+        sums = torch.zeros(2, units, device=device)
+        squares = torch.zeros(2, units, device=device)
+        cross = torch.zeros(units, units, device=device)
+        b_cross = torch.zeros_like(cross) if self.rotation is not None else None
+        normed = torch.zeros_like(cross) if self.rotation == "stream" else None
+        for start in range(0, a.shape[0], CHUNK):
+            x, y = a[start:start + CHUNK].float(), b[start:start + CHUNK].float()
+            sums[0] += x.sum(0)
+            sums[1] += y.sum(0)
+            squares[0] += (x * x).sum(0)
+            squares[1] += (y * y).sum(0)
+            cross.addmm_(x.T, y)
+            if b_cross is not None:
+                b_cross.addmm_(y.T, y)
+            if normed is not None:
+                normed.addmm_(_layer_normalised(x).T, _layer_normalised(y))
+        self.sums = _accumulate(self.sums, sums)
+        self.squares = _accumulate(self.squares, squares)
+        self.cross = _accumulate(self.cross, cross)
+        if b_cross is not None:
+            self.b_cross = _accumulate(self.b_cross, b_cross)
+        if normed is not None:
+            self.normed_cross = _accumulate(self.normed_cross, normed)
         self.count += a.shape[0]
 
     def rotation_cross(self) -> torch.Tensor:
