@@ -11,7 +11,6 @@ from robust_mc.errors import Interrupted, UserError, path_problem
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_LOST_PROCESS = 1
-CHANNELS_LAST_VIEW = "view size is not compatible with input tensor's size and stride"
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         if args.debug:
             raise
+        from robust_mc.run.runtime import CHANNELS_LAST_VIEW  # torch is loaded by now
+
         if CHANNELS_LAST_VIEW in str(exc):  # a user's module reshapes with .view
             print(f"{prefix}: error: the network (or code it calls) reshapes a tensor with "
                   ".view(), which the channels-last layout does not allow; pass "

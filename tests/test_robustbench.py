@@ -175,3 +175,35 @@ def test_eval_reads_a_zoo_entry_from_the_model_dir(tmp_path, capsys):
                      "--model-kwargs", "{num_classes: 10}", "--eval-attack", "none",
                      "--eval-test-limit", "8", "--device", "cpu", "--json"]) == 2
     assert "10 classes but synthetic has 4" in capsys.readouterr().err  # read, then checked
+
+
+ONE_ARCHITECTURE = ["Rebuffi2021Fixing_R18_ddpm", "Rade2021Helper_R18_extra",
+                    "Gowal2021Improving_R18_ddpm_100m"]  # DMPreActResNet-18 in RobustBench's zoo
+
+
+@pytest.mark.slow  # about a minute on a 2-core CPU (three PreActResNet-18s): CI's slow step
+def test_robustbench_zoo_entries_merge_end_to_end(tmp_path, capsys):
+    """Three zoo entries of one architecture, by name, their files where RobustBench keeps
+    them: merged and measured beside each member. The network flattens with ``.view()``, so
+    the run says it takes the contiguous layout instead of failing in channels-last."""
+    folder = tmp_path / "models" / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(ONE_ARCHITECTURE):
+        model = build(f"robustbench:cifar10/Linf/{name}", {})
+        torch.manual_seed(seed)
+        with torch.no_grad():  # another member: weights moved apart
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        torch.save({"state_dict": {f"module.{k}": v for k, v in model.net.state_dict().items()}},
+                   folder / f"{name}.pt")
+    out = tmp_path / "merged.pt"
+    assert cli.main(["merge", *(f"robustbench:cifar10/Linf/{n}" for n in ONE_ARCHITECTURE),
+                     "--model-dir", str(tmp_path / "models"), "--dataset", "synthetic:32",
+                     "--train-limit", "96", "--align-samples", "64", "--bn-images", "64",
+                     "--val-limit", "32", "--eval-test-limit", "32", "--eval-attack",
+                     "pgd:steps=1", "--barrier-points", "3", "--device", "cpu", "-o", str(out),
+                     "--json"]) == 0
+    names = [c["name"] for c in json.loads(capsys.readouterr().out)["contenders"]]
+    assert sum(n.startswith("member") for n in names) == 3
+    assert {"ensemble of 3", "merge"} <= set(names)
+    assert cli.main(["info", str(out)]) == 0

@@ -8,7 +8,13 @@ import torch
 
 from robust_mc.config import SpeedConfig
 from robust_mc.errors import UserError
-from robust_mc.run.runtime import configure_process, reuse_freed_memory, seeded, select_device
+from robust_mc.run.runtime import (
+    Runtime,
+    configure_process,
+    reuse_freed_memory,
+    seeded,
+    select_device,
+)
 
 
 def test_device_selection():
@@ -183,3 +189,34 @@ def test_align_and_layers_settle_auto_precision_and_say_it(command, tiny_endpoin
     said = capsys.readouterr()
     out = said.out + said.err  # the run's lines go to stderr
     assert "not measured yet" not in out and ("bfloat16" in out or "float32" in out)
+
+
+class ViewsItsMaps(torch.nn.Module):
+    """A convolution then ``.view()`` of its maps, as some published networks flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return self.fc(out.view(out.shape[0], -1))
+
+
+def test_a_network_that_cannot_run_channels_last_runs_contiguous_and_says_why():
+    runtime = Runtime(torch.device("cpu"), SpeedConfig(precision="float32"))
+    model = runtime.settle(ViewsItsMaps(), torch.rand(1, 3, 8, 8))
+    assert not runtime.channels_last and ".view()" in runtime.summary()
+    assert model.conv.weight.is_contiguous()  # prepared in the layout it can run in
+    x = runtime.images(torch.rand(2, 3, 8, 8))
+    assert x.is_contiguous() and model(x).shape == (2, 2)
+    plain = Runtime(torch.device("cpu"), SpeedConfig(precision="float32"))
+    plain.settle(torch.nn.Conv2d(3, 4, 3), torch.rand(1, 3, 8, 8))
+    assert plain.channels_last and "contiguous" not in plain.summary()
+
+
+def test_a_network_that_cannot_take_the_data_is_one_line_before_any_work():
+    runtime = Runtime(torch.device("cpu"), SpeedConfig(precision="float32"))
+    with pytest.raises(UserError, match=r"cannot take the data's inputs \(3x16x16\): .*--arch"):
+        runtime.settle(ViewsItsMaps(), torch.rand(1, 3, 16, 16))  # made for 8x8 images

@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     pair.check_data(data)
     for line in pair.describe():
         reporter.print(line)
-    model_a, model_b = (runtime.prepare(m) for m in pair.models())
-    runtime.settle_precision(model_a, as_float(data.train.images[:1]))
+    model_a, model_b = pair.models()
+    runtime.settle(model_a, as_float(data.train.images[:1]))
+    runtime.prepare(model_b)
     reporter.print(f"[bold]align[/] {args.b} to {args.a}: {cfg.align.method}, "
                    f"{cfg.align.inputs} inputs, {min(cfg.align.samples, len(data.train))} images; "
                    f"{runtime.summary()}")

@@ -207,8 +207,7 @@ def align_train_evaluate(session: ConnectSession, saved: CurveRun | None, record
     """Align (or take the saved run's endpoints), train the curve from where ``saved`` stopped,
     evaluate along it and write every output file; summary.json last."""
     pair, cfg, out, runtime = session.pair, session.cfg, session.out, session.runtime
-    runtime.settle_precision(runtime.prepare(build_model(pair.a)),
-                             as_float(session.data.train.images[:1]))
+    runtime.settle(build_model(pair.a), as_float(session.data.train.images[:1]))
     session.reporter.print(f"[bold]connect[/] {pair.a.path} -> {pair.b.path} on "
                            f"{session.data.info.name}, eps {cfg.attack.eps * 255:.3g}/255, "
                            f"output {out}; {runtime.summary()}")

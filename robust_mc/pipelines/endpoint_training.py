@@ -167,8 +167,7 @@ class EndpointRun:
         self.cfg, self.runtime, self.reporter, self.record = cfg, runtime, reporter, record
         self.data = data
         self.model = build_endpoint_model(cfg, data) if start is None else start.train()
-        runtime.prepare(self.model)
-        runtime.settle_precision(self.model, as_float(data.train.images[:1]))
+        runtime.settle(self.model, as_float(data.train.images[:1]))
         forward = torch.compile(self.model) if cfg.speed.compile else self.model
         self.on_device = data.to(runtime.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.optim)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from robust_mc.config import ConnectRunConfig, EnsembleConfig, to_dict
-from robust_mc.data import Data, load_data
+from robust_mc.data import Data, as_float, load_data
 from robust_mc.errors import UserError
 from robust_mc.evaluation.ensemble import greedy_select
 from robust_mc.evaluation.path import PathNetworks, path_attack
@@ -98,6 +98,7 @@ def run_file_ensemble(sources: Sequence[Checkpoint | CurveRun], cfg: ConnectRunC
     ``ensemble.json`` into ``out``."""
     first = ensemble_template(sources, choice.k, cfg.path.points)
     data = load_data(cfg.data)
+    runtime.settle(build_model(first), as_float(data.train.images[:1]))  # before preparing any
     candidates = candidates_of(sources, cfg, data, runtime)
     out = ensure_out_dir(out)
     models = [c.model for c in candidates]

@@ -25,8 +25,9 @@ def run_layers(pair: Pair, cfg: LayersRunConfig, runtime: Runtime, reporter: Rep
     out = ensure_out_dir(out)  # only once the inputs are known to be good
     for line in pair.describe():
         reporter.print(line)
-    model_a, model_b = (runtime.prepare(m) for m in pair.models())
-    runtime.settle_precision(model_a, as_float(data.train.images[:1]))
+    model_a, model_b = pair.models()
+    runtime.settle(model_a, as_float(data.train.images[:1]))
+    runtime.prepare(model_b)
     reporter.print(f"[bold]layers[/] {pair.a.path} -> {pair.b.path}; {runtime.summary()}")
     variants = {}
     if cfg.aligned or cfg.layers.compare_align:

@@ -106,8 +106,10 @@ def run_merge(checkpoints: Sequence[Checkpoint], cfg: MergeRunConfig, data: Data
     for ckpt in checkpoints:
         check_fits_data(ckpt, data)
     weights = merge_weights(cfg, len(checkpoints))
-    models = [runtime.prepare(build_model(c)) for c in checkpoints]
-    runtime.settle_precision(models[0], as_float(data.train.images[:1]))
+    models = [build_model(c) for c in checkpoints]
+    runtime.settle(models[0], as_float(data.train.images[:1]))
+    for model in models[1:]:
+        runtime.prepare(model)
     say(f"[bold]merge[/] {len(models)} members on {data.info.name}; {runtime.summary()}")
     attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
     test = data.test.take(cfg.path.test_limit).to(runtime.device)

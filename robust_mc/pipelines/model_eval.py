@@ -56,8 +56,7 @@ def evaluate_model_file(ckpt: Checkpoint, cfg: ConnectRunConfig, out: Path | Non
     data = load_data(cfg.data)
     check_fits_data(ckpt, data)
     out = ensure_out_dir(out) if out is not None else None
-    model = runtime.prepare(build_network(ckpt))
-    runtime.settle_precision(model, as_float(data.test.images[:1]))
+    model = runtime.settle(build_network(ckpt), as_float(data.test.images[:1]))
     attack = path_attack(cfg.path, cfg.attack, data.info.num_classes)
     test = data.test.take(cfg.path.test_limit).to(runtime.device)
     metrics = evaluate_seeded(model, test, attack, runtime, cfg.path.batch_size, cfg.path.seed)

@@ -13,6 +13,7 @@ from robust_mc.run.files import ensure_out_dir
 from robust_mc.run.interrupt import StopSignals
 from robust_mc.run.progress import Reporter
 from robust_mc.run.runtime import Runtime
+from robust_mc.store.model_building import build_model
 from robust_mc.store.records import CurveRun
 
 
@@ -58,6 +59,6 @@ def open_saved_run(run: CurveRun, cfg: ConnectRunConfig, out: Path, runtime: Run
     pair.check_data(data)
     out = ensure_out_dir(out)
     session = ConnectSession(pair, cfg, out, runtime, reporter, data.to(runtime.device))
+    runtime.settle(build_model(pair.a), as_float(data.train.images[:1]))  # before preparing any
     endpoints = endpoints_from_run(run, runtime, data.train.images[:2].float())
-    runtime.settle_precision(endpoints.a, as_float(data.train.images[:1]))
     return SavedRun(session, endpoints, run.curve.to(runtime.device))

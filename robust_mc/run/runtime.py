@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import os
 import sys
@@ -18,6 +19,8 @@ from robust_mc.run import distributed
 from robust_mc.settings import setting
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+# what torch says when a module calls .view() on a tensor the channels-last layout made strided
+CHANNELS_LAST_VIEW = "view size is not compatible with input tensor's size and stride"
 DEVICE_HELP = "auto (CUDA when there is one), cpu or cuda"
 
 
@@ -38,6 +41,14 @@ class SpeedConfig:
     reuse_memory: bool = setting(
         True, help="keep freed CPU memory for the next tensors (glibc): no page fault per page "
                    "of every large tensor", may_change=True)
+
+
+def _cannot_take(example: torch.Tensor, exc: RuntimeError) -> UserError:
+    shape = "x".join(str(n) for n in example.shape[1:])
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"the network cannot take the data's inputs ({shape}): {reason}; give "
+                     "data of the shape it was made for (--dataset), or the architecture that "
+                     "takes this data (--arch, --model-kwargs)")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -204,9 +215,42 @@ class Runtime:
         self.speed = speed
         self.dtype = autocast_dtype(device, speed.precision)
         self.channels_last = speed.channels_last
+        self.layout_reason = ""  # why channels-last was given up for the run's network
         self.auto_reason = ("the GPU supports bfloat16" if device.type == "cuda" else
                             "not measured: the CPU emulates bfloat16"
                             if not native_bfloat16(device) else "not measured yet")
+
+    def settle(self, model: ModuleT, example: torch.Tensor) -> ModuleT:
+        """Prepare the run's first network (:meth:`prepare`) once what depends on it is decided:
+        the layout (channels-last unless the network cannot run in it: a ``.view()`` of a
+        tensor that layout strides; then the contiguous layout, said in :meth:`summary`), then
+        the precision (:meth:`settle_precision`). The run's other networks are prepared after
+        it. A network that cannot take ``example`` (images of another size or channel count)
+        is a :class:`UserError` here, before any work."""
+        if self.channels_last and example.dim() == 4:
+            try:
+                self._probe(model, example, torch.channels_last)
+            except RuntimeError as exc:
+                if CHANNELS_LAST_VIEW not in str(exc):
+                    raise _cannot_take(example, exc) from None
+                self.channels_last = False
+                self.layout_reason = ("the network reshapes with .view(), which channels-last "
+                                      "does not allow")
+        if not self.channels_last:
+            try:
+                self._probe(model, example, torch.contiguous_format)
+            except RuntimeError as exc:
+                raise _cannot_take(example, exc) from None
+        self.prepare(model)
+        self.settle_precision(model, example)
+        return model
+
+    def _probe(self, model: nn.Module, example: torch.Tensor,
+               layout: torch.memory_format) -> None:
+        """One eval-mode forward of a copy of ``model`` in ``layout``."""
+        probe = copy.deepcopy(model).to(self.device).to(memory_format=layout)
+        with torch.no_grad():
+            probe.eval()(example.to(self.device).contiguous(memory_format=layout))
 
     def settle_precision(self, model: nn.Module, example: torch.Tensor) -> None:
         """With ``--precision auto`` on a CPU that computes bfloat16 natively, measure ``model``
@@ -257,7 +301,8 @@ class Runtime:
         precision = str(self.dtype or torch.float32).removeprefix("torch.")
         if self.speed.precision == "auto":
             precision = f"{precision} (auto: {self.auto_reason})"
-        layout = ", channels-last" if self.channels_last else ""
+        layout = ", channels-last" if self.channels_last else \
+            f", contiguous layout ({self.layout_reason})" if self.layout_reason else ""
         return f"{self.device}, {precision}{layout}, {torch.get_num_threads()} threads"
 
     def describe(self) -> dict:
