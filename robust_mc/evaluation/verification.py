@@ -22,7 +22,7 @@ from robust_mc.data import Split
 from robust_mc.evaluation.masking import CheckResult, Probe, masking_checks, percent
 from robust_mc.evaluation.robustness import evaluate_seeded
 from robust_mc.evaluation.settings import VerifyConfig
-from robust_mc.run.runtime import Runtime
+from robust_mc.run.runtime import Runtime, SpeedConfig
 from robust_mc.settings import to_dict
 
 TORCHATTACKS_AUTOATTACK = "autoattack"
@@ -165,7 +165,8 @@ def verify_point(model: nn.Module, t: float, roles: list[str], images: Split, *,
                  settings: VerifyConfig, runtime: Runtime, batch_size: int) -> PointVerification:
     """Every attack and check on ``model`` over ``images`` (float32, seeded)."""
     start = time.perf_counter()
-    exact = Runtime(runtime.device)  # float32, the default layout: reference conditions
+    # float32, the default layout: reference conditions
+    exact = Runtime(runtime.device, SpeedConfig(precision="float32"))
     probe = Probe(model, images, eps, norm, num_classes, exact, batch_size, settings.seed)
     clean_ok, path_flags = probe.outcomes(path_attack)  # the path's attack, once
     clean_acc = percent(clean_ok)
