@@ -55,6 +55,31 @@ def test_a_model_connected_to_itself_has_no_barrier(digits_endpoints, digits, ru
     assert all(check.reproduced for check in summary.endpoints.values())
 
 
+def test_the_lines_beside_a_path_measure_its_endpoints_once(digits_endpoints, digits, runtime,
+                                                           tmp_path, monkeypatch):
+    """The lines join the path's own endpoints (b aligned and b as given compute one function):
+    their t = 0 and t = 1 are the path's points, not measured again."""
+    from robust_mc.evaluation import path as path_module
+
+    built = []
+    recompute = path_module.recompute_batchnorm
+    monkeypatch.setattr(path_module, "recompute_batchnorm",
+                        lambda model, *args, **kwargs: built.append(1) or
+                        recompute(model, *args, **kwargs))
+    model = runtime.prepare(build_model(digits_endpoints[0]))
+    cfg = connect_config(**{"path.compare_line": True, "path.points": 4, "path.val_limit": 32,
+                            "path.test_limit": 32, "path.bn_images": 64})
+    session = ConnectSession(Pair(digits_endpoints[0], digits_endpoints[1]), cfg, tmp_path,
+                             runtime, Reporter(quiet=True), digits)
+    other = runtime.prepare(build_model(digits_endpoints[1]))
+    endpoints = Endpoints(model, other, other)
+    result = evaluate_run(session, make_curve("bezier", endpoints, 1, runtime), endpoints)
+    assert len(built) == 4 + 2 * 2  # the path's 4 t, then each line's 2 interior t
+    for line in result.lines.values():
+        assert line[0] is result.points[0] and line[-1] is result.points[-1]
+        assert [p.t for p in line] == [p.t for p in result.points]
+
+
 def test_aligned_curve_lowers_the_robust_barrier_of_the_unaligned_line(digits_endpoints,
                                                                       tmp_path, runtime):
     paths = [save_checkpoint(c, tmp_path / f"e{i}.pt") for i, c in enumerate(digits_endpoints)]

@@ -175,13 +175,16 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
                   keep_best: bool = True, done: list[PointResult] | None = None,
                   after_point: Callable[[list[PointResult]], None] | None = None,
                   endpoint_b: Classifier | None = None,
+                  known: dict[float, PointResult] | None = None,
                   ) -> tuple[list[PointResult], Classifier | None]:
     """Evaluate ``path.points`` evenly spaced t; returns the results and, with ``keep_best``,
     the interior network with the highest validation robust accuracy. On several processes the
     t are shared out, each evaluated as one process would (the same seeds), and gathered.
 
     ``done`` holds the first points already evaluated (a resumed run); ``after_point`` sees the
-    points so far after each new one (to save them, or to stop)."""
+    points so far after each new one (to save them, or to stop); ``known`` holds points whose
+    network another path of the same run has already measured (its endpoints), taken as
+    they are."""
     ts = torch.linspace(0, 1, path.points).tolist()
     val = data.val.take(path.val_limit)
     test = data.test.take(path.test_limit)
@@ -200,6 +203,8 @@ def evaluate_path(curve: Curve, template: Classifier, data: Data, path: PathConf
     networks: dict[float, Classifier] = {}  # those this process built: the best one is kept
 
     def evaluate_at(t: float) -> PointResult:
+        if known and t in known:
+            return known[t]
         timings: dict[str, float] = {}
         start = time.perf_counter()
         model = along.at(t, timings)

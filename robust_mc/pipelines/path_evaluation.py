@@ -135,6 +135,9 @@ def evaluate_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
     if cfg.path.compare_line:
         lines = {PathLabel("line", True): endpoints.b} if cfg.aligned else {}
         lines[PathLabel("line", False)] = endpoints.b_original
+        # every line joins the path's own endpoints: a, and b (as connected, or as given: one
+        # function, its units in another order), measured once, at the path's ends
+        ends = {points[0].t: points[0], points[-1].t: points[-1]}
         for line_label, b in lines.items():
             if line_label == label:  # the path is itself this line
                 run.lines[line_label] = points
@@ -143,7 +146,8 @@ def evaluate_run(session: ConnectSession, curve: Curve, endpoints: Endpoints,
             run.lines[line_label], _ = evaluate_path(line, endpoints.a, data, cfg.path,
                                                      cfg.attack, runtime, reporter,
                                                      str(line_label), keep_best=False,
-                                                     **resumable(line_label), endpoint_b=b)
+                                                     **resumable(line_label), endpoint_b=b,
+                                                     known=ends)
     return run
 
 
