@@ -55,14 +55,17 @@ def reference_seconds(data: Data, ts: list[float], bn_data: str, bn_images: int
 
 def robust_mc_seconds(data: Data, points: int, bn_data: str, bn_images: int, test_images: int,
                       precision: str, device: str, repair: str = "reset",
-                      repair_inputs: str = "clean") -> dict[str, float]:
+                      repair_inputs: str = "clean") -> tuple[dict[str, float], str]:
+    """Seconds per t (mean over the points) and the precision the run took."""
     runtime = start_runtime(device, SpeedConfig(precision=precision))
     on_device = data.to(runtime.device)
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(runtime.prepare(create_model("tinyten", num_classes=10, in_channels=3,
-                                                   mean=data.info.mean, std=data.info.std)))
+        models.append(create_model("tinyten", num_classes=10, in_channels=3,
+                                   mean=data.info.mean, std=data.info.std))
+    runtime.settle(models[0], as_float(data.train.images[:1]))  # as the commands: auto measured
+    runtime.prepare(models[1])
     curve = Curve.between("line", models[0], models[0].state_dict(), models[1].state_dict()
                           ).to(runtime.device)
     path = PathConfig(points=points, bn_images=bn_images, attack="pgd:steps=5", val_limit=1,
@@ -75,7 +78,8 @@ def robust_mc_seconds(data: Data, points: int, bn_data: str, bn_images: int, tes
     results, _ = evaluate_path(curve, models[0], on_device, path, attack, runtime,
                                Reporter(quiet=True), "bench", keep_best=False,
                                endpoint_b=models[1])
-    return {k: statistics.mean(p.seconds.get(k, 0.0) for p in results) for k in KEYS}
+    return ({k: statistics.mean(p.seconds.get(k, 0.0) for p in results) for k in KEYS},
+            str(runtime.dtype or torch.float32).removeprefix("torch."))
 
 
 def main() -> None:
@@ -99,10 +103,11 @@ def main() -> None:
     rows.append(["reference (fp32, NCHW)", *(f"{ref[k]:.2f}" for k in KEYS), "1.00x"])
     print(f"  reference: {ref['total']:.2f} s per t", flush=True)
     for precision in args.precisions:
-        ours = robust_mc_seconds(data, args.points, args.bn_data, args.bn_images,
+        ours, dtype = robust_mc_seconds(data, args.points, args.bn_data, args.bn_images,
                                  args.test_images, precision, args.device, args.repair,
                                  args.repair_inputs)
-        rows.append([f"robust-mc {precision}", *(f"{ours[k]:.2f}" for k in KEYS),
+        rows.append([f"robust-mc {precision}" + (f" ({dtype})" if precision == "auto"
+                                                  else ""), *(f"{ours[k]:.2f}" for k in KEYS),
                      f"{ours['total'] / ref['total']:.2f}x"])
         print(f"  robust-mc {precision}: {ours['total']:.2f} s per t", flush=True)
     features = cpu_features()
