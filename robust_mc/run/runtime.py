@@ -29,7 +29,7 @@ class SpeedConfig:
     channels_last: bool = setting(True, help="NHWC memory layout",
                                   may_change=True)
     precision: Literal["auto", "float32", "bfloat16"] = setting(
-        "float32", help="autocast dtype; auto = bfloat16 where it is faster: a CUDA device that "
+        "auto", help="autocast dtype; auto = bfloat16 where it is faster: a CUDA device that "
                         "supports it, or a CPU with AMX or AVX-512 BF16 where the run's network "
                         "measured faster in it (cached per machine), else float32")
     compile: bool = setting(False, help="torch.compile the network for its training passes",
