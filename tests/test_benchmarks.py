@@ -1,5 +1,6 @@
-"""Every benchmark runs at its smallest size and prints its table: a rename or a changed
-signature breaks CI, not the speed figures in the docs (slow: each is a process of its own)."""
+"""Every benchmark answers --help and runs at its smallest size, printing its table: a rename or
+a changed signature breaks CI, not the speed figures in the docs (slow: each is a process of its
+own)."""
 
 import subprocess
 import sys
@@ -41,6 +42,9 @@ def test_every_benchmark_module_is_smoke_run():
 @pytest.mark.parametrize("module", sorted(SMOKE))
 def test_a_benchmark_runs_at_its_smallest_size(module):
     args, expected = SMOKE[module]
+    usage = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert usage.returncode == 0 and "usage:" in usage.stdout, usage.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
