@@ -227,20 +227,19 @@ class Runtime:
         the precision (:meth:`settle_precision`). The run's other networks are prepared after
         it. A network that cannot take ``example`` (images of another size or channel count)
         is a :class:`UserError` here, before any work."""
+        layouts = [torch.contiguous_format]
         if self.channels_last and example.dim() == 4:
+            layouts.insert(0, torch.channels_last)
+        for layout in layouts:
             try:
-                self._probe(model, example, torch.channels_last)
+                self._probe(model, example, layout)
+                break
             except RuntimeError as exc:
-                if CHANNELS_LAST_VIEW not in str(exc):
+                if layout != torch.channels_last or CHANNELS_LAST_VIEW not in str(exc):
                     raise _cannot_take(example, exc) from None
                 self.channels_last = False
                 self.layout_reason = ("the network reshapes with .view(), which channels-last "
                                       "does not allow")
-        if not self.channels_last:
-            try:
-                self._probe(model, example, torch.contiguous_format)
-            except RuntimeError as exc:
-                raise _cannot_take(example, exc) from None
         self.prepare(model)
         self.settle_precision(model, example)
         return model
