@@ -217,6 +217,36 @@ class Interleaved(nn.Module):
         return self.head(x.mean(1))
 
 
+class CachedBias(Interleaved):
+    """a bias per head and token pair, gathered from a table and kept for inference once
+    computed (TinyViT, LeViT, EfficientFormer): cleared when set to training, as timm does."""
+
+    def __init__(self):
+        super().__init__()
+        self.biases = nn.Parameter(torch.rand(self.heads, 5))
+        self.register_buffer("idxs", torch.arange(256).view(16, 16) % 5, persistent=False)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            self.cache = {}
+        return self
+
+    def forward(self, x):
+        if self.training:
+            bias = self.biases[:, self.idxs]
+        else:
+            bias = self.cache.setdefault("cpu", self.biases[:, self.idxs])
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, -1).permute(0, 2, 1, 3).split(
+            [self.key, self.key, self.value], dim=3)
+        attn = (q @ k.transpose(-2, -1) + bias).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        return self.head(x.mean(1))
+
+
 class Standardised(nn.Module):
     """weights standardised inside forward, with a gain per output (NFNet's ScaledStdConv,
     BiT's StdConv): the weight itself reshaped and batch-normalised before the convolution."""
@@ -418,3 +448,20 @@ def test_a_module_shared_by_two_parents_moves_under_both_names():
     spec = trace_permutation_spec(model, torch.rand(2, 3, 8, 8, dtype=torch.float64))
     names = {a.name for space in spec for a in space.axes}
     assert {"pos.weight", "block1.pos.weight", "block2.pos.weight"} <= names
+
+
+def test_what_a_module_kept_from_an_earlier_pass_does_not_hide_its_parameters():
+    """A network evaluated before it is aligned holds its per-head biases in a cache: the trace
+    meets the parameter, so its heads move with the biases and the function is unchanged."""
+    model = CachedBias().double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)  # fills the cache
+    spec = trace_permutation_spec(model, x)
+    assert any(a.name == "biases" for space in spec for a in space.axes), spec.fixed
+    permuted = CachedBias().double().eval()
+    permuted.load_state_dict(apply_permutation(model.state_dict(), spec, random_permutation(
+        spec, torch.Generator().manual_seed(1))))
+    assert not torch.equal(permuted.biases, model.biases)
+    with torch.no_grad():
+        assert torch.allclose(permuted(x), expected, rtol=1e-10, atol=1e-12)

@@ -78,7 +78,8 @@ def trace_permutation_spec(model: nn.Module, example: torch.Tensor, *,
         permute_model(copy, spec, random_permutation(spec))  # same function, other weights
     """
     was_training = model.training
-    model.eval()
+    model.train()  # drops what modules keep derived from their parameters for inference (timm's
+    model.eval()   # attention-bias caches): the trace must meet the parameters themselves
     try:
         gm = trace_graph(model, example[:2])
         reference = next(iter(model.parameters()), example.float())

@@ -28,10 +28,11 @@ CONSTANT = "_traced_constant_"  # an exported graph's tensor that the model does
 @dataclass(frozen=True)
 class Exported:
     """An architecture's exported graph, and the tensors it reads that are none of the model's
-    parameters or buffers (a cache or a table computed once and kept as a plain attribute:
-    ConViT's relative positions, TinyViT's attention biases). Those are taken from the model
-    exported, so the tracer treats them as constants that vary along every axis: a space they
-    meet stays as it is, whatever values another model of the architecture holds there."""
+    parameters or buffers (a table computed once and kept as a plain attribute: ConViT's
+    relative positions; caches that modules drop when set to training, as TinyViT's attention
+    biases, are dropped before tracing). Those are taken from the model exported, so the
+    tracer treats them as constants that vary along every axis: a space they meet stays as it
+    is, whatever values another model of the architecture holds there."""
 
     graph: torch.fx.Graph
     constants: dict[str, torch.Tensor]
