@@ -175,6 +175,28 @@ class Unfolded(nn.Module):
         return self.fc(torch.relu(self.embed(patches)).mean(1))
 
 
+class Patches(nn.Module):
+    """MobileViT's unfold and fold: the channels moved into the batch axis with the rows of
+    patches, regrouped as tokens of each patch position, an MLP over the channels, and back
+    (reshapes that merge some axes and split others)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 10), \
+            nn.Linear(10, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        b, c, h, w = x.shape  # 2 x 2 patches, 4 x 4 of them
+        x = x.reshape(b * c * 4, 2, 4, 2).transpose(1, 2)
+        x = x.reshape(b, c, 16, 4).transpose(1, 3).reshape(b * 4, 16, -1)
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        x = x.contiguous().view(b, 4, 16, -1).transpose(1, 3).reshape(b * c * 4, 4, 2, 2)
+        x = x.transpose(1, 2).reshape(b, c, h, w)
+        return self.out(x.mean((2, 3)))
+
+
 class CrossCovariance(nn.Module):
     """attention over units (XCiT): q and k normalised along the tokens, a per-head
     temperature, rows of q's units, heads merged from v's head axis."""
@@ -344,7 +366,7 @@ NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": 
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
-            "unfold": (Unfolded, 0),
+            "unfold": (Unfolded, 0), "patches": (Patches, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
@@ -384,7 +406,7 @@ def test_per_head_parameters_follow_their_heads():
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
                                   "standardised", "ghost", "cached", "radix",
-                                  "shared_aggregated"])
+                                  "shared_aggregated", "patches"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

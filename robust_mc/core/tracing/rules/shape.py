@@ -130,7 +130,45 @@ def _run(trace: Trace, node: Node, dims: list[Dim], sizes: list[int]) -> list[Di
         return [_merge(trace, node, dims)]
     if len(dims) == 1:
         return _split(trace, node, trace.resolve(dims[0]), sizes)
-    raise trace.fail(node, "reshape that both merges and splits hidden axes:")
+    return _regroup(trace, node, dims, sizes)
+
+
+def _atoms(trace: Trace, dim: Dim) -> list[Dim]:
+    """``dim`` taken apart: units merged with positions before them (``tiles``) and after them
+    (``repeat``) become those positions and the units themselves."""
+    dim = trace.resolve(dim)
+    if not isinstance(dim, Units) or len({s.repeat for s in dim.segs}) != 1:
+        return [dim]
+    segs = dim.segs
+    period = next(k for k in range(1, len(segs) + 1)
+                  if len(segs) % k == 0 and segs == segs[:k] * (len(segs) // k))
+    repeat, tiles = segs[0].repeat, len(segs) // period
+    units = Units(tuple(Seg(s.space, s.size) for s in segs[:period]))
+    return [*([Free(tiles)] if tiles > 1 else []), units, *([Free(repeat)] if repeat > 1 else [])]
+
+
+def _regroup(trace: Trace, node: Node, dims: list[Dim], sizes: list[int]) -> list[Dim]:
+    """A reshape that merges some axes and splits others (MobileViT's patches: channels moved
+    into the batch axis and back): the axes taken apart into units and positions, then
+    regrouped in order; positions may be split, units only kept whole."""
+    atoms = [a for d in dims for a in _atoms(trace, d)]
+    out: list[Dim] = []
+    for size in sizes:
+        group: list[Dim] = []
+        have = 1
+        while have < size and atoms:
+            atom = atoms.pop(0)
+            if have * atom.size > size:  # a position axis split across this axis and the next
+                if not isinstance(atom, Free) or size % have or atom.size % (size // have):
+                    raise trace.fail(node, "reshape that both merges and splits hidden axes:")
+                atoms.insert(0, Free(atom.size // (size // have)))
+                atom = Free(size // have)
+            group.append(atom)
+            have *= atom.size
+        if have != size:
+            raise trace.fail(node, "reshape that both merges and splits hidden axes:")
+        out.extend(_run(trace, node, group, [size]))
+    return out
 
 
 def _heads_of_another_part(trace: Trace, inner: list[Dim]) -> bool:
