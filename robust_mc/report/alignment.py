@@ -39,8 +39,9 @@ def alignment_notes(alignment: Alignment) -> list[str]:
         for space, why in kept.items():
             reasons.setdefault(why, []).append(space.removeprefix("net."))
         for why, spaces in reasons.items():
-            notes.append(f"permutations only for {len(spaces)} spaces ({spaces[0]}"
-                         f"{', ...' if len(spaces) > 1 else ''}): {why}")
+            listed = f"{len(spaces)} spaces ({spaces[0]}, ...)" if len(spaces) > 1 \
+                else f"space {spaces[0]}"
+            notes.append(f"permutations only for {listed}: {why}")
     if alignment.learned is not None:
         notes.append(f"{describe_learned(alignment.learned)}; the correlations are the solved "
                      "maps'")
