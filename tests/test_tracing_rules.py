@@ -197,6 +197,40 @@ class Patches(nn.Module):
         return self.out(x.mean((2, 3)))
 
 
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's global response normalisation as transformers writes it: the L2 norm over
+    positions (``torch.linalg.vector_norm``), divided by its mean over the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+        self.gamma = nn.Parameter(torch.rand(1, 1, 1, 6))
+        self.beta = nn.Parameter(torch.rand(1, 1, 1, 6))
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        norm = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        x = x + self.gamma * (x * norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + self.beta
+        return self.fc(x.mean((1, 2)))
+
+
+class ResizedPositions(nn.Module):
+    """A position embedding learnt for 2 x 2 patches, resized to the input's 4 x 4 by
+    interpolating it as an image (PVT; BEiT resizes its relative position table alike): its
+    token axis is positions, its feature axis the residual stream's units."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Conv2d(3, 6, 2, 2), nn.Linear(6, 2)
+        self.pos = nn.Parameter(torch.rand(1, 4, 6))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 6)
+        pos = self.pos.reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos, size=(4, 4), mode="bilinear").flatten(2).transpose(1, 2)
+        return self.fc(torch.relu(x + pos).mean(1))
+
+
 class CrossCovariance(nn.Module):
     """attention over units (XCiT): q and k normalised along the tokens, a per-head
     temperature, rows of q's units, heads merged from v's head axis."""
@@ -367,6 +401,7 @@ NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": 
             "cross_covariance": (CrossCovariance, 1),
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
             "unfold": (Unfolded, 0), "patches": (Patches, 0),
+            "response_norm": (GlobalResponseNorm, 0), "resized_positions": (ResizedPositions, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
@@ -406,7 +441,8 @@ def test_per_head_parameters_follow_their_heads():
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
                                   "standardised", "ghost", "cached", "radix",
-                                  "shared_aggregated", "patches"])
+                                  "shared_aggregated", "patches", "response_norm",
+                                  "resized_positions"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

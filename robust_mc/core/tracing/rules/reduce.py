@@ -19,7 +19,7 @@ from robust_mc.core.tracing.rules.elementwise import arithmetic
 REDUCTIONS = (torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std,
               torch.logsumexp, torch.prod, torch.max, torch.min, torch.norm, torch.all,
               torch.any, torch.argmax, torch.argmin, torch.var_mean, torch.std_mean,
-              torch.nansum, torch.nanmean)
+              torch.nansum, torch.nanmean, torch.linalg.vector_norm, torch.linalg.norm)
 REDUCTION_METHODS = ("mean", "sum", "amax", "amin", "var", "std", "logsumexp", "prod", "max",
                      "min", "norm", "all", "any", "argmax", "argmin", "nansum", "nanmean")
 
@@ -34,7 +34,7 @@ def reduction(trace: Trace, node: Node) -> Traced:
         return arithmetic(trace, node)  # torch.max(a, b): entry by entry
     layout = trace.tensor(node)
     name = getattr(node.target, "__name__", str(node.target))
-    dim_at = 2 if name == "norm" else 1
+    dim_at = 2 if name in ("norm", "linalg_vector_norm", "linalg_norm") else 1  # after p, ord
     dims = trace.arg(node, dim_at, "dim")
     shape = trace.shape(node) or (trace.shapes(node) or [()])[0]
     keepdim = len(shape) == len(layout)  # read from the result: argument orders differ

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Free, Seg, Traced, Units
+from robust_mc.core.tracing.layout import Free, Seg, Traced, Units, spaces_of
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
@@ -36,8 +36,11 @@ def spatial(trace: Trace, node: Node) -> Traced:
     x = trace.tensor(node)
     shape = trace.shape(node)
     assert shape is not None
-    if any(not isinstance(d, Free) for d in x[2:]):
+    moving = [space for d in x[2:] for space in spaces_of(d)]
+    if any(not trace.spaces.entry(space).wild for space in moving):
         raise trace.fail(node, "pooling over a hidden axis:")
+    for space in moving:  # a table's axes no units met yet (a position embedding resized as
+        trace.spaces.fix(space)  # an image, PVT, BEiT): positions, which stay as they are
     return (*x[:2], *(Free(s) for s in shape[2:]))
 
 
