@@ -85,3 +85,26 @@ def unfold(trace: Trace, node: Node) -> Traced:
     positions = shape[1] // source[1]
     return (x[0], Units(tuple(Seg(s.space, s.size, s.repeat * positions) for s in channels.segs)),
             Free(shape[2]))
+
+
+@for_modules(nn.Fold)
+@for_functions(F.fold)
+def fold(trace: Trace, node: Node) -> Traced:
+    """Patches summed back into an image (``nn.Fold``, unfold's inverse; MobileViT-V2): (B, C x
+    kernel positions, patches) -> (B, C, H, W), each channel's kernel positions becoming
+    spatial entries of that channel."""
+    x = trace.tensor(node)
+    shape = trace.shape(node)
+    assert shape is not None
+    if len(x) != 3 or not isinstance(x[2], Free):
+        raise trace.fail(node, "folding of a hidden axis:")
+    channels = trace.resolve(x[1])
+    spatial_axes = tuple(Free(s) for s in shape[2:])
+    if isinstance(channels, Free):
+        return (x[0], Free(shape[1]), *spatial_axes)
+    positions = channels.size // shape[1]
+    if not isinstance(channels, Units) or any(s.repeat % positions for s in channels.segs):
+        raise trace.fail(node, "folding of units that are not repeated over the kernel:")
+    return (x[0], Units(tuple(Seg(s.space, s.size, s.repeat // positions)
+                              for s in channels.segs)), *spatial_axes)
+
