@@ -248,6 +248,18 @@ class Folded(nn.Module):
         return self.fc(F.fold(patches, output_size=(h, w), kernel_size=2, stride=2).mean((2, 3)))
 
 
+class MaxValues(nn.Module):
+    """a maximum over positions read by name (``x.max(dim=2).values``: Hiera's query
+    pooling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(2).max(dim=2).values)
+
+
 class CrossCovariance(nn.Module):
     """attention over units (XCiT): q and k normalised along the tokens, a per-head
     temperature, rows of q's units, heads merged from v's head axis."""
@@ -419,7 +431,7 @@ NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": 
             "one_head": (lambda: Attention(heads=1), 0),  # (parts, 1, units): MViTv2, PVT v2
             "unfold": (Unfolded, 0), "patches": (Patches, 0),
             "response_norm": (GlobalResponseNorm, 0), "resized_positions": (ResizedPositions, 0),
-            "folded": (Folded, 0),
+            "folded": (Folded, 0), "max_values": (MaxValues, 0),
             "blurred": (Blurred, 0),
             "attention": (Attention, 1), "sdpa": (lambda: Attention(fused=True), 1),
             "chunk": (Chunked, 1), "multihead": (MHA, 1), "grouped": (Grouped, 3),
@@ -460,7 +472,7 @@ def test_per_head_parameters_follow_their_heads():
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
                                   "standardised", "ghost", "cached", "radix",
                                   "shared_aggregated", "patches", "response_norm",
-                                  "resized_positions", "folded"])
+                                  "resized_positions", "folded", "max_values"])
 @pytest.mark.parametrize("method", ["corr", "weights"])
 def test_heads_and_groups_are_matched_back_hierarchically(name, method):
     """A permuted copy (heads, groups, units within them) is recovered exactly by both methods:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Traced, Units
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Seg, Split, Traced, Units, is_dim
 from robust_mc.core.tracing.rulebook import for_functions, for_methods, for_modules
 
 ROLES = ("part", "block", "inner")
@@ -75,6 +75,10 @@ def movedim(trace: Trace, node: Node) -> Traced:
 
 @for_functions(getattr)
 def attribute(trace: Trace, node: Node) -> Traced:
+    source = trace.layout(node.args[0])
+    if node.args[1] in ("values", "indices") and isinstance(source, tuple) and source \
+            and not is_dim(source[0]):  # a reduction's (values, indices), by name
+        return source[0 if node.args[1] == "values" else 1]
     layout = trace.tensor(node)
     if node.args[1] == "T":
         return tuple(reversed(layout))
