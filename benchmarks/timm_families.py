@@ -18,6 +18,7 @@ import re
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,25 +123,42 @@ def _alarm(signum: int, frame: Any) -> None:
 def sweep(families: list[str] | None, timeout: float, out: str | None) -> list[list[str]]:
     import timm
 
+    def pick(family: str) -> tuple[str, torch.nn.Module, tuple[int, ...]] | str:
+        picked = smallest(timm, family)
+        if isinstance(picked, str):
+            return picked
+        name, model = picked
+        return name, model, tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+
+    return sweep_families("timm architecture families and the tracer",
+                          families or timm.list_modules(), pick, timeout,
+                          Path(out) / "timm_sweep.json" if out else None)
+
+
+Pick = Callable[[str], "tuple[str, torch.nn.Module, tuple[int, ...]] | str"]
+
+
+def sweep_families(title: str, families: list[str], pick: Pick, timeout: float,
+                   path: Path | None) -> list[list[str]]:
+    """One row per family: ``pick`` builds its network (variant, model, input size) or says why
+    not; the network is checked by :func:`check`. Rows already in ``path`` are kept."""
     warnings.filterwarnings("ignore")
-    path = Path(out) / "timm_sweep.json" if out else None
     done: dict[str, list[str]] = {}
     if path is not None and path.is_file():
         done = {row[0]: row for row in json.loads(path.read_text())["rows"]}
     start = time.perf_counter()
-    for family in families or timm.list_modules():
+    for family in families:
         if family in done:
             continue
         began = time.perf_counter()
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(int(timeout))
         try:
-            picked = smallest(timm, family)
+            picked = pick(family)
             if isinstance(picked, str):
                 row = [family, "-", "-", "not tried", picked]
             else:
-                name, model = picked
-                size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+                name, model, size = picked
                 params = sum(p.numel() for p in model.parameters())
                 result, detail = check(perturbed(model), size)
                 row = [family, name, f"{params / 1e6:.1f}M", result, detail]
@@ -159,8 +177,7 @@ def sweep(families: list[str] | None, timeout: float, out: str | None) -> list[l
     rows = [done[f] for f in sorted(done)]
     counts = {r: sum(row[3] == r for row in rows)
               for r in ("exact", "partial", "refused", "WRONG", "error", "not tried")}
-    print_table("timm architecture families and the tracer",
-                ["family", "variant", "params", "result", "detail", "time"], rows)
+    print_table(title, ["family", "variant", "params", "result", "detail", "time"], rows)
     tried = len(rows) - counts["not tried"]
     print(f"\n{len(rows)} families, {tried} tried: " + ", ".join(
         f"{n} {r}" for r, n in counts.items()) + f"; {time.perf_counter() - start:.0f} s")

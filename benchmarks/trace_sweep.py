@@ -1,14 +1,17 @@
 """Which networks the permutation tracer follows: every distinct architecture of RobustBench's
 CIFAR-10 Linf and ImageNet Linf tables that builds offline (random weights), traced and checked;
-with ``--timm``, the smallest variant of every architecture family timm offers.
+with ``--timm``, the smallest variant of every architecture family timm offers; with
+``--huggingface``, a small network of each image-classifier family of transformers.
 
     python -m benchmarks.trace_sweep [--max-params 120e6] [--tables cifar10/Linf imagenet/Linf]
     python -m benchmarks.trace_sweep --timm [--families resnet vision_transformer] [--out DIR]
+    python -m benchmarks.trace_sweep --huggingface [--families ViT Swin] [--out DIR]
 
 For each architecture (entries sharing a class and a parameter count are one architecture): the
 spec is traced on two random images, a random permutation is applied, and the outputs are
 compared (relative float32 difference). A network that does not build offline, or is larger than
-``--max-params``, is listed with the reason. The timm sweep: see :mod:`benchmarks.timm_families`.
+``--max-params``, is listed with the reason. The timm sweep: see :mod:`benchmarks.timm_families`;
+the Hugging Face sweep: :mod:`benchmarks.hf_families`.
 """
 
 from __future__ import annotations
@@ -43,17 +46,21 @@ def main() -> None:
                         help="only the first N entries of each table (a smoke run)")
     parser.add_argument("--timm", action="store_true",
                         help="sweep timm's architecture families instead")
+    parser.add_argument("--huggingface", action="store_true",
+                        help="sweep transformers' image classifiers instead (small configs)")
     parser.add_argument("--families", nargs="+", default=None,
-                        help="--timm: only these families (timm's module names)")
+                        help="--timm: only these families (timm's module names); "
+                             "--huggingface: these (ViT, Swin, ...)")
     parser.add_argument("--timeout", type=float, default=600,
-                        help="--timm: seconds one family may take")
+                        help="--timm, --huggingface: seconds one family may take")
     parser.add_argument("--out", default=None,
-                        help="--timm: folder for the rows (timm_sweep.json, .md), resumable")
+                        help="--timm, --huggingface: folder for the rows (a .json), resumable")
     args = parser.parse_args()
-    if args.timm:
-        from benchmarks.timm_families import sweep
+    if args.timm or args.huggingface:
+        from benchmarks import hf_families, timm_families
 
-        sweep(args.families, args.timeout, args.out)
+        (timm_families if args.timm else hf_families).sweep(args.families, args.timeout,
+                                                            args.out)
         return
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -33,7 +33,7 @@ SMOKE = {
 
 def test_every_benchmark_module_is_smoke_run():
     helpers = {"__init__", "common", "data", "reference_align", "reference_path_eval",
-               "timm_families"}
+               "timm_families", "hf_families"}
     modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - helpers
     assert modules == set(SMOKE)
 
@@ -62,3 +62,14 @@ def test_the_timm_sweep_runs_on_a_sample_of_families():
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "3 families, 3 tried: 3 exact" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_the_huggingface_sweep_runs_on_a_sample_of_families():
+    """``trace_sweep --huggingface`` on two families: each traced exactly, none wrong."""
+    pytest.importorskip("transformers")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.trace_sweep", "--huggingface",
+                          "--families", "ViT", "ConvNextV2"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 families, 2 tried: 2 exact" in run.stdout, run.stdout[-2000:]
