@@ -78,7 +78,7 @@ def attribute(trace: Trace, node: Node) -> Traced:
     source = trace.layout(node.args[0])
     if node.args[1] in ("values", "indices") and isinstance(source, tuple) and source \
             and not is_dim(source[0]):  # a reduction's (values, indices), by name
-        return source[0 if node.args[1] == "values" else 1]
+        return source[0 if node.args[1] == "values" else 1]  # type: ignore[return-value]
     layout = trace.tensor(node)
     if node.args[1] == "T":
         return tuple(reversed(layout))
