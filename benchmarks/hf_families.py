@@ -46,7 +46,8 @@ FAMILIES: dict[str, tuple[dict[str, Any], int]] = {
     "MobileNetV2": (dict(image_size=SIDE, depth_multiplier=0.35), SIDE),
     "MobileViT": ({}, 256),
     "MobileViTV2": (dict(width_multiplier=0.5), 256),
-    "EfficientNet": (dict(width_coefficient=1.0, depth_coefficient=1.0, image_size=224), 224),
+    "EfficientNet": (dict(width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280,
+                          image_size=224), 224),  # B0
     "PoolFormer": (_PYRAMID, SIDE),
     "Segformer": ({**_PYRAMID, "num_attention_heads": [1, 2, 2, 2], "decoder_hidden_size": 16},
                   SIDE),

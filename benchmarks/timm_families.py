@@ -14,6 +14,7 @@ to fix), or why it was not tried (does not build offline, too large, over the ti
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import time
@@ -106,6 +107,8 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
         error = permutation_error(model, spec, x)
     except Exception as exc:  # noqa: BLE001 - a traced spec that cannot be applied is a bug
         return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
+    if not math.isfinite(error):  # outputs that overflow compare as nothing
+        return "error", f"{precision}the network's outputs are not finite: nothing compared"
     if error > exact:
         return "WRONG", f"{precision}permuted copy differs by {error:.1e} (relative)"
     fixed = 1 - spec.moved_share(model)
