@@ -84,8 +84,9 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
             if "running_var" in name:
                 tensor.copy_(noise.abs() + 0.5)
-            else:
-                tensor.add_(0.1 * noise * (tensor.std() if tensor.numel() > 1 else 1.0))
+            else:  # a zero-initialised tensor (a classifier head) gets noise of its own
+                spread = tensor.std() if tensor.numel() > 1 else tensor.new_zeros(())
+                tensor.add_(0.1 * noise * (spread if spread > 0 else 1.0))
     return model
 
 
@@ -109,6 +110,9 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
         return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
     if not math.isfinite(error):  # outputs that overflow compare as nothing
         return "error", f"{precision}the network's outputs are not finite: nothing compared"
+    with torch.no_grad():
+        if not model(x).any():
+            return "error", f"{precision}the network's outputs are all zero: nothing compared"
     if error > exact:
         return "WRONG", f"{precision}permuted copy differs by {error:.1e} (relative)"
     fixed = 1 - spec.moved_share(model)
