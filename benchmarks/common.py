@@ -34,17 +34,17 @@ def permutation_error(model: torch.nn.Module, spec, x: torch.Tensor) -> float:
     """The largest change of ``model``'s outputs on ``x`` under a random permutation of
     ``spec`` (relative to the largest output); the model is left as it was. Raises what
     applying the spec raises."""
-    from robust_mc.core.permutation import apply_permutation, random_permutation
+    from robust_mc.core.permutation import apply_permutation, load_weights, random_permutation
 
     with torch.no_grad():
         reference = model(x)
         original = {k: v.clone() for k, v in model.state_dict().items()}
         try:
-            model.load_state_dict(apply_permutation(original, spec, random_permutation(
+            load_weights(model, apply_permutation(original, spec, random_permutation(
                 spec, torch.Generator().manual_seed(0))))
             moved = model(x)
         finally:
-            model.load_state_dict(original)
+            load_weights(model, original)
     scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)  # logits of a
     return float((moved - reference).abs().max() / scale)  # deep random network can be 1e-60
 

@@ -2,12 +2,19 @@
 function unchanged (float64), and what the rule should permute is permuted. A new rule adds its
 network here."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_mc.core.permutation import apply_permutation, random_permutation, trace_permutation_spec
+from robust_mc.core.permutation import (
+    apply_permutation,
+    permute_model,
+    random_permutation,
+    trace_permutation_spec,
+)
 
 
 class Transposed(nn.Module):
@@ -540,16 +547,18 @@ def test_a_module_shared_by_two_parents_moves_under_both_names():
 
 def test_what_a_module_kept_from_an_earlier_pass_does_not_hide_its_parameters():
     """A network evaluated before it is aligned holds its per-head biases in a cache: the trace
-    meets the parameter, so its heads move with the biases and the function is unchanged."""
+    meets the parameter, so its heads move with the biases, and permuting an evaluated copy
+    drops its stale cache, so the function is unchanged."""
     model = CachedBias().double().eval()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         expected = model(x)  # fills the cache
     spec = trace_permutation_spec(model, x)
     assert any(a.name == "biases" for space in spec for a in space.axes), spec.fixed
-    permuted = CachedBias().double().eval()
-    permuted.load_state_dict(apply_permutation(model.state_dict(), spec, random_permutation(
-        spec, torch.Generator().manual_seed(1))))
-    assert not torch.equal(permuted.biases, model.biases)
+    permuted = copy.deepcopy(model)
     with torch.no_grad():
+        permuted(x)  # its cache filled with the biases before the permutation
+    permute_model(permuted, spec, random_permutation(spec, torch.Generator().manual_seed(1)))
+    assert not torch.equal(permuted.biases, model.biases)
+    with torch.no_grad():  # the cache was dropped with the old weights
         assert torch.allclose(permuted(x), expected, rtol=1e-10, atol=1e-12)

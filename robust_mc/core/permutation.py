@@ -27,8 +27,10 @@ from robust_mc.core.spec import (
     Tap,
     apply_permutation,
     axis_index,
+    drop_inference_caches,
     identity_permutation,
     inverse,
+    load_weights,
     permute_model,
     random_permutation,
     with_aliases,
@@ -39,8 +41,9 @@ from robust_mc.core.tracing.graph import trace_graph
 from robust_mc.core.tracing.trace import Trace
 
 __all__ = ["Axis", "Blocks", "Permutation", "PermutationSpec", "Space", "Tap",
-           "apply_permutation", "axis_index", "identity_permutation", "inverse",
-           "permute_model", "random_permutation", "trace_graph", "trace_permutation_spec"]
+           "apply_permutation", "axis_index", "drop_inference_caches", "identity_permutation",
+           "inverse", "load_weights", "permute_model", "random_permutation", "trace_graph",
+           "trace_permutation_spec"]
 
 
 class _ValueProp(ShapeProp):
@@ -78,8 +81,8 @@ def trace_permutation_spec(model: nn.Module, example: torch.Tensor, *,
         permute_model(copy, spec, random_permutation(spec))  # same function, other weights
     """
     was_training = model.training
-    model.train()  # drops what modules keep derived from their parameters for inference (timm's
-    model.eval()   # attention-bias caches): the trace must meet the parameters themselves
+    drop_inference_caches(model)  # the trace must meet the parameters, not a cache of them
+    model.eval()
     try:
         gm = trace_graph(model, example[:2])
         reference = next(iter(model.parameters()), example.float())

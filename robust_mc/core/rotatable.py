@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from robust_mc.core.rotation import apply_rotations, random_rotation
-from robust_mc.core.spec import PermutationSpec, Space
+from robust_mc.core.spec import PermutationSpec, Space, load_weights
 from robust_mc.core.stream_fold import (
     NormFold,
     find_norm_folds,
@@ -151,10 +151,10 @@ class _ExactnessCheck:
             state = unfold_from_readers(state, fold, self.state[f"{fold.norm}.weight"],
                                         self.state[f"{fold.norm}.bias"])
         try:
-            self.copy.load_state_dict(state)
+            load_weights(self.copy, state)
             with torch.no_grad():
                 out = self.copy(self.x)
         finally:
-            self.copy.load_state_dict(self.state)
-        scale = self.reference.abs().max().clamp_min(1e-30)
+            load_weights(self.copy, self.state)
+        scale = self.reference.abs().max().clamp_min(torch.finfo(self.reference.dtype).tiny)
         return float((out - self.reference).abs().max() / scale)

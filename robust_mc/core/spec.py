@@ -222,7 +222,22 @@ def permute_model(model: nn.Module, spec: PermutationSpec, perm: Permutation) ->
         permute_model(b, spec, result.perm)
     """
     new = apply_permutation(model.state_dict(), spec, perm)
-    model.load_state_dict(new)
+    load_weights(model, new)
+
+
+def drop_inference_caches(model: nn.Module) -> None:
+    """Forget what modules keep derived from their parameters for inference (timm's attention
+    biases in TinyViT, LeViT and EfficientFormer, filled in eval mode and dropped when set to
+    training), leaving the mode as it was: after weights change, a cache would be stale."""
+    was_training = model.training
+    model.train()
+    model.train(was_training)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state)`` (strict), its inference caches dropped."""
+    model.load_state_dict(state)
+    drop_inference_caches(model)
 
 
 def random_permutation(spec: PermutationSpec, generator: torch.Generator | None = None

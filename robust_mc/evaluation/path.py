@@ -15,6 +15,7 @@ from robust_mc.attacks import Attack, build_attack
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.fold import fold_batchnorm
+from robust_mc.core.spec import drop_inference_caches
 from robust_mc.data import Data, Split, batches
 from robust_mc.evaluation.robustness import Clock, Metrics, evaluate_seeded
 from robust_mc.evaluation.segment_repair import SegmentRepair, repair_inputs
@@ -163,6 +164,7 @@ def _copy_with(template: Classifier, weights: dict[str, torch.Tensor]) -> Classi
     with torch.no_grad():
         for name, value in weights.items():
             model.get_parameter(name).copy_(value)
+    drop_inference_caches(model)
     return model
 
 

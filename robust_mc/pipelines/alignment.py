@@ -17,6 +17,7 @@ from robust_mc.core.align import Alignment, align
 from robust_mc.core.permutation import PermutationSpec, trace_permutation_spec
 from robust_mc.core.rotatable import MapClass
 from robust_mc.core.rotation_align import StreamMaps, map_state
+from robust_mc.core.spec import load_weights
 from robust_mc.data import Split, as_float, batches
 from robust_mc.models import Classifier
 from robust_mc.run.provenance import run_record
@@ -70,7 +71,7 @@ def mapped(model_a: Classifier, model_b: Classifier, spec: PermutationSpec,
     state, stream_maps = map_state(model_b.state_dict(), model_a.state_dict(), spec,
                                    alignment.perm, alignment.rotations, alignment.plan)
     aligned = copy.deepcopy(model_b)
-    aligned.load_state_dict(state)
+    load_weights(aligned, state)
     return aligned, stream_maps
 
 

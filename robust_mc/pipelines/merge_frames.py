@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from robust_mc.attacks.training import AttackConfig
 from robust_mc.config import AlignConfig
 from robust_mc.core.merge import agreement, average_states
+from robust_mc.core.spec import load_weights
 from robust_mc.data import Split
 from robust_mc.models import Classifier
 from robust_mc.pipelines.alignment import AlignedPair, align_models, mapped
@@ -79,7 +80,7 @@ def averaged(template: Classifier, members: Sequence[Classifier], weights: Seque
              ) -> Classifier:
     """A network of ``template``'s architecture holding the weighted average of ``members``."""
     merged = copy.deepcopy(template)
-    merged.load_state_dict(average_states([m.state_dict() for m in members], weights))
+    load_weights(merged, average_states([m.state_dict() for m in members], weights))
     return merged
 
 

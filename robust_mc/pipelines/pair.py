@@ -14,6 +14,7 @@ from robust_mc.config import ConnectRunConfig
 from robust_mc.core.curves import Curve
 from robust_mc.core.permutation import trace_permutation_spec
 from robust_mc.core.rotation_align import StreamMaps, unmap_state
+from robust_mc.core.spec import load_weights
 from robust_mc.data import Data
 from robust_mc.errors import UserError
 from robust_mc.models import Classifier
@@ -183,7 +184,7 @@ def undo_alignment(model_a: Classifier, model_b: Classifier, example: torch.Tens
     original = copy.deepcopy(model_b)
     spec = trace_permutation_spec(model_a, example, partial=True)  # as recorded: any spec
     perm = {k: torch.tensor(v) for k, v in (permutation or {}).items()}
-    original.load_state_dict(unmap_state(model_b.state_dict(), spec, perm, maps))
+    load_weights(original, unmap_state(model_b.state_dict(), spec, perm, maps))
     return original
 
 
