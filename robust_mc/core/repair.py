@@ -32,7 +32,7 @@ from torch import nn
 from robust_mc.attacks import TrainingAttack
 from robust_mc.core.align import Inputs
 from robust_mc.core.permutation import trace_permutation_spec
-from robust_mc.core.spec import PermutationSpec
+from robust_mc.core.spec import PermutationSpec, drop_inference_caches
 
 FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm,
             nn.LayerNorm, nn.GroupNorm)
@@ -201,6 +201,7 @@ def fold(model: nn.Module, correction: Correction) -> None:
             module.bias = nn.Parameter(correction.shift.to(weight))
         else:
             bias.copy_(bias * correction.scale.to(bias) + correction.shift.to(bias))
+    drop_inference_caches(model)
 
 
 class UnitAffine(nn.Module):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robust_mc.core.spec import drop_inference_caches
+
 
 class WeightAverage:
     """``average = decay * average + (1 - decay) * weights`` per parameter, after each step."""
@@ -27,6 +29,7 @@ class WeightAverage:
         """Put the averaged weights into ``model`` (the same architecture)."""
         for name, param in model.named_parameters():
             param.copy_(self.average[name])
+        drop_inference_caches(model)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu() for n, t in self.average.items()}

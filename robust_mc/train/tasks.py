@@ -23,6 +23,7 @@ from torch.func import functional_call
 from robust_mc.attacks import build_attack
 from robust_mc.attacks.pgd import Draws, LossFn
 from robust_mc.attacks.training import AttackConfig
+from robust_mc.core.spec import drop_inference_caches
 from robust_mc.run.runtime import Runtime
 from robust_mc.train.awp import WeightPerturbation
 from robust_mc.train.objectives import TrainedNetwork, create_objective
@@ -116,6 +117,7 @@ class CurveTask:
                         ) -> torch.Tensor:
             with torch.no_grad():
                 torch._foreach_copy_(self.slots, [params[n].detach() for n in self.curve.names])
+            drop_inference_caches(self.attacked)  # new weights: an eval-mode cache is stale
             with self.runtime.autocast():
                 return self.attack(self.attacked, x, target, self.attack_generator,
                                    loss_fn=loss_fn)
