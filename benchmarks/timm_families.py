@@ -97,9 +97,13 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
     x, exact, precision = torch.rand(2, *size, dtype=torch.float64), EXACT, ""
     try:
         with torch.no_grad():
-            model(x)
+            logits = model(x)
     except RuntimeError:
         model, x, exact, precision = model.float(), x.float(), 1e-5, "float32; "
+        with torch.no_grad():
+            logits = model(x)
+    if not logits.any():
+        return "error", f"{precision}the network's outputs are all zero: nothing compared"
     result = traced(model, x)
     if isinstance(result, str):
         return "refused", result[:200]
@@ -110,9 +114,6 @@ def check(model: torch.nn.Module, size: tuple[int, ...]) -> tuple[str, str]:
         return "WRONG", f"applying the spec fails: {type(exc).__name__}: {str(exc)[:120]}"
     if not math.isfinite(error):  # outputs that overflow compare as nothing
         return "error", f"{precision}the network's outputs are not finite: nothing compared"
-    with torch.no_grad():
-        if not model(x).any():
-            return "error", f"{precision}the network's outputs are all zero: nothing compared"
     if error > exact:
         return "WRONG", f"{precision}permuted copy differs by {error:.1e} (relative)"
     fixed = 1 - spec.moved_share(model)
