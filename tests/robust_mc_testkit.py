@@ -114,6 +114,27 @@ class CleanOnlyVerification:
                                  None, acc)
 
 
+class InferenceCache:
+    """A module mixin: tensors derived from its parameters are kept for inference once computed
+    and cleared when the module is set to training, as timm's TinyViT, LeViT and EfficientFormer
+    keep their gathered attention biases."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # type: ignore[misc]
+        if mode:
+            self.__dict__.pop("_inference_cache", None)
+        return self
+
+    def cached(self, key: str, compute):
+        """``compute()``, from the cache in eval mode once it is there."""
+        if self.training:  # type: ignore[attr-defined]
+            return compute()
+        cache = self.__dict__.setdefault("_inference_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+
 # float64 checks of maps that keep a network's function
 EXACT = 1e-10  # float64 rounding through a few blocks is ~1e-14 of the logits
 

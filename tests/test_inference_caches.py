@@ -7,6 +7,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from robust_mc_testkit import InferenceCache
 from torch import nn
 
 from robust_mc.attacks.pgd import cross_entropy_sum
@@ -17,7 +18,7 @@ from robust_mc.train.ema import WeightAverage
 from robust_mc.train.tasks import CurveTask
 
 
-class CachedWeight(nn.Module):
+class CachedWeight(InferenceCache, nn.Module):
     """A linear classifier of flattened images whose weight, gathered through an index, is kept
     for inference once computed and cleared when the module is set to training."""
 
@@ -25,19 +26,9 @@ class CachedWeight(nn.Module):
         super().__init__()
         self.fc = nn.Linear(features, classes)
         self.register_buffer("order", torch.arange(features), persistent=False)
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode:
-            self.cache = {}
-        return self
 
     def forward(self, x):
-        if self.training:
-            weight = self.fc.weight[:, self.order]
-        else:
-            weight = self.cache.setdefault("weight", self.fc.weight[:, self.order])
+        weight = self.cached("weight", lambda: self.fc.weight[:, self.order])
         return F.linear(x.flatten(1), weight, self.fc.bias)
 
 

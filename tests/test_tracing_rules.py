@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from robust_mc_testkit import InferenceCache
 from torch import nn
 
 from robust_mc.core.permutation import (
@@ -309,7 +310,7 @@ class Interleaved(nn.Module):
         return self.head(x.mean(1))
 
 
-class CachedBias(Interleaved):
+class CachedBias(InferenceCache, Interleaved):
     """a bias per head and token pair, gathered from a table and kept for inference once
     computed (TinyViT, LeViT, EfficientFormer): cleared when set to training, as timm does."""
 
@@ -317,19 +318,9 @@ class CachedBias(Interleaved):
         super().__init__()
         self.biases = nn.Parameter(torch.rand(self.heads, 5))
         self.register_buffer("idxs", torch.arange(256).view(16, 16) % 5, persistent=False)
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def train(self, mode=True):
-        super().train(mode)
-        if mode:
-            self.cache = {}
-        return self
 
     def forward(self, x):
-        if self.training:
-            bias = self.biases[:, self.idxs]
-        else:
-            bias = self.cache.setdefault("cpu", self.biases[:, self.idxs])
+        bias = self.cached("bias", lambda: self.biases[:, self.idxs])
         x = self.embed(x).flatten(2).transpose(1, 2)
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, self.heads, -1).permute(0, 2, 1, 3).split(
