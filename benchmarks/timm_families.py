@@ -13,9 +13,9 @@ to fix), or why it was not tried (does not build offline, too large, over the ti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import re
 import signal
 import time
 import warnings
@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from benchmarks.common import permutation_error, print_table, traced
 
-MAX_PARAMS = 60e6  # float64 weights, a permuted copy and the originals within about 2 GiB
-CANDIDATES = 3  # the variants built per family to find the smallest
-# name tokens from small to large: variants are tried in this order
-SIZES = ("atto", "femto", "pico", "nano", "micro", "xxs", "xxxs", "tiny", "xs", "mini", "small",
-         "lite", "s", "b0", "050", "075", "100", "base", "m", "medium", "large", "l", "huge")
+MAX_PARAMS = 2**31 / 16  # the float64 network and its permuted copy within 2 GiB
 CLASSES = 10  # a classifier's head, as robust-mc trains one: a variant timm builds as a feature
 # extractor by default (EVA-02's pretraining weights) would otherwise return its residual
 # stream, which as the output cannot move
+META_NUMEL = 1 << 12  # a tensor this large is a weight: counted, never made
 EXACT = 1e-10  # relative logit change of a float64 permuted copy
 LEFT = 1e-3  # a share of weights no space moves beyond the logits' bias: partial
 
@@ -43,33 +42,52 @@ class TimedOut(Exception):
     pass
 
 
-def size_rank(name: str) -> int:
-    """Where ``name``'s size token falls in :data:`SIZES` (unknown sizes in the middle)."""
-    tokens = re.split(r"[_\-.]", name.lower())
-    ranks = [SIZES.index(t) for t in tokens if t in SIZES]
-    return min(ranks) if ranks else len(SIZES) // 2
+class LargeOnMeta(TorchFunctionMode):
+    """Tensor constructors make large tensors (the weights) on the meta device, taking neither
+    memory nor time, and small ones (a drop-path schedule, an index table that an ``__init__``
+    reads back with ``item``) as usual."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _device_constructors() and kwargs.get("device") is None:
+            probe = func(*args, **{**kwargs, "device": "meta"})
+            if probe.numel() >= META_NUMEL:
+                return probe
+        return func(*args, **kwargs)
+
+
+def parameter_count(timm: Any, name: str) -> int | None:
+    """The variant's parameter count with a 10-class head: its weights built on the meta
+    device, or, where its ``__init__`` computes with them (a hybrid's backbone probed with an
+    image), built as usual; None where it does not build offline."""
+    for counting in (LargeOnMeta, contextlib.nullcontext):
+        try:
+            with counting():
+                model = timm.create_model(name, pretrained=False, num_classes=CLASSES)
+            return sum(p.numel() for p in model.parameters())
+        except Exception:  # noqa: BLE001 - an extra missing, a download needed
+            continue
+    return None
 
 
 def smallest(timm: Any, family: str) -> tuple[str, torch.nn.Module] | str:
-    """The smallest of the family's first few variants by size token that builds offline, or
-    why none was tried."""
-    names = sorted(timm.list_models(module=family), key=lambda n: (size_rank(n), len(n), n))
-    best: tuple[int, str, torch.nn.Module] | None = None
-    failure = "no variants"
-    for name in names[:CANDIDATES]:
+    """The family's variant with the fewest parameters that builds offline, or why none was
+    tried (timm's own ``test_`` configurations are left out: shrunk to a head or a block, they
+    would not show the family as people use it)."""
+    names = [n for n in timm.list_models(module=family) if not n.startswith("test_")]
+    counted = {n: c for n in names if (c := parameter_count(timm, n)) is not None}
+    if not counted:
+        return "no variant builds offline" if names else "no variants"
+    failure = ""
+    for name in sorted(counted, key=lambda n: (counted[n], n)):
+        if counted[name] > MAX_PARAMS:
+            return failure or f"too large ({counted[name] / 1e6:.0f}M parameters at the smallest)"
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=CLASSES)
-        except Exception as exc:  # noqa: BLE001 - an extra missing, a download needed
+            return name, timm.create_model(name, pretrained=False, num_classes=CLASSES)
+        except Exception as exc:  # noqa: BLE001 - a download needed
             failure = f"does not build offline ({type(exc).__name__}: {str(exc)[:80]})"
-            continue
-        count = sum(p.numel() for p in model.parameters())
-        if best is None or count < best[0]:
-            best = (count, name, model)
-    if best is None:
-        return failure
-    if best[0] > MAX_PARAMS:
-        return f"too large ({best[0] / 1e6:.0f}M parameters at the smallest)"
-    return best[1], best[2]
+    return failure
 
 
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:

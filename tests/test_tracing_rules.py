@@ -347,6 +347,32 @@ class Standardised(nn.Module):
         return self.fc(torch.relu(x).mean((2, 3)))
 
 
+class StandardisedGroups(nn.Module):
+    """standardised weights in grouped and depthwise convolutions (NF-RegNet's ScaledStdConv
+    with a group width): the computed weight's rows follow the groups of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(12, 2)
+        self.grouped = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.gain = nn.Parameter(torch.rand(12, 1, 1, 1) + 0.5)
+
+    @staticmethod
+    def standardised(conv: nn.Conv2d) -> torch.Tensor:
+        w = conv.weight
+        return F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, training=True,
+                            momentum=0.0, eps=1e-6).reshape_as(w)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        x = F.conv2d(x, self.standardised(self.grouped) * self.gain, self.grouped.bias,
+                     padding=1, groups=4)
+        x = F.conv2d(torch.relu(x), self.standardised(self.depthwise), self.depthwise.bias,
+                     padding=1, groups=12)
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
 class Ghost(nn.Module):
     """depthwise convolutions over concatenations (GhostNet's cheap features, a dense block):
     each filter follows its channel, whichever space it comes from."""
@@ -422,7 +448,8 @@ class SharedAggregated(nn.Module):
 
 
 NETWORKS = {"transpose": (Transposed, 0), "hand_norm": (HandNorm, 0), "masked": (Masked, 0),
-            "standardised": (Standardised, 0), "ghost": (Ghost, 0), "cached": (Cached, 0),
+            "standardised": (Standardised, 0), "standardised_groups": (StandardisedGroups, 1),
+            "ghost": (Ghost, 0), "cached": (Cached, 0),
             "radix": (Radix, 1), "shared_aggregated": (SharedAggregated, 0),
             "interleaved": (Interleaved, 0),
             "cross_covariance": (CrossCovariance, 1),
@@ -468,7 +495,8 @@ def test_per_head_parameters_follow_their_heads():
 
 @pytest.mark.parametrize("name", ["attention", "grouped", "multihead", "interleaved",
                                   "cross_covariance", "one_head", "unfold", "blurred", "masked",
-                                  "standardised", "ghost", "cached", "radix",
+                                  "standardised", "standardised_groups", "ghost",
+                                  "cached", "radix",
                                   "shared_aggregated", "patches", "response_norm",
                                   "resized_positions", "folded", "max_values"])
 @pytest.mark.parametrize("method", ["corr", "weights"])

@@ -280,6 +280,12 @@ class Trace:
         for part in split.parts:
             self.spaces.entry(part).shared = True
 
+    def dissolve_grouped(self, wild: int, channels: int, groups: int) -> None:
+        """The records of wild space ``wild`` (a computed grouped weight's input axis) moved to
+        space ``channels``, within ``groups`` groups: each row's order follows its group."""
+        self._dissolve(wild, lambda record: [
+            (channels, Record(record.name, record.axis, groups=groups))])
+
     def _dissolve(self, wild: int, moved: Callable[[Record], list[tuple[int, Record]]]) -> None:
         """The records of wild space ``wild`` replaced by ``moved(record)``; the wild space
         itself is left behind."""

@@ -157,9 +157,44 @@ def conv_function(trace: Trace, node: Node) -> Traced:
         return _spatial(trace, node, x, open_space(trace, node, weight, bias))
     names = [trace.arg(node, 1, "weight"), trace.arg(node, 2, "bias")]
     if getattr(names[0], "op", None) != "get_attr":
-        raise trace.fail(node, "grouped convolution with a computed weight:")
+        return _spatial(trace, node, x, _grouped_computed(trace, node, x[1], groups, weight, bias))
     for layout in (weight, bias):  # recorded below, on the units themselves
         trace.fix(layout, None)
     bias_name = str(names[1].target) if getattr(names[1], "op", None) == "get_attr" else None
     return _spatial(trace, node, x, _grouped(trace, node, x[1], groups, weight[0].size,
                                              str(names[0].target), bias_name))
+
+
+def _grouped_computed(trace: Trace, node: Node, channels, groups: int, weight: Layout,
+                      bias: Layout | None) -> Units | Free:
+    """A grouped convolution whose weight is computed in ``forward`` (NFNet's standardised
+    weights): the computed weight's first axis becomes the layer's units, in groups that follow
+    the input's; the parameters behind its second axis are moved within each group, as the
+    group of the row they belong to orders it."""
+    inner = trace.resolve(weight[1])
+    wild = inner.segs[0].space if isinstance(inner, Units) and len(inner.segs) == 1 \
+        and inner.segs[0].repeat == 1 and trace.spaces.entry(inner.segs[0].space).wild else None
+    if wild is None and inner.size > 1:
+        raise trace.fail(node, "grouped convolution with a weight computed across its inputs:")
+    out = open_space(trace, node, weight, bias)
+    channels = trace.resolve(channels)
+    if not isinstance(out, Units):
+        raise trace.fail(node, "grouped convolution with one output:")
+    if out.size == channels.size == groups:  # depthwise: each filter follows its channel
+        return trace.meet([channels, out], f"'{node.name}'")
+    in_groups = trace.spaces.block(channels.segs[0].space, groups, str(node.name)) \
+        if isinstance(channels, Units) and len(channels.segs) == 1 \
+        and channels.segs[0].repeat == 1 else None
+    out_groups = trace.spaces.block(out.segs[0].space, groups, str(node.name)) \
+        if len(out.segs) == 1 else None
+    if in_groups is None or out_groups is None:
+        trace.fix([channels, out], f"'{node.name}': grouped convolution over units that "
+                                   "cannot be grouped")
+        if wild is not None:
+            trace.spaces.fix(wild)
+        return trace.resolve(out)
+    trace.spaces.union(out_groups, in_groups, f"'{node.name}'")
+    if wild is not None:
+        space = channels.segs[0].space
+        trace.dissolve_grouped(wild, space, groups)
+    return trace.resolve(out)
