@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-from robust_mc.core.tracing.layout import Free, Layout, Traced, Units
+from robust_mc.core.tracing.layout import Dim, Free, Layout, Traced, Units
 from robust_mc.core.tracing.rulebook import for_functions, for_modules
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def conv_function(trace: Trace, node: Node) -> Traced:
 
 
 def _grouped_computed(trace: Trace, node: Node, channels, groups: int, weight: Layout,
-                      bias: Layout | None) -> Units | Free:
+                      bias: Layout | None) -> Dim:
     """A grouped convolution whose weight is computed in ``forward`` (NFNet's standardised
     weights): the computed weight's first axis becomes the layer's units, in groups that follow
     the input's; the parameters behind its second axis are moved within each group, as the
