@@ -109,30 +109,36 @@ def _grouped(trace: Trace, node: Node, channels, groups: int, out_channels: int,
     if depthwise and isinstance(channels, Units):  # each output follows its input channel,
         _record_filters(trace, node, channels, weight, bias)  # whatever spaces they are of
         return channels
-    if isinstance(channels, Free):  # channels left in place: groups stay in place too
-        if depthwise:
-            return channels
-        group_space = None
-    elif isinstance(channels, Units) and len(channels.segs) == 1 \
-            and channels.segs[0].repeat == 1:
-        group_space = trace.spaces.block(channels.segs[0].space, groups, name)
-    else:
-        group_space = None
-    if group_space is None:  # the input stays as it is: so do the groups
-        trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
+    if isinstance(channels, Free) and depthwise:  # channels left in place: so are the filters
+        return channels
     made = trace.new_units(out_channels, name)
-    out_groups = trace.spaces.block(made.segs[0].space, groups, name)
-    if group_space is None or out_groups is None:
-        if out_groups is not None:
-            trace.spaces.fix(out_groups)
-    else:
-        trace.spaces.union(out_groups, group_space, f"'{node.name}'")
+    grouped = _tie_groups(trace, node, channels, made, groups, name)
     out = trace.resolve(made)
-    if channels.size // groups > 1 and group_space is not None:
+    if channels.size // groups > 1 and grouped:
         trace.record(channels, weight, 1, groups=groups)
     assert isinstance(out, Units)
     _record_filters(trace, node, out, weight, bias)
     return out
+
+
+def _tie_groups(trace: Trace, node: Node, channels, out: Units, groups: int, name: str
+                ) -> bool:
+    """The input units and layer ``name``'s units ``out`` in ``groups`` blocks, the blocks
+    permuted alike; False (the input and the blocks left in place) where either cannot be
+    grouped."""
+    in_groups = trace.spaces.block(channels.segs[0].space, groups, name) \
+        if isinstance(channels, Units) and len(channels.segs) == 1 \
+        and channels.segs[0].repeat == 1 else None
+    if in_groups is None:
+        trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
+    out_groups = trace.spaces.block(out.segs[0].space, groups, name) \
+        if len(out.segs) == 1 else None
+    if in_groups is None or out_groups is None:
+        if out_groups is not None:
+            trace.spaces.fix(out_groups)
+        return False
+    trace.spaces.union(out_groups, in_groups, f"'{node.name}'")
+    return True
 
 
 def _record_filters(trace: Trace, node: Node, out: Units, weight: str, bias: str | None
@@ -182,19 +188,9 @@ def _grouped_computed(trace: Trace, node: Node, channels, groups: int, weight: L
         raise trace.fail(node, "grouped convolution with one output:")
     if out.size == channels.size == groups:  # depthwise: each filter follows its channel
         return trace.meet([channels, out], f"'{node.name}'")
-    in_groups = trace.spaces.block(channels.segs[0].space, groups, str(node.name)) \
-        if isinstance(channels, Units) and len(channels.segs) == 1 \
-        and channels.segs[0].repeat == 1 else None
-    out_groups = trace.spaces.block(out.segs[0].space, groups, str(node.name)) \
-        if len(out.segs) == 1 else None
-    if in_groups is None or out_groups is None:
-        trace.fix([channels, out], f"'{node.name}': grouped convolution over units that "
-                                   "cannot be grouped")
+    if _tie_groups(trace, node, channels, out, groups, str(node.name)):
         if wild is not None:
-            trace.spaces.fix(wild)
-        return trace.resolve(out)
-    trace.spaces.union(out_groups, in_groups, f"'{node.name}'")
-    if wild is not None:
-        space = channels.segs[0].space
-        trace.dissolve_grouped(wild, space, groups)
+            trace.dissolve_grouped(wild, channels.segs[0].space, groups)
+    elif wild is not None:
+        trace.spaces.fix(wild)
     return trace.resolve(out)
