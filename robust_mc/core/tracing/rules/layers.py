@@ -125,15 +125,14 @@ def _tie_groups(trace: Trace, node: Node, channels, out: Units, groups: int, nam
                 ) -> bool:
     """The input units and layer ``name``'s units ``out`` in ``groups`` blocks, the blocks
     permuted alike; False (the input and the blocks left in place) where either cannot be
-    grouped."""
+    grouped: the weight's input axis is then recorded nowhere, so its input may not move."""
     in_groups = trace.spaces.block(channels.segs[0].space, groups, name) \
         if isinstance(channels, Units) and len(channels.segs) == 1 \
         and channels.segs[0].repeat == 1 else None
-    if in_groups is None:
-        trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
     out_groups = trace.spaces.block(out.segs[0].space, groups, name) \
         if len(out.segs) == 1 else None
     if in_groups is None or out_groups is None:
+        trace.fix([channels], f"{name}: grouped convolution over units that cannot be grouped")
         if out_groups is not None:
             trace.spaces.fix(out_groups)
         return False
